@@ -1,0 +1,1 @@
+"""Data layer: image sources, tasks, splits, protocols and augmentation."""

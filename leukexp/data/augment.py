@@ -1,0 +1,121 @@
+"""Augmentation: deterministic offline views (the study's 33 per image) or random online transforms."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import albumentations as A
+import numpy as np
+
+
+def _stable_seed(*parts: object) -> int:
+    digest = hashlib.sha1(":".join(map(str, parts)).encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclass(frozen=True)
+class ViewKey:
+    """One offline view: a base transform (or the original) and an optional flip."""
+
+    transform: str
+    repeat: int
+    flip: str | None
+
+    @property
+    def name(self) -> str:
+        """A readable name such as `rotate#1+vflip`."""
+        base = "original" if self.transform == "original" else f"{self.transform}#{self.repeat}"
+        return base if self.flip is None else f"{base}+{self.flip}"
+
+
+class OfflineViews:
+    """A fixed list of deterministic views of every image.
+
+    View 0 is the original. Then `repeats` random draws of each named transform, then every one of those
+    flipped by each flip transform: with 5 transforms, 2 repeats and 2 flips that is (1 + 10) * 3 = 33
+    views, the study's protocol. View k of an image is the same in every run, process and machine: its
+    random parameters are seeded by the seed, the image's content hash and the base view.
+
+    Args:
+        transforms: name -> albumentations transform (applied with p=1).
+        flips: name -> albumentations flip transform, each applied to every base view.
+        repeats: random draws of each transform.
+        seed: base seed of the view parameters.
+    """
+
+    online = False
+
+    def __init__(
+        self,
+        transforms: Mapping[str, A.BasicTransform] | None = None,
+        flips: Mapping[str, A.BasicTransform] | None = None,
+        repeats: int = 2,
+        seed: int = 0,
+        name: str = "offline",
+    ) -> None:
+        self.name = name
+        self.transforms = dict(transforms or {})
+        self.flips = dict(flips or {})
+        self.repeats = int(repeats)
+        self.seed = int(seed)
+        base = [("original", 0)] + [(t, r) for t in self.transforms for r in range(self.repeats)]
+        self.views = [ViewKey(t, r, None) for t, r in base] + [
+            ViewKey(t, r, flip) for flip in self.flips for t, r in base
+        ]
+
+    @property
+    def n_views(self) -> int:
+        """Number of views per image, the original included."""
+        return len(self.views)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides the views' pixels (for the feature cache)."""
+        spec = [self.seed, self.repeats, *(f"{k}={t!r}" for k, t in self.transforms.items()),
+                *(f"{k}={t!r}" for k, t in self.flips.items())]
+        return hashlib.sha1(repr(spec).encode(), usedforsecurity=False).hexdigest()[:12]
+
+    def view_fingerprint(self, index: int) -> str:
+        """Cache key of view `index`: the original is shared by every augmentation config."""
+        if index == 0:
+            return "original"
+        return f"{self.fingerprint()}-{index}"
+
+    def apply(self, image: np.ndarray, index: int, image_key: str) -> np.ndarray:
+        """Return view `index` of `image` (whose content hash is `image_key`)."""
+        view = self.views[index]
+        if view.transform != "original":
+            transform = self.transforms[view.transform]
+            transform.set_random_seed(_stable_seed(self.seed, image_key, view.transform, view.repeat))
+            image = transform(image=image)["image"]
+        if view.flip is not None:
+            image = self.flips[view.flip](image=image)["image"]
+        return np.ascontiguousarray(image)
+
+
+class OnlineAugment:
+    """Random transforms drawn anew at every epoch; the backbone then runs on every batch.
+
+    Args:
+        transform: an albumentations pipeline (usually an `A.Compose` of the study's transforms).
+    """
+
+    online = True
+    n_views = 1
+
+    def __init__(self, transform: A.BasicTransform, name: str = "online") -> None:
+        self.name = name
+        self.transform = transform
+
+    def fingerprint(self) -> str:
+        """Online views are never cached; the fingerprint only names the pipeline."""
+        return hashlib.sha1(repr(self.transform).encode(), usedforsecurity=False).hexdigest()[:12]
+
+    def view_fingerprint(self, index: int) -> str:
+        """Only the original is cacheable (validation and test images)."""
+        return "original"
+
+    def apply(self, image: np.ndarray, index: int, image_key: str) -> np.ndarray:
+        """A fresh random view (the index and key are ignored: online views are never repeated)."""
+        return np.ascontiguousarray(self.transform(image=image)["image"])

@@ -1,0 +1,173 @@
+"""Image sources: a folder of class sub-folders, scanned into a validated catalog."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from leukexp.data.io import IMAGE_EXTENSIONS, BadImageError, decode_image, file_digest, is_image_file
+from leukexp.data.tasks import Task
+from leukexp.errors import LeukexpError
+
+log = logging.getLogger(__name__)
+
+CATALOG_COLUMNS = ["path", "file", "folder", "label", "label_index", "group", "sha1"]
+
+
+@dataclass
+class Catalog:
+    """The images of a study: one row per source image, with label, group and content hash."""
+
+    root: Path
+    classes: list[str]
+    frame: pd.DataFrame
+    skipped: list[str] = field(default_factory=list)
+    duplicates: list[list[str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of source images per class, in class order."""
+        counts = self.frame["label"].value_counts()
+        return {label: int(counts.get(label, 0)) for label in self.classes}
+
+
+@dataclass
+class FolderSource:
+    """Images in `root/<class folder>/*.{jpg,png,tif,bmp,...}`.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        groups_csv: optional CSV with columns `file,group` (file relative to root); splits are then
+            grouped so one patient's images never straddle train and test.
+        on_bad_image: `error` stops at the first unreadable image; `skip` leaves such images out and lists them.
+        extensions: accepted image suffixes, matched in any letter case.
+        read_threads: threads used to read and verify images.
+    """
+
+    root: str | Path | None = None
+    groups_csv: str | None = None
+    on_bad_image: Literal["error", "skip"] = "error"
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    read_threads: int = 4
+    name: str = "folder"
+
+    def prepare(self) -> Path:
+        """Return the folder to scan (sources that generate images do so here)."""
+        if self.root in (None, ""):
+            raise LeukexpError("data.root is not set: give the folder of class folders, e.g. data.root=/path/to/images")
+        return Path(self.root).expanduser()
+
+    def scan(self, task: Task) -> Catalog:
+        """Scan, verify and label every image, raising one-line errors for bad input."""
+        if self.on_bad_image not in ("error", "skip"):
+            raise LeukexpError(f"data.on_bad_image={self.on_bad_image!r}: use 'error' or 'skip'")
+        root = self.prepare().resolve()
+        class_dirs = _class_folders(root)
+        rows: list[dict[str, object]] = []
+        for folder in class_dirs:
+            label = task.resolve_folder(folder.name)
+            if label is None:
+                continue
+            files = sorted(p for p in folder.iterdir() if is_image_file(p, tuple(self.extensions)))
+            if not files:
+                raise LeukexpError(
+                    f"class folder {folder} has no images ({', '.join(self.extensions)});"
+                    " add images or remove the folder"
+                )
+            rows.extend({"path": str(p), "file": p.relative_to(root).as_posix(), "folder": folder.name,
+                         "label": label} for p in files)
+        if not rows:
+            raise LeukexpError(f"data.root={root}: no class folder belongs to task '{task.name}'")
+        rows, skipped = self._verify(rows)
+        frame = pd.DataFrame(rows)
+        classes = task.resolve_classes(frame["label"].unique())
+        frame["label_index"] = frame["label"].map({label: i for i, label in enumerate(classes)})
+        frame["group"] = self._groups(root, frame)
+        duplicates = _resolve_duplicates(frame)
+        frame = frame[CATALOG_COLUMNS].reset_index(drop=True)
+        return Catalog(root=root, classes=classes, frame=frame, skipped=skipped, duplicates=duplicates)
+
+    def _verify(self, rows: list[dict[str, object]]) -> tuple[list[dict[str, object]], list[str]]:
+        def check(row: dict[str, object]) -> str | BadImageError:
+            path = Path(str(row["path"]))
+            try:
+                data = path.read_bytes()
+                decode_image(data, path)
+            except BadImageError as error:
+                return error
+            except OSError as error:
+                return BadImageError(f"{path}: cannot be read ({error.strerror})")
+            return file_digest(data)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.read_threads)) as pool:
+            results = list(pool.map(check, rows))
+        kept, skipped = [], []
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BadImageError):
+                if self.on_bad_image == "error":
+                    raise BadImageError(f"{result} (or set data.on_bad_image=skip)")
+                skipped.append(str(result))
+                continue
+            kept.append({**row, "sha1": result})
+        for message in skipped:
+            log.warning("skipped bad image: %s", message)
+        return kept, skipped
+
+    def _groups(self, root: Path, frame: pd.DataFrame) -> pd.Series:
+        if not self.groups_csv:
+            return frame["file"].copy()
+        csv_path = Path(self.groups_csv).expanduser()
+        if not csv_path.is_file():
+            raise LeukexpError(f"data.groups_csv={csv_path}: no such file; give a CSV with columns file,group")
+        table = pd.read_csv(csv_path, dtype=str)
+        if not {"file", "group"} <= set(table.columns):
+            raise LeukexpError(f"{csv_path}: needs columns 'file' and 'group' (found {', '.join(table.columns)})")
+        lookup = dict(zip(table["file"].str.strip(), table["group"].str.strip(), strict=True))
+        groups = frame["file"].map(lookup)
+        by_name = frame["file"].map(lambda f: lookup.get(Path(f).name))
+        groups = groups.fillna(by_name)
+        missing = frame.loc[groups.isna(), "file"].tolist()
+        if missing:
+            raise LeukexpError(
+                f"{csv_path}: no group for {len(missing)} image(s), e.g. '{missing[0]}';"
+                " add a row file,group for each image (file relative to data.root)"
+            )
+        return groups.astype(str)
+
+
+def _class_folders(root: Path) -> list[Path]:
+    if not root.exists():
+        raise LeukexpError(f"data.root={root}: no such folder; point data.root at a folder of class folders")
+    if not root.is_dir():
+        raise LeukexpError(f"data.root={root}: is a file, not a folder of class folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise LeukexpError(f"data.root={root}: has no class sub-folders; put each class's images in its own folder")
+    return folders
+
+
+def _resolve_duplicates(frame: pd.DataFrame) -> list[list[str]]:
+    """Fail on one image filed under two classes; tie same-class copies into one split group."""
+    duplicates: list[list[str]] = []
+    for _, copies in frame[frame.duplicated("sha1", keep=False)].groupby("sha1", sort=False):
+        files = copies["file"].tolist()
+        if copies["label"].nunique() > 1:
+            raise LeukexpError(
+                f"duplicate image in two classes: '{files[0]}' and '{files[1]}' have the same content;"
+                " remove the wrong copy"
+            )
+        duplicates.append(files)
+        frame.loc[copies.index, "group"] = copies["group"].iloc[0]
+    if duplicates:
+        log.warning(
+            "%d image(s) appear more than once (e.g. %s): each set is kept in one split so copies cannot leak"
+            " between train and test", sum(len(d) for d in duplicates), " = ".join(duplicates[0]),
+        )
+    return duplicates

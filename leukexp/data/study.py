@@ -1,0 +1,66 @@
+"""The data side of one run: catalog, fold split, manifest and samples, built from the config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from leukexp.data.augment import OfflineViews, OnlineAugment
+from leukexp.data.protocol import Protocol, Samples
+from leukexp.data.sources import Catalog, FolderSource
+from leukexp.data.splits import FoldSpec, assign_splits, manifest, split_summary
+from leukexp.data.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Study:
+    """Everything about the data that a model needs: images, labels, split and samples."""
+
+    task: Task
+    catalog: Catalog
+    fold: FoldSpec
+    protocol: Protocol
+    augmentation: OfflineViews | OnlineAugment
+    split: pd.Series
+    samples: Samples
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in label-index order."""
+        return self.catalog.classes
+
+    def manifest(self) -> pd.DataFrame:
+        """One row per source image: file, label, group, split, content hash."""
+        return manifest(self.catalog.frame, self.split)
+
+    def split_summary(self) -> pd.DataFrame:
+        """Source images per class and split."""
+        return split_summary(self.catalog.frame, self.split, self.classes)
+
+    def write_manifest(self, path: Path) -> Path:
+        """Write the split manifest as CSV (atomically) and return its path."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".csv.tmp")
+        self.manifest().to_csv(staging, index=False)
+        staging.replace(path)
+        return path
+
+
+def build_study(cfg: DictConfig) -> Study:
+    """Instantiate the data, task, fold, protocol and augmentation groups and build the split."""
+    task: Task = instantiate(cfg.task, _convert_="all")
+    source: FolderSource = instantiate(cfg.data, _convert_="all")
+    fold: FoldSpec = instantiate(cfg.fold)
+    protocol: Protocol = instantiate(cfg.protocol)
+    augmentation = instantiate(cfg.augmentation, _convert_="all")
+    catalog = source.scan(task)
+    split = assign_splits(catalog.frame, fold)
+    samples = protocol.build(catalog.frame, split, augmentation.n_views, len(catalog.classes))
+    return Study(task, catalog, fold, protocol, augmentation, split, samples)

@@ -1,0 +1,1 @@
+"""Backbone feature extraction and its on-disk cache."""

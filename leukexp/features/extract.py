@@ -1,0 +1,57 @@
+"""Compute (or fetch from the cache) backbone features for a set of samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Subset
+
+from leukexp.console import console, quiet
+from leukexp.data.augment import OfflineViews, OnlineAugment
+from leukexp.data.dataset import ViewDataset
+from leukexp.features.cache import FeatureCache
+from leukexp.models.backbones import FrozenBackbone
+
+
+def extract_features(
+    backbone: FrozenBackbone,
+    catalog: pd.DataFrame,
+    samples: pd.DataFrame,
+    augmentation: OfflineViews | OnlineAugment,
+    cache: FeatureCache | None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    description: str = "features",
+) -> np.ndarray:
+    """Features (len(samples), backbone.num_features) in sample order; only cache misses run the backbone."""
+    keys = catalog["sha1"].to_numpy()
+    image_keys = [keys[s] for s in samples["source"].to_numpy()]
+    view_keys = [augmentation.view_fingerprint(int(v)) for v in samples["view"].to_numpy()]
+    features = np.zeros((len(samples), backbone.num_features), np.float32)
+    missing = []
+    for i, (image_key, view_key) in enumerate(zip(image_keys, view_keys, strict=True)):
+        cached = cache.get(image_key, view_key) if cache is not None else None
+        if cached is None or cached.shape != (backbone.num_features,):
+            missing.append(i)
+        else:
+            features[i] = cached
+    if not missing:
+        return features
+    dataset = Subset(ViewDataset(catalog, samples, augmentation, backbone.preprocess), missing)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, disable=quiet(), transient=True) as progress:
+        bar = progress.add_task(f"{description} ({backbone.label})", total=len(missing))
+        done = 0
+        for batch in loader:
+            with torch.no_grad():
+                output = backbone(batch["image"]).float().numpy()
+            for row, value in zip(batch["index"].tolist(), output, strict=True):
+                features[row] = value
+                if cache is not None:
+                    cache.put(image_keys[row], view_keys[row], value)
+            done += len(output)
+            progress.update(bar, completed=done)
+    return features

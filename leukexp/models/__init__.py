@@ -1,0 +1,1 @@
+"""Models: frozen timm backbones and the heads trained on their features."""

@@ -1,0 +1,51 @@
+"""Lightning callbacks: keep the best head in memory and record per-epoch history."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+
+
+class BestHeadKeeper(L.Callback):
+    """Keeps a copy of the head's weights from the epoch with the best monitored value (the study's
+    best-validation-accuracy checkpoint) without writing the frozen backbone to disk every epoch."""
+
+    def __init__(self, monitor: str = "val/acc", mode: str = "max") -> None:
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.best_state: dict | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Remember the head if this epoch beats the best so far (first epoch wins ties)."""
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = self.sign * float(trainer.callback_metrics[self.monitor])
+        if score > self.best_score:
+            self.best_score = score
+            self.best_epoch = trainer.current_epoch
+            self.best_state = copy.deepcopy(pl_module.head.state_dict())
+
+    def restore(self, pl_module: L.LightningModule) -> None:
+        """Load the best weights back into the head."""
+        if self.best_state is not None:
+            pl_module.head.load_state_dict(self.best_state)
+
+
+class EpochHistory(L.Callback):
+    """Per-epoch train/val loss and accuracy, for curves and per-step MLflow metrics."""
+
+    KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record the epoch's metrics (validation runs before this hook in Lightning 2)."""
+        metrics = trainer.callback_metrics
+        row = {"epoch": float(trainer.current_epoch)}
+        row.update({key: float(metrics[key]) for key in self.KEYS if key in metrics})
+        self.rows.append(row)

@@ -1,0 +1,93 @@
+"""Figures: confusion matrix, ROC curves, training curves and augmentation contact sheets (PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(matrix: pd.DataFrame, path: Path, title: str = "Confusion matrix") -> Path:
+    """Counts with row percentages in each cell."""
+    counts = matrix.to_numpy().astype(float)
+    rows = counts.sum(axis=1, keepdims=True)
+    percent = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0) * 100
+    size = 1.2 + 0.9 * len(matrix)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, label="% of true class")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            colour = "white" if percent[i, j] > 60 else "black"
+            ax.text(j, i, f"{int(counts[i, j])}\n{percent[i, j]:.0f}%", ha="center", va="center",
+                    color=colour, fontsize=9)
+    ax.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(matrix.index)), matrix.index)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], classes: list[str], path: Path,
+             title: str = "ROC (one-vs-rest)") -> Path:
+    """One-vs-rest ROC curves per class; `curves` holds (label, true labels, probabilities) sets, e.g. folds."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    colours = plt.get_cmap("tab10")
+    for style, (name, labels, probs) in zip(["-", "--", ":", "-.", (0, (1, 3))] * 4, curves, strict=False):
+        for i, cls in enumerate(classes):
+            positives = labels == i
+            if not 0 < positives.sum() < len(labels):
+                continue
+            fpr, tpr, _ = roc_curve(positives, probs[:, i])
+            label = cls if len(curves) == 1 else f"{cls} ({name})"
+            ax.plot(fpr, tpr, linestyle=style, color=colours(i % 10), label=label, linewidth=1.4)
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right", ncol=1 if len(curves) == 1 else 2)
+    return _save(fig, path)
+
+
+def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None) -> Path:
+    """Accuracy and loss per epoch for train and validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("acc", "loss"), strict=True):
+        for stage in ("train", "val"):
+            key = f"{stage}/{metric}"
+            if key in history:
+                ax.plot(history["epoch"] + 1, history[key], marker="o", markersize=3, label=stage)
+        if best_epoch is not None and best_epoch >= 0:
+            ax.axvline(best_epoch + 1, color="grey", linestyle="--", linewidth=0.8, label="best val acc")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+    return _save(fig, path)
+
+
+def contact_sheet(images: Sequence[np.ndarray], names: Sequence[str], path: Path, columns: int = 11) -> Path:
+    """A grid of RGB images with their names (an image and its augmented views)."""
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, name in zip(axes.ravel(), images, names, strict=False):
+        ax.imshow(image)
+        ax.set_title(name, fontsize=6)
+    return _save(fig, path)

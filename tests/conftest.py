@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny generated image folders and composed Hydra configs in temporary folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from leukexp.config import config_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+ALL4CLASS = SHARED_DATA / "all4class"
+
+# a tiny random-weight backbone and a tiny synthetic data set: fast, for tests where weights do not matter
+TINY_MODEL = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64"]
+TINY_DATA = ["data.counts={ALL: 6, AML: 6, CLL: 6, CML: 6, HLT: 6}", "data.image_size=64"]
+
+
+def write_image(path: Path, seed: int, size: int = 32, channels: int = 3, dtype: type = np.uint8) -> Path:
+    """Write a random image with OpenCV (distinct content per seed)."""
+    rng = np.random.default_rng(seed)
+    peak = 65535 if dtype == np.uint16 else 255
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    image = rng.integers(0, peak, shape, endpoint=True).astype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.fixture
+def make_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Build `root/<class>/<n images>` from {class: n}; images differ in content."""
+
+    def build(counts: dict[str, int], root: Path | None = None, ext: str = ".png") -> Path:
+        root = root or tmp_path / "images"
+        seed = 0
+        for label, count in counts.items():
+            for index in range(count):
+                seed += 1
+                write_image(root / label / f"{label}_{index:02d}{ext}", seed)
+        return root
+
+    return build
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Compose `train.yaml` with overrides, rooted in a temporary folder, as a Hydra run would see it."""
+
+    def build(*overrides: str, root: Path | None = None) -> DictConfig:
+        root = root or tmp_path
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(root / "outputs")
+            cfg.paths.shared_data_dir = str(SHARED_DATA)
+            cfg.hydra.runtime.output_dir = str(root / "outputs")
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # as in a real run: the task sees its config without the hydra node
+        return cfg
+
+    yield build
+    GlobalHydra.instance().clear()
+

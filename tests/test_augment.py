@@ -1,0 +1,59 @@
+"""Offline views: the study's 33, deterministic per image and view; online transforms."""
+
+import albumentations as A
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from leukexp.data.augment import OfflineViews, OnlineAugment
+from leukexp.data.synthetic import generate_image
+
+
+@pytest.fixture
+def paper(compose_cfg) -> OfflineViews:
+    return instantiate(compose_cfg().augmentation, _convert_="all")
+
+
+def test_paper_config_makes_33_views(paper: OfflineViews) -> None:
+    assert paper.n_views == 33
+    names = [v.name for v in paper.views]
+    assert names[0] == "original"
+    assert "shear#1" in names and "rotate#0+vflip" in names and "shift_width#1+hflip" in names
+    assert len(set(names)) == 33
+
+
+def test_views_are_deterministic_across_instances(paper: OfflineViews, compose_cfg) -> None:
+    image = generate_image("AML", 0, size=64)
+    again = instantiate(compose_cfg().augmentation, _convert_="all")
+    for k in range(paper.n_views):
+        assert np.array_equal(paper.apply(image, k, "abc"), again.apply(image, k, "abc"))
+
+
+def test_views_differ_between_draws_and_images(paper: OfflineViews) -> None:
+    image = generate_image("CML", 1, size=64)
+    first, second = paper.apply(image, 1, "key"), paper.apply(image, 2, "key")
+    assert not np.array_equal(first, second), "two draws of one transform differ"
+    assert not np.array_equal(paper.apply(image, 1, "key"), paper.apply(image, 1, "other-key"))
+    assert np.array_equal(paper.apply(image, 0, "key"), image)
+
+
+def test_flipped_views_flip_their_base_view(paper: OfflineViews) -> None:
+    image = generate_image("ALL", 2, size=64)
+    base = paper.views.index(next(v for v in paper.views if v.name == "zoom#1"))
+    vflip = paper.views.index(next(v for v in paper.views if v.name == "zoom#1+vflip"))
+    hflip = paper.views.index(next(v for v in paper.views if v.name == "zoom#1+hflip"))
+    assert np.array_equal(paper.apply(image, vflip, "k"), paper.apply(image, base, "k")[::-1])
+    assert np.array_equal(paper.apply(image, hflip, "k"), paper.apply(image, base, "k")[:, ::-1])
+
+
+def test_fingerprint_follows_the_transforms() -> None:
+    one = OfflineViews({"rotate": A.Affine(rotate=(-40, 40), p=1)}, repeats=2, seed=0)
+    other = OfflineViews({"rotate": A.Affine(rotate=(-10, 10), p=1)}, repeats=2, seed=0)
+    assert one.fingerprint() != other.fingerprint()
+    assert one.view_fingerprint(0) == other.view_fingerprint(0) == "original"
+
+
+def test_online_draws_new_views() -> None:
+    online = OnlineAugment(A.Compose([A.Affine(rotate=(-40, 40), p=1)]))
+    image = generate_image("HLT", 3, size=64)
+    assert not np.array_equal(online.apply(image, 0, "k"), online.apply(image, 0, "k"))

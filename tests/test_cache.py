@@ -1,0 +1,67 @@
+"""The feature cache: hits, misses, atomic writes, concurrent writers."""
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukexp.features.cache import FeatureCache
+
+
+def test_miss_then_hit(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "bb")
+    assert cache.get("ab12", "original") is None
+    cache.put("ab12", "original", np.arange(4, dtype=np.float32))
+    assert np.array_equal(cache.get("ab12", "original"), np.arange(4))
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert cache.size_bytes() > 0
+
+
+def test_keys_separate_backbones_and_views(tmp_path: Path) -> None:
+    FeatureCache(tmp_path, "one").put("ab12", "v1", np.ones(3))
+    assert FeatureCache(tmp_path, "two").get("ab12", "v1") is None
+    assert FeatureCache(tmp_path, "one").get("ab12", "v2") is None
+
+
+def test_a_failed_write_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = FeatureCache(tmp_path, "bb")
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(np, "save", explode)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put("ab12", "original", np.ones(3))
+    monkeypatch.undo()
+    assert cache.get("ab12", "original") is None
+    assert not list(tmp_path.rglob("*")) or not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_truncated_entry_counts_as_a_miss(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "bb")
+    cache.put("ab12", "original", np.ones(3))
+    cache.path("ab12", "original").write_bytes(b"\x93NUMPY")
+    assert cache.get("ab12", "original") is None
+
+
+def _writer(root: str, offset: int) -> None:
+    cache = FeatureCache(root, "bb")
+    for round_ in range(30):
+        for key in range(20):
+            cache.put(f"{key:04x}", "v", np.full(256, key, np.float32))
+        assert round_ >= 0
+
+
+def test_two_processes_writing_the_same_entries(tmp_path: Path) -> None:
+    context = mp.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(str(tmp_path), i)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    cache = FeatureCache(tmp_path, "bb")
+    for key in range(20):
+        assert np.array_equal(cache.get(f"{key:04x}", "v"), np.full(256, key, np.float32))
+    assert not [p for p in tmp_path.rglob("*.tmp")]

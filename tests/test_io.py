@@ -1,0 +1,53 @@
+"""Image reading: formats, bit depths, channel counts, bad files."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import write_image
+
+from leukexp.data.io import BadImageError, is_image_file, read_image, to_rgb8
+
+
+@pytest.mark.parametrize(("ext", "channels", "dtype"), [
+    (".png", 1, np.uint8), (".png", 3, np.uint16), (".png", 4, np.uint8), (".tif", 3, np.uint16),
+    (".bmp", 3, np.uint8), (".jpg", 3, np.uint8), (".tiff", 1, np.uint16),
+])
+def test_reads_any_depth_and_channels_as_rgb8(tmp_path: Path, ext: str, channels: int, dtype: type) -> None:
+    path = write_image(tmp_path / f"image{ext}", seed=1, size=20, channels=channels, dtype=dtype)
+    image = read_image(path)
+    assert image.shape == (20, 20, 3)
+    assert image.dtype == np.uint8
+
+
+def test_bgr_is_converted_to_rgb(tmp_path: Path) -> None:
+    bgr = np.zeros((4, 4, 3), np.uint8)
+    bgr[..., 0] = 255  # blue in OpenCV's order
+    cv2.imwrite(str(tmp_path / "blue.png"), bgr)
+    assert read_image(tmp_path / "blue.png")[0, 0].tolist() == [0, 0, 255]
+
+
+def test_sixteen_bit_scales_to_eight_bit() -> None:
+    grey = np.full((2, 2), 65535, np.uint16)
+    assert to_rgb8(grey)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_extension_matching_ignores_case(tmp_path: Path) -> None:
+    path = write_image(tmp_path / "cell.Jpg", seed=2)
+    assert is_image_file(path)
+    assert not is_image_file(tmp_path / "notes.txt")
+
+
+def test_zero_byte_file_is_named_in_the_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(BadImageError, match=r"empty\.png: the file is empty"):
+        read_image(empty)
+
+
+def test_corrupt_file_is_named_in_the_error(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 this is not really a jpeg")
+    with pytest.raises(BadImageError, match=r"corrupt\.jpg: not a readable image"):
+        read_image(corrupt)

@@ -1,0 +1,36 @@
+"""Real images: the default backbone and head on a stratified subset of the public ALL 4-class set."""
+
+from pathlib import Path
+
+import pytest
+from conftest import ALL4CLASS
+from mlflow.tracking import MlflowClient
+
+from leukexp.pipeline import train
+
+PER_CLASS = 60
+
+
+def stratified_subset(target: Path) -> Path:
+    """Link the first PER_CLASS images (sorted names, spread over the folder) of each class; nothing is copied."""
+    for folder in sorted(p for p in ALL4CLASS.iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.jpg"))
+        step = len(files) / PER_CLASS
+        (target / folder.name).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            source = files[int(i * step)]
+            (target / folder.name / source.name).symlink_to(source)
+    return target
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_mlp1_on_real_all4class_subset(compose_cfg, tmp_path: Path) -> None:
+    root = stratified_subset(tmp_path / "all4class-subset")
+    cfg = compose_cfg(f"data.root={root}", "data=folder", "task=folders", "fold=f0", "augmentation=paper",
+                      "augmentation.repeats=1", "head=mlp1", "model=efficientnet_lite0")
+    metrics = train(cfg)
+    print({k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1})
+    assert metrics["test/acc"] >= 0.85, metrics["test/acc"]
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"])[0]
+    assert run.data.tags["model"] == "efficientnet_lite0" and run.data.tags["data"] == "folder"
+    assert set(run.data.tags["cv_group"].split()) >= {"task=folders", "head=mlp1", "model=efficientnet_lite0"}

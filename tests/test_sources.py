@@ -1,0 +1,105 @@
+"""Folder sources: scanning, validation errors, duplicates, groups, and the real all4class set."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ALL4CLASS, write_image
+
+from leukexp.data.sources import FolderSource
+from leukexp.data.tasks import Task
+from leukexp.errors import LeukexpError
+
+STUDY = Task("multiclass", classes=["ALL", "HLT"], aliases={"ALL": ["ALL"], "HLT": ["healthy", "HLT"]})
+
+
+def test_scan_labels_hashes_and_orders(make_folder: Callable[..., Path]) -> None:
+    root = make_folder({"ALL": 3, "healthy": 2})
+    catalog = FolderSource(root).scan(STUDY)
+    assert catalog.classes == ["ALL", "HLT"]
+    assert catalog.class_counts() == {"ALL": 3, "HLT": 2}
+    assert catalog.frame["sha1"].str.len().eq(40).all()
+    assert catalog.frame.loc[catalog.frame["label"] == "HLT", "label_index"].eq(1).all()
+
+
+def test_mixed_case_extensions_are_found(tmp_path: Path) -> None:
+    write_image(tmp_path / "d" / "ALL" / "a.Jpg", 1)
+    write_image(tmp_path / "d" / "ALL" / "b.TIF", 2)
+    write_image(tmp_path / "d" / "HLT" / "c.PNG", 3)
+    assert len(FolderSource(tmp_path / "d").scan(STUDY)) == 3
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(LeukexpError, match="no such folder"):
+        FolderSource(tmp_path / "nowhere").scan(STUDY)
+
+
+def test_root_without_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LeukexpError, match="has no class sub-folders"):
+        FolderSource(tmp_path / "empty").scan(STUDY)
+
+
+def test_empty_class_folder(make_folder: Callable[..., Path]) -> None:
+    root = make_folder({"ALL": 2, "HLT": 2})
+    (root / "healthy").mkdir()
+    with pytest.raises(LeukexpError, match="healthy has no images"):
+        FolderSource(root).scan(STUDY)
+
+
+def test_unknown_class_folder(make_folder: Callable[..., Path]) -> None:
+    root = make_folder({"ALL": 2, "HLT": 2, "Monocyte": 2})
+    with pytest.raises(LeukexpError, match="'Monocyte' is not a class"):
+        FolderSource(root).scan(STUDY)
+
+
+def test_bad_image_stops_with_its_name_or_is_skipped(make_folder: Callable[..., Path]) -> None:
+    root = make_folder({"ALL": 3, "HLT": 3})
+    (root / "ALL" / "broken.png").write_bytes(b"not an image")
+    (root / "HLT" / "zero.jpg").write_bytes(b"")
+    with pytest.raises(LeukexpError, match=r"broken\.png.*data\.on_bad_image=skip"):
+        FolderSource(root).scan(STUDY)
+    catalog = FolderSource(root, on_bad_image="skip").scan(STUDY)
+    assert len(catalog) == 6
+    assert len(catalog.skipped) == 2
+    assert any("zero.jpg" in message for message in catalog.skipped)
+
+
+def test_same_image_in_two_classes_is_an_error(make_folder: Callable[..., Path]) -> None:
+    root = make_folder({"ALL": 2, "HLT": 2})
+    (root / "HLT" / "copy.png").write_bytes((root / "ALL" / "ALL_00.png").read_bytes())
+    with pytest.raises(LeukexpError, match="duplicate image in two classes"):
+        FolderSource(root).scan(STUDY)
+
+
+def test_duplicates_within_a_class_share_a_group(make_folder: Callable[..., Path]) -> None:
+    root = make_folder({"ALL": 2, "HLT": 2})
+    (root / "ALL" / "copy.png").write_bytes((root / "ALL" / "ALL_00.png").read_bytes())
+    catalog = FolderSource(root).scan(STUDY)
+    assert catalog.duplicates == [["ALL/ALL_00.png", "ALL/copy.png"]]
+    groups = catalog.frame.set_index("file")["group"]
+    assert groups["ALL/ALL_00.png"] == groups["ALL/copy.png"]
+
+
+def test_groups_csv(make_folder: Callable[..., Path], tmp_path: Path) -> None:
+    root = make_folder({"ALL": 2, "HLT": 2})
+    csv = tmp_path / "groups.csv"
+    csv.write_text("file,group\nALL/ALL_00.png,p1\nALL/ALL_01.png,p1\nHLT_00.png,p2\nHLT/HLT_01.png,p3\n")
+    catalog = FolderSource(root, groups_csv=str(csv)).scan(STUDY)
+    assert catalog.frame["group"].tolist() == ["p1", "p1", "p2", "p3"]
+    csv.write_text("file,group\nALL/ALL_00.png,p1\n")
+    with pytest.raises(LeukexpError, match="no group for 3 image"):
+        FolderSource(root, groups_csv=str(csv)).scan(STUDY)
+
+
+def test_real_all4class_loads_with_a_folder_mapping() -> None:
+    four = FolderSource(ALL4CLASS).scan(Task("folders"))
+    assert four.class_counts() == {"Benign": 504, "Early": 985, "Pre": 963, "Pro": 804}
+    binary = FolderSource(ALL4CLASS).scan(
+        Task("folders", mapping={"malignant": ["Early", "Pre", "Pro"], "benign": ["Benign"]})
+    )
+    assert binary.class_counts() == {"malignant": 2752, "benign": 504}
+    # the public set holds byte-identical copies; each set must stay on one side of every split
+    assert len(binary.duplicates) > 0
+    for files in binary.duplicates:
+        assert binary.frame.set_index("file").loc[files, "group"].nunique() == 1

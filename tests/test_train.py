@@ -1,0 +1,93 @@
+"""Training runs end to end: every head logs the full metric and artifact set to MLflow."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_DATA, TINY_MODEL
+from mlflow.tracking import MlflowClient
+
+from leukexp.data.synthetic import generate_image
+from leukexp.pipeline import train
+from leukexp.predict import load_classifier
+
+FAST = [*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=3"]
+TAGS = {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit", "cv_group"}
+ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "curves.png", "predictions.csv",
+             "model"}
+
+
+def only_run(root: Path):
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("leukexp")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.parametrize("head", ["mlp1", "mlp3", "mlp3_dropout", "svm"])
+def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head: str) -> None:
+    cfg = compose_cfg(*FAST, f"head={head}")
+    metrics = train(cfg)
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert set(run.data.tags) >= TAGS
+    assert run.data.tags["head"] == head and run.data.tags["fold"] == "f0"
+    assert "fold=" not in run.data.tags["cv_group"] and f"head={head}" in run.data.tags["cv_group"]
+    logged = run.data.metrics
+    classes = ["ALL", "AML", "CLL", "CML", "HLT"]
+    expected = {"test/acc", "test/loss", "test/f1_macro", "test/auc_macro", "val/acc",
+                *(f"test/{m}/{c}" for m in ("precision", "recall", "f1", "auc") for c in classes)}
+    assert expected <= set(logged)
+    if head != "svm":
+        assert "train/loss" in logged
+        assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 3
+    assert logged["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert 0.0 <= logged["test/acc"] <= 1.0
+    assert run.data.params["head._target_"].endswith("SVMHead" if head == "svm" else "MLPHead")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts >= ARTIFACTS
+
+
+def test_binary_task_with_one_logit_and_reloadable_head(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(*FAST, "task=binary")
+    metrics = train(cfg)
+    assert "test/auc/ALL" in metrics and "test/auc/AML" not in metrics
+    classifier = load_classifier(tmp_path / "outputs" / "model")
+    assert classifier.single_logit and classifier.classes == ["ALL", "HLT"]
+    probs = classifier.predict_proba([generate_image("ALL", 0, size=64), generate_image("HLT", 0, size=64)])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
+
+
+def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -> None:
+    overrides = [*TINY_MODEL, *TINY_DATA, "trainer.max_epochs=2", "augmentation.repeats=1", "mlflow.enabled=false"]
+    cold = train(compose_cfg(*overrides))
+    cache = tmp_path / "cache" / "features"
+    entries = sorted(p.name for p in cache.rglob("*.npy"))
+    assert entries, "features were cached"
+    warm = train(compose_cfg(*overrides))
+    assert sorted(p.name for p in cache.rglob("*.npy")) == entries, "a warm run computes nothing new"
+    assert warm["test/acc"] == cold["test/acc"] and warm["test/loss"] == pytest.approx(cold["test/loss"])
+
+
+def test_online_augmentation_runs_the_backbone_per_batch(compose_cfg, tmp_path: Path) -> None:
+    metrics = train(compose_cfg(*TINY_MODEL, *TINY_DATA, "augmentation=online", "trainer.max_epochs=1",
+                                "mlflow.enabled=false"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    cached = [p.name for p in (tmp_path / "cache" / "features").rglob("*.npy")]
+    assert cached and all(name.endswith("_original.npy") for name in cached), "only originals are cached"
+
+
+def test_class_weights_and_thesis_protocol_run(compose_cfg) -> None:
+    metrics = train(compose_cfg(*FAST, "protocol=thesis", "augmentation=paper", "augmentation.repeats=1",
+                                "protocol.balance=class_weights", "mlflow.enabled=false"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["inception_v3", "resnext101_32x8d", "senet154"])
+def test_study_backbones_compose_and_run(compose_cfg, model: str) -> None:
+    cfg = compose_cfg(f"model={model}", "model.pretrained=false", "model.input_size=96", *TINY_DATA,
+                      "augmentation=none", "trainer.max_epochs=1", "mlflow.enabled=false", "task=binary")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
