@@ -87,9 +87,11 @@ def test_missing_weights_file_says_how_to_fix(tmp_path: Path) -> None:
         FrozenBackbone("test_efficientnet", weights_file=str(tmp_path / "none.pth"))
 
 
-def test_no_weights_offline_says_how_to_supply_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+def test_no_weights_offline_says_how_to_supply_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", "/nonexistent-hub-cache")
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
     with pytest.raises(LeukexpError, match=r"model\.weights_file=PATH.*model\.pretrained=false"):
         FrozenBackbone("resnet18", pretrained=True)
 

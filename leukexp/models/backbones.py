@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -165,13 +167,32 @@ def _create(name: str, pretrained: bool, weights_file: str | None, key_map: KeyM
                 " check the model name, or set model.key_map=by_order for renamed tensors"
             ) from error
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0)
+        with _hub_offline_unless_reachable():
+            return timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as error:
         raise LeukexpError(
             f"model {name}: no local weights and the hub could not be reached ({type(error).__name__});"
             f" download the weights elsewhere and pass model.weights_file=PATH (.pth or .safetensors),"
             " or set model.pretrained=false for a random init"
         ) from error
+
+
+@contextmanager
+def _hub_offline_unless_reachable(host: str = "huggingface.co") -> Iterator[None]:
+    """Without a route to the hub, use only its local cache: fail in a moment instead of retrying for a minute."""
+    import huggingface_hub.constants as hub
+
+    try:
+        socket.getaddrinfo(host, 443)
+        reachable = True
+    except OSError:
+        reachable = False
+    previous = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = previous or not reachable
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = previous
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
