@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from leukexp.console import quiet
-from leukexp.data.dataset import FeatureDataset, ViewDataset
+from leukexp.data.dataset import FeatureDataset, ViewDataset, identity_collate, worker_context
 from leukexp.data.study import Study
 from leukexp.models.backbones import FrozenBackbone
 from leukexp.models.callbacks import BestHeadKeeper, EpochHistory
@@ -85,10 +85,14 @@ def _fit_neural(cfg: DictConfig, study: Study, backbone: FrozenBackbone, head: n
     else:
         train_set = FeatureDataset(features.train, samples.train["label_index"].to_numpy())
     generator = torch.Generator().manual_seed(int(cfg.seed))
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
-                              num_workers=workers if features.train is None else 0)
+    if features.train is None:
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
+                                  num_workers=workers, multiprocessing_context=worker_context(workers))
+    else:
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
+                                  collate_fn=identity_collate)
     val_loader = DataLoader(FeatureDataset(features.val, samples.val["label_index"].to_numpy()),
-                            batch_size=256)
+                            batch_size=256, collate_fn=identity_collate)
     keeper, history = BestHeadKeeper("val/acc", "max"), EpochHistory()
     callbacks: list[L.Callback] = [keeper, history]
     if cfg.training.early_stopping_patience:

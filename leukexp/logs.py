@@ -10,6 +10,7 @@ import warnings
 def quiet_libraries() -> None:
     """Silence Lightning's hardware banners and tips, and known harmless warnings."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)

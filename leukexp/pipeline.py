@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.console import console, print_frame
+from leukexp.cv import FoldRun
 from leukexp.data.study import Study, build_study
 from leukexp.evaluation import classification_metrics, confusion
 from leukexp.features.cache import FeatureCache
@@ -57,6 +61,23 @@ def describe_study(study: Study) -> None:
             console.print(f"  ... and {len(catalog.duplicates) - len(shown)} more")
 
 
+def is_multirun() -> bool:
+    """True inside a Hydra multirun job."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def set_torch_threads(cfg: DictConfig) -> None:
+    """Share the CPU between parallel jobs instead of oversubscribing it."""
+    threads = cfg.training.get("torch_threads")
+    if threads is None and HydraConfig.initialized():
+        n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+        if is_multirun() and n_jobs != 1:
+            jobs = os.cpu_count() if n_jobs < 0 else n_jobs
+            threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
 def group_choices() -> dict[str, str]:
     """The option chosen in each config group (empty outside a Hydra run)."""
     if not HydraConfig.initialized():
@@ -90,6 +111,8 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
         "seed": str(cfg.seed),
         "git_commit": git_commit(Path(__file__).parent),
         "cv_group": cv_group(cfg),
+        "data_hash": study.data_fingerprint(),
+        "n_splits": str(study.fold.n_splits),
         "leukexp.kind": "fold",
     }
 
@@ -101,7 +124,8 @@ def compute_features(cfg: DictConfig, study: Study, backbone: FrozenBackbone) ->
 
     def run(part: pd.DataFrame, name: str) -> np.ndarray:
         return extract_features(backbone, frame, part, study.augmentation, cache,
-                                batch_size=int(cfg.features.batch_size), description=f"{name} features")
+                                batch_size=int(cfg.features.batch_size), num_workers=int(cfg.features.num_workers),
+                                description=f"{name} features")
 
     train = None if study.augmentation.online else run(samples.train, "train")
     return Features(train=train, val=run(samples.val, "val"), test=run(samples.test, "test")), cache
@@ -141,52 +165,65 @@ def write_artifacts(out: Path, cfg: DictConfig, study: Study, backbone: FrozenBa
     ]
 
 
+def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: FrozenBackbone
+                     ) -> tuple[FitResult, dict[str, float], FeatureCache | None]:
+    """Features (cached), the trained head, and its test metrics plus the best epoch's train/val values."""
+    features, cache = compute_features(cfg, study, backbone)
+    # seeded after extraction, so a warm cache and a cold one train the same head
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    factory = instantiate(cfg.head)
+    head: Any = factory(in_features=backbone.num_features, num_outputs=num_outputs(cfg, len(study.classes)))
+    result = fit_head(cfg, study, backbone, head, features)
+    metrics = classification_metrics(study.samples.test["label_index"].to_numpy(), result.test_probs, study.classes)
+    best = result.history.iloc[result.best_epoch] if len(result.history) else {}
+    metrics.update({f"best/{k}": float(v) for k, v in dict(best).items() if k != "epoch"})
+    metrics["best/epoch"] = float(result.best_epoch)
+    return result, metrics, cache
+
+
+def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[str, float] | None]:
+    """The fold's MLflow run (None when tracking is off), or the metrics of an earlier finished run to reuse."""
+    if not cfg.mlflow.enabled:
+        return None, None
+    logger = RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+    fold_run = FoldRun(logger, run_tags(cfg, study), Path(cfg.paths.cache_dir) / "locks")
+    done = fold_run.open(resume=bool(cfg.sweep.resume) and is_multirun())
+    if done is not None:
+        console.print(f"[green]skipped:[/] fold {study.fold.name} of this configuration already FINISHED"
+                      f" (run {done.info.run_id})")
+        return None, dict(done.data.metrics)
+    fold_run.start(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    return fold_run, None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one study cell: data, frozen backbone, features, head, test metrics, MLflow run."""
     started = time.perf_counter()
     quiet_libraries()
+    set_torch_threads(cfg)
     study = build_study(cfg)
     describe_study(study)
     out = Path(cfg.paths.output_dir)
     study.write_manifest(out / "manifest.csv")
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # random-init backbones are reproducible too
     backbone: FrozenBackbone = instantiate(cfg.model)
-    tracker = None
-    if cfg.mlflow.enabled:
-        tracker = RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
-        tags = run_tags(cfg, study)
-        tracker.start(f"{tags['model']}-{tags['head']}-{tags['task']}-{tags['fold']}", tags)
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    fold_run, earlier = open_fold_run(cfg, study)
+    if earlier is not None:
+        return earlier
     try:
-        features, cache = compute_features(cfg, study, backbone)
-        # seeded after extraction, so a warm cache and a cold one train the same head
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        factory = instantiate(cfg.head)
-        head: Any = factory(in_features=backbone.num_features, num_outputs=num_outputs(cfg, len(study.classes)))
-        result = fit_head(cfg, study, backbone, head, features)
-        metrics = classification_metrics(study.samples.test["label_index"].to_numpy(), result.test_probs,
-                                         study.classes)
-        best = result.history.iloc[result.best_epoch] if len(result.history) else {}
-        metrics.update({f"best/{k}": float(v) for k, v in dict(best).items() if k != "epoch"})
-        metrics["best/epoch"] = float(result.best_epoch)
+        result, metrics, cache = fit_and_evaluate(cfg, study, backbone)
         artifacts = write_artifacts(out, cfg, study, backbone, result, metrics)
-        if tracker:
-            for row in result.history.to_dict("records"):
-                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and v == v},
-                                    step=int(row["epoch"]))
-            tracker.log_metrics(metrics)
-            tracker.log_artifacts(artifacts)
-            tracker.end("FINISHED")
     except BaseException:
-        if tracker:
-            tracker.end("FAILED")
+        if fold_run:
+            fold_run.fail()
         raise
+    if fold_run and fold_run.finish(result.history, metrics, artifacts):
+        console.print(f"all {study.fold.n_splits} folds finished: aggregates on parent run {fold_run.parent_id}")
     summary = {k: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith("test/")}
     print_frame(pd.DataFrame({"value": summary}), "test metrics", "metric")
-    elapsed = time.perf_counter() - started
-    console.print(f"done in {elapsed:.1f} s; outputs: {out}")
+    console.print(f"done in {time.perf_counter() - started:.1f} s; outputs: {out}")
     if cache is not None:
         console.print(f"feature cache: {cache.hits} hits, {cache.misses} misses ({cache.folder})")
-    if tracker:
-        console.print(f"MLflow run {tracker.run_id}; open the UI with: {tracker.ui_hint()}")
+    if fold_run:
+        console.print(f"MLflow run {fold_run.logger.run_id}; open the UI with: {fold_run.logger.ui_hint()}")
     return metrics

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
+from sklearn.metrics import auc, roc_curve
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -34,7 +34,8 @@ def plot_confusion(matrix: pd.DataFrame, path: Path, title: str = "Confusion mat
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
             colour = "white" if percent[i, j] > 60 else "black"
-            ax.text(j, i, f"{int(counts[i, j])}\n{percent[i, j]:.0f}%", ha="center", va="center",
+            count = f"{counts[i, j]:.0f}" if float(counts[i, j]).is_integer() else f"{counts[i, j]:.1f}"
+            ax.text(j, i, f"{count}\n{percent[i, j]:.0f}%", ha="center", va="center",
                     color=colour, fontsize=9)
     ax.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=45, ha="right")
     ax.set_yticks(range(len(matrix.index)), matrix.index)
@@ -55,7 +56,8 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], classes: list
             if not 0 < positives.sum() < len(labels):
                 continue
             fpr, tpr, _ = roc_curve(positives, probs[:, i])
-            label = cls if len(curves) == 1 else f"{cls} ({name})"
+            area = auc(fpr, tpr)
+            label = f"{cls} AUC {area:.3f}" if len(curves) == 1 else f"{cls} ({name}) {area:.3f}"
             ax.plot(fpr, tpr, linestyle=style, color=colours(i % 10), label=label, linewidth=1.4)
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("false positive rate")
@@ -90,4 +92,33 @@ def contact_sheet(images: Sequence[np.ndarray], names: Sequence[str], path: Path
     for ax, image, name in zip(axes.ravel(), images, names, strict=False):
         ax.imshow(image)
         ax.set_title(name, fontsize=6)
+    return _save(fig, path)
+
+
+def bar_chart(names: Sequence[str], means: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+              path: Path, title: str) -> Path:
+    """Horizontal bars with confidence-interval whiskers, one per configuration."""
+    names, means = list(names), np.asarray(means, float)
+    errors = np.abs(np.vstack([means - np.asarray(lows, float), np.asarray(highs, float) - means]))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    ax.barh(range(len(names)), means, xerr=errors, color="#4c72b0", capsize=4)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    for i, value in enumerate(means):
+        ax.text(0.01, i, f"{value:.3f}", va="center", color="white", fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def grouped_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Grouped vertical bars: rows are groups on the x axis, columns are series."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(table) * max(1, len(table.columns)) / 2), 4.5))
+    width = 0.8 / max(1, len(table.columns))
+    for i, column in enumerate(table.columns):
+        ax.bar(np.arange(len(table)) + i * width, table[column].to_numpy(), width, label=str(column))
+    ax.set_xticks(np.arange(len(table)) + width * (len(table.columns) - 1) / 2, table.index)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from leukexp.errors import LeukexpError
 
 log = logging.getLogger(__name__)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 PARAM_LIMIT = 6000
 
 
@@ -79,6 +81,8 @@ class RunLogger:
         prepare_store(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
+        if not tracking_uri.startswith(("sqlite:", "file:", "/")):
+            artifact_location = None  # a tracking server decides where artifacts go
         self.experiment_id = ensure_experiment(self.client, experiment_name, artifact_location)
         self.run_id: str | None = None
 

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import logging
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from leukexp.config import config_dir
-from leukexp.errors import user_errors
+from leukexp.errors import LeukexpError, user_errors
+
+log = logging.getLogger("leukexp")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Run the configuration and return `optimized_metric` (for sweepers)."""
-    with user_errors("leukexp-train"):
-        from leukexp.pipeline import train  # torch, Lightning and MLflow load only when a run starts
+    """Run the configuration and return `optimized_metric` (for sweepers).
 
-        metrics = train(cfg)
-        return metrics.get(cfg.optimized_metric)
+    In a multirun a failing job is recorded and the sweep goes on; the failures are listed at its end.
+    """
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        try:
+            return _run(cfg)
+        except (Exception, SystemExit) as error:  # one job's failure must not stop the sweep
+            from leukexp.sweep import record_failure
+
+            log.error("job failed: %s", error if isinstance(error, LeukexpError) else repr(error))
+            record_failure(error)
+            return None
+    with user_errors("leukexp-train"):
+        return _run(cfg)
     return None
+
+
+def _run(cfg: DictConfig) -> float | None:
+    from leukexp.pipeline import train  # torch, Lightning and MLflow load only when a run starts
+
+    return train(cfg).get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

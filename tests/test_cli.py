@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import cv2
+
 from conftest import REPO_ROOT, write_image
 
 
@@ -25,7 +26,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 def test_help_lists_the_groups(tmp_path: Path) -> None:
     result = run("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for group in ("data:", "task:", "fold:", "augmentation:", "protocol:", "model:", "head:"):
+    for group in ("data:", "task:", "fold:", "augmentation:", "protocol:", "model:", "head:", "experiment:"):
         assert group in result.stdout
 
 

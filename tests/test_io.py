@@ -5,8 +5,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import write_image
 
+from conftest import write_image
 from leukexp.data.io import BadImageError, is_image_file, read_image, to_rgb8
 
 

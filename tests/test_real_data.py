@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-from conftest import ALL4CLASS
 from mlflow.tracking import MlflowClient
 
+from conftest import ALL4CLASS
 from leukexp.pipeline import train
 
 PER_CLASS = 60
@@ -31,6 +31,6 @@ def test_efficientnet_lite0_mlp1_on_real_all4class_subset(compose_cfg, tmp_path:
     metrics = train(cfg)
     print({k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1})
     assert metrics["test/acc"] >= 0.85, metrics["test/acc"]
-    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"])[0]
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"], "tags.`leukexp.kind` = 'fold'")[0]
     assert run.data.tags["model"] == "efficientnet_lite0" and run.data.tags["data"] == "folder"
     assert set(run.data.tags["cv_group"].split()) >= {"task=folders", "head=mlp1", "model=efficientnet_lite0"}

@@ -4,8 +4,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ALL4CLASS, write_image
 
+from conftest import ALL4CLASS, write_image
 from leukexp.data.sources import FolderSource
 from leukexp.data.tasks import Task
 from leukexp.errors import LeukexpError

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_DATA, TINY_MODEL
 from mlflow.tracking import MlflowClient
 
+from conftest import TINY_DATA, TINY_MODEL
 from leukexp.data.synthetic import generate_image
 from leukexp.pipeline import train
 from leukexp.predict import load_classifier
@@ -20,8 +20,11 @@ ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "
 def only_run(root: Path):
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("leukexp")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'fold'")
     assert len(runs) == 1
+    parents = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'cv'")
+    assert [p.info.run_id for p in parents] == [runs[0].data.tags["mlflow.parentRunId"]]
+    assert parents[0].info.status == "RUNNING", "the parent finishes when all five folds have"
     return client, runs[0]
 
 

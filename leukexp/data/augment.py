@@ -64,6 +64,9 @@ class OfflineViews:
         self.views = [ViewKey(t, r, None) for t, r in base] + [
             ViewKey(t, r, flip) for flip in self.flips for t, r in base
         ]
+        spec = [self.seed, self.repeats, *(f"{k}={t!r}" for k, t in self.transforms.items()),
+                *(f"{k}={t!r}" for k, t in self.flips.items())]
+        self._fingerprint = hashlib.sha1(repr(spec).encode(), usedforsecurity=False).hexdigest()[:12]
 
     @property
     def n_views(self) -> int:
@@ -72,9 +75,7 @@ class OfflineViews:
 
     def fingerprint(self) -> str:
         """A short hash of everything that decides the views' pixels (for the feature cache)."""
-        spec = [self.seed, self.repeats, *(f"{k}={t!r}" for k, t in self.transforms.items()),
-                *(f"{k}={t!r}" for k, t in self.flips.items())]
-        return hashlib.sha1(repr(spec).encode(), usedforsecurity=False).hexdigest()[:12]
+        return self._fingerprint
 
     def view_fingerprint(self, index: int) -> str:
         """Cache key of view `index`: the original is shared by every augmentation config."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pandas as pd
 import torch
@@ -48,8 +50,24 @@ class ViewDataset(Dataset):
         return {"image": self.preprocess(image), "label": int(self.labels[index]), "index": index}
 
 
+def worker_context(num_workers: int) -> str | None:
+    """`fork` for DataLoader workers where the platform has it.
+
+    Inside a joblib (loky) job the default start method cannot start DataLoader workers (a pickle error);
+    forking the job's process works there and everywhere else on Linux.
+    """
+    if num_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return None
+
+
+def identity_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collate for datasets whose `__getitems__` already returns a whole batch."""
+    return batch
+
+
 class FeatureDataset(Dataset):
-    """Precomputed features with labels."""
+    """Precomputed features with labels; fetched a whole batch at a time (`collate_fn=identity_collate`)."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
         self.features = torch.as_tensor(features, dtype=torch.float32)
@@ -59,4 +77,9 @@ class FeatureDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        return {"features": self.features[index], "label": self.labels[index], "index": index}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """One batch by fancy indexing instead of collating single items."""
+        index = torch.as_tensor(indices, dtype=torch.long)
         return {"features": self.features[index], "label": self.labels[index], "index": index}

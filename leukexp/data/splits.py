@@ -67,6 +67,12 @@ def assign_splits(frame: pd.DataFrame, fold: FoldSpec) -> pd.Series:
 
 def _validation_subset(labels: np.ndarray, groups: np.ndarray, fold: FoldSpec, grouped: bool) -> np.ndarray:
     positions = np.arange(len(labels))
+    n_classes = len(np.unique(labels))
+    if int(np.ceil(fold.val_fraction * len(labels))) < n_classes:
+        raise LeukexpError(
+            f"fold.val_fraction={fold.val_fraction} leaves fewer validation images than the {n_classes} classes"
+            f" ({len(labels)} training images in this fold); raise fold.val_fraction or add images"
+        )
     if not grouped:
         _, val = train_test_split(positions, test_size=fold.val_fraction, stratify=labels, random_state=fold.seed)
         return np.sort(val)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ class Study:
     def manifest(self) -> pd.DataFrame:
         """One row per source image: file, label, group, split, content hash."""
         return manifest(self.catalog.frame, self.split)
+
+    def data_fingerprint(self) -> str:
+        """Hash of the images, labels and groups (not the split): 'the same data' for resume and CV groups."""
+        table = self.catalog.frame[["file", "label", "group", "sha1"]].sort_values("file")
+        return hashlib.sha1(table.to_csv(index=False).encode(), usedforsecurity=False).hexdigest()[:16]
 
     def split_summary(self) -> pd.DataFrame:
         """Source images per class and split."""

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 
 from leukexp.console import console, quiet
 from leukexp.data.augment import OfflineViews, OnlineAugment
-from leukexp.data.dataset import ViewDataset
+from leukexp.data.dataset import ViewDataset, worker_context
 from leukexp.features.cache import FeatureCache
 from leukexp.models.backbones import FrozenBackbone
 
@@ -40,7 +40,8 @@ def extract_features(
     if not missing:
         return features
     dataset = Subset(ViewDataset(catalog, samples, augmentation, backbone.preprocess), missing)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        multiprocessing_context=worker_context(num_workers))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=quiet(), transient=True) as progress:
         bar = progress.add_task(f"{description} ({backbone.label})", total=len(missing))

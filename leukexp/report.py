@@ -1,0 +1,249 @@
+"""`leukexp-report`: the study's tables and charts from an MLflow store, without a notebook.
+
+    leukexp-report --experiment quickstart [--filter "tags.task='binary'"] [--compare head=mlp1 head=svm] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from leukexp.cv import confidence_interval
+from leukexp.errors import LeukexpError, user_errors
+
+# the thesis's per-fold rows (Tables 4.1-4.3) and where each comes from
+FOLD_ROWS = {"test_acc": "test/acc", "val_acc": "best/val/acc", "trn_acc": "best/train/acc",
+             "test_loss": "test/loss", "val_loss": "best/val/loss", "trn_loss": "best/train/loss"}
+LABEL_TAGS = ("model", "head", "task", "protocol", "augmentation", "data")
+
+
+@dataclass
+class StudyRuns:
+    """Finished fold runs (one row per configuration and fold) and the runs not counted."""
+
+    folds: pd.DataFrame
+    unfinished: pd.DataFrame
+    classes: dict[str, list[str]]
+
+
+def default_tracking_uri() -> str:
+    """The store `leukexp-train` writes by default from this folder (or $LEUKEXP_ROOT)."""
+    root = Path(os.environ.get("LEUKEXP_ROOT", Path.cwd())).resolve()
+    return f"sqlite:///{root}/mlruns/mlflow.db"
+
+
+def load_runs(client: MlflowClient, experiment: str, filter_string: str | None = None) -> StudyRuns:
+    """Fold runs of an experiment: the newest FINISHED run per configuration and fold; the rest listed apart."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise LeukexpError(f"--experiment {experiment}: not in this store (experiments: {names})")
+    query = "tags.`leukexp.kind` = 'fold'" + (f" and {filter_string}" if filter_string else "")
+    try:
+        runs = client.search_runs([found.experiment_id], query, max_results=50000,
+                                  order_by=["attributes.start_time DESC"])
+    except MlflowException as error:
+        raise LeukexpError(f"--filter {filter_string!r}: {error.message.splitlines()[0]}") from error
+    rows = []
+    classes: dict[str, list[str]] = {}
+    for run in runs:
+        tags = run.data.tags
+        rows.append({"run_id": run.info.run_id, "status": run.info.status, "start": run.info.start_time,
+                     "cv_group": tags.get("cv_group", "?"), "data_hash": tags.get("data_hash", ""),
+                     "fold": tags.get("fold", "?"), **{t: tags.get(t, "") for t in LABEL_TAGS},
+                     **run.data.metrics})
+        names = [k.removeprefix("test/f1/") for k in run.data.metrics if k.startswith("test/f1/")]
+        classes.setdefault(tags.get("cv_group", "?"), names)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        where = f" {filter_string}" if filter_string else ""
+        raise LeukexpError(f"--experiment {experiment}: no fold runs match{where}")
+    finished = table[table["status"] == "FINISHED"].drop_duplicates(["cv_group", "data_hash", "fold"])
+    unfinished = table[table["status"] != "FINISHED"]
+    finished = finished.assign(config=configuration_labels(finished["cv_group"]))
+    return StudyRuns(finished.sort_values(["config", "fold"]).reset_index(drop=True),
+                     unfinished.reset_index(drop=True), classes)
+
+
+def configuration_labels(groups: pd.Series) -> pd.Series:
+    """Short names: the parts of each `cv_group` that differ between configurations."""
+    tokens = {g: set(g.split()) for g in groups.unique()}
+    common = set.intersection(*tokens.values()) if tokens else set()
+    labels = {g: " ".join(sorted(t - common)) or "(single configuration)" for g, t in tokens.items()}
+    return groups.map(labels)
+
+
+def per_fold_tables(folds: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Tables 4.1-4.3: accuracy and loss per fold with the average, one table per configuration."""
+    tables = {}
+    for config, runs in folds.groupby("config", sort=True):
+        runs = runs.sort_values("fold")
+        table = pd.DataFrame({
+            f"Fold {i + 1} ({fold})": [run.get(m, np.nan) for m in FOLD_ROWS.values()]
+            for i, (fold, run) in enumerate(zip(runs["fold"], runs.to_dict("records"), strict=True))
+        }, index=list(FOLD_ROWS))
+        table["Average"] = table.mean(axis=1)
+        tables[config] = table
+    return tables
+
+
+def per_class_table(folds: pd.DataFrame) -> pd.DataFrame:
+    """Table 4.28: average precision, recall and F1 per class and configuration."""
+    rows = []
+    for config, runs in folds.groupby("config", sort=True):
+        classes = sorted({c.removeprefix("test/f1/") for c in runs.columns if c.startswith("test/f1/")
+                          and runs[c].notna().any()})
+        for name in classes:
+            rows.append({"configuration": config, "class": name,
+                         **{m: runs[f"test/{m}/{name}"].mean() for m in ("precision", "recall", "f1")}})
+    return pd.DataFrame(rows)
+
+
+def summary_table(folds: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
+    """Every configuration: folds, mean +- std and 95% CI of the metric, macro F1, AUC and loss."""
+    rows = []
+    for config, runs in folds.groupby("config", sort=True):
+        values = runs[metric].dropna().to_numpy(dtype=float)
+        low, high = confidence_interval(values)
+        rows.append({"configuration": config, "folds": len(values), "mean": values.mean(),
+                     "std": values.std(ddof=1) if len(values) > 1 else 0.0, "ci95_low": low, "ci95_high": high,
+                     "f1_macro": runs.get("test/f1_macro", pd.Series(dtype=float)).mean(),
+                     "auc_macro": runs.get("test/auc_macro", pd.Series(dtype=float)).mean(),
+                     "loss": runs.get("test/loss", pd.Series(dtype=float)).mean()})
+    return pd.DataFrame(rows).sort_values("mean", ascending=False).reset_index(drop=True)
+
+
+def pick_configuration(folds: pd.DataFrame, selector: str) -> str:
+    """The one configuration whose cv_group holds every `key=value` token of the selector."""
+    wanted = set(selector.split())
+    matches = sorted({c for g, c in zip(folds["cv_group"], folds["config"], strict=True) if wanted <= set(g.split())})
+    if len(matches) != 1:
+        known = "; ".join(sorted(folds["config"].unique()))
+        what = "no configuration" if not matches else f"{len(matches)} configurations ({'; '.join(matches)})"
+        raise LeukexpError(f"--compare {selector!r} matches {what}; configurations: {known}")
+    return matches[0]
+
+
+def paired_comparison(folds: pd.DataFrame, first: str, second: str, metric: str = "test/acc") -> dict[str, object]:
+    """Difference of two configurations over their shared folds: mean, 95% CI, paired t-test."""
+    a = folds[folds["config"] == first].set_index("fold")[metric]
+    b = folds[folds["config"] == second].set_index("fold")[metric]
+    shared = sorted(set(a.index) & set(b.index))
+    diffs = (a[shared] - b[shared]).to_numpy(dtype=float)
+    result: dict[str, object] = {"first": first, "second": second, "metric": metric, "shared_folds": len(shared),
+                                 "folds": ", ".join(shared)}
+    if len(diffs) < 2:
+        result.update(mean_difference=float(diffs.mean()) if len(diffs) else np.nan, ci95_low=np.nan,
+                      ci95_high=np.nan, p_value=np.nan, verdict="too few shared folds for a paired test")
+        return result
+    low, high = confidence_interval(diffs)
+    p_value = float(stats.ttest_rel(a[shared], b[shared]).pvalue) if np.any(diffs != diffs[0]) else (
+        0.0 if diffs[0] != 0 else 1.0)
+    distinguishable = low > 0 or high < 0
+    result.update(mean_difference=float(diffs.mean()), ci95_low=low, ci95_high=high, p_value=p_value,
+                  verdict=("distinguishable from fold noise" if distinguishable
+                           else "not distinguishable from fold noise"))
+    return result
+
+
+def markdown(table: pd.DataFrame, percent: tuple[str, ...] = (), index: bool = True) -> str:
+    """A GitHub markdown table; columns or rows named in `percent` as percentages."""
+    frame = table.copy()
+    header = ([frame.index.name or ""] if index else []) + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, row in frame.iterrows():
+        cells = [str(key)] if index else []
+        for column, value in row.items():
+            as_percent = any(p in str(column) or p in str(key) for p in percent)
+            cells.append(_cell(value, as_percent))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: object, as_percent: bool) -> str:
+    if isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return "-"
+        return f"{value * 100:.2f}%" if as_percent else f"{value:.4f}"
+    return str(value)
+
+
+def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tuple[str, str]] | None = None,
+                 metric: str = "test/acc") -> Path:
+    """Write report.md, one CSV per table and the PNG charts into `out`."""
+    from leukexp.plots import bar_chart, grouped_bars
+
+    out.mkdir(parents=True, exist_ok=True)
+    folds = runs.folds
+    summary = summary_table(folds, metric)
+    summary.to_csv(out / "summary.csv", index=False)
+    classes = per_class_table(folds)
+    classes.to_csv(out / "per_class.csv", index=False)
+    lines = [f"# leukexp report: {experiment}", "",
+             f"{folds['config'].nunique()} configuration(s), {len(folds)} finished fold run(s)."
+             f" Metric: `{metric}`; 95% CI: Student t over folds.", "",
+             "## Summary of every configuration", "", markdown(summary, ("mean", "std", "ci95", "f1", "auc"),
+                                                                index=False), "",
+             "![comparison](comparison.png)", ""]
+    bar_chart(summary["configuration"], summary["mean"], summary["ci95_low"], summary["ci95_high"],
+              out / "comparison.png", f"{metric} (mean and 95% CI over folds)")
+    lines += ["## Accuracy and loss per fold", ""]
+    for i, (config, table) in enumerate(per_fold_tables(folds).items(), start=1):
+        table.index.name = "metric"
+        table.to_csv(out / f"folds_{i:02d}.csv")
+        lines += [f"### {config}", "", markdown(table, ("acc",)), ""]
+    lines += ["## Average precision, recall and F1 per class", ""]
+    if not classes.empty:
+        pivot = classes.set_index(["configuration", "class"])
+        lines += [markdown(pivot.reset_index(), ("precision", "recall", "f1"), index=False), "",
+                  "![per-class F1](per_class_f1.png)", ""]
+        grouped_bars(classes.pivot(index="class", columns="configuration", values="f1"), out / "per_class_f1.png",
+                     "mean test F1 per class")
+    if compare:
+        lines += ["## Paired comparisons over shared folds", ""]
+        results = pd.DataFrame([paired_comparison(folds, pick_configuration(folds, a), pick_configuration(folds, b),
+                                                  metric) for a, b in compare])
+        results.to_csv(out / "comparisons.csv", index=False)
+        lines += [markdown(results, ("mean_difference", "ci95"), index=False), ""]
+    if not runs.unfinished.empty:
+        lines += ["## Runs not counted (unfinished or failed)", "",
+                  markdown(runs.unfinished[["run_id", "status", "cv_group", "fold"]], index=False), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command line entry of `leukexp-report`."""
+    parser = argparse.ArgumentParser(prog="leukexp-report", description="The study's tables from an MLflow store.")
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name (mlflow.experiment_name)")
+    parser.add_argument("--tracking-uri", default=None, help="store or server (default: ./mlruns/mlflow.db)")
+    parser.add_argument("--filter", default=None, help="MLflow filter, e.g. \"tags.task='binary'\"")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: reports/EXPERIMENT)")
+    parser.add_argument("--metric", default="test/acc", help="metric compared (default test/acc)")
+    parser.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                        help="paired comparison of two configurations, each named by key=value tokens of its "
+                             "cv_group, e.g. --compare head=mlp1 head=svm (repeatable)")
+    args = parser.parse_args(argv)
+    with user_errors("leukexp-report"):
+        uri = args.tracking_uri or default_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise LeukexpError(f"--tracking-uri {uri}: no such store; run leukexp-train first or point at the store")
+        runs = load_runs(MlflowClient(uri), args.experiment, args.filter)
+        out = args.out or Path("reports") / args.experiment
+        path = write_report(runs, out, args.experiment, [tuple(c) for c in args.compare or []], args.metric)
+        print(f"wrote {path} ({runs.folds['config'].nunique()} configurations, {len(runs.folds)} fold runs,"
+              f" {len(runs.unfinished)} not counted)")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Hydra multirun support: create the tracking store before jobs start, keep going when a job fails,
+and report the failures (with their errors) when the sweep ends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.markup import escape
+
+from leukexp.console import console
+
+log = logging.getLogger(__name__)
+FAILURES = "failures.jsonl"
+
+
+def record_failure(error: BaseException) -> None:
+    """Append this job's error to the sweep's failure list (read back at the end of the sweep)."""
+    hydra = HydraConfig.get()
+    entry = {
+        "job": hydra.job.num,
+        "overrides": list(hydra.overrides.task),
+        "error": f"{type(error).__name__}: {error}".splitlines()[0][:500],
+        "where": "".join(traceback.format_exception(error)[-2:]).strip()[:800],
+    }
+    with open(Path(hydra.sweep.dir) / FAILURES, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+class SweepCallback(Callback):
+    """Prepares the MLflow store once before jobs start and summarizes failed jobs at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create the SQLite schema in the parent process: parallel jobs race on it otherwise."""
+        HydraConfig.instance().set_config(config)  # the paths interpolate hydra:runtime values
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / FAILURES).unlink(missing_ok=True)
+        if config.mlflow.enabled:
+            from leukexp.tracking import prepare_store
+
+            prepare_store(str(config.mlflow.tracking_uri))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """List failed jobs with their errors; exit non-zero if any failed."""
+        HydraConfig.instance().set_config(config)
+        failures_file = Path(config.hydra.sweep.dir) / FAILURES
+        if not failures_file.is_file():
+            return
+        failures = [json.loads(line) for line in failures_file.read_text().splitlines() if line.strip()]
+        if not failures:
+            return
+        console.print(f"[bold red]{len(failures)} job(s) failed[/] (the others finished; re-run the same command"
+                      " to retry only what is missing):")
+        for failure in failures:
+            console.print(escape(f"  job {failure['job']} [{' '.join(failure['overrides'])}]: {failure['error']}"))
+        raise SystemExit(1)

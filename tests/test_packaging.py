@@ -1,0 +1,34 @@
+"""The built wheel carries the configs: `leukexp-train` works from a wheel, not only from a checkout."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.mark.slow
+def test_wheel_contains_configs_and_composes_from_anywhere(tmp_path: Path) -> None:
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
+                            str(tmp_path / "dist"), str(REPO_ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("leukexp-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert {"leukexp/conf/train.yaml", "leukexp/conf/model/efficientnet_lite0.yaml",
+                "leukexp/conf/experiment/quickstart.yaml"} <= names
+        archive.extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run([sys.executable, "-c", "from leukexp.config import config_dir; print(config_dir())"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == str(tmp_path / "site" / "leukexp" / "conf")
+    job = subprocess.run([sys.executable, "-m", "leukexp.train", "--cfg", "job", "head=svm"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr
+    assert "SVMHead" in job.stdout

@@ -1,0 +1,156 @@
+"""Multiruns as a user launches them: parent/child runs, aggregates, parallel launchers, resume, failures."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from leukexp.report import load_runs, per_fold_tables, summary_table, write_report
+
+TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
+        "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none",
+        "trainer.max_epochs=2", "fold.n_splits=2"]
+SWEEP = ["head=mlp1,svm", "fold=f0,f1"]
+
+
+def sweep(root: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leukexp.train", "-m", *TINY, *overrides], cwd=root,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "CI": "true"})
+
+
+def client_for(root: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    return client, client.get_experiment_by_name("leukexp").experiment_id
+
+
+def runs_by_kind(root: Path) -> tuple[list, list]:
+    client, experiment = client_for(root)
+    runs = client.search_runs([experiment], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("leukexp.kind") == "cv"]
+    folds = [r for r in runs if r.data.tags.get("leukexp.kind") == "fold"]
+    return parents, folds
+
+
+def assert_complete_study(root: Path, n_configs: int = 2, n_folds: int = 2) -> None:
+    parents, folds = runs_by_kind(root)
+    assert len(parents) == n_configs
+    finished = [r for r in folds if r.info.status == "FINISHED"]
+    keys = [(r.data.tags["cv_group"], r.data.tags["fold"]) for r in finished]
+    assert len(keys) == len(set(keys)) == n_configs * n_folds, "one finished run per configuration and fold"
+    for parent in parents:
+        children = [r for r in finished if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        assert sorted(r.data.tags["fold"] for r in children) == ["f0", "f1"]
+        assert {r.data.tags["cv_group"] for r in children} == {parent.data.tags["cv_group"]}
+        assert "fold=" not in parent.data.tags["cv_group"]
+        assert parent.info.status == "FINISHED"
+        accuracies = np.array([r.data.metrics["test/acc"] for r in children])
+        assert parent.data.metrics["cv/test/acc_mean"] == pytest.approx(accuracies.mean())
+        assert parent.data.metrics["cv/test/acc_std"] == pytest.approx(accuracies.std(ddof=1))
+        f1 = np.array([r.data.metrics["test/f1_macro"] for r in children])
+        assert parent.data.metrics["cv/test/f1_macro_mean"] == pytest.approx(f1.mean())
+        assert parent.data.metrics["cv/test/acc_ci95_low"] <= accuracies.mean() <= parent.data.metrics[
+            "cv/test/acc_ci95_high"]
+        client, _ = client_for(root)
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"cv_folds.csv", "cv_confusion_matrix.png", "cv_roc.png"} <= artifacts
+
+
+@pytest.mark.slow
+def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_path: Path) -> None:
+    result = sweep(tmp_path, *SWEEP)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete_study(tmp_path)
+    _, folds = runs_by_kind(tmp_path)
+    tags = folds[0].data.tags
+    assert {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit"} <= set(tags)
+
+    client, _ = client_for(tmp_path)
+    runs = load_runs(client, "leukexp")
+    summary = summary_table(runs.folds)
+    assert sorted(summary["configuration"]) == ["head=mlp1", "head=svm"]
+    for config, table in per_fold_tables(runs.folds).items():
+        mine = [r for r in folds if f"head={r.data.tags['head']}" == config]
+        expected = np.mean([r.data.metrics["test/acc"] for r in mine])
+        assert table.loc["test_acc", "Average"] == pytest.approx(expected)
+        assert summary.set_index("configuration").loc[config, "mean"] == pytest.approx(expected)
+    report = write_report(runs, tmp_path / "report", "leukexp", compare=[("head=mlp1", "head=svm")])
+    text = report.read_text()
+    assert "## Summary of every configuration" in text and "fold noise" in text
+    assert (tmp_path / "report" / "comparison.png").is_file() and (tmp_path / "report" / "per_class_f1.png").is_file()
+
+    cli = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "leukexp", "--out",
+                          str(tmp_path / "cli-report"), "--filter", "tags.head='svm'"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert "1 configurations, 2 fold runs" in cli.stdout
+    missing = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "nope"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "leukexp-report: error: --experiment nope: not in this store" in missing.stderr
+
+
+@pytest.mark.slow
+def test_joblib_launcher_with_two_parallel_jobs(tmp_path: Path) -> None:
+    result = sweep(tmp_path, *SWEEP, "hydra/launcher=local2", "features.num_workers=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Joblib" in output
+    assert "pickle error" not in output, "DataLoader workers start inside joblib workers"
+    assert_complete_study(tmp_path)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher(tmp_path: Path) -> None:
+    result = sweep(tmp_path, "head=svm", "fold=f0,f1", "hydra/launcher=submitit_local")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete_study(tmp_path, n_configs=1)
+
+
+@pytest.mark.slow
+def test_resume_after_the_sweep_is_killed(tmp_path: Path) -> None:
+    longer = [*SWEEP, "trainer.max_epochs=60"]  # long enough jobs to kill one mid-way
+    command = [sys.executable, "-m", "leukexp.train", "-m", *TINY, *longer]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True, env={**os.environ, "CI": "true"})
+    store = tmp_path / "mlruns" / "mlflow.db"
+    deadline = time.time() + 300
+    finished = 0
+    while time.time() < deadline and process.poll() is None:
+        if store.is_file():
+            try:
+                finished = sum(r.info.status == "FINISHED" for r in runs_by_kind(tmp_path)[1])
+            except Exception:
+                finished = 0
+            if finished >= 1:
+                break
+        time.sleep(0.2)
+    assert process.poll() is None, "the sweep should still be running when it is killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert finished >= 1
+    before = {r.info.run_id for r in runs_by_kind(tmp_path)[1] if r.info.status == "FINISHED"}
+
+    result = sweep(tmp_path, *longer)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete_study(tmp_path)
+    after = {r.info.run_id for r in runs_by_kind(tmp_path)[1] if r.info.status == "FINISHED"}
+    assert before <= after, "finished folds were kept, not re-run"
+    assert "already FINISHED" in result.stdout
+    assert not [r for r in runs_by_kind(tmp_path)[1] if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    # fold.n_splits=9 is impossible with 8 images a class: those jobs fail, the others run
+    result = sweep(tmp_path, "head=svm", "fold.n_splits=2,9")
+    assert result.returncode == 1
+    assert "1 job(s) failed" in result.stdout
+    assert "fewer than fold.n_splits=9" in result.stdout
+    _, folds = runs_by_kind(tmp_path)
+    assert [r.info.status for r in folds] == ["FINISHED"]
