@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -95,6 +95,8 @@ def _fit_neural(cfg: DictConfig, study: Study, backbone: FrozenBackbone, head: n
                             batch_size=256, collate_fn=identity_collate)
     keeper, history = BestHeadKeeper("val/acc", "max"), EpochHistory()
     callbacks: list[L.Callback] = [keeper, history]
+    if not quiet():
+        callbacks.append(RichProgressBar(leave=False))
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStopping("val/acc", mode="max", patience=int(cfg.training.early_stopping_patience)))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, enable_progress_bar=not quiet())
