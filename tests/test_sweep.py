@@ -116,24 +116,18 @@ def test_submitit_local_launcher(tmp_path: Path) -> None:
 def test_resume_after_the_sweep_is_killed(tmp_path: Path) -> None:
     longer = [*SWEEP, "trainer.max_epochs=60"]  # long enough jobs to kill one mid-way
     command = [sys.executable, "-m", "leukexp.train", "-m", *TINY, *longer]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True, env={**os.environ, "CI": "true"})
-    store = tmp_path / "mlruns" / "mlflow.db"
-    deadline = time.time() + 300
-    finished = 0
-    while time.time() < deadline and process.poll() is None:
-        if store.is_file():
-            try:
-                finished = sum(r.info.status == "FINISHED" for r in runs_by_kind(tmp_path)[1])
-            except Exception:
-                finished = 0
-            if finished >= 1:
-                break
-        time.sleep(0.2)
-    assert process.poll() is None, "the sweep should still be running when it is killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert finished >= 1
+    log = tmp_path / "first-sweep.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env={**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"})
+        # watch the sweep's own output (not the store: reading SQLite while jobs write it adds lock contention)
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and "done in" not in log.read_text():
+            time.sleep(0.2)
+        assert process.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert "done in" in log.read_text(), "one fold run finished before the kill"
     before = {r.info.run_id for r in runs_by_kind(tmp_path)[1] if r.info.status == "FINISHED"}
 
     result = sweep(tmp_path, *longer)

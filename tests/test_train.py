@@ -52,12 +52,14 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
     assert artifacts >= ARTIFACTS
 
 
-def test_binary_task_with_one_logit_and_reloadable_head(compose_cfg, tmp_path: Path) -> None:
-    cfg = compose_cfg(*FAST, "task=binary")
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_binary_task_logits_and_reloadable_head(compose_cfg, tmp_path: Path, outputs: int) -> None:
+    cfg = compose_cfg(*FAST, "task=binary", f"training.binary_outputs={outputs}")
     metrics = train(cfg)
     assert "test/auc/ALL" in metrics and "test/auc/AML" not in metrics
     classifier = load_classifier(tmp_path / "outputs" / "model")
-    assert classifier.single_logit and classifier.classes == ["ALL", "HLT"]
+    assert classifier.single_logit == (outputs == 1) and classifier.classes == ["ALL", "HLT"]
+    assert list(classifier.head.modules())[-1].out_features == outputs
     probs = classifier.predict_proba([generate_image("ALL", 0, size=64), generate_image("HLT", 0, size=64)])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
 
