@@ -34,7 +34,7 @@ log = logging.getLogger("leukexp")
 
 # groups whose choice identifies a configuration (the fold does not: its runs form one CV group)
 CONFIG_GROUPS = ("data", "task", "augmentation", "protocol", "model", "head")
-UNGROUPED_PREFIXES = ("fold=", "fold.index=", "hydra", "paths.", "mlflow.", "experiment=")
+UNGROUPED_PREFIXES = ("fold=", "fold.index=", "hydra", "paths.", "mlflow.", "sweep.", "experiment=")
 
 
 def describe_study(study: Study) -> None:
