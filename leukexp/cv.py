@@ -7,14 +7,15 @@ import fcntl
 import hashlib
 import logging
 import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
@@ -167,11 +168,7 @@ def aggregate_if_complete(client: MlflowClient, experiment_id: str, parent_id: s
     return True
 
 
-def _metric(key: str, value: float):
-    import time
-
-    from mlflow.entities import Metric
-
+def _metric(key: str, value: float) -> Metric:
     return Metric(key, float(value), int(time.time() * 1000), 0)
 
 
@@ -191,7 +188,7 @@ class FoldRun:
         self.n_splits = int(tags["n_splits"])
         self.parent_id: str | None = None
 
-    def _locked(self):
+    def _locked(self) -> AbstractContextManager[None]:
         return store_lock(self.lock_dir, self.logger.tracking_uri, self.logger.experiment_id)
 
     def open(self, resume: bool) -> Run | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,6 @@ class RunLogger:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log metrics at one step."""
-        import time
-
         stamp = int(time.time() * 1000)
         items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
