@@ -14,8 +14,6 @@ def quiet_libraries() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     harmless = (".*in eval mode at the start of training.*", ".*LeafSpec.*", ".*litlogger.*",
                 ".*does not have many workers.*", ".*The number of training batches.*")
     for message in harmless:

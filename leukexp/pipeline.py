@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +27,7 @@ from leukexp.logs import quiet_libraries
 from leukexp.models.backbones import FrozenBackbone
 from leukexp.plots import plot_confusion, plot_curves, plot_roc
 from leukexp.predict import save_classifier
+from leukexp.sweep import is_multirun
 from leukexp.tracking import RunLogger, flatten, git_commit
 
 log = logging.getLogger("leukexp")
@@ -59,11 +59,6 @@ def describe_study(study: Study) -> None:
             console.print("  " + " = ".join(files))
         if len(catalog.duplicates) > len(shown):
             console.print(f"  ... and {len(catalog.duplicates) - len(shown)} more")
-
-
-def is_multirun() -> bool:
-    """True inside a Hydra multirun job."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def set_torch_threads(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
@@ -18,6 +19,11 @@ from leukexp.console import console
 
 log = logging.getLogger(__name__)
 FAILURES = "failures.jsonl"
+
+
+def is_multirun() -> bool:
+    """True inside a Hydra multirun job."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def record_failure(error: BaseException) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from leukexp.config import config_dir
 from leukexp.errors import LeukexpError, user_errors
+from leukexp.sweep import is_multirun, record_failure
 
 log = logging.getLogger("leukexp")
 
@@ -21,12 +20,10 @@ def main(cfg: DictConfig) -> float | None:
 
     In a multirun a failing job is recorded and the sweep goes on; the failures are listed at its end.
     """
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    if is_multirun():
         try:
             return _run(cfg)
         except (Exception, SystemExit) as error:  # one job's failure must not stop the sweep
-            from leukexp.sweep import record_failure
-
             log.error("job failed: %s", error if isinstance(error, LeukexpError) else repr(error))
             record_failure(error)
             return None
