@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from leukexp.data.study import Study
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -31,3 +35,27 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def describe_study(study: Study) -> None:
+    """Print the fold's split (source images), the samples the protocol makes of it, skipped and duplicate images."""
+    catalog = study.catalog
+    console.print(
+        f"[bold]data[/] {catalog.root}  [bold]task[/] {study.task.name} ({', '.join(study.classes)})"
+        f"  [bold]fold[/] {study.fold.index + 1}/{study.fold.n_splits}  [bold]protocol[/] {study.protocol.name}"
+        f"  [bold]augmentation[/] {study.augmentation.name} ({study.augmentation.n_views} views)"
+    )
+    print_frame(study.split_summary(), "source images per split", "class")
+    print_frame(study.samples.counts(study.classes), "samples per split (views, after balancing)", "class")
+    if catalog.skipped:
+        console.print(f"[yellow]skipped {len(catalog.skipped)} bad image(s):[/]")
+        for message in catalog.skipped:
+            console.print(f"  {message}")
+    if catalog.duplicates:
+        shown = catalog.duplicates[:5]
+        console.print(f"[yellow]{len(catalog.duplicates)} set(s) of identical images, each kept in one split"
+                      f" (all listed in the manifest's group column):[/]")
+        for files in shown:
+            console.print("  " + " = ".join(files))
+        if len(catalog.duplicates) > len(shown):
+            console.print(f"  ... and {len(catalog.duplicates) - len(shown)} more")

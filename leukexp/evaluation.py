@@ -17,7 +17,7 @@ from sklearn.metrics import (
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str],
                            prefix: str = "test") -> dict[str, float]:
-    """Accuracy, loss, macro and per-class precision/recall/F1 and one-vs-rest ROC-AUC.
+    """Accuracy, loss, sample count, macro and per-class precision/recall/F1 and one-vs-rest ROC-AUC.
 
     AUC of a class absent from `labels` is left out (and out of the macro mean).
     """
@@ -27,6 +27,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     metrics = {
         f"{prefix}/acc": float(accuracy_score(labels, predicted)),
         f"{prefix}/loss": float(log_loss(labels, clipped / clipped.sum(1, keepdims=True), labels=indices)),
+        f"{prefix}/n": float(len(labels)),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -55,3 +56,12 @@ def confusion(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.D
     """Confusion matrix counts: rows are true classes, columns predicted."""
     matrix = confusion_matrix(labels, probs.argmax(axis=1), labels=list(range(len(classes))))
     return pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+
+
+def best_epoch_metrics(history: pd.DataFrame, best_epoch: int) -> dict[str, float]:
+    """`best/<metric>` for every metric of the selected epoch, and `best/epoch`."""
+    metrics: dict[str, float] = {"best/epoch": float(best_epoch)}
+    if len(history) and 0 <= best_epoch < len(history):
+        row = history.iloc[best_epoch]
+        metrics.update({f"best/{key}": float(value) for key, value in row.items() if key != "epoch"})
+    return metrics

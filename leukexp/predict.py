@@ -1,4 +1,9 @@
-"""Saving a trained head with a reference to its backbone, and loading it back for prediction."""
+"""Saving a trained head with a reference to its backbone, and loading both back for prediction.
+
+A saved model is a folder: `classifier.json` (classes, the head's spec, the backbone's config and
+fingerprint) and the head's weights (`head.pt` tensors or `head.skops`). Loading builds only leukexp's
+own backbones and heads: a folder from a shared server cannot make it run other code.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-from torch import nn
 
+from leukexp.backbones.base import Backbone
+from leukexp.backbones.registry import build_backbone
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
-from leukexp.models.backbones import FrozenBackbone
+from leukexp.heads.base import Head
+from leukexp.heads.registry import load_head
 
 log = logging.getLogger(__name__)
 MANIFEST = "classifier.json"
 
 
-def save_classifier(folder: Path, head: Any, head_config: dict, backbone: FrozenBackbone, model_config: dict,
-                    classes: list[str], single_logit: bool) -> Path:
-    """Write `classifier.json` (classes, head and backbone configs, backbone fingerprint) and the head's weights."""
+def save_classifier(folder: Path, head: Head, backbone: Backbone, model_config: dict[str, Any],
+                    classes: list[str]) -> Path:
+    """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(head, nn.Module):
-        weights = "head.pt"
-        torch.save(head.state_dict(), folder / weights)
-    else:
-        weights = "head.joblib"
-        joblib.dump(head, folder / weights)
-    meta = {"classes": classes, "single_logit": single_logit, "weights": weights, "head": head_config,
-            "model": model_config, "backbone": backbone.reference()}
+    meta = {"classes": classes, "head": head.save(folder), "model": model_config, "backbone": backbone.reference()}
     (folder / MANIFEST).write_text(json.dumps(meta, indent=2, default=str))
     return folder
 
@@ -43,23 +40,14 @@ def save_classifier(folder: Path, head: Any, head_config: dict, backbone: Frozen
 class Classifier:
     """A frozen backbone and a trained head, ready to classify images."""
 
-    backbone: FrozenBackbone
-    head: Any
+    backbone: Backbone
+    head: Head
     classes: list[str]
-    single_logit: bool
 
     def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities for 8-bit RGB images."""
         batch = torch.stack([self.backbone.preprocess(image) for image in images])
-        features = self.backbone(batch)
-        if not isinstance(self.head, nn.Module):
-            return self.head.predict_proba(features.numpy())
-        with torch.no_grad():
-            logits = self.head(features)
-        if self.single_logit:
-            positive = torch.sigmoid(logits.squeeze(-1))
-            return torch.stack([1 - positive, positive], -1).numpy()
-        return torch.softmax(logits, -1).numpy()
+        return self.head.predict_proba(self.backbone.embed(batch).numpy())
 
     def predict_files(self, paths: list[str | Path]) -> list[str]:
         """Predicted class names for image files."""
@@ -73,17 +61,14 @@ def load_classifier(folder: str | Path) -> Classifier:
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise LeukexpError(f"{folder}: no {MANIFEST}; point at a run's 'model' artifact folder")
-    meta = json.loads(manifest.read_text())
-    backbone: FrozenBackbone = instantiate(OmegaConf.create(meta["model"]))
-    if backbone.fingerprint != meta["backbone"]["fingerprint"]:
+    try:
+        meta = json.loads(manifest.read_text())
+        classes, head_spec, model_config = list(meta["classes"]), dict(meta["head"]), dict(meta["model"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise LeukexpError(f"{manifest}: not a leukexp model manifest ({type(error).__name__}: {error})") from error
+    backbone = build_backbone(model_config, where=str(manifest))
+    expected = meta.get("backbone", {}).get("fingerprint")
+    if expected and backbone.fingerprint != expected:
         log.warning("backbone weights differ from those the head was trained on (%s != %s)",
-                    backbone.fingerprint, meta["backbone"]["fingerprint"])
-    if meta["weights"].endswith(".pt"):
-        factory = instantiate(OmegaConf.create(meta["head"]))
-        outputs = 1 if meta["single_logit"] else len(meta["classes"])
-        head = factory(in_features=backbone.num_features, num_outputs=outputs)
-        head.load_state_dict(torch.load(folder / meta["weights"], map_location="cpu", weights_only=True))
-        head.eval()
-    else:
-        head = joblib.load(folder / meta["weights"])
-    return Classifier(backbone, head, meta["classes"], meta["single_logit"])
+                    backbone.fingerprint, expected)
+    return Classifier(backbone, load_head(folder, head_spec), classes)

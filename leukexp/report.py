@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from scipy import stats
 
-from leukexp.cv import confidence_interval
 from leukexp.errors import LeukexpError, user_errors
+from leukexp.stats import paired_difference, spread, t_interval, wilson_interval
+from leukexp.vocabulary import CV_GROUP_TAG, DATA_HASH_TAG, FOLD_TAG, KIND_FOLD, LABEL_TAGS, kind_filter
 
 # the thesis's per-fold rows (Tables 4.1-4.3) and where each comes from
 FOLD_ROWS = {"test_acc": "test/acc", "val_acc": "best/val/acc", "trn_acc": "best/train/acc",
              "test_loss": "test/loss", "val_loss": "best/val/loss", "trn_loss": "best/train/loss"}
-LABEL_TAGS = ("model", "head", "task", "protocol", "augmentation", "data")
 
 
 @dataclass
@@ -46,7 +46,7 @@ def load_runs(client: MlflowClient, experiment: str, filter_string: str | None =
     if found is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "none"
         raise LeukexpError(f"--experiment {experiment}: not in this store (experiments: {names})")
-    query = "tags.`leukexp.kind` = 'fold'" + (f" and {filter_string}" if filter_string else "")
+    query = kind_filter(KIND_FOLD) + (f" and {filter_string}" if filter_string else "")
     try:
         runs = client.search_runs([found.experiment_id], query, max_results=50000,
                                   order_by=["attributes.start_time DESC"])
@@ -57,11 +57,11 @@ def load_runs(client: MlflowClient, experiment: str, filter_string: str | None =
     for run in runs:
         tags = run.data.tags
         rows.append({"run_id": run.info.run_id, "status": run.info.status, "start": run.info.start_time,
-                     "cv_group": tags.get("cv_group", "?"), "data_hash": tags.get("data_hash", ""),
-                     "fold": tags.get("fold", "?"), **{t: tags.get(t, "") for t in LABEL_TAGS},
+                     "cv_group": tags.get(CV_GROUP_TAG, "?"), "data_hash": tags.get(DATA_HASH_TAG, ""),
+                     "fold": tags.get(FOLD_TAG, "?"), **{t: tags.get(t, "") for t in LABEL_TAGS},
                      **run.data.metrics})
         names = [k.removeprefix("test/f1/") for k in run.data.metrics if k.startswith("test/f1/")]
-        classes.setdefault(tags.get("cv_group", "?"), names)
+        classes.setdefault(tags.get(CV_GROUP_TAG, "?"), names)
     table = pd.DataFrame(rows)
     if table.empty:
         where = f" {filter_string}" if filter_string else ""
@@ -108,17 +108,38 @@ def per_class_table(folds: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(folds: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
-    """Every configuration: folds, mean +- std and 95% CI of the metric, macro F1, AUC and loss."""
+    """Every configuration: folds, mean +- std and 95% t interval of the metric over folds, macro F1, AUC, loss."""
     rows = []
     for config, runs in folds.groupby("config", sort=True):
         values = runs[metric].dropna().to_numpy(dtype=float)
-        low, high = confidence_interval(values)
-        rows.append({"configuration": config, "folds": len(values), "mean": values.mean(),
-                     "std": values.std(ddof=1) if len(values) > 1 else 0.0, "ci95_low": low, "ci95_high": high,
+        interval = t_interval(values)
+        rows.append({"configuration": config, "folds": len(values), "mean": interval.mean, "std": spread(values),
+                     "ci95_low": interval.low, "ci95_high": interval.high,
                      "f1_macro": runs.get("test/f1_macro", pd.Series(dtype=float)).mean(),
                      "auc_macro": runs.get("test/auc_macro", pd.Series(dtype=float)).mean(),
                      "loss": runs.get("test/loss", pd.Series(dtype=float)).mean()})
     return pd.DataFrame(rows).sort_values("mean", ascending=False).reset_index(drop=True)
+
+
+def pooled_accuracy_table(folds: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy over the pooled test predictions of all folds with its Wilson interval (stays inside [0, 1]).
+
+    The pooled count of correct predictions is recovered from each fold's accuracy and test-set size
+    (`test/n`); configurations whose runs do not record the size are left out.
+    """
+    if "test/n" not in folds:
+        return pd.DataFrame(columns=["configuration", "correct", "samples", "accuracy", "wilson_low", "wilson_high"])
+    rows = []
+    for config, runs in folds.groupby("config", sort=True):
+        known = runs.dropna(subset=["test/acc", "test/n"])
+        if known.empty:
+            continue
+        correct = round(float((known["test/acc"] * known["test/n"]).sum()))
+        samples = int(known["test/n"].sum())
+        interval = wilson_interval(correct, samples)
+        rows.append({"configuration": config, "correct": correct, "samples": samples, "accuracy": interval.mean,
+                     "wilson_low": interval.low, "wilson_high": interval.high})
+    return pd.DataFrame(rows)
 
 
 def pick_configuration(folds: pd.DataFrame, selector: str) -> str:
@@ -133,25 +154,14 @@ def pick_configuration(folds: pd.DataFrame, selector: str) -> str:
 
 
 def paired_comparison(folds: pd.DataFrame, first: str, second: str, metric: str = "test/acc") -> dict[str, object]:
-    """Difference of two configurations over their shared folds: mean, 95% CI, paired t-test."""
+    """Difference of two configurations over their shared folds: mean, 95% CI, paired t-test, verdict."""
     a = folds[folds["config"] == first].set_index("fold")[metric]
     b = folds[folds["config"] == second].set_index("fold")[metric]
-    shared = sorted(set(a.index) & set(b.index))
-    diffs = (a[shared] - b[shared]).to_numpy(dtype=float)
-    result: dict[str, object] = {"first": first, "second": second, "metric": metric, "shared_folds": len(shared),
-                                 "folds": ", ".join(shared)}
-    if len(diffs) < 2:
-        result.update(mean_difference=float(diffs.mean()) if len(diffs) else np.nan, ci95_low=np.nan,
-                      ci95_high=np.nan, p_value=np.nan, verdict="too few shared folds for a paired test")
-        return result
-    low, high = confidence_interval(diffs)
-    p_value = float(stats.ttest_rel(a[shared], b[shared]).pvalue) if np.any(diffs != diffs[0]) else (
-        0.0 if diffs[0] != 0 else 1.0)
-    distinguishable = low > 0 or high < 0
-    result.update(mean_difference=float(diffs.mean()), ci95_low=low, ci95_high=high, p_value=p_value,
-                  verdict=("distinguishable from fold noise" if distinguishable
-                           else "not distinguishable from fold noise"))
-    return result
+    result = paired_difference(a, b)
+    return {"first": first, "second": second, "metric": metric, "shared_folds": len(result.shared_folds),
+            "folds": ", ".join(result.shared_folds), "mean_difference": result.mean_difference,
+            "ci95_low": result.ci95_low, "ci95_high": result.ci95_high, "p_value": result.p_value,
+            "verdict": result.verdict}
 
 
 def markdown(table: pd.DataFrame, percent: tuple[str, ...] = (), index: bool = True) -> str:
@@ -176,56 +186,120 @@ def _cell(value: object, as_percent: bool) -> str:
     return str(value)
 
 
+@dataclass
+class ReportContext:
+    """What every report section reads: the runs, where files go, the metric and the requested comparisons."""
+
+    runs: StudyRuns
+    out: Path
+    metric: str = "test/acc"
+    compare: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def folds(self) -> pd.DataFrame:
+        """The finished fold runs, one row per configuration and fold."""
+        return self.runs.folds
+
+
+Section = Callable[[ReportContext], list[str]]
+
+
+def summary_section(context: ReportContext) -> list[str]:
+    """One table of every configuration (mean, std, t interval over folds) and a bar chart."""
+    from leukexp.plots import bar_chart
+
+    summary = summary_table(context.folds, context.metric)
+    summary.to_csv(context.out / "summary.csv", index=False)
+    bar_chart(summary["configuration"], summary["mean"], summary["ci95_low"], summary["ci95_high"],
+              context.out / "comparison.png", f"{context.metric} (mean and 95% CI over folds)")
+    return ["## Summary of every configuration", "",
+            markdown(summary, ("mean", "std", "ci95", "f1", "auc"), index=False), "",
+            "![comparison](comparison.png)", ""]
+
+
+def pooled_section(context: ReportContext) -> list[str]:
+    """Accuracy over all folds' pooled test predictions with a Wilson interval (inside [0, 1])."""
+    pooled = pooled_accuracy_table(context.folds)
+    if pooled.empty:
+        return []
+    pooled.to_csv(context.out / "pooled_accuracy.csv", index=False)
+    return ["## Accuracy over the pooled test predictions", "",
+            "All folds' test samples together; 95% Wilson interval (it stays inside [0, 1], unlike the t interval"
+            " over a few folds).", "", markdown(pooled, ("accuracy", "wilson"), index=False), ""]
+
+
+def per_fold_section(context: ReportContext) -> list[str]:
+    """Tables 4.1-4.3: accuracy and loss per fold with their average, one table per configuration."""
+    lines = ["## Accuracy and loss per fold", ""]
+    for i, (config, table) in enumerate(per_fold_tables(context.folds).items(), start=1):
+        table.index.name = "metric"
+        table.to_csv(context.out / f"folds_{i:02d}.csv")
+        lines += [f"### {config}", "", markdown(table, ("acc",)), ""]
+    return lines
+
+
+def per_class_section(context: ReportContext) -> list[str]:
+    """Table 4.28: average precision, recall and F1 per class and configuration, and a per-class F1 chart."""
+    from leukexp.plots import grouped_bars
+
+    classes = per_class_table(context.folds)
+    classes.to_csv(context.out / "per_class.csv", index=False)
+    lines = ["## Average precision, recall and F1 per class", ""]
+    if classes.empty:
+        return lines
+    grouped_bars(classes.pivot(index="class", columns="configuration", values="f1"),
+                 context.out / "per_class_f1.png", "mean test F1 per class")
+    return [*lines, markdown(classes, ("precision", "recall", "f1"), index=False), "",
+            "![per-class F1](per_class_f1.png)", ""]
+
+
+def comparison_section(context: ReportContext) -> list[str]:
+    """Each requested paired comparison over the shared folds."""
+    if not context.compare:
+        return []
+    folds = context.folds
+    results = pd.DataFrame([paired_comparison(folds, pick_configuration(folds, a), pick_configuration(folds, b),
+                                              context.metric) for a, b in context.compare])
+    results.to_csv(context.out / "comparisons.csv", index=False)
+    return ["## Paired comparisons over shared folds", "", markdown(results, ("mean_difference", "ci95"), index=False),
+            ""]
+
+
+def unfinished_section(context: ReportContext) -> list[str]:
+    """The runs left out of every table (unfinished or failed)."""
+    if context.runs.unfinished.empty:
+        return []
+    return ["## Runs not counted (unfinished or failed)", "",
+            markdown(context.runs.unfinished[["run_id", "status", "cv_group", "fold"]], index=False), ""]
+
+
+# the report, in order: a new table is one function here
+SECTIONS: list[Section] = [summary_section, pooled_section, per_fold_section, per_class_section, comparison_section,
+                           unfinished_section]
+
+
 def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tuple[str, str]] | None = None,
                  metric: str = "test/acc") -> Path:
     """Write report.md, one CSV per table and the PNG charts into `out`."""
-    from leukexp.plots import bar_chart, grouped_bars
-
     out.mkdir(parents=True, exist_ok=True)
+    context = ReportContext(runs, out, metric, list(compare or []))
     folds = runs.folds
-    summary = summary_table(folds, metric)
-    summary.to_csv(out / "summary.csv", index=False)
-    classes = per_class_table(folds)
-    classes.to_csv(out / "per_class.csv", index=False)
     lines = [f"# leukexp report: {experiment}", "",
              f"{folds['config'].nunique()} configuration(s), {len(folds)} finished fold run(s)."
-             f" Metric: `{metric}`; 95% CI: Student t over folds.", "",
-             "## Summary of every configuration", "", markdown(summary, ("mean", "std", "ci95", "f1", "auc"),
-                                                                index=False), "",
-             "![comparison](comparison.png)", ""]
-    bar_chart(summary["configuration"], summary["mean"], summary["ci95_low"], summary["ci95_high"],
-              out / "comparison.png", f"{metric} (mean and 95% CI over folds)")
-    lines += ["## Accuracy and loss per fold", ""]
-    for i, (config, table) in enumerate(per_fold_tables(folds).items(), start=1):
-        table.index.name = "metric"
-        table.to_csv(out / f"folds_{i:02d}.csv")
-        lines += [f"### {config}", "", markdown(table, ("acc",)), ""]
-    lines += ["## Average precision, recall and F1 per class", ""]
-    if not classes.empty:
-        pivot = classes.set_index(["configuration", "class"])
-        lines += [markdown(pivot.reset_index(), ("precision", "recall", "f1"), index=False), "",
-                  "![per-class F1](per_class_f1.png)", ""]
-        grouped_bars(classes.pivot(index="class", columns="configuration", values="f1"), out / "per_class_f1.png",
-                     "mean test F1 per class")
-    if compare:
-        lines += ["## Paired comparisons over shared folds", ""]
-        results = pd.DataFrame([paired_comparison(folds, pick_configuration(folds, a), pick_configuration(folds, b),
-                                                  metric) for a, b in compare])
-        results.to_csv(out / "comparisons.csv", index=False)
-        lines += [markdown(results, ("mean_difference", "ci95"), index=False), ""]
-    if not runs.unfinished.empty:
-        lines += ["## Runs not counted (unfinished or failed)", "",
-                  markdown(runs.unfinished[["run_id", "status", "cv_group", "fold"]], index=False), ""]
+             f" Metric: `{metric}`; 95% CI: Student t over folds.", ""]
+    for section in SECTIONS:
+        lines += section(context)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Command line entry of `leukexp-report`."""
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry of `leukexp-report`: 0 when the report was written."""
     parser = argparse.ArgumentParser(prog="leukexp-report", description="The study's tables from an MLflow store.")
     parser.add_argument("--experiment", required=True, help="MLflow experiment name (mlflow.experiment_name)")
-    parser.add_argument("--tracking-uri", default=None, help="store or server (default: ./mlruns/mlflow.db)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="store or server (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     parser.add_argument("--filter", default=None, help="MLflow filter, e.g. \"tags.task='binary'\"")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: reports/EXPERIMENT)")
     parser.add_argument("--metric", default="test/acc", help="metric compared (default test/acc)")
@@ -234,7 +308,7 @@ def main(argv: list[str] | None = None) -> Path:
                              "cv_group, e.g. --compare head=mlp1 head=svm (repeatable)")
     args = parser.parse_args(argv)
     with user_errors("leukexp-report"):
-        uri = args.tracking_uri or default_tracking_uri()
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise LeukexpError(f"--tracking-uri {uri}: no such store; run leukexp-train first or point at the store")
         runs = load_runs(MlflowClient(uri), args.experiment, args.filter)
@@ -242,8 +316,8 @@ def main(argv: list[str] | None = None) -> Path:
         path = write_report(runs, out, args.experiment, [tuple(c) for c in args.compare or []], args.metric)
         print(f"wrote {path} ({runs.folds['config'].nunique()} configurations, {len(runs.folds)} fold runs,"
               f" {len(runs.unfinished)} not counted)")
-    return path
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,19 @@ FAILURES = "failures.jsonl"
 def is_multirun() -> bool:
     """True inside a Hydra multirun job."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_threads(requested: int | None) -> int | None:
+    """Torch CPU threads for this job: `requested`, or cores / parallel jobs under a parallel launcher."""
+    if requested:
+        return int(requested)
+    if not is_multirun():
+        return None
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+    if n_jobs == 1:
+        return None
+    jobs = os.cpu_count() if n_jobs < 0 else n_jobs
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
 def record_failure(error: BaseException) -> None:

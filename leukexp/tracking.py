@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -58,15 +57,6 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
         if experiment is None:
             raise
         return experiment.experiment_id
-
-
-def git_commit(where: Path) -> str:
-    """The checkout's commit, or `unknown` outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 class RunLogger:
@@ -131,4 +121,4 @@ class RunLogger:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
 
 
-__all__ = ["RunLogger", "flatten", "git_commit", "mlflow", "prepare_store"]
+__all__ = ["RunLogger", "flatten", "mlflow", "prepare_store"]

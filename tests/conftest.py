@@ -19,6 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ALL4CLASS = SHARED_DATA / "all4class"
 
+needs_shared_data = pytest.mark.skipif(not ALL4CLASS.is_dir(), reason=f"the real images are not at {ALL4CLASS}")
+
 # a tiny random-weight backbone and a tiny synthetic data set: fast, for tests where weights do not matter
 TINY_MODEL = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64"]
 TINY_DATA = ["data.counts={ALL: 6, AML: 6, CLL: 6, CML: 6, HLT: 6}", "data.image_size=64"]

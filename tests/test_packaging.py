@@ -31,4 +31,4 @@ def test_wheel_contains_configs_and_composes_from_anywhere(tmp_path: Path) -> No
     job = subprocess.run([sys.executable, "-m", "leukexp.train", "--cfg", "job", "head=svm"], cwd=elsewhere, env=env,
                          capture_output=True, text=True, timeout=120)
     assert job.returncode == 0, job.stderr
-    assert "SVMHead" in job.stdout
+    assert "leukexp.heads.sklearn_head.svm" in job.stdout

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ALL4CLASS
+from conftest import ALL4CLASS, needs_shared_data
 from leukexp.pipeline import train
+from leukexp.vocabulary import KIND_FOLD, kind_filter
 
 PER_CLASS = 60
 
@@ -24,6 +25,7 @@ def stratified_subset(target: Path) -> Path:
 
 
 @pytest.mark.slow
+@needs_shared_data
 def test_efficientnet_lite0_mlp1_on_real_all4class_subset(compose_cfg, tmp_path: Path) -> None:
     root = stratified_subset(tmp_path / "all4class-subset")
     cfg = compose_cfg(f"data.root={root}", "data=folder", "task=folders", "fold=f0", "augmentation=paper",
@@ -31,6 +33,8 @@ def test_efficientnet_lite0_mlp1_on_real_all4class_subset(compose_cfg, tmp_path:
     metrics = train(cfg)
     print({k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1})
     assert metrics["test/acc"] >= 0.85, metrics["test/acc"]
-    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"], "tags.`leukexp.kind` = 'fold'")[0]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("leukexp").experiment_id
+    (run,) = client.search_runs([experiment], kind_filter(KIND_FOLD))
     assert run.data.tags["model"] == "efficientnet_lite0" and run.data.tags["data"] == "folder"
     assert set(run.data.tags["cv_group"].split()) >= {"task=folders", "head=mlp1", "model=efficientnet_lite0"}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL4CLASS, write_image
+from conftest import ALL4CLASS, needs_shared_data, write_image
 from leukexp.data.sources import FolderSource
 from leukexp.data.tasks import Task
 from leukexp.errors import LeukexpError
@@ -92,6 +92,8 @@ def test_groups_csv(make_folder: Callable[..., Path], tmp_path: Path) -> None:
         FolderSource(root, groups_csv=str(csv)).scan(STUDY)
 
 
+@pytest.mark.slow
+@needs_shared_data
 def test_real_all4class_loads_with_a_folder_mapping() -> None:
     four = FolderSource(ALL4CLASS).scan(Task("folders"))
     assert four.class_counts() == {"Benign": 504, "Early": 985, "Pre": 963, "Pro": 804}

@@ -11,12 +11,30 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from leukexp import sweep as sweep_module
 from leukexp.report import load_runs, per_fold_tables, summary_table, write_report
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
         "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none",
         "trainer.max_epochs=2", "fold.n_splits=2"]
 SWEEP = ["head=mlp1,svm", "fold=f0,f1"]
+
+
+class FakeHydra:
+    """HydraConfig.get() of a parallel launcher with `n_jobs` jobs."""
+
+    def __init__(self, n_jobs: int) -> None:
+        self.launcher = {"n_jobs": n_jobs}
+
+
+@pytest.mark.parametrize(("requested", "multirun", "n_jobs", "expected"), [
+    (3, False, 1, 3), (None, False, 2, None), (None, True, 1, None),
+    (None, True, 2, max(1, (os.cpu_count() or 1) // 2)), (None, True, -1, 1), (1, True, 2, 1)])
+def test_job_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch, requested: int | None, multirun: bool,
+                                     n_jobs: int, expected: int | None) -> None:
+    monkeypatch.setattr(sweep_module, "is_multirun", lambda: multirun)
+    monkeypatch.setattr(sweep_module.HydraConfig, "get", staticmethod(lambda: FakeHydra(n_jobs)))
+    assert sweep_module.job_threads(requested) == expected
 
 
 def sweep(root: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -29,7 +29,8 @@ def test_experiment_creation_is_idempotent_and_artifacts_stay_in_the_store(tmp_p
     (tmp_path / "note.txt").write_text("hello")
     first.log_artifacts([tmp_path / "note.txt"])
     first.end()
-    assert (tmp_path / "mlruns" / "artifacts").rglob("note.txt")
+    stored = list((tmp_path / "mlruns" / "artifacts").rglob("note.txt"))
+    assert len(stored) == 1 and stored[0].read_text() == "hello"
     assert MlflowClient(uri).get_run(first.run_id).info.status == "FINISHED"
 
 

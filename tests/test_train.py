@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
@@ -28,7 +30,11 @@ def only_run(root: Path):
     return client, runs[0]
 
 
-@pytest.mark.parametrize("head", ["mlp1", "mlp3", "mlp3_dropout", "svm"])
+TARGETS = {"mlp1": "torch_head.mlp", "mlp3": "torch_head.mlp", "mlp3_dropout": "torch_head.mlp",
+           "svm": "sklearn_head.svm", "logreg": "sklearn_head.sklearn_head", "knn": "sklearn_head.knn"}
+
+
+@pytest.mark.parametrize("head", list(TARGETS))
 def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head: str) -> None:
     cfg = compose_cfg(*FAST, f"head={head}")
     metrics = train(cfg)
@@ -42,12 +48,11 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
     expected = {"test/acc", "test/loss", "test/f1_macro", "test/auc_macro", "val/acc",
                 *(f"test/{m}/{c}" for m in ("precision", "recall", "f1", "auc") for c in classes)}
     assert expected <= set(logged)
-    if head != "svm":
+    if TARGETS[head].startswith("torch_head"):
         assert "train/loss" in logged
         assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 3
     assert logged["test/acc"] == pytest.approx(metrics["test/acc"])
-    assert 0.0 <= logged["test/acc"] <= 1.0
-    assert run.data.params["head._target_"].endswith("SVMHead" if head == "svm" else "MLPHead")
+    assert run.data.params["head._target_"] == f"leukexp.heads.{TARGETS[head]}"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts >= ARTIFACTS
 
@@ -58,8 +63,8 @@ def test_binary_task_logits_and_reloadable_head(compose_cfg, tmp_path: Path, out
     metrics = train(cfg)
     assert "test/auc/ALL" in metrics and "test/auc/AML" not in metrics
     classifier = load_classifier(tmp_path / "outputs" / "model")
-    assert classifier.single_logit == (outputs == 1) and classifier.classes == ["ALL", "HLT"]
-    assert list(classifier.head.modules())[-1].out_features == outputs
+    assert classifier.head.single_logit == (outputs == 1) and classifier.classes == ["ALL", "HLT"]
+    assert classifier.head.network[-1].out_features == outputs
     probs = classifier.predict_proba([generate_image("ALL", 0, size=64), generate_image("HLT", 0, size=64)])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
 
@@ -76,23 +81,47 @@ def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -
 
 
 def test_online_augmentation_runs_the_backbone_per_batch(compose_cfg, tmp_path: Path) -> None:
-    metrics = train(compose_cfg(*TINY_MODEL, *TINY_DATA, "augmentation=online", "trainer.max_epochs=1",
+    metrics = train(compose_cfg(*TINY_MODEL, *TINY_DATA, "augmentation=online", "trainer.max_epochs=2",
                                 "mlflow.enabled=false"))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    history = pd.read_csv(tmp_path / "outputs" / "history.csv")
+    assert len(history) == 2 and history["train/loss"].notna().all(), "two epochs trained on images"
+    manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
+    assert metrics["test/n"] == (manifest["split"] == "test").sum(), "tested on the original test images only"
     cached = [p.name for p in (tmp_path / "cache" / "features").rglob("*.npy")]
     assert cached and all(name.endswith("_original.npy") for name in cached), "only originals are cached"
 
 
-def test_class_weights_and_thesis_protocol_run(compose_cfg) -> None:
-    metrics = train(compose_cfg(*FAST, "protocol=thesis", "augmentation=paper", "augmentation.repeats=1",
-                                "protocol.balance=class_weights", "mlflow.enabled=false"))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+def test_class_weights_and_thesis_protocol_run(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(*FAST, "protocol=thesis", "augmentation=paper", "augmentation.repeats=1",
+                      "protocol.balance=class_weights", "mlflow.enabled=false")
+    metrics = train(cfg)
+    views = instantiate(cfg.augmentation, _convert_="all").n_views
+    manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
+    assert views > 1 and metrics["test/n"] == views * (manifest["split"] == "test").sum(), (
+        "the thesis protocol tests every view of every test image")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["inception_v3", "resnext101_32x8d", "senet154"])
-def test_study_backbones_compose_and_run(compose_cfg, model: str) -> None:
+def test_study_backbones_compose_and_run(compose_cfg, tmp_path: Path, model: str) -> None:
     cfg = compose_cfg(f"model={model}", "model.pretrained=false", "model.input_size=96", *TINY_DATA,
                       "augmentation=none", "trainer.max_epochs=1", "mlflow.enabled=false", "task=binary")
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    entries = list((tmp_path / "cache" / "features").rglob("*.npy"))
+    assert len(entries) == 12 and np.load(entries[0]).shape == (2048,), "every image embedded once, 2,048 wide"
+    assert metrics["test/n"] == len(pd.read_csv(tmp_path / "outputs" / "manifest.csv").query("split == 'test'"))
+
+
+@pytest.mark.slow
+def test_keras_inception_v3_runs_the_whole_study_cell(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("model=keras_inception_v3", "model.pretrained=false", "model.input_size=75", *TINY_DATA,
+                      "augmentation=none", "head=logreg", "task=binary")
+    metrics = train(cfg)
+    _, run = only_run(tmp_path)
+    assert run.data.tags["model"] == "keras_inception_v3" and run.info.status == "FINISHED"
+    entries = list((tmp_path / "cache" / "features").rglob("*.npy"))
+    assert len(entries) == 12 and np.load(entries[0]).shape == (2048,)
+    classifier = load_classifier(tmp_path / "outputs" / "model")
+    probs = classifier.predict_proba([generate_image("ALL", 0, size=64)])
+    assert type(classifier.backbone).__name__ == "KerasBackbone" and probs.shape == (1, 2)
+    assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])

@@ -9,9 +9,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from leukexp.backbones.base import ImagePreprocess
 from leukexp.data.augment import OfflineViews, OnlineAugment
 from leukexp.data.io import read_image
-from leukexp.models.backbones import Preprocess
 
 
 class ViewDataset(Dataset):
@@ -26,7 +26,7 @@ class ViewDataset(Dataset):
     """
 
     def __init__(self, catalog: pd.DataFrame, samples: pd.DataFrame, augmentation: OfflineViews | OnlineAugment,
-                 preprocess: Preprocess, random: bool = False) -> None:
+                 preprocess: ImagePreprocess, random: bool = False) -> None:
         self.paths = catalog["path"].tolist()
         self.keys = catalog["sha1"].tolist()
         self.sources = samples["source"].to_numpy()

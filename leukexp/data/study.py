@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from leukexp.config import build
 from leukexp.data.augment import OfflineViews, OnlineAugment
 from leukexp.data.protocol import Protocol, Samples
 from leukexp.data.sources import Catalog, FolderSource
 from leukexp.data.splits import FoldSpec, assign_splits, manifest, split_summary
 from leukexp.data.tasks import Task
+from leukexp.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +53,18 @@ class Study:
 
     def write_manifest(self, path: Path) -> Path:
         """Write the split manifest as CSV (atomically) and return its path."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".csv.tmp")
-        self.manifest().to_csv(staging, index=False)
-        staging.replace(path)
+        with atomic_path(path) as staging:
+            self.manifest().to_csv(staging, index=False)
         return path
 
 
 def build_study(cfg: DictConfig) -> Study:
     """Instantiate the data, task, fold, protocol and augmentation groups and build the split."""
-    task: Task = instantiate(cfg.task, _convert_="all")
-    source: FolderSource = instantiate(cfg.data, _convert_="all")
-    fold: FoldSpec = instantiate(cfg.fold)
-    protocol: Protocol = instantiate(cfg.protocol)
-    augmentation = instantiate(cfg.augmentation, _convert_="all")
+    task: Task = build(cfg.task, "task", _convert_="all")
+    source: FolderSource = build(cfg.data, "data", _convert_="all")
+    fold: FoldSpec = build(cfg.fold, "fold")
+    protocol: Protocol = build(cfg.protocol, "protocol")
+    augmentation = build(cfg.augmentation, "augmentation", _convert_="all")
     catalog = source.scan(task)
     split = assign_splits(catalog.frame, fold)
     samples = protocol.build(catalog.frame, split, augmentation.n_views, len(catalog.classes))

@@ -21,9 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +29,7 @@ import numpy as np
 
 from leukexp.data.sources import FolderSource
 from leukexp.errors import LeukexpError
+from leukexp.files import atomic_path
 
 STUDY_COUNTS = {"ALL": 49, "AML": 58, "CLL": 46, "CML": 54, "HLT": 59}
 GENERATOR_VERSION = 1
@@ -248,9 +246,7 @@ def generate_image(label: str, index: int, seed: int = 0, size: int = 224) -> np
 
 def generate_folder(target: Path, counts: dict[str, int], seed: int, size: int) -> None:
     """Write the images into `target/<label>/<label>_NNN.png`, atomically (a whole folder or nothing)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=target.parent))
-    try:
+    with atomic_path(target, folder=True) as staging:
         for label, count in counts.items():
             (staging / label).mkdir()
             for index in range(count):
@@ -258,13 +254,6 @@ def generate_folder(target: Path, counts: dict[str, int], seed: int, size: int) 
                 cv2.imwrite(str(staging / label / f"{label}_{index:03d}.png"), bgr)
         (staging / "generator.json").write_text(json.dumps(
             {"version": GENERATOR_VERSION, "seed": seed, "size": size, "counts": counts}, indent=2))
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass

@@ -7,11 +7,11 @@ processes writing the same entry at once both succeed with identical content.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from leukexp.files import atomic_path
 
 
 class FeatureCache:
@@ -44,15 +44,8 @@ class FeatureCache:
 
     def put(self, image_key: str, view_key: str, value: np.ndarray) -> None:
         """Store an embedding atomically."""
-        path = self.path(image_key, view_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(staging, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(value, dtype=np.float32), allow_pickle=False)
-            os.replace(staging, path)
-        finally:
-            staging.unlink(missing_ok=True)
+        with atomic_path(self.path(image_key, view_key)) as staging, open(staging, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(value, dtype=np.float32), allow_pickle=False)
 
     def size_bytes(self) -> int:
         """Disk used by this backbone's entries."""

@@ -1,22 +1,36 @@
-"""Compute (or fetch from the cache) backbone features for a set of samples."""
+"""Compute (or fetch from the cache) backbone features for a set of samples, and for every split of a study."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Subset
 
+from leukexp.backbones.base import Backbone
 from leukexp.console import console, quiet
 from leukexp.data.augment import OfflineViews, OnlineAugment
 from leukexp.data.dataset import ViewDataset, worker_context
 from leukexp.features.cache import FeatureCache
-from leukexp.models.backbones import FrozenBackbone
+
+if TYPE_CHECKING:
+    from leukexp.data.study import Study
+
+
+@dataclass
+class Features:
+    """Backbone features per split; `train` is None when training runs on images (online views)."""
+
+    train: np.ndarray | None
+    val: np.ndarray
+    test: np.ndarray
 
 
 def extract_features(
-    backbone: FrozenBackbone,
+    backbone: Backbone,
     catalog: pd.DataFrame,
     samples: pd.DataFrame,
     augmentation: OfflineViews | OnlineAugment,
@@ -47,8 +61,7 @@ def extract_features(
         bar = progress.add_task(f"{description} ({backbone.label})", total=len(missing))
         done = 0
         for batch in loader:
-            with torch.no_grad():
-                output = backbone(batch["image"]).float().numpy()
+            output = backbone.embed(batch["image"]).numpy()
             for row, value in zip(batch["index"].tolist(), output, strict=True):
                 features[row] = value
                 if cache is not None:
@@ -56,3 +69,16 @@ def extract_features(
             done += len(output)
             progress.update(bar, completed=done)
     return features
+
+
+def study_features(study: Study, backbone: Backbone, cache: FeatureCache | None, batch_size: int = 32,
+                   num_workers: int = 0) -> Features:
+    """Features of every split of a study (train left out with online views: it sees new views every epoch)."""
+    frame, samples = study.catalog.frame, study.samples
+
+    def run(part: pd.DataFrame, name: str) -> np.ndarray:
+        return extract_features(backbone, frame, part, study.augmentation, cache, batch_size=batch_size,
+                                num_workers=num_workers, description=f"{name} features")
+
+    train = None if study.augmentation.online else run(samples.train, "train")
+    return Features(train=train, val=run(samples.val, "val"), test=run(samples.test, "test"))

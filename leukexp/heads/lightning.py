@@ -1,4 +1,4 @@
-"""The Lightning module: a frozen backbone and a trainable head, on images or cached features."""
+"""The Lightning module that trains a torch head, on cached features or (online views) through the backbone."""
 
 from __future__ import annotations
 
@@ -9,27 +9,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leukexp.models.backbones import FrozenBackbone
+from leukexp.backbones.base import Backbone
+
+
+def probabilities(logits: torch.Tensor, single_logit: bool) -> torch.Tensor:
+    """Class probabilities (N, classes): sigmoid of one binary logit, else softmax."""
+    if single_logit:
+        positive = torch.sigmoid(logits.squeeze(-1))
+        return torch.stack([1 - positive, positive], dim=-1)
+    return torch.softmax(logits, dim=-1)
 
 
 class LeukemiaClassifier(L.LightningModule):
-    """Frozen backbone + head. Batches carry either `features` (cached) or `image` (run the backbone).
+    """A trainable head; batches carry either `features` (cached) or `image` (run through the frozen backbone).
 
     Args:
-        backbone: the frozen feature extractor (never trained).
-        head: the trainable classifier on the backbone's features.
+        head: the trainable network on the backbone's features.
         num_classes: number of classes.
         optimizer: a partial optimizer taking the head's parameters (Adam in the study).
         single_logit: binary task with one logit and BCE (the study) instead of two with cross-entropy.
         class_weights: loss weights per class (`protocol.balance=class_weights`).
+        backbone: the frozen feature extractor, needed only for batches of images.
     """
 
-    def __init__(self, backbone: FrozenBackbone, head: nn.Module, num_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer], single_logit: bool = False,
-                 class_weights: list[float] | None = None) -> None:
+    def __init__(self, head: nn.Module, num_classes: int, optimizer: Callable[..., torch.optim.Optimizer],
+                 single_logit: bool = False, class_weights: list[float] | None = None,
+                 backbone: Backbone | None = None) -> None:
         super().__init__()
-        self.backbone = backbone
         self.head = head
+        self.backbone = backbone
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.single_logit = single_logit and num_classes == 2
@@ -38,15 +46,13 @@ class LeukemiaClassifier(L.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits for a batch of features or images."""
-        features = batch["features"] if "features" in batch else self.backbone(batch["image"])
+        if "features" in batch:
+            features = batch["features"]
+        else:
+            if self.backbone is None:
+                raise ValueError("a batch of images needs the backbone")
+            features = self.backbone.embed(batch["image"]).to(self.device)
         return self.head(features)
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, classes) from logits."""
-        if self.single_logit:
-            positive = torch.sigmoid(logits.squeeze(-1))
-            return torch.stack([1 - positive, positive], dim=-1)
-        return torch.softmax(logits, dim=-1)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """BCE on one logit, else (weighted) cross-entropy."""
@@ -60,7 +66,7 @@ class LeukemiaClassifier(L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch)
         loss = self.loss(logits, batch["label"])
-        accuracy = (self.probabilities(logits).argmax(-1) == batch["label"]).float().mean()
+        accuracy = (probabilities(logits, self.single_logit).argmax(-1) == batch["label"]).float().mean()
         size = len(batch["label"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=size)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=size, prog_bar=stage == "val")
@@ -73,10 +79,6 @@ class LeukemiaClassifier(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Validation loss and accuracy (selects the best epoch)."""
         return self._step(batch, "val")
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Class probabilities."""
-        return self.probabilities(self(batch))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The optimizer over the head's parameters only."""

@@ -1,0 +1,98 @@
+"""The `Head` interface every classifier on frozen features implements, and what a head is built from."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from leukexp.backbones.base import Backbone
+
+
+@dataclass
+class Split:
+    """The labelled samples of one split: their features, or (online views) a dataset of images."""
+
+    labels: np.ndarray
+    features: np.ndarray | None = None
+    images: Dataset | None = None
+
+
+@dataclass
+class TrainSettings:
+    """How neural heads are trained (the `training`, `optimizer` and `trainer` config, typed).
+
+    Args:
+        batch_size: samples per optimizer step.
+        seed: seed of shuffling and initialization.
+        optimizer: builds the optimizer from the head's parameters (Adam in the study).
+        trainer: builds the Lightning Trainer, given `callbacks` and `enable_progress_bar`.
+        early_stopping_patience: epochs without a better val/acc before stopping (None: all epochs).
+        num_workers: DataLoader workers for online views.
+    """
+
+    batch_size: int = 32
+    seed: int = 0
+    optimizer: Callable[[Iterable[Any]], Any] | None = None
+    trainer: Callable[..., Any] | None = None
+    early_stopping_patience: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class HeadContext:
+    """What every head factory is called with: the problem's shape and, for neural heads, how to train."""
+
+    in_features: int
+    num_classes: int
+    single_logit: bool = False
+    class_weights: list[float] | None = None
+    seed: int = 0
+    training: TrainSettings = field(default_factory=TrainSettings)
+    backbone: Backbone | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits a neural head produces: 1 for a binary task with one logit, else one per class."""
+        return 1 if self.single_logit else self.num_classes
+
+
+class Head(ABC):
+    """A trainable classifier on frozen backbone features.
+
+    Implementations are adapters (one for torch networks trained by Lightning, one for scikit-learn
+    estimators); a new kind of head is one adapter and its `kind` in `leukexp.heads.registry`.
+    """
+
+    kind: ClassVar[str]
+    best_epoch: int = 0
+
+    @abstractmethod
+    def fit(self, train: Split, val: Split) -> pd.DataFrame:
+        """Train on `train`, select on `val`; return the per-epoch history (`epoch`, `train/acc`, `val/acc`...)."""
+
+    @abstractmethod
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes), columns in class-index order."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> dict[str, Any]:
+        """Write the trained head into `folder`; return its spec (JSON) for `load`."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path, spec: dict[str, Any]) -> Head:
+        """Rebuild a head saved by `save`, without running code from the folder."""
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of samples whose most probable class is the true one."""
+    return float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")

@@ -1,0 +1,111 @@
+"""The adapter for torch heads: a network on frozen features, trained by Lightning, best-val epoch kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
+from torch import nn
+from torch.utils.data import DataLoader
+
+from leukexp.console import quiet
+from leukexp.data.dataset import FeatureDataset, identity_collate, worker_context
+from leukexp.errors import LeukexpError
+from leukexp.heads.base import Head, HeadContext, Split
+from leukexp.heads.callbacks import BestHeadKeeper, EpochHistory
+from leukexp.heads.lightning import LeukemiaClassifier, probabilities
+from leukexp.heads.mlp import MLPHead
+
+WEIGHTS = "head.pt"
+
+
+class TorchHead(Head):
+    """A torch network trained on features with Lightning; the epoch with the best val/acc is kept.
+
+    Args:
+        network: the MLP on the backbone's features.
+        context: the problem's shape and training settings.
+        network_config: the network's arguments (`hidden`, `dropout`, `activation`), saved for `load`.
+    """
+
+    kind = "torch"
+
+    def __init__(self, network: nn.Module, context: HeadContext, network_config: dict[str, Any]) -> None:
+        self.network = network
+        self.context = context
+        self.network_config = network_config
+        self.single_logit = context.single_logit
+
+    def fit(self, train: Split, val: Split) -> pd.DataFrame:
+        """Train for the trainer's epochs; restore the best validation epoch; return the history."""
+        context, settings = self.context, self.context.training
+        module = LeukemiaClassifier(self.network, context.num_classes, settings.optimizer,
+                                    single_logit=self.single_logit, class_weights=context.class_weights,
+                                    backbone=context.backbone)
+        generator = torch.Generator().manual_seed(settings.seed)
+        if train.features is None:
+            if train.images is None:
+                raise ValueError("training needs features or images")
+            workers = settings.num_workers
+            train_loader = DataLoader(train.images, batch_size=settings.batch_size, shuffle=True,
+                                      generator=generator, num_workers=workers,
+                                      multiprocessing_context=worker_context(workers))
+        else:
+            train_loader = DataLoader(FeatureDataset(train.features, train.labels), batch_size=settings.batch_size,
+                                      shuffle=True, generator=generator, collate_fn=identity_collate)
+        val_loader = DataLoader(FeatureDataset(val.features, val.labels), batch_size=256,
+                                collate_fn=identity_collate)
+        keeper, history = BestHeadKeeper("val/acc", "max"), EpochHistory()
+        callbacks: list[L.Callback] = [keeper, history]
+        if not quiet():
+            callbacks.append(RichProgressBar(leave=False))
+        if settings.early_stopping_patience:
+            callbacks.append(EarlyStopping("val/acc", mode="max", patience=int(settings.early_stopping_patience)))
+        trainer = settings.trainer(callbacks=callbacks, enable_progress_bar=not quiet())
+        trainer.fit(module, train_loader, val_loader)
+        keeper.restore(module)
+        self.network = module.head.cpu().eval()
+        self.best_epoch = keeper.best_epoch
+        return pd.DataFrame(history.rows)
+
+    @torch.no_grad()
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities from the network's logits."""
+        self.network.eval()
+        logits = self.network(torch.as_tensor(features, dtype=torch.float32))
+        return probabilities(logits, self.single_logit).numpy().astype(np.float64)
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """The network's weights as a state dict (tensors only) and its arguments."""
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.network.state_dict(), folder / WEIGHTS)
+        return {"kind": self.kind, "weights": WEIGHTS, "network": self.network_config,
+                "in_features": self.context.in_features, "num_classes": self.context.num_classes,
+                "single_logit": self.single_logit}
+
+    @classmethod
+    def load(cls, folder: Path, spec: dict[str, Any]) -> TorchHead:
+        """Rebuild the MLP from its arguments and load its weights (`weights_only`: tensors, no code)."""
+        context = HeadContext(int(spec["in_features"]), int(spec["num_classes"]), bool(spec["single_logit"]))
+        config = dict(spec["network"])
+        network = MLPHead(context.in_features, context.num_outputs, **config)
+        try:
+            state = torch.load(folder / spec["weights"], map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        except Exception as error:  # a missing, corrupt or mismatched file
+            raise LeukexpError(f"{folder / spec['weights']}: not the weights of this head ({type(error).__name__})"
+                               ) from error
+        return cls(network.eval(), context, config)
+
+
+def mlp(context: HeadContext, hidden: Sequence[int] = (128,), dropout: float = 0.0,
+        activation: str = "torch.nn.ReLU") -> TorchHead:
+    """The study's MLP heads (`head=mlp1`, `mlp3`, `mlp3_dropout`): features -> hidden layers -> logits."""
+    config = {"hidden": [int(h) for h in hidden], "dropout": float(dropout), "activation": str(activation)}
+    return TorchHead(MLPHead(context.in_features, context.num_outputs, **config), context, config)

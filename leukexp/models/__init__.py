@@ -1,1 +1,0 @@
-"""Models: frozen timm backbones and the heads trained on their features."""

@@ -1,0 +1,104 @@
+"""The run vocabulary: names that the writer of a run and its readers (cv, report, predict) share.
+
+Tag keys, run kinds, metric prefixes, the config groups that identify a configuration, artifact names
+and the `predictions.csv` schema live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# config groups whose choice identifies a configuration (the fold does not: its runs form one CV group)
+CONFIG_GROUPS = ("data", "task", "augmentation", "protocol", "model", "head")
+# every group a user picks on the command line, in the order `--help` and the README list them
+ALL_GROUPS = ("data", "task", "fold", "augmentation", "protocol", "model", "head", "trainer")
+# overrides that never change what a run computes: these groups' choices (exact key) ...
+NON_IDENTITY_GROUPS = ("fold", "experiment")
+# ... and these keys with everything below them (fold.n_splits and fold.val_fraction do count)
+NON_IDENTITY_PREFIXES = ("hydra", "paths", "mlflow", "sweep", "fold.index", "fold.name", "training.torch_threads",
+                         "features.num_workers")
+
+# tags
+KIND_TAG = "leukexp.kind"
+KIND_FOLD = "fold"
+KIND_CV = "cv"
+NOTE_TAG = "leukexp.note"
+PARENT_TAG = "mlflow.parentRunId"
+CV_GROUP_TAG = "cv_group"
+DATA_HASH_TAG = "data_hash"
+FOLD_TAG = "fold"
+N_SPLITS_TAG = "n_splits"
+FOLDS_FINISHED_TAG = "folds_finished"
+# tags that describe a configuration: shown in reports, copied from a fold run to its CV parent
+LABEL_TAGS = ("model", "head", "task", "protocol", "augmentation", "data")
+CV_TAGS = (*LABEL_TAGS, "seed", CV_GROUP_TAG, DATA_HASH_TAG)
+
+# metric prefixes
+TEST = "test/"
+BEST = "best/"
+CV = "cv/"
+TRAIN_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+# artifacts of a fold run
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.csv"
+PREDICTIONS_FILE = "predictions.csv"
+HISTORY_FILE = "history.csv"
+CONFUSION_FILE = "confusion_matrix.csv"
+MODEL_DIR = "model"
+PROBABILITY_PREFIX = "p_"
+
+
+def kind_filter(kind: str) -> str:
+    """The MLflow filter that selects runs of one kind (`fold` or `cv`)."""
+    return f"tags.`{KIND_TAG}` = '{kind}'"
+
+
+def cv_metric(metric: str, statistic: str) -> str:
+    """The parent's aggregate name of a fold metric, e.g. `cv/test/acc_mean`."""
+    return f"{CV}{metric}_{statistic}"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-sample test predictions as `predictions.csv` holds them.
+
+    Args:
+        files: source image file (relative to the data root) of each sample.
+        views: view index of each sample (0 is the original image).
+        labels: true class index of each sample.
+        probs: class probabilities (samples, classes).
+        classes: class names in index order.
+    """
+
+    files: np.ndarray
+    views: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    classes: list[str]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The `predictions.csv` table: file, view, label, predicted, `p_<class>` per class."""
+        return pd.DataFrame({
+            "file": self.files,
+            "view": self.views,
+            "label": [self.classes[i] for i in self.labels],
+            "predicted": [self.classes[i] for i in self.probs.argmax(1)],
+            **{f"{PROBABILITY_PREFIX}{c}": self.probs[:, i] for i, c in enumerate(self.classes)},
+        })
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Predictions:
+        """Read back a `predictions.csv` table."""
+        classes = [c.removeprefix(PROBABILITY_PREFIX) for c in frame.columns if c.startswith(PROBABILITY_PREFIX)]
+        index = {c: i for i, c in enumerate(classes)}
+        return cls(
+            files=frame["file"].to_numpy(),
+            views=frame["view"].to_numpy() if "view" in frame else np.zeros(len(frame), int),
+            labels=frame["label"].map(index).to_numpy(),
+            probs=frame[[f"{PROBABILITY_PREFIX}{c}" for c in classes]].to_numpy(dtype=float),
+            classes=classes,
+        )

@@ -1,0 +1,24 @@
+"""Fitting a head on a study's features: the right samples go to fit, val and test."""
+
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from test_torch_head import blobs
+
+from leukexp.data.protocol import Samples
+from leukexp.features.extract import Features
+from leukexp.fit import fit_head
+from leukexp.heads.base import HeadContext
+from leukexp.heads.sklearn_head import SklearnHead
+
+
+def test_fit_head_predicts_val_and_test() -> None:
+    x, y = blobs(60)
+    vx, vy = blobs(30, seed=1)
+    tx, ty = blobs(15, seed=2)
+    frame = lambda labels: pd.DataFrame({"source": range(len(labels)), "view": 0, "label_index": labels})  # noqa: E731
+    samples = Samples(train=frame(y), val=frame(vy), test=frame(ty))
+    result = fit_head(SklearnHead(HeadContext(8, 3), LogisticRegression()), samples, Features(x, vx, tx))
+    assert result.val_probs.shape == (30, 3) and result.test_probs.shape == (15, 3)
+    assert (result.test_probs.argmax(1) == ty).mean() > 0.85
+    assert result.history.loc[0, "val/acc"] == (result.val_probs.argmax(1) == vy).mean()
+    assert result.best_epoch == 0

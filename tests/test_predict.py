@@ -1,0 +1,61 @@
+"""A saved model folder: written by a run, reloaded for prediction, refused when it names foreign code."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukexp.backbones.timm_backbone import TimmBackbone
+from leukexp.errors import LeukexpError
+from leukexp.heads.base import HeadContext
+from leukexp.heads.torch_head import mlp
+from leukexp.predict import MANIFEST, load_classifier, save_classifier
+
+MODEL = {"_target_": "leukexp.backbones.timm_backbone.TimmBackbone", "name": "test_efficientnet",
+         "pretrained": False, "input_size": 32}
+
+
+def saved(folder: Path) -> tuple[Path, np.ndarray]:
+    """A model folder with a trained head, and the probabilities it gives for four images."""
+    import torch
+
+    torch.manual_seed(0)
+    backbone = TimmBackbone("test_efficientnet", pretrained=False, input_size=32)
+    head = mlp(HeadContext(backbone.num_features, 3), hidden=[8])
+    images = [np.full((40, 40, 3), v, np.uint8) for v in (0, 80, 160, 240)]
+    features = backbone.embed(torch.stack([backbone.preprocess(i) for i in images])).numpy()
+    head.best_epoch = 0
+    head.network.eval()
+    probs = head.predict_proba(features)
+    save_classifier(folder, head, backbone, MODEL, ["A", "B", "C"])
+    return folder, probs
+
+
+def test_round_trip_gives_the_same_probabilities(tmp_path: Path) -> None:
+    import torch
+
+    folder, probs = saved(tmp_path / "model")
+    torch.manual_seed(0)  # the random-init backbone is rebuilt the same way
+    classifier = load_classifier(folder)
+    images = [np.full((40, 40, 3), v, np.uint8) for v in (0, 80, 160, 240)]
+    assert np.allclose(classifier.predict_proba(images), probs, atol=1e-6)
+    assert classifier.classes == ["A", "B", "C"]
+
+
+def test_a_manifest_naming_foreign_code_is_refused(tmp_path: Path) -> None:
+    folder, _ = saved(tmp_path / "model")
+    meta = json.loads((folder / MANIFEST).read_text())
+    meta["model"] = {"_target_": "os.system", "command": f"touch {tmp_path / 'pwned'}"}
+    (folder / MANIFEST).write_text(json.dumps(meta))
+    with pytest.raises(LeukexpError, match=r"refuses to build os\.system"):
+        load_classifier(folder)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_or_broken_manifest(tmp_path: Path) -> None:
+    with pytest.raises(LeukexpError, match=r"no classifier\.json"):
+        load_classifier(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(LeukexpError, match="not a leukexp model manifest"):
+        load_classifier(tmp_path)

@@ -1,0 +1,89 @@
+"""The report's sections on in-memory runs, and `leukexp-report` on a real store."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukexp.errors import LeukexpError
+from leukexp.report import (
+    SECTIONS,
+    StudyRuns,
+    configuration_labels,
+    main,
+    paired_comparison,
+    per_class_table,
+    per_fold_tables,
+    pick_configuration,
+    pooled_accuracy_table,
+    summary_table,
+    write_report,
+)
+from leukexp.tracking import RunLogger
+
+
+def folds() -> pd.DataFrame:
+    rows = []
+    for group, accuracies in {"head=mlp1 model=m": [0.8, 0.9, 0.85], "head=svm model=m": [0.9, 1.0, 0.95]}.items():
+        for i, acc in enumerate(accuracies):
+            rows.append({"cv_group": group, "fold": f"f{i}", "test/acc": acc, "test/n": 20, "test/loss": 1 - acc,
+                         "test/f1_macro": acc, "test/auc_macro": acc, "test/f1/ALL": acc, "test/precision/ALL": acc,
+                         "test/recall/ALL": acc, "best/val/acc": 0.7})
+    frame = pd.DataFrame(rows)
+    return frame.assign(config=configuration_labels(frame["cv_group"]))
+
+
+def test_labels_keep_only_what_differs() -> None:
+    assert sorted(folds()["config"].unique()) == ["head=mlp1", "head=svm"]
+
+
+def test_summary_pooled_and_per_fold_tables() -> None:
+    table = summary_table(folds())
+    assert list(table["configuration"]) == ["head=svm", "head=mlp1"]
+    assert table.loc[0, "mean"] == pytest.approx(0.95) and table.loc[0, "ci95_high"] > 1.0
+    pooled = pooled_accuracy_table(folds()).set_index("configuration")
+    assert pooled.loc["head=svm", "correct"] == 57 and pooled.loc["head=svm", "samples"] == 60
+    assert pooled.loc["head=svm", "wilson_high"] <= 1.0
+    per_fold = per_fold_tables(folds())["head=mlp1"]
+    assert per_fold.loc["test_acc", "Average"] == pytest.approx(0.85)
+    assert per_class_table(folds()).set_index("configuration").loc["head=svm", "f1"] == pytest.approx(0.95)
+
+
+def test_comparison_and_selection() -> None:
+    result = paired_comparison(folds(), "head=svm", "head=mlp1")
+    assert result["mean_difference"] == pytest.approx(0.1) and result["shared_folds"] == 3
+    assert pick_configuration(folds(), "head=svm") == "head=svm"
+    with pytest.raises(LeukexpError, match="matches 2 configurations"):
+        pick_configuration(folds(), "model=m")
+
+
+def test_report_has_every_section(tmp_path: Path) -> None:
+    runs = StudyRuns(folds(), pd.DataFrame(), {})
+    path = write_report(runs, tmp_path, "demo", compare=[("head=svm", "head=mlp1")])
+    text = path.read_text()
+    for heading in ("## Summary", "## Accuracy over the pooled", "## Accuracy and loss per fold",
+                    "## Average precision", "## Paired comparisons"):
+        assert heading in text
+    assert len(SECTIONS) == 6
+    assert {"summary.csv", "pooled_accuracy.csv", "comparisons.csv", "comparison.png"} <= {
+        p.name for p in tmp_path.iterdir()}
+
+
+def test_cli_exits_0_and_honours_mlflow_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path}/store.db"
+    logger = RunLogger(uri, "demo", str(tmp_path / "artifacts"))
+    for fold, acc in (("f0", 0.8), ("f1", 0.9)):
+        logger.start(fold, {"leukexp.kind": "fold", "fold": fold, "cv_group": "head=mlp1", "head": "mlp1"})
+        logger.log_metrics({"test/acc": acc, "test/n": 10.0})
+        logger.end()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--experiment", "demo", "--out", str(tmp_path / "report")]) == 0
+    assert "1 configurations, 2 fold runs" in capsys.readouterr().out
+    assert (tmp_path / "report" / "report.md").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--experiment", "nope"])
+    assert exit_info.value.code == 2 and "not in this store" in capsys.readouterr().err
+    assert np.isclose(pd.read_csv(tmp_path / "report" / "summary.csv").loc[0, "mean"], 0.85)

@@ -1,0 +1,70 @@
+"""The scikit-learn head adapter: SVM, logistic regression and kNN from config; safe save and load."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io
+from sklearn.linear_model import LogisticRegression
+from test_torch_head import Stub, blobs
+
+from leukexp.errors import LeukexpError
+from leukexp.heads.base import HeadContext, Split
+from leukexp.heads.sklearn_head import SklearnHead
+from leukexp.settings import build_head
+
+
+@pytest.mark.parametrize("name", ["svm", "logreg", "knn"])
+def test_config_heads_learn_and_give_probabilities(compose_cfg, name: str) -> None:
+    head = build_head(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
+    assert isinstance(head, SklearnHead)
+    x, y = blobs(90)
+    vx, vy = blobs(90, seed=1)
+    history = head.fit(Split(y, x), Split(vy, vx))
+    assert list(history.columns) == ["epoch", "train/acc", "val/acc"] and len(history) == 1
+    probs = head.predict_proba(vx)
+    assert probs.shape == (90, 3) and np.allclose(probs.sum(1), 1.0)
+    assert (probs.argmax(1) == vy).mean() > 0.85
+
+
+def test_knn_k_is_config_and_capped_at_the_training_size(compose_cfg) -> None:
+    head = build_head(compose_cfg("head=knn", "head.k=50"), Stub(), num_classes=3, class_weights=None)
+    x, y = blobs(30)
+    head.fit(Split(y, x), Split(y, x))
+    assert head.pipeline.n_neighbors == 30
+
+
+def test_a_class_missing_from_training_gets_probability_zero() -> None:
+    x, y = blobs(60)
+    keep = y != 1
+    head = SklearnHead(HeadContext(8, 3), LogisticRegression())
+    head.fit(Split(y[keep], x[keep]), Split(y[keep], x[keep]))
+    assert head.predict_proba(x)[:, 1].max() == 0.0
+
+
+def test_online_views_are_refused_with_a_clear_error() -> None:
+    with pytest.raises(LeukexpError, match="augmentation=online"):
+        SklearnHead(HeadContext(8, 3), LogisticRegression()).fit(Split(np.zeros(3)), Split(np.zeros(3)))
+
+
+def test_save_and_load_round_trip(compose_cfg, tmp_path: Path) -> None:
+    head = build_head(compose_cfg("head=svm"), Stub(), 3, None)
+    x, y = blobs(90)
+    head.fit(Split(y, x), Split(y, x))
+    spec = head.save(tmp_path)
+    assert spec["weights"].endswith(".skops")
+    assert np.allclose(SklearnHead.load(tmp_path, spec).predict_proba(x), head.predict_proba(x))
+
+
+class Sneaky(LogisticRegression):
+    """A classifier type from outside scikit-learn: loading must refuse it."""
+
+
+def test_loading_refuses_types_outside_scikit_learn(tmp_path: Path) -> None:
+    x, y = blobs(30)
+    skops.io.dump(Sneaky().fit(x, y), tmp_path / "head.skops")
+    with pytest.raises(LeukexpError, match=r"refuses to load types.*Sneaky"):
+        SklearnHead.load(tmp_path, {"kind": "sklearn", "weights": "head.skops", "num_classes": 3})
+    (tmp_path / "junk.skops").write_bytes(b"not a zip")
+    with pytest.raises(LeukexpError, match="not a saved scikit-learn head"):
+        SklearnHead.load(tmp_path, {"kind": "sklearn", "weights": "junk.skops", "num_classes": 3})

