@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ import pandas as pd
 from leukexp.evaluation import confusion
 from leukexp.plots import plot_confusion, plot_curves, plot_roc
 from leukexp.vocabulary import (
+    CAM_DIR,
     CONFIG_FILE,
     CONFUSION_FILE,
     CV,
@@ -39,10 +41,9 @@ def prediction_table(study: Study, result: FitResult) -> Predictions:
 
 
 def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Backbone, model_config: dict[str, Any],
-                        result: FitResult, metrics: dict[str, float]) -> list[Path]:
-    """Config, manifest, confusion matrix, predictions, history, figures and the trained model, in `out`."""
-    from leukexp.predict import save_classifier
-
+                        result: FitResult, metrics: dict[str, float], cam_per_class: int = 0) -> list[Path]:
+    """Config, manifest, confusion matrix, predictions, history, figures, the trained model and (with
+    `cam_per_class`) a panel of activation maps, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config_yaml)
     predictions = prediction_table(study, result)
@@ -56,8 +57,38 @@ def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Bac
         plot_confusion(matrix, out / "confusion_matrix.png", title),
         plot_roc([("test", predictions.labels, predictions.probs)], study.classes, out / "roc.png"),
         plot_curves(result.history, out / "curves.png", result.best_epoch),
-        save_classifier(out / MODEL_DIR, result.head, backbone, model_config, study.classes),
+        write_model(out / MODEL_DIR, result, backbone, model_config, study.classes),
+        *([write_cam_panel(out / CAM_DIR, study, backbone, result, cam_per_class)] if cam_per_class else []),
     ]
+
+
+def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitResult, per_class: int) -> Path:
+    """`cam/panel.png`: activation maps of a few correct and wrong test images per class (or a note why not)."""
+    from leukexp.cam import cam_panel
+    from leukexp.data.io import read_image
+    from leukexp.errors import LeukexpError
+    from leukexp.predict import Classifier
+
+    folder.mkdir(parents=True, exist_ok=True)
+    originals = study.samples.test.drop_duplicates("source")
+    frame = study.catalog.frame
+    images = [read_image(p) for p in frame["path"].to_numpy()[originals["source"].to_numpy()]]
+    try:
+        cam_panel(Classifier(backbone, result.head, study.classes), images, originals["label_index"].to_numpy(),
+                  folder / "panel.png", per_class)
+    except LeukexpError as error:
+        (folder / "no_panel.txt").write_text(f"{error}\n")
+    return folder
+
+def write_model(path: Path, result: FitResult, backbone: Backbone, model_config: dict[str, Any],
+                classes: list[str]) -> Path:
+    """The run's MLflow model: the trained head and its backbone reference, loadable by `mlflow.pyfunc`."""
+    from leukexp.predict import save_classifier
+    from leukexp.serving import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes)
+        return save_model(path, classifier, classes)
 
 
 def read_predictions(path: Path) -> Predictions:
@@ -86,3 +117,38 @@ def write_cv_artifacts(out: Path, table: pd.DataFrame, predictions: dict[str, Pr
         plot_roc([(fold, p.labels, p.probs) for fold, p in sorted(predictions.items())], classes,
                  out / "cv_roc.png", "ROC of every fold (one-vs-rest)"),
     ]
+
+
+DESCRIPTION_COLUMNS = {"test/acc": "test acc", "test/f1_macro": "macro F1", "test/auc_macro": "macro AUC",
+                       "test/loss": "test loss", "best/val/acc": "best val acc"}
+
+
+def result_summary(metrics: dict[str, float], finished: int, n_splits: int) -> str:
+    """One line for a tag column: mean accuracy, its spread and how many folds it covers."""
+    mean, std = metrics.get(f"{CV}test/acc_mean"), metrics.get(f"{CV}test/acc_std")
+    if mean is None:
+        return f"{finished}/{n_splits} folds"
+    return f"acc {mean:.3f} ± {std or 0.0:.3f} ({finished}/{n_splits} folds)"
+
+
+def parent_description(name: str, cv_group: str, table: pd.DataFrame, metrics: dict[str, float], n_splits: int,
+                       run_ids: dict[str, str]) -> str:
+    """The CV parent's markdown description: what the configuration is, its folds and their aggregates."""
+    columns = [c for c in DESCRIPTION_COLUMNS if c in table.columns]
+    status = "complete" if len(table) >= n_splits else f"incomplete: {len(table)} of {n_splits} folds finished"
+    lines = [f"### {name}", "", f"{len(table)}/{n_splits} folds ({status}). " + result_summary(
+        metrics, len(table), n_splits), "",
+             "| fold | " + " | ".join(DESCRIPTION_COLUMNS[c] for c in columns) + " | run |",
+             "|---|" + "---|" * (len(columns) + 1)]
+    for fold, row in table.iterrows():
+        cells = [f"{row[c]:.4f}" if pd.notna(row[c]) else "-" for c in columns]
+        lines.append(f"| {fold} | " + " | ".join(cells) + f" | `{run_ids.get(str(fold), '')[:8]}` |")
+    means = [metrics.get(f"{CV}{c}_mean") for c in columns]
+    stds = [metrics.get(f"{CV}{c}_std") for c in columns]
+    lines.append("| **mean ± std** | " + " | ".join(
+        f"**{m:.4f}** ± {s:.4f}" if m is not None else "-" for m, s in zip(means, stds, strict=True)) + " | |")
+    lines.append("| 95% CI (t, folds) | " + " | ".join(
+        f"[{metrics[f'{CV}{c}_ci95_low']:.4f}, {metrics[f'{CV}{c}_ci95_high']:.4f}]"
+        if f"{CV}{c}_ci95_low" in metrics else "-" for c in columns) + " | |")
+    lines += ["", "Configuration: " + " ".join(f"`{token}`" for token in cv_group.split()), ""]
+    return "\n".join(lines)

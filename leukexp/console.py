@@ -48,7 +48,7 @@ def describe_study(study: Study) -> None:
     print_frame(study.split_summary(), "source images per split", "class")
     print_frame(study.samples.counts(study.classes), "samples per split (views, after balancing)", "class")
     if catalog.skipped:
-        console.print(f"[yellow]skipped {len(catalog.skipped)} bad image(s):[/]")
+        console.print(f"[yellow]left out {len(catalog.skipped)} bad image(s) or folder(s):[/]")
         for message in catalog.skipped:
             console.print(f"  {message}")
     if catalog.duplicates:

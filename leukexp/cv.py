@@ -3,9 +3,10 @@ fold aggregates on the parent once every fold has finished, and resume of finish
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
+import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from mlflow.entities import Metric, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukexp.artifacts import read_predictions, write_cv_artifacts
+from leukexp.artifacts import parent_description, read_predictions, result_summary, write_cv_artifacts
+from leukexp.files import file_lock
 from leukexp.stats import aggregate_metrics
 from leukexp.vocabulary import (
     BEST,
@@ -29,10 +32,17 @@ from leukexp.vocabulary import (
     KIND_CV,
     KIND_TAG,
     N_SPLITS_TAG,
+    NAME_TAG,
+    NOTE_CONTENT,
     NOTE_TAG,
+    OWNER_TAG,
     PARENT_TAG,
     PREDICTIONS_FILE,
+    RESULT_TAG,
+    RUN_NAME_SEPARATOR,
+    STUDY_TAG,
     TEST,
+    cv_metric,
 )
 
 if TYPE_CHECKING:
@@ -48,15 +58,29 @@ def quote(value: str) -> str:
 
 @contextmanager
 def store_lock(lock_dir: Path, tracking_uri: str, experiment_id: str) -> Iterator[None]:
-    """An exclusive lock per store and experiment, held while parents are created or aggregated."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    """An exclusive lock per store and experiment, held while parents and fold runs are created or aggregated."""
     key = hashlib.sha1(f"{tracking_uri}|{experiment_id}".encode(), usedforsecurity=False).hexdigest()[:12]
-    with open(lock_dir / f"cv-{key}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(lock_dir / f"cv-{key}.lock"):
+        yield
+
+
+def this_process() -> str:
+    """The owner tag of runs this process creates: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process that owns a RUNNING run is still running (unknown hosts count as alive)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return bool(owner)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _parents(client: MlflowClient, experiment_id: str, cv_group: str, data_hash: str) -> list[Run]:
@@ -76,13 +100,24 @@ def get_or_create_parent(client: MlflowClient, experiment_id: str, tags: dict[st
     if found:
         return found[0].info.run_id
     parent_tags = {k: tags[k] for k in CV_TAGS if k in tags} | {KIND_TAG: KIND_CV, N_SPLITS_TAG: tags[N_SPLITS_TAG]}
-    name = f"cv {tags.get('model', '')}-{tags.get('head', '')}-{tags.get('task', '')}"
+    name = unique_name(client, experiment_id, tags.get(NAME_TAG) or "default", tags[CV_GROUP_TAG])
+    parent_tags[NAME_TAG] = name
     run = client.create_run(experiment_id, run_name=name, tags=parent_tags)
     found = _parents(client, experiment_id, tags[CV_GROUP_TAG], tags[DATA_HASH_TAG])
     winner = found[0].info.run_id if found else run.info.run_id
     if winner != run.info.run_id:
         client.delete_run(run.info.run_id)
     return winner
+
+
+def unique_name(client: MlflowClient, experiment_id: str, name: str, cv_group: str) -> str:
+    """`name`, or `name #xxxx` (a hash of the configuration) when another configuration already has it."""
+    query = f"tags.`{KIND_TAG}` = '{KIND_CV}' and tags.`{NAME_TAG}` = {quote(name)}"
+    others = [r for r in client.search_runs([experiment_id], query, max_results=100)
+              if r.data.tags.get(CV_GROUP_TAG) != cv_group]
+    if not others:
+        return name
+    return f"{name} #{hashlib.sha1(cv_group.encode(), usedforsecurity=False).hexdigest()[:4]}"
 
 
 def fold_runs(client: MlflowClient, experiment_id: str, parent_id: str,
@@ -102,10 +137,17 @@ def finished_fold(client: MlflowClient, experiment_id: str, parent_id: str, fold
     return fold_runs(client, experiment_id, parent_id).get(fold)
 
 
+def running_runs(client: MlflowClient, experiment_id: str, parent_id: str, fold: str | None = None) -> list[Run]:
+    """Every RUNNING child of the parent (of one fold, if given)."""
+    query = f"tags.`{PARENT_TAG}` = {quote(parent_id)} and attributes.status = 'RUNNING'"
+    runs = client.search_runs([experiment_id], query, max_results=10000)
+    return [r for r in runs if fold is None or r.data.tags.get(FOLD_TAG) == fold]
+
+
 def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str, fold: str) -> int:
-    """Mark RUNNING runs of this fold KILLED: they belong to a sweep that was killed and is now re-run."""
-    stale = [r for r in fold_runs(client, experiment_id, parent_id, ("RUNNING",)).values()
-             if r.data.tags.get(FOLD_TAG) == fold]
+    """Mark RUNNING runs of this fold whose process is gone KILLED (a killed sweep that is now re-run)."""
+    stale = [r for r in running_runs(client, experiment_id, parent_id, fold)
+             if not owner_alive(r.data.tags.get(OWNER_TAG, ""))]
     for run in stale:
         client.set_tag(run.info.run_id, NOTE_TAG, "killed before finishing; re-run by a resumed sweep")
         client.set_terminated(run.info.run_id, status="KILLED")
@@ -119,27 +161,51 @@ def fold_table(children: dict[str, Run]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").sort_index(axis=1)
 
 
-def aggregate_if_complete(client: MlflowClient, experiment_id: str, parent_id: str, n_splits: int) -> bool:
-    """Once all folds have FINISHED, log aggregates and figures on the parent and finish it."""
+def aggregate(client: MlflowClient, experiment_id: str, parent_id: str, n_splits: int) -> bool:
+    """Aggregates and figures of the finished folds on the parent; True when every fold has finished.
+
+    A partial study shows what is known: `cv/folds_finished`, the aggregates over the finished folds and the
+    tag `leukexp.study=incomplete`. The parent stays RUNNING while a fold runs, and is FINISHED otherwise.
+    """
     children = fold_runs(client, experiment_id, parent_id)
-    if len(children) < n_splits:
-        return False
-    table = fold_table(children)
-    metrics = aggregate_metrics(table)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        predictions = {}
-        for fold, run in sorted(children.items()):
-            folder = out / f"download-{fold}"
-            folder.mkdir()
-            predictions[fold] = read_predictions(Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE,
-                                                                                str(folder))))
-        for path in write_cv_artifacts(out, table, predictions, metrics):
-            client.log_artifact(parent_id, str(path))
-    client.log_batch(parent_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+    complete = len(children) >= n_splits
+    if children:
+        table = fold_table(children)
+        metrics = aggregate_metrics(table) | {cv_metric("folds", "finished"): float(len(children))}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            predictions = {}
+            for fold, run in sorted(children.items()):
+                folder = out / f"download-{fold}"
+                folder.mkdir()
+                try:
+                    downloaded = client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, str(folder))
+                except MlflowException:
+                    log.warning("fold %s (run %s) has no %s: left out of the parent's figures", fold,
+                                run.info.run_id, PREDICTIONS_FILE)
+                    continue
+                predictions[fold] = read_predictions(Path(downloaded))
+            for path in write_cv_artifacts(out, table, predictions, metrics):
+                client.log_artifact(parent_id, str(path))
+        client.log_batch(parent_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+        parent = client.get_run(parent_id)
+        client.set_tag(parent_id, NOTE_CONTENT, parent_description(
+            parent.data.tags.get(NAME_TAG, parent.info.run_name), parent.data.tags.get(CV_GROUP_TAG, ""), table,
+            metrics, n_splits, {fold: run.info.run_id for fold, run in children.items()}))
+        client.set_tag(parent_id, RESULT_TAG, result_summary(metrics, len(children), n_splits))
     client.set_tag(parent_id, FOLDS_FINISHED_TAG, str(len(children)))
-    client.set_terminated(parent_id, status="FINISHED")
-    return True
+    client.set_tag(parent_id, STUDY_TAG, "complete" if complete else f"incomplete ({len(children)}/{n_splits} folds)")
+    if running_runs(client, experiment_id, parent_id):
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        client.set_terminated(parent_id, status="FINISHED")
+    return complete
+
+
+def is_up_to_date(client: MlflowClient, parent_id: str, finished: int) -> bool:
+    """Whether the parent's aggregates already cover `finished` folds and nothing is running."""
+    parent = client.get_run(parent_id)
+    return parent.info.status != "RUNNING" and parent.data.tags.get(FOLDS_FINISHED_TAG) == str(finished)
 
 
 def _metric(key: str, value: float) -> Metric:
@@ -161,41 +227,60 @@ class FoldRun:
         self.lock_dir = lock_dir
         self.n_splits = int(tags[N_SPLITS_TAG])
         self.parent_id: str | None = None
+        self.params: dict[str, str] = {}
 
     def _locked(self) -> AbstractContextManager[None]:
         return store_lock(self.lock_dir, self.logger.tracking_uri, self.logger.experiment_id)
 
-    def open(self, resume: bool) -> Run | None:
-        """Find or create the parent; with `resume`, return this fold's earlier FINISHED run (to skip)."""
-        client, experiment = self.logger.client, self.logger.experiment_id
+    def open(self, resume: bool, params: dict[str, str]) -> Run | str | None:
+        """Find or create the parent and, under the store lock, claim this fold by creating its run.
+
+        With `resume`: an earlier FINISHED run of this fold is returned (to skip); a fold RUNNING in another
+        live process returns that process's owner tag (to skip); runs of processes that are gone are marked
+        KILLED. Otherwise the fold run is created (None is returned).
+        """
+        client, experiment, fold = self.logger.client, self.logger.experiment_id, self.tags[FOLD_TAG]
         with self._locked():
             self.parent_id = get_or_create_parent(client, experiment, self.tags)
             if resume:
-                done = finished_fold(client, experiment, self.parent_id, self.tags[FOLD_TAG])
+                done = finished_fold(client, experiment, self.parent_id, fold)
                 if done is not None:
-                    aggregate_if_complete(client, experiment, self.parent_id, self.n_splits)
+                    finished = len(fold_runs(client, experiment, self.parent_id))
+                    if not is_up_to_date(client, self.parent_id, finished):
+                        aggregate(client, experiment, self.parent_id, self.n_splits)
                     return done
-                close_stale_runs(client, experiment, self.parent_id, self.tags[FOLD_TAG])
+                close_stale_runs(client, experiment, self.parent_id, fold)
+                elsewhere = running_runs(client, experiment, self.parent_id, fold)
+                if elsewhere:
+                    return elsewhere[0].data.tags.get(OWNER_TAG, "another process")
+            parent_name = client.get_run(self.parent_id).data.tags.get(NAME_TAG, self.tags.get(NAME_TAG, ""))
+            tags = self.tags | {OWNER_TAG: this_process(), NAME_TAG: parent_name}
+            self.logger.start(RUN_NAME_SEPARATOR.join(p for p in (fold, parent_name) if p), tags,
+                              parent_run_id=self.parent_id)
+            if client.get_run(self.parent_id).info.status != "RUNNING":
+                client.update_run(self.parent_id, status="RUNNING")
+        self.params = params
+        self.logger.log_params(params)
         return None
 
-    def start(self, params: dict[str, str]) -> str:
-        """Create the fold run under its parent and log the flattened config."""
-        tags = self.tags
-        run_id = self.logger.start(f"{tags['model']}-{tags['head']}-{tags['task']}-{tags[FOLD_TAG]}", tags,
-                                   parent_run_id=self.parent_id)
-        self.logger.log_params(params)
-        return run_id
-
     def finish(self, history: pd.DataFrame, metrics: dict[str, float], artifacts: list[Path]) -> bool:
-        """Log per-epoch history, test metrics and artifacts, close the run; aggregate if all folds are done."""
+        """Log per-epoch history, test metrics and artifacts, close the run; aggregate the finished folds.
+
+        Returns True when this fold completed the study (every fold finished).
+        """
         for row in history.to_dict("records"):
             self.logger.log_metrics({k: v for k, v in row.items() if k != "epoch" and v == v}, step=int(row["epoch"]))
         self.logger.log_metrics(metrics)
         self.logger.log_artifacts(artifacts)
         self.logger.end("FINISHED")
         with self._locked():
-            return aggregate_if_complete(self.logger.client, self.logger.experiment_id, self.parent_id, self.n_splits)
+            return aggregate(self.logger.client, self.logger.experiment_id, self.parent_id, self.n_splits)
 
     def fail(self) -> None:
-        """Mark the run FAILED (the sweep goes on; a resumed sweep re-runs it)."""
+        """Mark the run FAILED (the sweep goes on; a resumed sweep re-runs it); the parent stops RUNNING if idle."""
         self.logger.end("FAILED")
+        if self.parent_id is not None:
+            with self._locked():
+                client = self.logger.client
+                if not running_runs(client, self.logger.experiment_id, self.parent_id):
+                    client.set_terminated(self.parent_id, status="FINISHED")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +20,12 @@ from leukexp.vocabulary import (
     KIND_FOLD,
     KIND_TAG,
     N_SPLITS_TAG,
+    NAME_ORDER,
+    NAME_TAG,
     NON_IDENTITY_GROUPS,
     NON_IDENTITY_PREFIXES,
+    RUN_NAME_SEPARATOR,
+    SWEPT_KEYS_ENV,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +78,51 @@ def cv_group(choices: dict[str, str], overrides: list[str], defaults: dict[str, 
     return " ".join(sorted(set(parts)))
 
 
+def default_choices() -> dict[str, str]:
+    """The option each group takes when nothing is chosen (the defaults list of `train.yaml`)."""
+    from omegaconf import OmegaConf
+
+    from leukexp.config import config_dir
+
+    choices = {}
+    for entry in OmegaConf.load(config_dir() / "train.yaml").get("defaults", []):
+        if isinstance(entry, Mapping) or OmegaConf.is_dict(entry):
+            choices.update({str(k): str(v) for k, v in dict(entry).items()})
+    return choices
+
+
+def configuration_name(choices: dict[str, str], overrides: list[str], defaults: dict[str, str], seed: object,
+                       swept: tuple[str, ...] = (), default_seed: object = 42) -> str:
+    """A short name saying what varies, e.g. `senet154 · svm` or `mlp3 · dropout=0.2`.
+
+    Parts: chosen options that were asked for or differ from the defaults, then the other overrides that matter
+    (their last key part); what the sweep varies (`swept`) comes first, so it shows in the UI's name column.
+    """
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    asked = {o.key_or_group for o in parsed}
+    parts: list[tuple[str, str]] = [(group, choices[group]) for group in NAME_ORDER
+                                    if group in choices and (group in asked or choices[group] != defaults.get(group))]
+    for override, text in zip(parsed, overrides, strict=True):
+        key = override.key_or_group
+        if "." in key and changes_the_result(key) and key != "seed":
+            parts.append((key, f"{key.rsplit('.', 1)[-1]}={text.split('=', 1)[1]}"))
+    if str(seed) != str(default_seed):
+        parts.append(("seed", f"seed={seed}"))
+    ordered = [p for k, p in parts if k in swept] + [p for k, p in parts if k not in swept]
+    return RUN_NAME_SEPARATOR.join(ordered) or "default"
+
+
+def swept_keys() -> tuple[str, ...]:
+    """The keys the running sweep varies (empty outside a sweep)."""
+    return tuple(k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k)
+
+
+def tta_token(cfg: DictConfig) -> list[str]:
+    """`evaluation.tta=NAME` when test-time augmentation is on (also when an experiment file set it)."""
+    tta = str(cfg.get("evaluation", {}).get("tta", "none"))
+    return [] if tta == "none" else [f"evaluation.tta={tta}"]
+
+
 def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
     """The tags every fold run carries, for filtering and grouping in MLflow and reports."""
     choices = group_choices()
@@ -86,7 +137,10 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
         "protocol": study.protocol.name,
         "seed": str(cfg.seed),
         "git_commit": git_commit(Path(__file__).parent),
-        CV_GROUP_TAG: cv_group(choices, task_overrides(), defaults, cfg.seed),
+        CV_GROUP_TAG: cv_group(choices, task_overrides() + tta_token(cfg), defaults, cfg.seed),
+        "tta": str(cfg.get("evaluation", {}).get("tta", "none")),
+        NAME_TAG: configuration_name(choices, task_overrides() + tta_token(cfg), default_choices(), cfg.seed,
+                                     swept_keys()),
         DATA_HASH_TAG: study.data_fingerprint(),
         N_SPLITS_TAG: str(study.fold.n_splits),
         KIND_TAG: KIND_FOLD,

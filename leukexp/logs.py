@@ -15,6 +15,7 @@ def quiet_libraries() -> None:
                  "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     harmless = (".*in eval mode at the start of training.*", ".*LeafSpec.*", ".*litlogger.*",
-                ".*does not have many workers.*", ".*The number of training batches.*")
+                ".*does not have many workers.*", ".*The number of training batches.*",
+                ".*An input example was not provided.*")
     for message in harmless:
         warnings.filterwarnings("ignore", message=message)

@@ -1,8 +1,9 @@
 """Saving a trained head with a reference to its backbone, and loading both back for prediction.
 
-A saved model is a folder: `classifier.json` (classes, the head's spec, the backbone's config and
-fingerprint) and the head's weights (`head.pt` tensors or `head.skops`). Loading builds only leukexp's
-own backbones and heads: a folder from a shared server cannot make it run other code.
+A saved classifier is a folder: `classifier.json` (classes, the head's spec, the backbone's config and
+fingerprint) and the head's weights (`head.pt` tensors or `head.skops`). A run's `model/` artifact is an MLflow
+model holding that folder as its data (`leukexp.serving`). Loading builds only leukexp's own backbones and
+heads: a folder from a shared server cannot make it run other code.
 """
 
 from __future__ import annotations
@@ -44,10 +45,22 @@ class Classifier:
     head: Head
     classes: list[str]
 
+    def embed(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Backbone features of 8-bit RGB images, computed in batches (per part of a fused backbone)."""
+        if not images:
+            return np.zeros((0, self.backbone.num_features), np.float32)
+        features = []
+        for part in self.backbone.parts():
+            batches = [part.embed(torch.stack([part.preprocess(image) for image in images[start:start + batch_size]]))
+                       for start in range(0, len(images), batch_size)]
+            features.append(torch.cat(batches).numpy())
+        return np.concatenate(features, axis=1)
+
     def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities for 8-bit RGB images."""
-        batch = torch.stack([self.backbone.preprocess(image) for image in images])
-        return self.head.predict_proba(self.backbone.embed(batch).numpy())
+        """Class probabilities (images, classes) for 8-bit RGB images."""
+        if not images:
+            return np.zeros((0, len(self.classes)))
+        return self.head.predict_proba(self.embed(images))
 
     def predict_files(self, paths: list[str | Path]) -> list[str]:
         """Predicted class names for image files."""
@@ -55,12 +68,30 @@ class Classifier:
         return [self.classes[i] for i in probs.argmax(1)]
 
 
-def load_classifier(folder: str | Path) -> Classifier:
-    """Rebuild backbone and head from a folder written by `save_classifier` (e.g. a run's `model` artifact)."""
+def classifier_folder(folder: str | Path) -> Path:
+    """The folder holding `classifier.json`: given itself, a run's MLflow `model/` folder, or a run folder."""
     folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        return folder
+    if (folder / "MLmodel").is_file():
+        import yaml
+
+        from leukexp.serving import DATA_DIR, LOADER_MODULE
+
+        flavor = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {}).get("python_function", {})
+        if flavor.get("loader_module") != LOADER_MODULE:
+            raise LeukexpError(f"{folder}: not a leukexp model (its loader is {flavor.get('loader_module')!r});"
+                               " leukexp loads only its own models")
+        return classifier_folder(folder / flavor.get("data", f"data/{DATA_DIR}"))
+    if (folder / "model").is_dir():
+        return classifier_folder(folder / "model")
+    raise LeukexpError(f"{folder}: no {MANIFEST} or MLmodel; point at a run folder or its 'model' artifact")
+
+
+def load_classifier(folder: str | Path) -> Classifier:
+    """Rebuild backbone and head from a saved classifier, a run's MLflow `model/` folder or a run folder."""
+    folder = classifier_folder(folder)
     manifest = folder / MANIFEST
-    if not manifest.is_file():
-        raise LeukexpError(f"{folder}: no {MANIFEST}; point at a run's 'model' artifact folder")
     try:
         meta = json.loads(manifest.read_text())
         classes, head_spec, model_config = list(meta["classes"]), dict(meta["head"]), dict(meta["model"])

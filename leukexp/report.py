@@ -17,8 +17,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError, user_errors
+from leukexp.evaluation import classification_metrics
 from leukexp.stats import paired_difference, spread, t_interval, wilson_interval
-from leukexp.vocabulary import CV_GROUP_TAG, DATA_HASH_TAG, FOLD_TAG, KIND_FOLD, LABEL_TAGS, kind_filter
+from leukexp.tracking import configure_http, is_sqlite_file, sqlite_path
+from leukexp.vocabulary import (
+    CAM_DIR,
+    CV_GROUP_TAG,
+    DATA_HASH_TAG,
+    FOLD_TAG,
+    KIND_FOLD,
+    LABEL_TAGS,
+    PREDICTIONS_FILE,
+    Predictions,
+    kind_filter,
+)
 
 # the thesis's per-fold rows (Tables 4.1-4.3) and where each comes from
 FOLD_ROWS = {"test_acc": "test/acc", "val_acc": "best/val/acc", "trn_acc": "best/train/acc",
@@ -38,6 +50,17 @@ def default_tracking_uri() -> str:
     """The store `leukexp-train` writes by default from this folder (or $LEUKEXP_ROOT)."""
     root = Path(os.environ.get("LEUKEXP_ROOT", Path.cwd())).resolve()
     return f"sqlite:///{root}/mlruns/mlflow.db"
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on the store, checked to answer (one line when it does not)."""
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    except Exception as error:  # unknown scheme, refused connection, a broken database alike
+        raise LeukexpError(f"--tracking-uri {uri}: the store does not answer ({type(error).__name__});"
+                           " start the server or fix the URI") from error
+    return client
 
 
 def load_runs(client: MlflowClient, experiment: str, filter_string: str | None = None) -> StudyRuns:
@@ -164,6 +187,28 @@ def paired_comparison(folds: pd.DataFrame, first: str, second: str, metric: str 
             "verdict": result.verdict}
 
 
+def ensemble_folds(folds: pd.DataFrame, members: list[str], predictions: Callable[[str], Predictions]
+                   ) -> pd.DataFrame:
+    """Fold rows of the ensemble of `members` (configuration labels): the mean of their class probabilities
+    over the same folds and test samples, scored per fold. `predictions(run_id)` reads a run's predictions.csv."""
+    name = "ensemble(" + " + ".join(members) + ")"
+    by_member = {m: folds[folds["config"] == m].set_index("fold") for m in members}
+    shared = sorted(set.intersection(*(set(table.index) for table in by_member.values())))
+    rows = []
+    for fold in shared:
+        parts = [predictions(str(by_member[m].loc[fold, "run_id"])) for m in members]
+        keys = [list(zip(p.files, p.views, strict=True)) for p in parts]
+        if any(k != keys[0] for k in keys[1:]):
+            raise LeukexpError(f"--ensemble: {', '.join(members)} did not test the same samples in fold {fold}"
+                               " (different data or protocol); ensemble configurations of one study")
+        probs = np.mean([p.probs for p in parts], axis=0)
+        rows.append({"cv_group": name, "config": name, "fold": fold, "run_id": "", "status": "FINISHED",
+                     **classification_metrics(parts[0].labels, probs, parts[0].classes)})
+    if not rows:
+        raise LeukexpError(f"--ensemble: {', '.join(members)} share no finished fold")
+    return pd.DataFrame(rows)
+
+
 def markdown(table: pd.DataFrame, percent: tuple[str, ...] = (), index: bool = True) -> str:
     """A GitHub markdown table; columns or rows named in `percent` as percentages."""
     frame = table.copy()
@@ -194,6 +239,9 @@ class ReportContext:
     out: Path
     metric: str = "test/acc"
     compare: list[tuple[str, str]] = field(default_factory=list)
+    client: MlflowClient | None = None
+    # comparisons between configuration labels already resolved (an ensemble against its best member)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def folds(self) -> pd.DataFrame:
@@ -255,14 +303,35 @@ def per_class_section(context: ReportContext) -> list[str]:
 
 def comparison_section(context: ReportContext) -> list[str]:
     """Each requested paired comparison over the shared folds."""
-    if not context.compare:
-        return []
     folds = context.folds
-    results = pd.DataFrame([paired_comparison(folds, pick_configuration(folds, a), pick_configuration(folds, b),
-                                              context.metric) for a, b in context.compare])
+    pairs = [(pick_configuration(folds, a), pick_configuration(folds, b)) for a, b in context.compare]
+    pairs += context.pairs
+    if not pairs:
+        return []
+    results = pd.DataFrame([paired_comparison(folds, a, b, context.metric) for a, b in pairs])
     results.to_csv(context.out / "comparisons.csv", index=False)
     return ["## Paired comparisons over shared folds", "", markdown(results, ("mean_difference", "ci95"), index=False),
             ""]
+
+
+def activation_map_section(context: ReportContext) -> list[str]:
+    """The activation-map panel of the best configuration's fold closest to its mean (when runs logged one)."""
+    if context.client is None or context.folds.empty:
+        return []
+    best = summary_table(context.folds, context.metric).loc[0]
+    runs = context.folds[context.folds["config"] == best["configuration"]]
+    run = runs.loc[(runs[context.metric] - best["mean"]).abs().sort_values(kind="stable").index[0]]
+    try:
+        downloaded = context.client.download_artifacts(run["run_id"], f"{CAM_DIR}/panel.png", str(context.out))
+    except MlflowException:
+        return []
+    target = context.out / "best_activation_maps.png"
+    Path(downloaded).replace(target)
+    return ["## What the best configuration looked at", "",
+            f"{best['configuration']}, fold {run['fold']} ({context.metric} {run[context.metric]:.4f}, the fold closest"
+            " to the configuration's mean): Grad-CAM maps of the predicted class over the backbone's last stage,"
+            " a few correct and wrong test images per class (title: true -> predicted (probability)).", "",
+            "![activation maps](best_activation_maps.png)", ""]
 
 
 def unfinished_section(context: ReportContext) -> list[str]:
@@ -275,14 +344,28 @@ def unfinished_section(context: ReportContext) -> list[str]:
 
 # the report, in order: a new table is one function here
 SECTIONS: list[Section] = [summary_section, pooled_section, per_fold_section, per_class_section, comparison_section,
-                           unfinished_section]
+                           activation_map_section, unfinished_section]
 
 
 def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tuple[str, str]] | None = None,
-                 metric: str = "test/acc") -> Path:
-    """Write report.md, one CSV per table and the PNG charts into `out`."""
+                 metric: str = "test/acc", client: MlflowClient | None = None,
+                 ensembles: list[list[str]] | None = None) -> Path:
+    """Write report.md, one CSV per table and the PNG charts into `out` (figures from the store with `client`).
+
+    Each of `ensembles` (a list of configuration selectors) adds a configuration: the mean of its members'
+    probabilities per fold, compared with its best member.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    context = ReportContext(runs, out, metric, list(compare or []))
+    pairs = []
+    for selectors in ensembles or []:
+        if client is None:
+            raise LeukexpError("--ensemble needs the store's predictions (a client)")
+        members = [pick_configuration(runs.folds, s) for s in selectors]
+        rows = ensemble_folds(runs.folds, members, lambda run_id: _download_predictions(client, run_id, out))
+        best = summary_table(runs.folds[runs.folds["config"].isin(members)], metric).loc[0, "configuration"]
+        runs = StudyRuns(pd.concat([runs.folds, rows], ignore_index=True), runs.unfinished, runs.classes)
+        pairs.append((rows["config"].iloc[0], best))
+    context = ReportContext(runs, out, metric, list(compare or []), client, pairs)
     folds = runs.folds
     lines = [f"# leukexp report: {experiment}", "",
              f"{folds['config'].nunique()} configuration(s), {len(folds)} finished fold run(s)."
@@ -294,6 +377,13 @@ def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tupl
     return path
 
 
+def _download_predictions(client: MlflowClient, run_id: str, out: Path) -> Predictions:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        return Predictions.from_frame(pd.read_csv(client.download_artifacts(run_id, PREDICTIONS_FILE, tmp)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry of `leukexp-report`: 0 when the report was written."""
     parser = argparse.ArgumentParser(prog="leukexp-report", description="The study's tables from an MLflow store.")
@@ -303,19 +393,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default=None, help="MLflow filter, e.g. \"tags.task='binary'\"")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: reports/EXPERIMENT)")
     parser.add_argument("--metric", default="test/acc", help="metric compared (default test/acc)")
+    parser.add_argument("--ensemble", nargs="+", action="append", metavar="CONFIG", default=None,
+                        help="average the probabilities of these configurations (each named by key=value tokens,"
+                             " e.g. --ensemble model=efficientnet_lite0 model=efficientnet_lite2); repeatable")
+    parser.add_argument("--register", metavar="NAME", default=None,
+                        help="register the best configuration's model (its fold closest to the mean) as NAME")
     parser.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
                         help="paired comparison of two configurations, each named by key=value tokens of its "
                              "cv_group, e.g. --compare head=mlp1 head=svm (repeatable)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with user_errors("leukexp-report"):
         uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        database = sqlite_path(uri)
+        if database is not None and not database.is_file():
             raise LeukexpError(f"--tracking-uri {uri}: no such store; run leukexp-train first or point at the store")
-        runs = load_runs(MlflowClient(uri), args.experiment, args.filter)
+        if database is not None and not is_sqlite_file(database):
+            raise LeukexpError(f"--tracking-uri {uri}: {database} is not a SQLite database")
+        configure_http()
+        client = open_client(uri)
+        runs = load_runs(client, args.experiment, args.filter)
+        if args.metric not in runs.folds.columns:
+            known = ", ".join(sorted(c for c in runs.folds.columns if c.count("/") == 1 and c.startswith("test/")))
+            raise LeukexpError(f"--metric {args.metric}: not logged by these runs (test metrics: {known})")
         out = args.out or Path("reports") / args.experiment
-        path = write_report(runs, out, args.experiment, [tuple(c) for c in args.compare or []], args.metric)
+        path = write_report(runs, out, args.experiment, [tuple(c) for c in args.compare or []], args.metric, client,
+                            args.ensemble)
         print(f"wrote {path} ({runs.folds['config'].nunique()} configurations, {len(runs.folds)} fold runs,"
               f" {len(runs.unfinished)} not counted)")
+        if args.register:
+            from leukexp.registry import register
+
+            experiment_id = client.get_experiment_by_name(args.experiment).experiment_id
+            version, selection = register(client, experiment_id, args.register, args.metric)
+            print(f"registered models:/{args.register}/{version}: {selection.run.data.tags.get('cv_group', '')};"
+                  f" {selection.reason}")
     return 0
 
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import random
+
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from leukexp.backbones.base import Backbone
 from leukexp.config import build
 from leukexp.heads.base import Head, HeadContext, TrainSettings
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch as Lightning's `seed_everything(workers=True)` does, without importing it."""
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    os.environ["PL_SEED_WORKERS"] = "1"
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:

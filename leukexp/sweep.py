@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from rich.markup import escape
 
 from leukexp.console import console
+from leukexp.vocabulary import SWEPT_KEYS_ENV
 
 log = logging.getLogger(__name__)
 FAILURES = "failures.jsonl"
@@ -53,19 +54,61 @@ def record_failure(error: BaseException) -> None:
         handle.write(json.dumps(entry) + "\n")
 
 
+def sweep_description(command: list[str], data: str, started: str, jobs: int | None) -> str:
+    """The experiment's description for a sweep: the command, the data and when it started."""
+    count = f" ({jobs} jobs)" if jobs else ""
+    return (f"Last sweep{count}, started {started}:\n\n```\nleukexp-train {' '.join(command)}\n```\n\n"
+            f"Data: `{data}`. Each configuration is a parent run (`leukexp.kind=cv`) named by what varies;"
+            " its description holds the per-fold table and the aggregates (`cv/test/acc_mean` ...).")
+
+
+def swept(overrides: list[str], params: dict[str, object]) -> list[str]:
+    """The keys a sweep varies: command-line sweep overrides (`head=mlp1,svm`) and the sweeper's params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    keys += [str(k) for k, v in params.items() if "," in str(v) or str(v).startswith(("range(", "choice("))]
+    return list(dict.fromkeys(keys))
+
+
+def describe_sweep(config: DictConfig) -> None:
+    """Write what this sweep is into its experiment's description."""
+    import sys
+    from datetime import UTC, datetime
+
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from leukexp.tracking import describe_experiment, ensure_experiment
+
+    client = MlflowClient(str(config.mlflow.tracking_uri))
+    experiment_id = ensure_experiment(client, str(config.mlflow.experiment_name),
+                                      config.mlflow.get("artifact_location"))
+    root = OmegaConf.select(config, "data.root", default=None, throw_on_resolution_failure=False)
+    data = f"{config.data.get('name', 'folder')}" + (f" ({root})" if root else "")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    describe_experiment(client, experiment_id, sweep_description(sys.argv[1:], data, started, None))
+
+
 class SweepCallback(Callback):
     """Prepares the MLflow store once before jobs start and summarizes failed jobs at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create the SQLite schema in the parent process: parallel jobs race on it otherwise."""
         HydraConfig.instance().set_config(config)  # the paths interpolate hydra:runtime values
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept(list(config.hydra.overrides.task),
+                                                    dict(config.hydra.sweeper.get("params") or {})))
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAILURES).unlink(missing_ok=True)
         if config.mlflow.enabled:
-            from leukexp.tracking import prepare_store
+            from leukexp.errors import user_errors
+            from leukexp.tracking import configure_http, prepare_store
 
-            prepare_store(str(config.mlflow.tracking_uri))
+            with user_errors("leukexp-train"):
+                configure_http(float(config.mlflow.http_timeout), int(config.mlflow.http_max_retries))
+                prepare_store(str(config.mlflow.tracking_uri))
+                describe_sweep(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """List failed jobs with their errors; exit non-zero if any failed."""

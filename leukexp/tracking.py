@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,6 +16,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
+from leukexp.files import file_lock
+from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -33,30 +37,80 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def configure_http(timeout: float = 10, max_retries: int = 2) -> None:
+    """MLflow's HTTP timeout and retry budget for a tracking server (the environment's own settings win).
+
+    MLflow's defaults (120 s timeout, 7 retries with exponential backoff) make an unreachable server take
+    about four minutes to fail; these make it a few seconds.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(max_retries)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for other stores)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+
+
 def prepare_store(tracking_uri: str) -> None:
-    """Make sure a local SQLite store's folder exists and its schema is created (once, before jobs)."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """Check the store answers and, for a local SQLite store, create its schema once under a file lock.
+
+    Two sweeps started together on a new store would otherwise both run MLflow's schema migration.
+    """
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        if database.is_file() and database.stat().st_size and not is_sqlite_file(database):
+            raise LeukexpError(f"mlflow.tracking_uri={tracking_uri}: {database} is not a SQLite database;"
+                               " point at an MLflow store or a new file name")
+        with file_lock(database.with_name(f".{database.name}.lock")):
+            _answer(tracking_uri)
+    else:
+        _answer(tracking_uri)
+
+
+def is_sqlite_file(path: Path) -> bool:
+    """Whether the file starts with SQLite's header."""
+    with open(path, "rb") as handle:
+        return handle.read(16).startswith(b"SQLite format")
+
+
+def _answer(tracking_uri: str) -> None:
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except MlflowException as error:
-        raise LeukexpError(
-            f"mlflow.tracking_uri={tracking_uri}: cannot open the store ({error.message[:200]})"
-        ) from error
+        raise LeukexpError(f"mlflow.tracking_uri={tracking_uri}: cannot open the store"
+                           f" ({error.message.splitlines()[0][:200]})") from error
+    except Exception as error:  # connection refused, DNS, unknown scheme, a broken database file
+        raise LeukexpError(f"mlflow.tracking_uri={tracking_uri}: the store does not answer"
+                           f" ({type(error).__name__}); start the server or fix the URI") from error
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The experiment's id, created if needed (safe when parallel jobs race to create it)."""
+    """The experiment's id, created if needed (safe when parallel jobs race to create it).
+
+    It is marked as a model-training experiment, so the MLflow 3 UI opens on its runs, not the GenAI overview.
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:
+    if experiment is None:
+        with contextlib.suppress(MlflowException):  # another job may have created it a moment ago
+            client.create_experiment(name, artifact_location=artifact_location,
+                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise
-        return experiment.experiment_id
+            raise LeukexpError(f"mlflow.experiment_name={name}: the experiment could not be created")
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def describe_experiment(client: MlflowClient, experiment_id: str, text: str) -> None:
+    """Set the experiment's description (markdown, shown at the top of its page in the UI)."""
+    client.set_experiment_tag(experiment_id, NOTE_CONTENT, text)
 
 
 class RunLogger:
@@ -72,6 +126,8 @@ class RunLogger:
         prepare_store(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.artifact_location = artifact_location
         if not tracking_uri.startswith(("sqlite:", "file:", "/")):
             artifact_location = None  # a tracking server decides where artifacts go
         self.experiment_id = ensure_experiment(self.client, experiment_name, artifact_location)

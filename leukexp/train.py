@@ -33,7 +33,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from leukexp.pipeline import train  # torch, Lightning and MLflow load only when a run starts
+    from leukexp.validation import validate
+
+    validate(cfg)  # config mistakes are reported in seconds, before Lightning and MLflow load
+    from leukexp.pipeline import train
 
     return train(cfg).get(cfg.optimized_metric)
 

@@ -21,11 +21,24 @@ NON_IDENTITY_GROUPS = ("fold", "experiment")
 NON_IDENTITY_PREFIXES = ("hydra", "paths", "mlflow", "sweep", "fold.index", "fold.name", "training.torch_threads",
                          "features.num_workers")
 
+# run names: what varies, most telling first (`senet154 · svm`; a fold run `f0 · senet154 · svm`)
+NAME_ORDER = ("model", "head", "task", "data", "augmentation", "protocol")
+RUN_NAME_SEPARATOR = " · "
+# set by a sweep for its jobs: the keys it varies (comma-separated), which its run names lead with
+SWEPT_KEYS_ENV = "LEUKEXP_SWEPT_KEYS"
+
 # tags
 KIND_TAG = "leukexp.kind"
+NAME_TAG = "leukexp.name"
+RESULT_TAG = "leukexp.result"
+NOTE_CONTENT = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 KIND_FOLD = "fold"
 KIND_CV = "cv"
 NOTE_TAG = "leukexp.note"
+OWNER_TAG = "leukexp.owner"
+STUDY_TAG = "leukexp.study"
 PARENT_TAG = "mlflow.parentRunId"
 CV_GROUP_TAG = "cv_group"
 DATA_HASH_TAG = "data_hash"
@@ -34,7 +47,7 @@ N_SPLITS_TAG = "n_splits"
 FOLDS_FINISHED_TAG = "folds_finished"
 # tags that describe a configuration: shown in reports, copied from a fold run to its CV parent
 LABEL_TAGS = ("model", "head", "task", "protocol", "augmentation", "data")
-CV_TAGS = (*LABEL_TAGS, "seed", CV_GROUP_TAG, DATA_HASH_TAG)
+CV_TAGS = (*LABEL_TAGS, "seed", CV_GROUP_TAG, DATA_HASH_TAG, NAME_TAG)
 
 # metric prefixes
 TEST = "test/"
@@ -49,6 +62,7 @@ PREDICTIONS_FILE = "predictions.csv"
 HISTORY_FILE = "history.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 MODEL_DIR = "model"
+CAM_DIR = "cam"
 PROBABILITY_PREFIX = "p_"
 
 

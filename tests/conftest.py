@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose as compose_config
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -53,24 +54,46 @@ def make_folder(tmp_path: Path) -> Callable[..., Path]:
     return build
 
 
+def compose(root: Path, *overrides: str, output_dir: Path | None = None) -> DictConfig:
+    """Compose `train.yaml` with overrides, rooted in `root`, as a Hydra run would see it."""
+    output_dir = output_dir or root / "outputs"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose_config("train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.shared_data_dir = str(SHARED_DATA)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the task sees its config without the hydra node
+    return cfg
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """Compose `train.yaml` with overrides, rooted in a temporary folder, as a Hydra run would see it."""
 
     def build(*overrides: str, root: Path | None = None) -> DictConfig:
-        root = root or tmp_path
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(root / "outputs")
-            cfg.paths.shared_data_dir = str(SHARED_DATA)
-            cfg.hydra.runtime.output_dir = str(root / "outputs")
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]  # as in a real run: the task sees its config without the hydra node
-        return cfg
+        return compose(root or tmp_path, *overrides)
 
     yield build
     GlobalHydra.instance().clear()
 
+
+# a small real study: EfficientNet-Lite0 with its real weights (deterministic on reload) at 64 px
+STUDY = ["model.input_size=64", "data.counts={ALL: 8, HLT: 8}", "data.image_size=64", "task=binary",
+         "augmentation=none", "trainer.max_epochs=3", "fold.n_splits=2", "mlflow.experiment_name=study"]
+
+
+@pytest.fixture(scope="session")
+def study_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding a finished study: efficientnet_lite0 x {mlp1, svm} x 2 folds, run folders under outputs/."""
+    from leukexp.pipeline import train
+
+    root = tmp_path_factory.mktemp("study")
+    for head in ("mlp1", "svm"):
+        for fold in ("f0", "f1"):
+            train(compose(root, *STUDY, f"head={head}", f"fold={fold}", output_dir=root / "outputs" / f"{head}-{fold}"))
+    GlobalHydra.instance().clear()
+    return root

@@ -31,3 +31,19 @@ def test_cv_artifacts_from_fold_predictions(tmp_path: Path) -> None:
 def test_without_predictions_only_the_table(tmp_path: Path) -> None:
     paths = write_cv_artifacts(tmp_path, pd.DataFrame({"test/acc": [0.5]}, index=["f0"]), {}, {})
     assert [p.name for p in paths] == ["cv_folds.csv"]
+
+
+def test_parent_description_holds_the_fold_table_and_the_aggregates() -> None:
+    from leukexp.artifacts import parent_description, result_summary
+    from leukexp.stats import aggregate_metrics
+
+    table = pd.DataFrame({"test/acc": [0.8, 0.9, 1.0], "test/f1_macro": [0.7, 0.8, 0.9]}, index=["f0", "f1", "f2"])
+    metrics = aggregate_metrics(table)
+    text = parent_description("svm", "head=svm model=m", table, metrics, 5, {"f0": "abcdef123456"})
+    rows = [line for line in text.splitlines() if line.startswith("| f") and not line.startswith("| fold")]
+    assert [r.split("|")[1].strip() for r in rows] == ["f0", "f1", "f2"]
+    assert "| f0 | 0.8000 | 0.7000 | `abcdef12` |" in text
+    assert "**0.9000** ± 0.1000" in text and "**0.8000** ± 0.1000" in text
+    assert "3/5 folds (incomplete: 3 of 5 folds finished)" in text
+    assert "`head=svm` `model=m`" in text
+    assert result_summary(metrics, 3, 5) == "acc 0.900 ± 0.100 (3/5 folds)"

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from leukexp.cv import aggregate_if_complete, close_stale_runs, fold_runs, fold_table, get_or_create_parent
+from leukexp.cv import (
+    FoldRun,
+    aggregate,
+    close_stale_runs,
+    fold_runs,
+    fold_table,
+    get_or_create_parent,
+    owner_alive,
+    this_process,
+)
 from leukexp.tracking import RunLogger
 from leukexp.vocabulary import Predictions
 
@@ -39,18 +48,25 @@ def test_one_parent_per_configuration(tmp_path: Path) -> None:
     assert logger.client.get_run(first).data.tags["leukexp.kind"] == "cv"
 
 
-def test_aggregates_only_when_every_fold_finished(tmp_path: Path) -> None:
+def test_a_partial_study_shows_what_is_known_then_completes(tmp_path: Path) -> None:
     logger = store(tmp_path)
     client: MlflowClient = logger.client
     parent = get_or_create_parent(client, logger.experiment_id, TAGS)
     child(logger, parent, "f0", 0.5, tmp_path)
     child(logger, parent, "f1", 0.9, tmp_path, status="FAILED")
-    assert not aggregate_if_complete(client, logger.experiment_id, parent, 2)
-    assert "cv/test/acc_mean" not in client.get_run(parent).data.metrics
-    child(logger, parent, "f1", 1.0, tmp_path)
-    assert aggregate_if_complete(client, logger.experiment_id, parent, 2)
+    assert not aggregate(client, logger.experiment_id, parent, 2)
+    partial = client.get_run(parent)
+    assert partial.data.metrics["cv/test/acc_mean"] == 0.5 and partial.data.metrics["cv/folds_finished"] == 1
+    assert partial.data.tags["leukexp.study"] == "incomplete (1/2 folds)"
+    assert partial.info.status == "FINISHED", "nothing runs: the parent is not left RUNNING"
+    running = child(logger, parent, "f1", 1.0, tmp_path, status="RUNNING")
+    assert not aggregate(client, logger.experiment_id, parent, 2)
+    assert client.get_run(parent).info.status == "RUNNING", "a fold still runs"
+    client.set_terminated(running, status="FINISHED")
+    assert aggregate(client, logger.experiment_id, parent, 2)
     run = client.get_run(parent)
     assert run.info.status == "FINISHED" and run.data.tags["folds_finished"] == "2"
+    assert run.data.tags["leukexp.study"] == "complete"
     assert run.data.metrics["cv/test/acc_mean"] == pytest.approx(0.75)
     assert run.data.metrics["cv/test/acc_std"] == pytest.approx(np.std([0.5, 1.0], ddof=1))
     assert {a.path for a in client.list_artifacts(parent)} == {"cv_folds.csv", "cv_confusion_matrix.csv",
@@ -63,7 +79,41 @@ def test_fold_table_and_stale_runs(tmp_path: Path) -> None:
     child(logger, parent, "f1", 0.6, tmp_path)
     child(logger, parent, "f0", 0.7, tmp_path)
     stale = child(logger, parent, "f0", 0.1, tmp_path, status="RUNNING")
+    live = child(logger, parent, "f0", 0.1, tmp_path, status="RUNNING")
+    logger.client.set_tag(stale, "leukexp.owner", this_process().rsplit(":", 1)[0] + ":999999999")
+    logger.client.set_tag(live, "leukexp.owner", this_process())
     table = fold_table(fold_runs(logger.client, logger.experiment_id, parent))
     assert list(table.index) == ["f0", "f1"] and list(table["test/acc"]) == [0.7, 0.6]
     assert close_stale_runs(logger.client, logger.experiment_id, parent, "f0") == 1
     assert logger.client.get_run(stale).info.status == "KILLED"
+    assert logger.client.get_run(live).info.status == "RUNNING", "a live process keeps its claim"
+
+
+def test_owner_liveness() -> None:
+    assert owner_alive(this_process())
+    assert not owner_alive(this_process().rsplit(":", 1)[0] + ":999999999")
+    assert owner_alive("another-host:1"), "a run on another machine cannot be checked: it counts as alive"
+
+
+def test_a_second_claim_of_a_running_fold_is_refused_and_a_finished_fold_is_reused(tmp_path: Path) -> None:
+    first = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
+    assert first.open(resume=True, params={"a": "1"}) is None
+    second = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
+    assert second.open(resume=True, params={"a": "1"}) == this_process(), "the fold runs in this process"
+    first.logger.log_metrics({"test/acc": 0.5})
+    first.logger.end("FINISHED")
+    third = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
+    done = third.open(resume=True, params={"a": "1"})
+    assert done.info.run_id == first.logger.run_id
+
+
+def test_names_stay_unique_within_an_experiment(tmp_path: Path) -> None:
+    from leukexp.cv import unique_name
+
+    logger = store(tmp_path)
+    first = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"leukexp.name": "svm"})
+    other = get_or_create_parent(logger.client, logger.experiment_id,
+                                 TAGS | {"leukexp.name": "svm", "cv_group": "head=svm model=x"})
+    names = [logger.client.get_run(r).info.run_name for r in (first, other)]
+    assert names[0] == "svm" and names[1].startswith("svm #") and len(set(names)) == 2
+    assert unique_name(logger.client, logger.experiment_id, "svm", TAGS["cv_group"]) == "svm"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from leukexp.identity import changes_the_result, cv_group, git_commit
+from leukexp.identity import changes_the_result, configuration_name, cv_group, default_choices, git_commit
 
 
 @pytest.mark.parametrize(("key", "counts"), [
@@ -34,3 +34,34 @@ def test_defaults_fill_groups_without_a_recorded_choice() -> None:
 
 def test_git_commit_outside_git(tmp_path) -> None:
     assert git_commit(tmp_path) == "unknown"
+
+
+DEFAULTS = {"data": "synthetic", "task": "multiclass", "fold": "f0", "augmentation": "paper", "protocol": "strict",
+            "model": "efficientnet_lite0", "head": "mlp1"}
+
+
+@pytest.mark.parametrize(("choices", "overrides", "swept", "expected"), [
+    ({"head": "svm"}, ["head=svm", "fold=f0"], ("head", "fold"), "svm"),
+    ({"head": "mlp1"}, ["head=mlp1", "fold=f3"], ("head", "fold"), "mlp1"),
+    ({"model": "senet154", "head": "svm"}, ["model=senet154", "head=svm"], ("model", "head"), "senet154 · svm"),
+    ({"model": "senet154", "head": "svm"}, ["experiment=thesis_heads", "head=svm"], ("head",), "svm · senet154"),
+    ({"head": "mlp3"}, ["head=mlp3", "head.dropout=0.2", "hydra/launcher=local2"], (), "mlp3 · dropout=0.2"),
+    ({}, [], (), "default"),
+    ({}, ["seed=7"], (), "seed=7"),
+])
+def test_names_say_what_varies_first(choices: dict, overrides: list[str], swept: tuple, expected: str) -> None:
+    assert configuration_name(DEFAULTS | choices, overrides, DEFAULTS, "7" if "seed=7" in overrides else 42,
+                              swept) == expected
+
+
+def test_what_the_sweep_varies_fits_the_name_column() -> None:
+    name = configuration_name(DEFAULTS | {"head": "svm", "model": "timm"},
+                              ["model=timm", "model.name=test_efficientnet", "head=svm", "task=multiclass"],
+                              DEFAULTS, 42, ("head",))
+    assert name.startswith("svm · timm"), "what varies comes first, inside the 16 characters the UI shows"
+
+
+def test_default_choices_come_from_train_yaml() -> None:
+    choices = default_choices()
+    assert {k: choices[k] for k in ("model", "head", "data", "task")} == {
+        "model": "efficientnet_lite0", "head": "mlp1", "data": "synthetic", "task": "multiclass"}

@@ -28,8 +28,8 @@ def stratified_subset(target: Path) -> Path:
 @needs_shared_data
 def test_efficientnet_lite0_mlp1_on_real_all4class_subset(compose_cfg, tmp_path: Path) -> None:
     root = stratified_subset(tmp_path / "all4class-subset")
-    cfg = compose_cfg(f"data.root={root}", "data=folder", "task=folders", "fold=f0", "augmentation=paper",
-                      "augmentation.repeats=1", "head=mlp1", "model=efficientnet_lite0")
+    cfg = compose_cfg(f"data.root={root}", "data=folder", "task=folders", "fold=f0", "augmentation=flips",
+                      "head=mlp1", "model=efficientnet_lite0")
     metrics = train(cfg)
     print({k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1})
     assert metrics["test/acc"] >= 0.85, metrics["test/acc"]

@@ -65,7 +65,7 @@ def test_report_has_every_section(tmp_path: Path) -> None:
     for heading in ("## Summary", "## Accuracy over the pooled", "## Accuracy and loss per fold",
                     "## Average precision", "## Paired comparisons"):
         assert heading in text
-    assert len(SECTIONS) == 6
+    assert len(SECTIONS) == 7
     assert {"summary.csv", "pooled_accuracy.csv", "comparisons.csv", "comparison.png"} <= {
         p.name for p in tmp_path.iterdir()}
 
@@ -87,3 +87,30 @@ def test_cli_exits_0_and_honours_mlflow_tracking_uri(tmp_path: Path, monkeypatch
         main(["--experiment", "nope"])
     assert exit_info.value.code == 2 and "not in this store" in capsys.readouterr().err
     assert np.isclose(pd.read_csv(tmp_path / "report" / "summary.csv").loc[0, "mean"], 0.85)
+
+
+def test_an_ensemble_averages_its_members_per_fold() -> None:
+    from leukexp.report import ensemble_folds
+    from leukexp.vocabulary import Predictions
+
+    frame = folds()
+    frame["run_id"] = [f"{c}-{f}" for c, f in zip(frame["config"], frame["fold"], strict=True)]
+    labels = np.array([0, 1, 1])
+    made = {"head=mlp1": np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]),
+            "head=svm": np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])}
+
+    def predictions(run_id: str) -> Predictions:
+        config = run_id.rsplit("-", 1)[0]
+        return Predictions(np.array(["a", "b", "c"]), np.zeros(3, int), labels, made[config], ["ALL", "HLT"])
+
+    rows = ensemble_folds(frame, ["head=mlp1", "head=svm"], predictions)
+    assert list(rows["fold"]) == ["f0", "f1", "f2"] and rows["config"].iloc[0] == "ensemble(head=mlp1 + head=svm)"
+    # mean probabilities [[.8,.2],[.4,.6],[.4,.6]] -> all three right; each member alone gets two of three
+    assert rows["test/acc"].tolist() == [1.0, 1.0, 1.0]
+
+    def mismatched(run_id: str) -> Predictions:
+        p = predictions(run_id)
+        return Predictions(p.files[::-1] if "svm" in run_id else p.files, p.views, p.labels, p.probs, p.classes)
+
+    with pytest.raises(LeukexpError, match="did not test the same samples"):
+        ensemble_folds(frame, ["head=mlp1", "head=svm"], mismatched)

@@ -37,6 +37,12 @@ def test_job_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch, requested:
     assert sweep_module.job_threads(requested) == expected
 
 
+def test_swept_keys_from_the_command_line_and_the_sweeper() -> None:
+    keys = sweep_module.swept(["head=mlp1,svm", "fold=f0,f1", "task=binary", "model.input_size=64"],
+                              {"model": "inception_v3,senet154", "trainer.max_epochs": "3"})
+    assert keys == ["head", "fold", "model"]
+
+
 def sweep(root: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "leukexp.train", "-m", *TINY, *overrides], cwd=root,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "CI": "true"})
@@ -77,6 +83,13 @@ def assert_complete_study(root: Path, n_configs: int = 2, n_folds: int = 2) -> N
         client, _ = client_for(root)
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"cv_folds.csv", "cv_confusion_matrix.png", "cv_roc.png"} <= artifacts
+        # the UI: a parent named by what varies, its folds named after it, its page holding the fold table
+        name = parent.info.run_name
+        assert name.split(" · ")[0] in ("mlp1", "svm"), name
+        assert sorted(r.info.run_name for r in children) == [f"f0 · {name}", f"f1 · {name}"]
+        note = parent.data.tags["mlflow.note.content"]
+        assert f"**{accuracies.mean():.4f}**" in note and note.count("\n| f") - note.count("\n| fold") == n_folds
+    assert len({p.info.run_name for p in parents}) == len(parents), "names are unique in the experiment"
 
 
 @pytest.mark.slow
@@ -140,12 +153,12 @@ def test_resume_after_the_sweep_is_killed(tmp_path: Path) -> None:
                                    start_new_session=True, env={**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"})
         # watch the sweep's own output (not the store: reading SQLite while jobs write it adds lock contention)
         deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None and "done in" not in log.read_text():
+        while time.time() < deadline and process.poll() is None and "open the UI" not in log.read_text():
             time.sleep(0.2)
         assert process.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    assert "done in" in log.read_text(), "one fold run finished before the kill"
+    assert "open the UI" in log.read_text(), "one fold run finished (and was logged) before the kill"
     before = {r.info.run_id for r in runs_by_kind(tmp_path)[1] if r.info.status == "FINISHED"}
 
     result = sweep(tmp_path, *longer)
@@ -166,3 +179,19 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert "fewer than fold.n_splits=9" in result.stdout
     _, folds = runs_by_kind(tmp_path)
     assert [r.info.status for r in folds] == ["FINISHED"]
+
+
+@pytest.mark.slow
+def test_two_identical_sweeps_started_together_on_a_new_store(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "leukexp.train", "-m", *TINY, "head=svm", "fold=f0,f1"]
+    env = {**os.environ, "CI": "true"}
+    sweeps = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env) for _ in range(2)]
+    outputs = [process.communicate(timeout=600)[0] for process in sweeps]
+    for process, output in zip(sweeps, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+        for symptom in ("Online migration", "duplicate column", "already exists", "Traceback"):
+            assert symptom not in output, output[-3000:]
+    assert_complete_study(tmp_path, n_configs=1)
+    together = "".join(outputs)
+    assert "running in" in together or "already FINISHED" in together, "one sweep left a fold to the other"

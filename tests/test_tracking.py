@@ -1,5 +1,9 @@
 """MLflow tracking helpers, and a real tracking server on localhost in place of the SQLite file."""
 
+import contextlib
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,9 +15,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
+from leukexp.errors import LeukexpError
 from leukexp.pipeline import train
 from leukexp.report import load_runs
-from leukexp.tracking import RunLogger, flatten
+from leukexp.sync import PENDING_FILE
+from leukexp.tracking import RunLogger, configure_http, flatten, prepare_store
 
 
 def test_flatten_nested_config() -> None:
@@ -40,24 +46,57 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """A real MLflow tracking server on localhost, answering /health."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination",
+         str(root / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    stop(server)
+    raise AssertionError("the MLflow server did not start")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Kill the server and its workers (its whole process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(30)
+
+
+def test_http_budget_is_short_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    configure_http(timeout=7, max_retries=1)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5", "the user's own setting wins"
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("my notes")
+    with pytest.raises(LeukexpError, match="is not a SQLite database"):
+        prepare_store(f"sqlite:///{notes}")
+    assert notes.read_text() == "my notes", "nothing already written is lost"
+    with pytest.raises(LeukexpError, match=r"bogus://foo: (cannot open the store|the store does not answer)"):
+        prepare_store("bogus://foo")
+
+
 @pytest.mark.slow
 def test_training_and_report_against_a_tracking_server(compose_cfg, tmp_path: Path) -> None:
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
-         str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server = start_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         metrics = train(compose_cfg(*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=1",
                                     f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=remote"))
         client = MlflowClient(uri)
@@ -68,5 +107,56 @@ def test_training_and_report_against_a_tracking_server(compose_cfg, tmp_path: Pa
         assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run_id)}
         assert list((tmp_path / "server-artifacts").rglob("confusion_matrix.png"))
     finally:
-        server.terminate()
-        server.wait(30)
+        stop(server)
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(tmp_path: Path) -> None:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    command = [sys.executable, "-m", "leukexp.train", *TINY_MODEL, *TINY_DATA, "augmentation=none",
+               "trainer.max_epochs=300", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=fault"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP")} | {"CI": "true"}
+    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    client = MlflowClient(uri)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and job.poll() is None:
+            experiment = client.get_experiment_by_name("fault")
+            runs = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'fold'") if experiment else []
+            if runs and runs[0].data.params:  # set up: params are logged last, then the run trains
+                break
+            time.sleep(0.3)
+        assert job.poll() is None, "the run ended before the server could be stopped"
+        stop(server)
+        started = time.time()
+        out, err = job.communicate(timeout=240)
+    finally:
+        job.kill()
+        stop(server)
+    assert job.returncode == 2 and "Traceback" not in err, err[-2000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("leukexp-train: error:")]
+    assert "the store stopped answering" in line and "leukexp-sync" in line
+    assert time.time() - started < 60, "the failure is reported quickly"
+    assert "test/acc" in out, "the metrics are printed before the upload is tried"
+    (pending,) = list((tmp_path / "logs").rglob(PENDING_FILE))
+    run_dir = pending.parent
+    assert (run_dir / "predictions.csv").is_file() and (run_dir / "model" / "MLmodel").is_file()
+    expected = json.loads(pending.read_text())["metrics"]["test/acc"]
+
+    server = start_server(tmp_path, port)
+    try:
+        sync = subprocess.run([sys.executable, "-m", "leukexp.sync", str(run_dir)], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert sync.returncode == 0, sync.stderr[-2000:]
+        experiment = client.get_experiment_by_name("fault").experiment_id
+        (run,) = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold'")
+        assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] == pytest.approx(expected)
+        assert "predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert len(client.get_metric_history(run.info.run_id, "val/acc")) > 1, "the per-epoch history too"
+        (parent,) = client.search_runs([experiment], "tags.`leukexp.kind` = 'cv'")
+        assert parent.data.metrics["cv/folds_finished"] == 1
+        assert not pending.exists()
+    finally:
+        stop(server)

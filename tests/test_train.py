@@ -26,7 +26,9 @@ def only_run(root: Path):
     assert len(runs) == 1
     parents = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'cv'")
     assert [p.info.run_id for p in parents] == [runs[0].data.tags["mlflow.parentRunId"]]
-    assert parents[0].info.status == "RUNNING", "the parent finishes when all five folds have"
+    assert parents[0].info.status == "FINISHED", "nothing runs, so the parent is not left RUNNING"
+    assert parents[0].data.tags["leukexp.study"] == "incomplete (1/5 folds)"
+    assert parents[0].data.metrics["cv/folds_finished"] == 1
     return client, runs[0]
 
 

@@ -123,6 +123,10 @@ class Backbone(ABC):
     def reference(self) -> dict[str, object]:
         """What a saved model records to rebuild this backbone (its config and fingerprint)."""
 
+    def parts(self) -> list[Backbone]:
+        """The backbones whose features are computed (and cached) separately and concatenated: itself."""
+        return [self]
+
     def place(self, device: str = "cpu", precision: str = "fp32") -> Backbone:
         """Run on `device` (`auto`, `cpu`, `cuda`) in `precision` (`fp32`, `bf16`, `fp16`)."""
         if resolve_device(device).type != "cpu" or check_precision(precision) != "fp32":

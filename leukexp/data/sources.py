@@ -70,11 +70,18 @@ class FolderSource:
             raise LeukexpError(f"data.on_bad_image={self.on_bad_image!r}: use 'error' or 'skip'")
         root = self.prepare().resolve()
         class_dirs = _class_folders(root)
+        task.check_mapping_found(folder.name for folder in class_dirs)
         rows: list[dict[str, object]] = []
+        notes: list[str] = []
         for folder in class_dirs:
             label = task.resolve_folder(folder.name)
             if label is None:
                 continue
+            nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if nested:
+                notes.append(f"{folder.name}/: sub-folder(s) {', '.join(nested)} not read (images must lie"
+                             " directly in the class folder)")
+                log.warning("%s", notes[-1])
             files = sorted(p for p in folder.iterdir() if is_image_file(p, tuple(self.extensions)))
             if not files:
                 raise LeukexpError(
@@ -92,7 +99,7 @@ class FolderSource:
         frame["group"] = self._groups(root, frame)
         duplicates = _resolve_duplicates(frame)
         frame = frame[CATALOG_COLUMNS].reset_index(drop=True)
-        return Catalog(root=root, classes=classes, frame=frame, skipped=skipped, duplicates=duplicates)
+        return Catalog(root=root, classes=classes, frame=frame, skipped=notes + skipped, duplicates=duplicates)
 
     def _verify(self, rows: list[dict[str, object]]) -> tuple[list[dict[str, object]], list[str]]:
         def check(row: dict[str, object]) -> str | BadImageError:

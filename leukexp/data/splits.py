@@ -53,6 +53,11 @@ def assign_splits(frame: pd.DataFrame, fold: FoldSpec) -> pd.Series:
             " add images to it or lower fold.n_splits"
         )
     grouped = frame["group"].duplicated().any()
+    if grouped and frame["group"].nunique() < fold.n_splits:
+        raise LeukexpError(
+            f"data.groups_csv: {frame['group'].nunique()} groups (patients), fewer than fold.n_splits={fold.n_splits};"
+            " lower fold.n_splits or add groups"
+        )
     splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(
         n_splits=fold.n_splits, shuffle=True, random_state=fold.seed
     )

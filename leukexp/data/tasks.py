@@ -43,6 +43,21 @@ class Task:
         self.ignore = list(self.ignore)
         if self.classes is None and self.mapping:
             self.classes = list(self.mapping)
+        _check_one_label_per_folder(self.mapping, "task.mapping")
+        _check_one_label_per_folder(self.aliases, "task.aliases")
+
+    def check_mapping_found(self, folders: Iterable[str]) -> None:
+        """Every folder named in `task.mapping` must exist: a typo would silently drop a class's images."""
+        if not self.mapping:
+            return
+        found = {normalize_name(f) for f in folders}
+        for label, names in self.mapping.items():
+            for name in names:
+                if normalize_name(name) not in found:
+                    raise LeukexpError(
+                        f"task.mapping: folder '{name}' (under {label}) is not in data.root"
+                        f" (class folders: {', '.join(sorted(folders))}); fix the name or remove it"
+                    )
 
     def resolve_folder(self, folder: str) -> str | None:
         """Return the label a class folder holds, `None` for an ignored one; raise for an unknown one."""
@@ -97,6 +112,16 @@ def _as_lists(table: Mapping[str, Sequence[str] | str] | None) -> dict[str, list
         return None
     return {str(label): [names] if isinstance(names, str) else [str(n) for n in names]
             for label, names in table.items()}
+
+
+def _check_one_label_per_folder(table: dict[str, list[str]] | None, key: str) -> None:
+    owner: dict[str, str] = {}
+    for label, names in (table or {}).items():
+        for name in names:
+            earlier = owner.setdefault(normalize_name(name), label)
+            if earlier != label:
+                raise LeukexpError(f"{key}: folder '{name}' is listed under both {earlier} and {label};"
+                                   " keep it under one label")
 
 
 def _lookup(table: dict[str, list[str]], key: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,14 +72,32 @@ def extract_features(
     return features
 
 
-def study_features(study: Study, backbone: Backbone, cache: FeatureCache | None, batch_size: int = 32,
-                   num_workers: int = 0) -> Features:
-    """Features of every split of a study (train left out with online views: it sees new views every epoch)."""
+def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame,
+                    augmentation: OfflineViews | OnlineAugment, caches: list[FeatureCache | None], batch_size: int = 32,
+                    num_workers: int = 0, description: str = "features") -> np.ndarray:
+    """Features of samples for every part of the backbone (each with its own cache, `caches[i]`), concatenated."""
+    blocks = [extract_features(part, catalog, samples, augmentation, cache, batch_size, num_workers, description)
+              for part, cache in zip(backbone.parts(), caches, strict=True)]
+    return np.concatenate(blocks, axis=1)
+
+
+def part_caches(backbone: Backbone, cache_dir: str | Path | None) -> list[FeatureCache | None]:
+    """One cache per part of the backbone, keyed by that part's fingerprint (None everywhere without a cache)."""
+    return [FeatureCache(cache_dir, part.fingerprint) if cache_dir is not None else None for part in backbone.parts()]
+
+
+def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | None, batch_size: int = 32,
+                   num_workers: int = 0) -> tuple[Features, str]:
+    """Features of every split of a study (train left out with online views: it sees new views every epoch),
+    and a line saying how the cache did."""
     frame, samples = study.catalog.frame, study.samples
+    caches = part_caches(backbone, cache_dir)
 
     def run(part: pd.DataFrame, name: str) -> np.ndarray:
-        return extract_features(backbone, frame, part, study.augmentation, cache, batch_size=batch_size,
-                                num_workers=num_workers, description=f"{name} features")
+        return sample_features(backbone, frame, part, study.augmentation, caches, batch_size, num_workers,
+                               f"{name} features")
 
     train = None if study.augmentation.online else run(samples.train, "train")
-    return Features(train=train, val=run(samples.val, "val"), test=run(samples.test, "test"))
+    features = Features(train=train, val=run(samples.val, "val"), test=run(samples.test, "test"))
+    note = "; ".join(f"feature cache: {c.hits} hits, {c.misses} misses ({c.folder})" for c in caches if c)
+    return features, note

@@ -92,6 +92,11 @@ class Head(ABC):
     def load(cls, folder: Path, spec: dict[str, Any]) -> Head:
         """Rebuild a head saved by `save`, without running code from the folder."""
 
+    def class_scores(self) -> Any | None:
+        """A torch module from features (N, F) to one score per class (N, C) whose gradient follows the
+        prediction, for activation maps; None for heads without one (e.g. kNN)."""
+        return None
+
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Share of samples whose most probable class is the true one."""

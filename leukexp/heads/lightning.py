@@ -12,14 +12,6 @@ from torch import nn
 from leukexp.backbones.base import Backbone
 
 
-def probabilities(logits: torch.Tensor, single_logit: bool) -> torch.Tensor:
-    """Class probabilities (N, classes): sigmoid of one binary logit, else softmax."""
-    if single_logit:
-        positive = torch.sigmoid(logits.squeeze(-1))
-        return torch.stack([1 - positive, positive], dim=-1)
-    return torch.softmax(logits, dim=-1)
-
-
 class LeukemiaClassifier(L.LightningModule):
     """A trainable head; batches carry either `features` (cached) or `image` (run through the frozen backbone).
 
@@ -66,7 +58,8 @@ class LeukemiaClassifier(L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch)
         loss = self.loss(logits, batch["label"])
-        accuracy = (probabilities(logits, self.single_logit).argmax(-1) == batch["label"]).float().mean()
+        predicted = (logits.squeeze(-1) > 0).long() if self.single_logit else logits.argmax(-1)
+        accuracy = (predicted == batch["label"]).float().mean()
         size = len(batch["label"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=size)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=size, prog_bar=stage == "val")

@@ -36,6 +36,7 @@ class SklearnHead(Head):
         if not hasattr(estimator, "predict_proba"):
             raise LeukexpError(f"head.estimator {type(estimator).__name__} has no predict_proba; use a classifier"
                                " that gives probabilities (e.g. SVC(probability=True))")
+        check_estimator(estimator)
         self.num_classes = context.num_classes
         self.pipeline: Pipeline | BaseEstimator = (make_pipeline(StandardScaler(), clone(estimator)) if standardize
                                                    else clone(estimator))
@@ -56,6 +57,21 @@ class SklearnHead(Head):
         full = np.zeros((len(features), self.num_classes))
         full[:, np.asarray(self.pipeline.classes_).astype(int)] = probs
         return full
+
+    def class_scores(self) -> Any | None:
+        """For linear estimators (logistic regression, a calibrated linear SVM): their decision function,
+        standardization folded in, as a torch linear layer. None for other estimators."""
+        weights = linear_weights(self.pipeline, self.num_classes)
+        if weights is None:
+            return None
+        import torch
+
+        matrix, bias = weights
+        layer = torch.nn.Linear(matrix.shape[1], matrix.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(torch.as_tensor(matrix, dtype=torch.float32))
+            layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        return layer.eval()
 
     def save(self, folder: Path) -> dict[str, Any]:
         """The fitted estimator in skops format (loads without running code)."""
@@ -85,6 +101,45 @@ class SklearnHead(Head):
         return head
 
 
+def linear_weights(model: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W, b) with scores = features @ W.T + b for a (scaled) linear classifier, one row per class."""
+    steps = [step for _, step in model.steps] if isinstance(model, Pipeline) else [model]
+    scaler = steps[0] if isinstance(steps[0], StandardScaler) else None
+    estimator = steps[-1]
+    if hasattr(estimator, "coef_"):
+        coef, intercept = np.asarray(estimator.coef_), np.asarray(estimator.intercept_)
+    elif isinstance(estimator, CalibratedClassifierCV) and all(
+            hasattr(c.estimator, "coef_") for c in estimator.calibrated_classifiers_):
+        coef = np.mean([c.estimator.coef_ for c in estimator.calibrated_classifiers_], axis=0)
+        intercept = np.mean([c.estimator.intercept_ for c in estimator.calibrated_classifiers_], axis=0)
+    else:
+        return None
+    if coef.shape[0] == 1:  # binary: one decision function for the second class
+        coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
+    matrix = np.zeros((num_classes, coef.shape[1]))
+    bias = np.full(num_classes, -1e3)  # a class never seen in training scores low
+    present = np.asarray(estimator.classes_).astype(int)
+    matrix[present], bias[present] = coef, intercept
+    if scaler is not None:
+        scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+        matrix = matrix / scale
+        bias = bias - matrix @ scaler.mean_
+    return matrix, bias
+
+
+def check_estimator(estimator: BaseEstimator) -> None:
+    """scikit-learn's own parameter checks on the estimator and every estimator inside it, before fitting."""
+    nested = [v for v in estimator.get_params(deep=True).values() if isinstance(v, BaseEstimator)]
+    for part in (estimator, *nested):
+        validate = getattr(part, "_validate_params", None)
+        if validate is None:
+            continue
+        try:
+            validate()
+        except (ValueError, TypeError) as error:
+            raise LeukexpError(f"head: {str(error).splitlines()[0]}") from error
+
+
 def sklearn_head(context: HeadContext, estimator: BaseEstimator, standardize: bool = True) -> SklearnHead:
     """Any scikit-learn classifier as a head (`head=logreg`, `head=knn`, or your own YAML)."""
     return SklearnHead(context, estimator, standardize)
@@ -105,6 +160,10 @@ def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibratio
         max_iter: iteration cap of the solver.
         seed: random state.
     """
+    if kernel not in ("linear", "rbf", "poly", "sigmoid"):
+        raise LeukexpError(f"head.kernel={kernel!r}: expected linear, rbf, poly or sigmoid")
+    if isinstance(calibration_folds, bool) or not isinstance(calibration_folds, int) or calibration_folds < 2:
+        raise LeukexpError(f"head.calibration_folds={calibration_folds!r}: expected a whole number >= 2")
     machine = (LinearSVC(C=C, dual=dual, max_iter=max_iter, random_state=seed) if kernel == "linear"
                else SVC(C=C, kernel=kernel, max_iter=max_iter, random_state=seed))
     return SklearnHead(context, CalibratedClassifierCV(machine, cv=calibration_folds), standardize=True)
@@ -126,6 +185,8 @@ def knn(context: HeadContext, k: int = 20, metric: str = "cosine", weights: str 
     """kNN on frozen features (`head=knn head.k=20`): the other probe foundation-model papers report."""
     from sklearn.neighbors import KNeighborsClassifier
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise LeukexpError(f"head.k={k!r}: expected a whole number of neighbours >= 1")
     algorithm = "brute" if metric == "cosine" else "auto"
-    return KNNHead(context, KNeighborsClassifier(n_neighbors=int(k), metric=metric, weights=weights,
+    return KNNHead(context, KNeighborsClassifier(n_neighbors=k, metric=metric, weights=weights,
                                                  algorithm=algorithm), standardize)

@@ -6,20 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
 from torch import nn
-from torch.utils.data import DataLoader
 
-from leukexp.console import quiet
-from leukexp.data.dataset import FeatureDataset, identity_collate, worker_context
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import Head, HeadContext, Split
-from leukexp.heads.callbacks import BestHeadKeeper, EpochHistory
-from leukexp.heads.lightning import LeukemiaClassifier, probabilities
 from leukexp.heads.mlp import MLPHead
 
 WEIGHTS = "head.pt"
@@ -44,6 +37,15 @@ class TorchHead(Head):
 
     def fit(self, train: Split, val: Split) -> pd.DataFrame:
         """Train for the trainer's epochs; restore the best validation epoch; return the history."""
+        import lightning as L  # imported here: building and checking a head stays quick
+        from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
+        from torch.utils.data import DataLoader
+
+        from leukexp.console import quiet
+        from leukexp.data.dataset import FeatureDataset, identity_collate, worker_context
+        from leukexp.heads.callbacks import BestHeadKeeper, EpochHistory
+        from leukexp.heads.lightning import LeukemiaClassifier
+
         context, settings = self.context, self.context.training
         module = LeukemiaClassifier(self.network, context.num_classes, settings.optimizer,
                                     single_logit=self.single_logit, class_weights=context.class_weights,
@@ -79,7 +81,16 @@ class TorchHead(Head):
         """Class probabilities from the network's logits."""
         self.network.eval()
         logits = self.network(torch.as_tensor(features, dtype=torch.float32))
-        return probabilities(logits, self.single_logit).numpy().astype(np.float64)
+        if self.single_logit:
+            positive = torch.sigmoid(logits.squeeze(-1))
+            probs = torch.stack([1 - positive, positive], dim=-1)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+        return probs.numpy().astype(np.float64)
+
+    def class_scores(self) -> nn.Module:
+        """The network; one binary logit l becomes the two scores (-l, l)."""
+        return _TwoScores(self.network) if self.single_logit else self.network
 
     def save(self, folder: Path) -> dict[str, Any]:
         """The network's weights as a state dict (tensors only) and its arguments."""
@@ -104,8 +115,25 @@ class TorchHead(Head):
         return cls(network.eval(), context, config)
 
 
+class _TwoScores(nn.Module):
+    """(-l, l) from a network giving one logit l: class 0 and class 1 scores for a binary head."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logit = self.network(features)
+        return torch.cat([-logit, logit], dim=-1)
+
+
 def mlp(context: HeadContext, hidden: Sequence[int] = (128,), dropout: float = 0.0,
         activation: str = "torch.nn.ReLU") -> TorchHead:
     """The study's MLP heads (`head=mlp1`, `mlp3`, `mlp3_dropout`): features -> hidden layers -> logits."""
+    if isinstance(hidden, int | str) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                                                for h in hidden):
+        raise LeukexpError(f"head.hidden={hidden!r}: expected a list of layer widths >= 1, e.g. head.hidden=[128]")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise LeukexpError(f"head.dropout={dropout!r}: expected a rate from 0 up to (not including) 1")
     config = {"hidden": [int(h) for h in hidden], "dropout": float(dropout), "activation": str(activation)}
     return TorchHead(MLPHead(context.in_features, context.num_outputs, **config), context, config)

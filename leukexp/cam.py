@@ -1,0 +1,125 @@
+"""Class activation maps: where the frozen backbone's last stage looked for the predicted class (grad-cam).
+
+The backbone stays frozen: gradients flow to its activations only for the map, never into weights. A map
+needs a torch backbone (timm) and a head with differentiable class scores (the MLPs, and the linear
+scikit-learn heads through an equivalent linear layer); for other heads it is refused with one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from leukexp.errors import LeukexpError
+
+if TYPE_CHECKING:
+    from leukexp.predict import Classifier
+
+
+class _Scorer(nn.Module):
+    """Image batch -> class scores through the frozen backbone and the head's differentiable scores."""
+
+    def __init__(self, trunk: nn.Module, scores: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.scores = scores
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.scores(self.trunk(images))
+
+
+def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """Vision-transformer activations (N, tokens, C) -> (N, C, h, w), dropping the class and register tokens."""
+    if tokens.dim() != 3:
+        return tokens
+    side = int(np.sqrt(tokens.shape[1] - 1))
+    grid = tokens[:, -side * side:, :]
+    return grid.reshape(tokens.shape[0], side, side, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def cam_model(classifier: Classifier) -> tuple[nn.Module, nn.Module]:
+    """The scorer module and its target layer (the backbone's last feature stage), or a one-line error."""
+    trunk = getattr(classifier.backbone, "model", None)
+    if not isinstance(trunk, nn.Module) or not hasattr(trunk, "feature_info"):
+        raise LeukexpError(f"activation maps need a timm backbone; {classifier.backbone.label} is not one")
+    scores = classifier.head.class_scores()
+    if scores is None:
+        raise LeukexpError(f"activation maps need a head with class scores (mlp*, svm, logreg);"
+                           f" this {type(classifier.head).__name__} has none")
+    layer = trunk.get_submodule(trunk.feature_info[-1]["module"])
+    return _Scorer(trunk, scores).eval(), layer
+
+
+def activation_maps(classifier: Classifier, images: Sequence[np.ndarray],
+                    targets: Sequence[int] | None = None) -> np.ndarray:
+    """Grad-CAM maps (N, H, W) in [0, 1] at each image's own size, for `targets` (default: the prediction)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    scorer, layer = cam_model(classifier)
+    batch = torch.stack([classifier.backbone.preprocess(image) for image in images])
+    if targets is None:
+        targets = classifier.predict_proba(list(images)).argmax(1).tolist()
+    with GradCAM(model=scorer, target_layers=[layer], reshape_transform=_tokens_to_grid) as cam:
+        grids = cam(input_tensor=batch.requires_grad_(True),
+                    targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    maps = [cv2.resize(grid, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            for grid, image in zip(grids, images, strict=True)]
+    return np.clip(np.stack(maps), 0.0, 1.0)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, weight: float = 0.45) -> np.ndarray:
+    """The RGB image with the map as a jet-coloured overlay (8-bit RGB)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    return show_cam_on_image(image.astype(np.float32) / 255.0, heatmap, use_rgb=True, image_weight=1 - weight)
+
+
+def write_maps(classifier: Classifier, images: Sequence[np.ndarray], names: Sequence[str], folder: Path,
+               batch_size: int = 16) -> list[Path]:
+    """One PNG per image (`<name>.cam.png`): the image with the map of its predicted class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start:start + batch_size])
+        for image, heatmap, name in zip(chunk, activation_maps(classifier, chunk), names[start:start + batch_size],
+                                        strict=True):
+            path = folder / f"{Path(name).stem}.cam.png"
+            cv2.imwrite(str(path), cv2.cvtColor(overlay(image, heatmap), cv2.COLOR_RGB2BGR))
+            written.append(path)
+    return written
+
+
+def panel_selection(labels: np.ndarray, predicted: np.ndarray, per_class: int = 2) -> list[int]:
+    """Indices of a few correct and a few wrong predictions per true class, in class order."""
+    chosen: list[int] = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        right = [i for i in rows if predicted[i] == label][:per_class]
+        wrong = [i for i in rows if predicted[i] != label][:per_class]
+        chosen += right + wrong
+    return chosen
+
+
+def cam_panel(classifier: Classifier, images: Sequence[np.ndarray], labels: np.ndarray, path: Path,
+              per_class: int = 2) -> Path | None:
+    """One PNG of test images with their maps: a few correct and wrong per class, titled true -> predicted."""
+    from leukexp.plots import contact_sheet
+
+    probs = classifier.predict_proba(list(images))
+    predicted = probs.argmax(1)
+    chosen = panel_selection(np.asarray(labels), predicted, per_class)
+    if not chosen:
+        return None
+    picked = [images[i] for i in chosen]
+    maps = activation_maps(classifier, picked, [int(predicted[i]) for i in chosen])
+    classes = classifier.classes
+    titles = [f"{classes[labels[i]]} -> {classes[predicted[i]]} ({probs[i, predicted[i]]:.2f})" for i in chosen]
+    return contact_sheet([overlay(image, m) for image, m in zip(picked, maps, strict=True)], titles, path,
+                         columns=min(len(picked), 2 * per_class))

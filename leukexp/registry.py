@@ -1,0 +1,78 @@
+"""Registering a study's best configuration in the MLflow model registry.
+
+The configuration with the best `cv/<metric>_mean` (complete studies first) is chosen, and of its fold
+models the one whose own score is closest to that mean: a typical model of the configuration, not the one
+that drew the easiest test fold. The version's tags link back to the CV parent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leukexp.cv import fold_runs
+from leukexp.errors import LeukexpError
+from leukexp.vocabulary import CV_GROUP_TAG, FOLD_TAG, KIND_CV, MODEL_DIR, STUDY_TAG, cv_metric, kind_filter
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen configuration and fold model."""
+
+    parent: Run
+    run: Run
+    metric: str
+    mean: float
+    value: float
+
+    @property
+    def fold(self) -> str:
+        """The chosen fold's name."""
+        return self.run.data.tags.get(FOLD_TAG, "?")
+
+    @property
+    def reason(self) -> str:
+        """Why this configuration and this fold."""
+        return (f"best {cv_metric(self.metric, 'mean')} ({self.mean:.4f}) in the experiment; fold {self.fold}"
+                f" ({self.metric} {self.value:.4f}) is the fold closest to that mean")
+
+
+def best_configuration(client: MlflowClient, experiment_id: str, metric: str = "test/acc") -> Run:
+    """The CV parent with the highest mean of `metric` (complete studies preferred over partial ones)."""
+    key = cv_metric(metric, "mean")
+    parents = [p for p in client.search_runs([experiment_id], kind_filter(KIND_CV), max_results=10000)
+               if key in p.data.metrics]
+    if not parents:
+        raise LeukexpError(f"--register: no configuration has {key} yet; run a sweep (leukexp-train -m ...) first")
+    complete = [p for p in parents if p.data.tags.get(STUDY_TAG) == "complete"]
+    return max(complete or parents, key=lambda p: (p.data.metrics[key], p.info.run_id))
+
+
+def select(client: MlflowClient, experiment_id: str, metric: str = "test/acc") -> Selection:
+    """The best configuration and its fold model closest to the configuration's mean."""
+    parent = best_configuration(client, experiment_id, metric)
+    mean = parent.data.metrics[cv_metric(metric, "mean")]
+    children = [r for r in fold_runs(client, experiment_id, parent.info.run_id).values() if metric in r.data.metrics]
+    if not children:
+        raise LeukexpError(f"--register: the best configuration ({parent.info.run_id}) has no finished fold run")
+    run = min(children, key=lambda r: (abs(r.data.metrics[metric] - mean), r.data.tags.get(FOLD_TAG, "")))
+    return Selection(parent, run, metric, mean, run.data.metrics[metric])
+
+
+def register(client: MlflowClient, experiment_id: str, name: str, metric: str = "test/acc") -> tuple[str, Selection]:
+    """Register the selected fold model under `name`; return the new version number and the selection."""
+    selection = select(client, experiment_id, metric)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="leukexp: the best configuration of a study")
+    run = selection.run
+    tags = {"leukexp.cv_parent": selection.parent.info.run_id, CV_GROUP_TAG: run.data.tags.get(CV_GROUP_TAG, ""),
+            "leukexp.metric": metric, cv_metric(metric, "mean"): f"{selection.mean:.6f}", FOLD_TAG: selection.fold,
+            "leukexp.selection": selection.reason}
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run.info.run_id,
+                                          tags=tags, description=selection.reason)
+    return str(version.version), selection

@@ -1,0 +1,167 @@
+"""`leukexp-predict MODEL IMAGES... --out predictions.csv`: score new images with a study's model.
+
+MODEL is a run folder (or its `model/`), `runs:/<run id>/model` or `models:/NAME/VERSION` on the tracking
+store; IMAGES are files or folders (searched recursively), read as in training. Optional test-time
+augmentation (`--tta paper|flips`: the mean of the views' probabilities) and activation maps (`--cam DIR`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from leukexp.console import console, quiet
+from leukexp.data.io import BadImageError, file_digest, is_image_file, read_image
+from leukexp.errors import LeukexpError, user_errors
+from leukexp.files import atomic_path
+from leukexp.predict import Classifier, load_classifier
+from leukexp.vocabulary import PROBABILITY_PREFIX
+
+TTA_CHOICES = ("none", "paper", "flips")
+
+
+def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
+    """A local folder for MODEL: the folder itself, or `runs:/` / `models:/` downloaded from the store."""
+    if "://" not in model and ":/" not in model:
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise LeukexpError(f"MODEL {model}: no such folder; give a run folder, runs:/<id>/model or"
+                               " models:/NAME/VERSION")
+        return folder
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    from leukexp.tracking import configure_http
+
+    configure_http()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd()}/mlruns/mlflow.db"
+    try:
+        if model.startswith("models:/"):  # resolved on this store's registry (no global MLflow state touched)
+            model = registered_source(MlflowClient(tracking_uri=uri, registry_uri=uri), model)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
+    except LeukexpError:
+        raise
+    except Exception as error:  # unknown run, model or version; a store that does not answer
+        detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise LeukexpError(f"MODEL {model}: cannot be loaded from {uri} ({detail})") from error
+
+
+def registered_source(client: object, model: str) -> str:
+    """The artifact location of `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
+    reference = model.removeprefix("models:/")
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = reference.rpartition("/")
+        if not name or not version.isdigit():
+            raise LeukexpError(f"MODEL {model}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return client.get_model_version_download_uri(name, version)
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the folders named."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if is_image_file(p))
+            if not images:
+                raise LeukexpError(f"{path}: no images (.jpg .jpeg .png .tif .tiff .bmp) in this folder")
+            found += images
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise LeukexpError(f"{path}: no such file or folder")
+    return found
+
+
+def tta_views(name: str, seed: int = 42) -> object | None:
+    """The offline views of `--tta NAME` (None for `none`), as the study's augmentation configs define them."""
+    if name == "none":
+        return None
+    from leukexp.data.augment import named_views
+
+    return named_views(name, seed)
+
+
+def score(classifier: Classifier, paths: list[Path], views: object | None = None, batch_size: int = 32
+          ) -> tuple[pd.DataFrame, dict[Path, np.ndarray], list[str]]:
+    """Probabilities per readable image (mean over the views with TTA), the images, and the unreadable ones."""
+    rows, images, bad = [], {}, []
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=quiet(), transient=True) as progress:
+        task = progress.add_task("scoring", total=len(paths))
+        for start in range(0, len(paths), batch_size):
+            chunk = []
+            for path in paths[start:start + batch_size]:
+                try:
+                    data = path.read_bytes()
+                    images[path] = read_image(path)
+                    chunk.append((path, file_digest(data)))
+                except (BadImageError, OSError) as error:
+                    bad.append(str(error))
+            for path, key in chunk:
+                image = images[path]
+                variants = [image] if views is None else [
+                    image if v == 0 else views.apply(image, v, key) for v in range(views.n_views)]
+                probs = classifier.predict_proba(variants).mean(axis=0)
+                rows.append({"file": str(path), "predicted": classifier.classes[int(probs.argmax())],
+                             **{f"{PROBABILITY_PREFIX}{c}": float(p) for c, p in zip(classifier.classes, probs,
+                                                                                      strict=True)}})
+            progress.update(task, advance=len(paths[start:start + batch_size]))
+    return pd.DataFrame(rows), images, bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry of `leukexp-predict`: 0 when every image was scored."""
+    parser = argparse.ArgumentParser(prog="leukexp-predict", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="run folder, runs:/<run id>/model or models:/NAME/VERSION")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none", help="test-time views (mean probability)")
+    parser.add_argument("--cam", type=Path, default=None, help="folder for one activation-map PNG per image")
+    parser.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
+                        help="error: exit non-zero naming unreadable images (the others are still written);"
+                             " skip: list them and go on")
+    parser.add_argument("--tracking-uri", default=None, help="store for runs:/ and models:/ (default:"
+                                                               " $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with user_errors("leukexp-predict"):
+        classifier = load_classifier(resolve_model(args.model, args.tracking_uri))
+        paths = collect_images(args.images)
+        frame, images, bad = score(classifier, paths, tta_views(args.tta), args.batch_size)
+        with atomic_path(args.out) as staging:
+            frame.to_csv(staging, index=False)
+        counts = ", ".join(f"{c} {n}" for c, n in frame["predicted"].value_counts().items()) if len(frame) else "-"
+        console.print(f"wrote {len(frame)} prediction(s) to {args.out} ({counts})")
+        if args.cam is not None and len(frame):
+            scored = [Path(f) for f in frame["file"]]
+            written = _write_maps(classifier, [images[p] for p in scored], scored, args.cam)
+            console.print(f"wrote {len(written)} activation map(s) to {args.cam}")
+        if bad and args.on_bad_image == "skip":
+            console.print(f"[yellow]skipped {len(bad)} unreadable image(s):[/]")
+            for message in bad:
+                console.print(f"  {message}")
+        elif bad:
+            raise LeukexpError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}; the {len(frame)} others are in"
+                               f" {args.out} (or pass --on-bad-image skip)")
+    return 0
+
+
+def _write_maps(classifier: Classifier, images: list[np.ndarray], paths: list[Path], folder: Path) -> list[Path]:
+    from leukexp.cam import write_maps
+
+    names = [f"{i:05d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when two folders share a name
+    return write_maps(classifier, images, names, folder)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

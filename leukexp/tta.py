@@ -1,0 +1,49 @@
+"""Test-time augmentation: each test image scored once, from the mean class probabilities of its views.
+
+The views' features go through the feature cache like any other (the study's `paper` views of a test image
+are computed once), the head scores every view, and the probabilities are averaged per source image; metrics
+and `predictions.csv` are then per source image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from leukexp.data.augment import named_views
+from leukexp.features.extract import sample_features
+
+if TYPE_CHECKING:
+    from leukexp.backbones.base import Backbone
+    from leukexp.data.study import Study
+    from leukexp.features.cache import FeatureCache
+    from leukexp.heads.base import Head
+
+
+def view_samples(test: pd.DataFrame, n_views: int) -> pd.DataFrame:
+    """Every view of every test source image, source-major (the views of one image are consecutive)."""
+    originals = test.drop_duplicates("source").reset_index(drop=True)
+    rows = originals.loc[originals.index.repeat(n_views)].reset_index(drop=True)
+    rows["view"] = np.tile(np.arange(n_views), len(originals))
+    return rows
+
+
+def mean_per_source(probs: np.ndarray, n_views: int) -> np.ndarray:
+    """(sources * views, classes) probabilities, source-major -> (sources, classes) means."""
+    return probs.reshape(-1, n_views, probs.shape[1]).mean(axis=1)
+
+
+def score_with_views(study: Study, backbone: Backbone, head: Head, name: str, seed: int,
+                     caches: list[FeatureCache | None], batch_size: int = 32, num_workers: int = 0
+                     ) -> tuple[Study, np.ndarray]:
+    """The study with one test sample per source image, and those images' view-averaged probabilities."""
+    views = named_views(name, seed)
+    samples = view_samples(study.samples.test, views.n_views)
+    features = sample_features(backbone, study.catalog.frame, samples, views, caches, batch_size, num_workers,
+                               f"test views ({name})")
+    probs = mean_per_source(head.predict_proba(features), views.n_views)
+    originals = samples[samples["view"] == 0].reset_index(drop=True)
+    return dataclasses.replace(study, samples=dataclasses.replace(study.samples, test=originals)), probs

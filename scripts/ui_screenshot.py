@@ -1,0 +1,100 @@
+"""Screenshots of the MLflow UI and the report for the README (for maintainers; not a CI dependency).
+
+Starts `mlflow ui` on a store, drives Debian's Chromium with Playwright and saves:
+  docs/mlflow-runs.png     the experiment's runs table (parents named by what varies, grouped by parent)
+  docs/mlflow-parent.png   the best parent run's page (its description: the fold table and the aggregates)
+  docs/mlflow-chart.png    the chart view with cv/test/acc_mean per configuration
+  docs/report-comparison.png and docs/report-activation-maps.png from `leukexp-report`'s output folder
+
+    pip install playwright && apt-get install chromium
+    python scripts/ui_screenshot.py --store mlruns/mlflow.db --experiment quickstart --report reports/quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+
+def free_port() -> int:
+    """A free TCP port on localhost."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ui(store: Path, port: int) -> subprocess.Popen:
+    """`mlflow ui` on the store, answering /health."""
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
+                           "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return ui
+        except OSError:
+            time.sleep(0.5)
+    ui.kill()
+    raise SystemExit("mlflow ui did not start")
+
+
+def main() -> int:
+    """Take the screenshots."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=Path("mlruns/mlflow.db"))
+    parser.add_argument("--experiment", default="quickstart")
+    parser.add_argument("--report", type=Path, default=None, help="a leukexp-report output folder")
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    store = args.store.resolve()
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise SystemExit(f"{args.experiment}: not in {store}")
+    parents = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'cv'",
+                                 order_by=["metrics.`cv/test/acc_mean` DESC"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    ui = start_ui(store, port)
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.goto(f"{base}/runs?searchFilter=tags.%60leukexp.kind%60%20%3D%20%27cv%27"
+                      "&orderByKey=metrics.%60cv%2Ftest%2Facc_mean%60&orderByAsc=false")
+            page.wait_for_timeout(6000)
+            page.screenshot(path=str(args.out / "mlflow-runs.png"))
+            if parents:
+                page.goto(f"{base}/runs/{parents[0].info.run_id}")
+                page.wait_for_timeout(5000)
+                page.screenshot(path=str(args.out / "mlflow-parent.png"), full_page=True)
+            page.goto(f"{base}/runs?searchFilter=tags.%60leukexp.kind%60%20%3D%20%27cv%27&compareRunsMode=CHART")
+            page.wait_for_timeout(6000)
+            page.screenshot(path=str(args.out / "mlflow-chart.png"))
+            browser.close()
+    finally:
+        ui.kill()
+    if args.report:
+        for name, target in (("comparison.png", "report-comparison.png"),
+                             ("best_activation_maps.png", "report-activation-maps.png")):
+            if (args.report / name).is_file():
+                shutil.copy(args.report / name, args.out / target)
+    print(f"screenshots in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Every user mistake is one line: a table of bad inputs to `leukexp-train`, `leukexp-report` and `leukexp-sync`.
+
+Each case asserts the exit code, exactly one `error:` line on stderr, no traceback, and that nothing was
+left RUNNING in the store or half-written on disk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import write_image
+
+TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=32",
+        "trainer.max_epochs=1"]
+
+
+@dataclass
+class Case:
+    """One bad input: the command's arguments and a fragment the error line must contain."""
+
+    args: list[str]
+    expect: str
+    program: str = "leukexp.train"
+    data: str = "binary"  # which data set the case runs on (built in `workspace`)
+    extra: list[str] = field(default_factory=list)
+
+
+def binary(root: str, own: list[str] | None = None) -> list[str]:
+    """The base arguments on a folder data set, leaving out the groups a case picks itself."""
+    own = own or []
+    args = ["data=folder", f"data.root={root}", "augmentation=none"]
+    if not any(a.startswith("task=") for a in own):
+        args.append("task=binary")
+    if not any(a.startswith("model=") for a in own):
+        args += TINY
+    else:
+        args.append("trainer.max_epochs=1")
+    return args
+
+
+CASES = {
+    # hyperparameters, checked before anything is built or logged
+    "dropout": Case(["head.dropout=1.5"], "head.dropout=1.5"),
+    "lr": Case(["optimizer.lr=-1"], "optimizer.lr=-1"),
+    "batch": Case(["training.batch_size=0"], "training.batch_size=0"),
+    "svm_c": Case(["head=svm", "head.C=-1"], "'C' parameter of LinearSVC"),
+    "svm_kernel": Case(["head=svm", "head.kernel=cubic"], "head.kernel='cubic'"),
+    "logreg_c": Case(["head=logreg", "head.estimator.C=-1"], "'C' parameter of LogisticRegression"),
+    "knn_k": Case(["head=knn", "head.k=0"], "head.k=0"),
+    "hidden": Case(["head.hidden=[0]"], "head.hidden"),
+    "hidden_text": Case(["head.hidden=abc"], "head.hidden"),
+    "activation": Case(["head.activation=os.system"], "head.activation=os.system"),
+    "seed": Case(["seed=abc"], "seed='abc'"),
+    "outputs": Case(["training.binary_outputs=3"], "training.binary_outputs=3"),
+    "patience": Case(["training.early_stopping_patience=0"], "training.early_stopping_patience=0"),
+    "workers": Case(["training.num_workers=-1"], "training.num_workers=-1"),
+    "epochs": Case(["trainer.max_epochs=0"], "trainer.max_epochs=0"),
+    "fold_index": Case(["fold.index=9"], "fold.index=9"),
+    "n_splits": Case(["fold.n_splits=1"], "fold.n_splits=1"),
+    "val_fraction": Case(["fold.val_fraction=1.5"], "fold.val_fraction=1.5"),
+    "balance": Case(["protocol.balance=bogus"], "protocol.balance='bogus'"),
+    "val_split": Case(["protocol.val_split=bogus"], "protocol.val_split='bogus'"),
+    "precision": Case(["features.precision=fp8"], "features.precision='fp8'"),
+    "device": Case(["features.device=tpu"], "features.device='tpu'"),
+    "feature_batch": Case(["features.batch_size=0"], "features.batch_size=0"),
+    "repeats": Case(["augmentation=paper", "augmentation.repeats=-1"], "augmentation.repeats=-1"),
+    "bad_image_mode": Case(["data.on_bad_image=ignore"], "data.on_bad_image='ignore'"),
+    # the backbone
+    "model_name": Case(["model.name=not_a_model"], "model.name='not_a_model' is not a timm model"),
+    "input_size": Case(["model.input_size=8"], "model.input_size=8"),
+    "no_weights": Case(["model.pretrained=true", "model.weights_file=/nonexistent/w.pth"], "no such file"),
+    "junk_weights": Case(["model.pretrained=true"], "not a readable weights file", extra=["junk_weights"]),
+    "keras_app": Case(["model=keras", "model.application=NoSuchNet", "model.pretrained=false"],
+                      "model.application='NoSuchNet'"),
+    # the store
+    "server_down": Case(["mlflow.tracking_uri=http://127.0.0.1:9"], "mlflow.tracking_uri=http://127.0.0.1:9"),
+    "bad_scheme": Case(["mlflow.tracking_uri=bogus://foo"], "mlflow.tracking_uri=bogus://foo"),
+    "not_sqlite": Case([], "is not a SQLite database", extra=["not_sqlite"]),
+    # the data
+    "no_root": Case(["data=folder", "task=binary", *TINY], "data.root", data="none"),
+    "missing_root": Case(["data=folder", "data.root=/nonexistent/images", "task=binary", *TINY], "no such folder",
+                         data="none"),
+    "unknown_folder": Case([], "'Monocyte' is not a class", data="unknown_folder"),
+    "empty_class": Case([], "has no images", data="empty_class"),
+    "corrupt": Case([], "broken.png", data="corrupt"),
+    "zero_byte": Case([], "empty.jpg", data="zero_byte"),
+    "few_images": Case(["fold.n_splits=7"], "fewer than fold.n_splits=7"),
+    "two_classes": Case([], "duplicate image in two classes", data="two_classes"),
+    "few_groups": Case([], "fewer than fold.n_splits=5", extra=["few_groups"]),
+    "groups_missing": Case([], "no group for", extra=["groups_missing"]),
+    "mapping_typo": Case(["task=folders", "task.mapping={malignant: [ALL, Nope], benign: [HLT]}"],
+                         "folder 'Nope' (under malignant) is not in data.root"),
+    "mapping_twice": Case(["task=folders", "task.mapping={malignant: [ALL], benign: [HLT, ALL]}"],
+                          "listed under both malignant and benign"),
+    # leukexp-report and leukexp-sync
+    "report_experiment": Case(["--experiment", "nope"], "not in this store", program="leukexp.report"),
+    "report_metric": Case(["--experiment", "leukexp", "--metric", "test/nope"], "--metric test/nope",
+                          program="leukexp.report"),
+    "report_scheme": Case(["--experiment", "x", "--tracking-uri", "bogus://foo"], "--tracking-uri bogus://foo",
+                          program="leukexp.report"),
+    "report_not_sqlite": Case(["--experiment", "x"], "is not a SQLite database", program="leukexp.report",
+                              extra=["not_sqlite"]),
+    "report_filter": Case(["--experiment", "leukexp", "--filter", "tags.x ==="], "--filter", program="leukexp.report"),
+    "sync_nothing": Case([], "nothing to upload", program="leukexp.sync", extra=["sync_dir"]),
+}
+
+
+def make_data(root: Path, kind: str) -> Path:
+    """A small two-class data set `root/<kind>` with 6 images a class, spoilt as the case needs."""
+    folder = root / kind
+    if folder.exists():
+        return folder
+    seed = {"binary": 0, "unknown_folder": 100, "empty_class": 200, "corrupt": 300, "zero_byte": 400,
+            "two_classes": 500}[kind]
+    for i in range(6):
+        write_image(folder / "ALL" / f"a{i}.png", seed + i)
+        if kind != "empty_class":
+            write_image(folder / "HLT" / f"h{i}.png", seed + 50 + i)
+    if kind == "unknown_folder":
+        write_image(folder / "Monocyte" / "m.png", seed + 99)
+    elif kind == "empty_class":
+        (folder / "HLT").mkdir()
+        (folder / "HLT" / "notes.txt").write_text("no images")
+    elif kind == "corrupt":
+        (folder / "HLT" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    elif kind == "zero_byte":
+        (folder / "HLT" / "empty.jpg").write_bytes(b"")
+    elif kind == "two_classes":
+        (folder / "HLT" / "copy.png").write_bytes((folder / "ALL" / "a0.png").read_bytes())
+    return folder
+
+
+def command(case: Case, root: Path) -> list[str]:
+    """The full command line of a case, with its files made."""
+    args = list(case.args)
+    if case.program == "leukexp.train" and case.data != "none":
+        args = binary(str(make_data(root, case.data)), args) + args
+    for extra in case.extra:
+        if extra == "junk_weights":
+            junk = root / "junk.pth"
+            junk.write_bytes(bytes(range(256)) * 16)
+            args.append(f"model.weights_file={junk}")
+        elif extra == "not_sqlite":
+            fake = root / "notes.db"
+            fake.write_text("these are my notes, not a database\n")
+            args.append(f"mlflow.tracking_uri=sqlite:///{fake}" if case.program == "leukexp.train"
+                        else f"--tracking-uri=sqlite:///{fake}")
+        elif extra in ("few_groups", "groups_missing"):
+            csv = root / f"{extra}.csv"
+            data = make_data(root, "binary")
+            files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+            if extra == "few_groups":
+                rows = [f"{f},{'p1' if f.startswith('ALL') else 'p2'}" for f in files]
+            else:
+                rows = [f"{f},p{i}" for i, f in enumerate(files[:-1])]
+            csv.write_text("file,group\n" + "\n".join(rows) + "\n")
+            args.append(f"data.groups_csv={csv}")
+        elif extra == "sync_dir":
+            (root / "not-a-run").mkdir(exist_ok=True)
+            args.append(str(root / "not-a-run"))
+    return [sys.executable, "-m", case.program, *args]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a real store holding one finished run (for the report cases)."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    data = make_data(root, "binary")
+    result = subprocess.run([sys.executable, "-m", "leukexp.train", *binary(str(data))], cwd=root,
+                            capture_output=True, text=True, timeout=300, env={"CI": "true", **_env()})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+@pytest.mark.slow
+def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) -> None:
+    assert len(CASES) >= 40
+    commands = {name: command(case, workspace) for name, case in CASES.items()}
+
+    def run(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run(commands[name], cwd=workspace, capture_output=True, text=True, timeout=240,
+                              env={**_env(), "CI": "true"})
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(CASES, pool.map(run, CASES), strict=True))
+    problems = []
+    for name, result in results.items():
+        case = CASES[name]
+        program = case.program.replace("leukexp.", "leukexp-")
+        lines = [line for line in result.stderr.splitlines() if line.startswith(f"{program}: error:")]
+        if result.returncode != 2 or len(lines) != 1 or "Traceback" in result.stderr + result.stdout:
+            problems.append(f"{name}: exit {result.returncode}, {len(lines)} error line(s)\n{result.stderr[-1500:]}")
+        elif case.expect not in lines[0]:
+            problems.append(f"{name}: {lines[0]!r} does not say {case.expect!r}")
+    assert not problems, "\n".join(problems)
+    client = MlflowClient(f"sqlite:///{workspace}/mlruns/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
+    assert len([r for r in runs if r.data.tags.get("leukexp.kind") == "fold"]) == 1, "no bad input started a run"
+    assert not list(workspace.rglob("*.tmp")), "nothing half-written"

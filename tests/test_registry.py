@@ -1,0 +1,44 @@
+"""Registering a study's best configuration: which configuration, which fold, and the links back."""
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from leukexp.errors import LeukexpError
+from leukexp.registry import register, select
+
+
+def store(root: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    return client, client.get_experiment_by_name("study").experiment_id
+
+
+def test_the_best_configuration_and_its_fold_closest_to_the_mean(study_store: Path) -> None:
+    client, experiment = store(study_store)
+    parents = client.search_runs([experiment], "tags.`leukexp.kind` = 'cv'")
+    best = max(parents, key=lambda p: p.data.metrics["cv/test/acc_mean"])
+    selection = select(client, experiment)
+    assert selection.parent.info.run_id == best.info.run_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{best.info.run_id}'")
+    gaps = {r.data.tags["fold"]: abs(r.data.metrics["test/acc"] - selection.mean) for r in children}
+    assert gaps[selection.fold] == min(gaps.values())
+    assert "closest to that mean" in selection.reason
+
+
+def test_register_links_the_version_back_to_its_study(study_store: Path) -> None:
+    client, experiment = store(study_store)
+    version, selection = register(client, experiment, "unit-best")
+    assert version == "1"
+    stored = client.get_model_version("unit-best", "1")
+    assert stored.run_id == selection.run.info.run_id
+    assert stored.tags["leukexp.cv_parent"] == selection.parent.info.run_id
+    assert stored.tags["fold"] == selection.fold and stored.tags["leukexp.metric"] == "test/acc"
+    assert register(client, experiment, "unit-best")[0] == "2", "registering again adds a version"
+
+
+def test_an_experiment_without_aggregates_is_one_clear_error(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path}/store.db")
+    experiment = client.create_experiment("empty")
+    with pytest.raises(LeukexpError, match="no configuration has cv/test/acc_mean"):
+        select(client, experiment)

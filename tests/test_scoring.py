@@ -1,0 +1,77 @@
+"""`leukexp-predict`: models from folders and the registry, folders of images, TTA, maps, bad images."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_image
+from leukexp.data.io import read_image
+from leukexp.errors import LeukexpError
+from leukexp.predict import load_classifier
+from leukexp.scoring import collect_images, main, resolve_model, tta_views
+
+
+def images(folder: Path, n: int = 3) -> Path:
+    for i in range(n):
+        write_image(folder / "sub" / f"cell{i}.png", 700 + i, size=64)
+    return folder
+
+
+def test_collect_images_from_files_and_folders(tmp_path: Path) -> None:
+    images(tmp_path / "new")
+    (tmp_path / "new" / "notes.txt").write_text("not an image")
+    single = write_image(tmp_path / "one.jpg", 1)
+    found = collect_images([str(tmp_path / "new"), str(single)])
+    assert [p.name for p in found] == ["cell0.png", "cell1.png", "cell2.png", "one.jpg"]
+    with pytest.raises(LeukexpError, match="no such file or folder"):
+        collect_images([str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LeukexpError, match="no images"):
+        collect_images([str(tmp_path / "empty")])
+
+
+def test_unknown_models_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(LeukexpError, match="no such folder"):
+        resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(LeukexpError, match=r"models:/nope/1: cannot be loaded"):
+        resolve_model("models:/nope/1", f"sqlite:///{tmp_path}/store.db")
+    with pytest.raises(LeukexpError, match="expected models:/NAME/VERSION"):
+        resolve_model("models:/nope/latest", f"sqlite:///{tmp_path}/store.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "no global MLflow state is changed"
+
+
+def test_cli_writes_predictions_maps_and_names_bad_images(study_store: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    new = images(tmp_path / "new")
+    (new / "sub" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "predictions.csv"
+    model = str(study_store / "outputs" / "mlp1-f0")
+    with pytest.raises(SystemExit) as exit_info:
+        main([model, str(new), "--out", str(out), "--cam", str(tmp_path / "maps")])
+    assert exit_info.value.code == 2
+    assert "broken.png" in capsys.readouterr().err
+    frame = pd.read_csv(out)
+    assert len(frame) == 3 and list(frame.columns) == ["file", "predicted", "p_ALL", "p_HLT"], "good ones written"
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        "00000_cell0.cam.png", "00001_cell1.cam.png", "00002_cell2.cam.png"]
+    expected = load_classifier(model).predict_proba([read_image(f) for f in frame["file"]])
+    assert np.allclose(frame[["p_ALL", "p_HLT"]].to_numpy(), expected, atol=1e-6)
+    assert main([model, str(new), "--out", str(out), "--on-bad-image", "skip"]) == 0
+
+
+def test_tta_is_the_mean_of_the_views(study_store: Path, tmp_path: Path) -> None:
+    from leukexp.data.io import file_digest
+
+    path = write_image(tmp_path / "cell.png", 5, size=64)
+    model = str(study_store / "outputs" / "svm-f0")
+    assert main([model, str(path), "--out", str(tmp_path / "tta.csv"), "--tta", "flips"]) == 0
+    views = tta_views("flips")
+    assert views.n_views == 3
+    image, key = read_image(path), file_digest(path.read_bytes())
+    variants = [image] + [views.apply(image, v, key) for v in (1, 2)]
+    expected = load_classifier(model).predict_proba(variants).mean(0)
+    assert np.allclose(pd.read_csv(tmp_path / "tta.csv")[["p_ALL", "p_HLT"]].to_numpy()[0], expected)
+    assert not np.allclose(expected, load_classifier(model).predict_proba([image])[0]), "the views change it"
