@@ -23,6 +23,7 @@ from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import Head
 from leukexp.heads.registry import load_head
+from leukexp.vocabulary import LOADER_MODULE, MODEL_DATA_DIR
 
 log = logging.getLogger(__name__)
 MANIFEST = "classifier.json"
@@ -76,13 +77,11 @@ def classifier_folder(folder: str | Path) -> Path:
     if (folder / "MLmodel").is_file():
         import yaml
 
-        from leukexp.serving import DATA_DIR, LOADER_MODULE
-
         flavor = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {}).get("python_function", {})
         if flavor.get("loader_module") != LOADER_MODULE:
             raise LeukexpError(f"{folder}: not a leukexp model (its loader is {flavor.get('loader_module')!r});"
                                " leukexp loads only its own models")
-        return classifier_folder(folder / flavor.get("data", f"data/{DATA_DIR}"))
+        return classifier_folder(folder / flavor.get("data", f"data/{MODEL_DATA_DIR}"))
     if (folder / "model").is_dir():
         return classifier_folder(folder / "model")
     raise LeukexpError(f"{folder}: no {MANIFEST} or MLmodel; point at a run folder or its 'model' artifact")

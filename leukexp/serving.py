@@ -23,10 +23,7 @@ import pandas as pd
 from leukexp.data.io import decode_image, read_image
 from leukexp.errors import LeukexpError
 from leukexp.predict import Classifier, load_classifier
-from leukexp.vocabulary import PROBABILITY_PREFIX
-
-LOADER_MODULE = "leukexp.serving"
-DATA_DIR = "classifier"
+from leukexp.vocabulary import LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX
 
 
 def signature(classes: list[str]) -> Any:
@@ -49,7 +46,7 @@ def save_model(path: Path, classifier_dir: Path, classes: list[str]) -> Path:
     if path.exists():
         shutil.rmtree(path)  # the run folder's own earlier model (a run repeated into the same folder)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / DATA_DIR  # the folder's name inside the model: `data/classifier`
+        data = Path(tmp) / MODEL_DATA_DIR  # the folder's name inside the model: `data/classifier`
         shutil.copytree(classifier_dir, data)
         mlflow.pyfunc.save_model(path=str(path), loader_module=LOADER_MODULE, data_path=str(data),
                                  signature=signature(classes), pip_requirements=[f"leukexp=={__version__}"])

@@ -62,6 +62,9 @@ PREDICTIONS_FILE = "predictions.csv"
 HISTORY_FILE = "history.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 MODEL_DIR = "model"
+# the run's MLflow model: the pyfunc loader module and the folder of its data inside the model
+LOADER_MODULE = "leukexp.serving"
+MODEL_DATA_DIR = "classifier"
 CAM_DIR = "cam"
 PROBABILITY_PREFIX = "p_"
 

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.predict import load_classifier
-from leukexp.serving import LOADER_MODULE
+from leukexp.vocabulary import LOADER_MODULE
 
 
 def fold_run(store: Path, head: str = "mlp1", fold: str = "f0"):
@@ -71,7 +71,7 @@ def test_runs_uri_loads_in_a_fresh_process(study_store: Path) -> None:
 def test_the_model_loads_leukexps_code_and_holds_no_pickle(study_store: Path) -> None:
     model_dir = study_store / "outputs" / "svm-f0" / "model"
     meta = yaml.safe_load((model_dir / "MLmodel").read_text())
-    assert meta["flavors"]["python_function"]["loader_module"] == LOADER_MODULE
+    assert meta["flavors"]["python_function"]["loader_module"] == LOADER_MODULE == "leukexp.serving"
     inputs = json.loads(meta["signature"]["inputs"])
     assert {c["name"] for c in inputs} == {"path", "image"}
     outputs = {c["name"] for c in json.loads(meta["signature"]["outputs"])}
