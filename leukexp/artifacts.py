@@ -70,12 +70,13 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
     from leukexp.predict import Classifier
 
     folder.mkdir(parents=True, exist_ok=True)
-    originals = study.samples.test.drop_duplicates("source")
-    frame = study.catalog.frame
-    images = [read_image(p) for p in frame["path"].to_numpy()[originals["source"].to_numpy()]]
+    test = study.samples.test.reset_index(drop=True)
+    originals = test.drop_duplicates("source")  # one row per test image (its first view: the original)
+    paths = study.catalog.frame["path"].to_numpy()[originals["source"].to_numpy()]
     try:
-        cam_panel(Classifier(backbone, result.head, study.classes), images, originals["label_index"].to_numpy(),
-                  folder / "panel.png", per_class)
+        cam_panel(Classifier(backbone, result.head, study.classes), lambda i: read_image(paths[i]),
+                  originals["label_index"].to_numpy(), folder / "panel.png", per_class,
+                  probs=result.test_probs[originals.index.to_numpy()])
     except LeukexpError as error:
         (folder / "no_panel.txt").write_text(f"{error}\n")
     return folder

@@ -7,7 +7,7 @@ scikit-learn heads through an equivalent linear layer); for other heads it is re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,17 +107,22 @@ def panel_selection(labels: np.ndarray, predicted: np.ndarray, per_class: int = 
     return chosen
 
 
-def cam_panel(classifier: Classifier, images: Sequence[np.ndarray], labels: np.ndarray, path: Path,
-              per_class: int = 2) -> Path | None:
-    """One PNG of test images with their maps: a few correct and wrong per class, titled true -> predicted."""
+def cam_panel(classifier: Classifier, images: Sequence[np.ndarray] | Callable[[int], np.ndarray],
+              labels: np.ndarray, path: Path, per_class: int = 2, probs: np.ndarray | None = None) -> Path | None:
+    """One PNG of test images with their maps: a few correct and wrong per class, titled true -> predicted.
+
+    `images` is a list, or a function reading image i (only the chosen ones are read); `probs` are the images'
+    class probabilities when already known (else they are computed, which needs a list).
+    """
     from leukexp.plots import contact_sheet
 
-    probs = classifier.predict_proba(list(images))
+    if probs is None:
+        probs = classifier.predict_proba(list(images))
     predicted = probs.argmax(1)
     chosen = panel_selection(np.asarray(labels), predicted, per_class)
     if not chosen:
         return None
-    picked = [images[i] for i in chosen]
+    picked = [images(i) if callable(images) else images[i] for i in chosen]
     maps = activation_maps(classifier, picked, [int(predicted[i]) for i in chosen])
     classes = classifier.classes
     titles = [f"{classes[labels[i]]} -> {classes[predicted[i]]} ({probs[i, predicted[i]]:.2f})" for i in chosen]

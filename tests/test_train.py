@@ -56,7 +56,9 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
     assert logged["test/acc"] == pytest.approx(metrics["test/acc"])
     assert run.data.params["head._target_"] == f"leukexp.heads.{TARGETS[head]}"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts >= ARTIFACTS
+    assert artifacts >= ARTIFACTS | {"cam"}
+    panel = {a.path for a in client.list_artifacts(run.info.run_id, "cam")}
+    assert panel == ({"cam/no_panel.txt"} if head == "knn" else {"cam/panel.png"}), "kNN has no class scores"
 
 
 @pytest.mark.parametrize("outputs", [1, 2])

@@ -1,0 +1,52 @@
+"""A run kept locally when its store went away is uploaded later by `leukexp-sync`."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from leukexp.cv import FoldRun
+from leukexp.sync import PENDING_FILE, main, save_pending, upload
+from leukexp.tracking import RunLogger
+
+TAGS = {"model": "m", "head": "h", "task": "t", "cv_group": "head=h", "data_hash": "abc", "n_splits": "1",
+        "fold": "f0", "leukexp.kind": "fold", "leukexp.name": "h"}
+
+
+def kept_run(tmp_path: Path, uri: str) -> tuple[Path, FoldRun]:
+    """A run folder with results and a pending upload, as a failed upload leaves it."""
+    fold_run = FoldRun(RunLogger(uri, "sync", str(tmp_path / "artifacts")), TAGS, tmp_path / "locks")
+    fold_run.open(resume=False, params={"head.C": "1.0"})
+    out = tmp_path / "run"
+    out.mkdir()
+    pd.DataFrame({"epoch": [0.0, 1.0], "val/acc": [0.5, 0.75]}).to_csv(out / "history.csv", index=False)
+    (out / "notes.txt").write_text("kept")
+    save_pending(out, fold_run, {"test/acc": 0.8}, [out / "notes.txt"])
+    return out, fold_run
+
+
+def test_upload_finishes_the_same_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/store.db"
+    out, fold_run = kept_run(tmp_path, uri)
+    assert upload(out) == fold_run.logger.run_id
+    client = MlflowClient(uri)
+    run = client.get_run(fold_run.logger.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] == 0.8
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0.5, 0.75]
+    assert "notes.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not (out / PENDING_FILE).exists()
+
+
+def test_upload_to_another_store_makes_a_new_run(tmp_path: Path) -> None:
+    out, _ = kept_run(tmp_path, f"sqlite:///{tmp_path}/first.db")
+    other = f"sqlite:///{tmp_path}/second.db"
+    run_id = upload(out, other)
+    run = MlflowClient(other).get_run(run_id)
+    assert run.data.params["head.C"] == "1.0" and run.data.tags["fold"] == "f0"
+
+
+def test_nothing_to_upload_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "nothing to upload" in capsys.readouterr().err

@@ -1,0 +1,53 @@
+"""Config checks before any work: the rule table, the model check and the head's own checks."""
+
+import pytest
+
+from conftest import TINY_MODEL
+from leukexp.errors import LeukexpError
+from leukexp.validation import check_head, check_model, check_rules, validate
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optimizer.lr=0", "optimizer.lr=0: expected a positive learning rate"),
+    ("training.batch_size=1.5", "training.batch_size=1.5"),
+    ("seed=true", "seed=True: expected a whole number"),
+    ("fold.index=5", "fold.index=5: out of range for fold.n_splits=5"),
+    ("fold.val_fraction=0", "fold.val_fraction=0"),
+    ("features.device=cuda:x", "features.device='cuda:x'"),
+    ("evaluation.tta=online", "evaluation.tta='online'"),
+    ("evaluation.cam_per_class=0", "evaluation.cam_per_class=0"),
+])
+def test_rules_name_the_key_and_what_it_expects(compose_cfg, override: str, message: str) -> None:
+    with pytest.raises(LeukexpError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        check_rules(compose_cfg(override))
+
+
+def test_tta_and_the_thesis_protocol_exclude_each_other(compose_cfg) -> None:
+    with pytest.raises(LeukexpError, match="protocol=thesis"):
+        check_rules(compose_cfg("evaluation.tta=flips", "protocol=thesis"))
+    check_rules(compose_cfg("evaluation.tta=flips"))
+
+
+def test_the_default_and_tiny_configs_pass(compose_cfg) -> None:
+    validate(compose_cfg())
+    validate(compose_cfg(*TINY_MODEL, "head=knn"))
+
+
+def test_model_and_fusion_members_are_checked(compose_cfg, tmp_path) -> None:
+    with pytest.raises(LeukexpError, match=r"model\.name='nope' is not a timm model"):
+        check_model(compose_cfg("model=timm", "model.name=nope"))
+    with pytest.raises(LeukexpError, match=r"model\.members\[timm\]\.name='\?\?\?'"):
+        check_model(compose_cfg("model=concat", "model.members=[efficientnet_lite0,timm]"))
+    with pytest.raises(LeukexpError, match="no such file"):
+        check_model(compose_cfg("model=inception_v3", f"model.weights_file={tmp_path / 'none.pth'}"))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["head.dropout=1"], "head.dropout=1"),
+    (["head=svm", "head.kernel=cubic"], "head.kernel='cubic'"),
+    (["head=svm", "head.calibration_folds=1"], "head.calibration_folds=1"),
+    (["head=logreg", "head.estimator.max_iter=-1"], "'max_iter' parameter of LogisticRegression"),
+])
+def test_heads_check_their_own_arguments(compose_cfg, overrides: list[str], message: str) -> None:
+    with pytest.raises(LeukexpError, match=message.replace(".", r"\.")):
+        check_head(compose_cfg(*overrides))
