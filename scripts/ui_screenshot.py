@@ -47,6 +47,15 @@ def start_ui(store: Path, port: int) -> subprocess.Popen:
     raise SystemExit("mlflow ui did not start")
 
 
+def settle(page: object, wait_ms: int = 5000) -> None:
+    """Wait for the page to draw, then close the assistant side panel if it is open."""
+    page.wait_for_timeout(wait_ms)
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+        page.wait_for_timeout(500)
+
+
 def main() -> int:
     """Take the screenshots."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,16 +82,25 @@ def main() -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 900})
-            page.goto(f"{base}/runs?searchFilter=tags.%60leukexp.kind%60%20%3D%20%27cv%27"
+            parents_only = "searchFilter=tags.%60leukexp.kind%60%20%3D%20%27cv%27"
+            page.goto(f"{base}/runs?workflowType=machine_learning&{parents_only}"
                       "&orderByKey=metrics.%60cv%2Ftest%2Facc_mean%60&orderByAsc=false")
-            page.wait_for_timeout(6000)
+            settle(page)
             page.screenshot(path=str(args.out / "mlflow-runs.png"))
             if parents:
-                page.goto(f"{base}/runs/{parents[0].info.run_id}")
-                page.wait_for_timeout(5000)
-                page.screenshot(path=str(args.out / "mlflow-parent.png"), full_page=True)
-            page.goto(f"{base}/runs?searchFilter=tags.%60leukexp.kind%60%20%3D%20%27cv%27&compareRunsMode=CHART")
-            page.wait_for_timeout(6000)
+                page.goto(f"{base}/runs/{parents[0].info.run_id}?workflowType=machine_learning")
+                settle(page)
+                description = page.get_by_text("Description", exact=True)
+                more = page.get_by_text("Show more", exact=True)
+                if more.count():
+                    more.first.click()
+                    page.wait_for_timeout(800)
+                if description.count():
+                    description.first.scroll_into_view_if_needed()
+                    page.wait_for_timeout(500)
+                page.screenshot(path=str(args.out / "mlflow-parent.png"))
+            page.goto(f"{base}/runs?workflowType=machine_learning&{parents_only}&compareRunsMode=CHART")
+            settle(page)
             page.screenshot(path=str(args.out / "mlflow-chart.png"))
             browser.close()
     finally:
