@@ -192,6 +192,7 @@ def ensemble_folds(folds: pd.DataFrame, members: list[str], predictions: Callabl
     """Fold rows of the ensemble of `members` (configuration labels): the mean of their class probabilities
     over the same folds and test samples, scored per fold. `predictions(run_id)` reads a run's predictions.csv."""
     name = "ensemble(" + " + ".join(members) + ")"
+    token = "ensemble=" + "+".join(m.replace(" ", ",") for m in members)  # one token: member selectors miss it
     by_member = {m: folds[folds["config"] == m].set_index("fold") for m in members}
     shared = sorted(set.intersection(*(set(table.index) for table in by_member.values())))
     rows = []
@@ -202,7 +203,7 @@ def ensemble_folds(folds: pd.DataFrame, members: list[str], predictions: Callabl
             raise LeukexpError(f"--ensemble: {', '.join(members)} did not test the same samples in fold {fold}"
                                " (different data or protocol); ensemble configurations of one study")
         probs = np.mean([p.probs for p in parts], axis=0)
-        rows.append({"cv_group": name, "config": name, "fold": fold, "run_id": "", "status": "FINISHED",
+        rows.append({"cv_group": token, "config": name, "fold": fold, "run_id": "", "status": "FINISHED",
                      **classification_metrics(parts[0].labels, probs, parts[0].classes)})
     if not rows:
         raise LeukexpError(f"--ensemble: {', '.join(members)} share no finished fold")

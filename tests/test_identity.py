@@ -10,7 +10,8 @@ from leukexp.identity import changes_the_result, configuration_name, cv_group, d
     ("fold.val_fraction", True), ("hydra/launcher", False), ("hydra.launcher.n_jobs", False),
     ("mlflow.experiment_name", False), ("paths.root_dir", False), ("sweep.resume", False),
     ("experiment", False), ("training.torch_threads", False), ("features.num_workers", False),
-    ("head", False), ("head.hidden", True), ("evaluation.cam_panel", False), ("evaluation.tta", True), ("optimizer.lr", True), ("seed", True), ("trainer.max_epochs", True),
+    ("head", False), ("head.hidden", True), ("evaluation.cam_panel", False), ("evaluation.tta", True),
+    ("optimizer.lr", True), ("seed", True), ("trainer.max_epochs", True),
 ])
 def test_which_overrides_change_the_result(key: str, counts: bool) -> None:
     assert changes_the_result(key) is counts

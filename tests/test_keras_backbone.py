@@ -1,11 +1,15 @@
 """Keras applications on TensorFlow as frozen backbones: preprocessing, features, weights files, errors."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_DATA
 from leukexp.backbones.base import Backbone
 from leukexp.backbones.keras_backbone import KerasBackbone
 from leukexp.config import build
@@ -52,3 +56,15 @@ def test_config_presets_and_errors(compose_cfg, tmp_path: Path) -> None:
         KerasBackbone("InceptionV3", weights_file=str(junk), input_size=75)
     with pytest.raises(LeukexpError, match="input_size may be too small"):
         KerasBackbone("InceptionV3", pretrained=False, input_size=32)
+
+
+@pytest.mark.slow
+def test_a_keras_run_with_a_torch_head_in_a_fresh_process(tmp_path: Path) -> None:
+    """TensorFlow loaded before torch's compiler stack crashed the process (Lightning imports it for torch heads)."""
+    command = [sys.executable, "-m", "leukexp.train", "model=keras_inception_v3", "model.pretrained=false",
+               "model.input_size=75", *TINY_DATA, "task=binary", "augmentation=none", "head=mlp1",
+               "trainer.max_epochs=1", "mlflow.enabled=false"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CI": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in result.stdout

@@ -107,6 +107,8 @@ def test_an_ensemble_averages_its_members_per_fold() -> None:
     assert list(rows["fold"]) == ["f0", "f1", "f2"] and rows["config"].iloc[0] == "ensemble(head=mlp1 + head=svm)"
     # mean probabilities [[.8,.2],[.4,.6],[.4,.6]] -> all three right; each member alone gets two of three
     assert rows["test/acc"].tolist() == [1.0, 1.0, 1.0]
+    both = pd.concat([frame, rows], ignore_index=True)
+    assert pick_configuration(both, "head=svm") == "head=svm", "a member's selector does not match the ensemble"
 
     def mismatched(run_id: str) -> Predictions:
         p = predictions(run_id)

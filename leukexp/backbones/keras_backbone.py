@@ -28,6 +28,11 @@ def import_keras() -> Any:
     """Keras 3 on the TensorFlow backend, or a one-line error naming the extra to install."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # torch's compiler stack (triton, reached through timm and torchvision) segfaults when it is first loaded after
+    # TensorFlow's libraries: load it first
+    import timm  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
     try:
         import keras
     except ImportError as error:
