@@ -101,6 +101,10 @@ def main() -> int:
                 page.screenshot(path=str(args.out / "mlflow-parent.png"))
             page.goto(f"{base}/runs?workflowType=machine_learning&{parents_only}&compareRunsMode=CHART")
             settle(page)
+            search = page.get_by_placeholder("Search metric charts")
+            if search.count():
+                search.first.fill("cv/test/acc_mean")
+                page.wait_for_timeout(1500)
             page.screenshot(path=str(args.out / "mlflow-chart.png"))
             browser.close()
     finally:
