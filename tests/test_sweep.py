@@ -85,7 +85,7 @@ def assert_complete_study(root: Path, n_configs: int = 2, n_folds: int = 2) -> N
         assert {"cv_folds.csv", "cv_confusion_matrix.png", "cv_roc.png"} <= artifacts
         # the UI: a parent named by what varies, its folds named after it, its page holding the fold table
         name = parent.info.run_name
-        assert name.split(" · ")[0] in ("mlp1", "svm"), name
+        assert parent.data.tags["head"] in name.split(" · "), name
         assert sorted(r.info.run_name for r in children) == [f"f0 · {name}", f"f1 · {name}"]
         note = parent.data.tags["mlflow.note.content"]
         assert f"**{accuracies.mean():.4f}**" in note and note.count("\n| f") - note.count("\n| fold") == n_folds
@@ -97,7 +97,8 @@ def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_pat
     result = sweep(tmp_path, *SWEEP)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete_study(tmp_path)
-    _, folds = runs_by_kind(tmp_path)
+    parents, folds = runs_by_kind(tmp_path)
+    assert sorted(p.info.run_name.split(" · ")[0] for p in parents) == ["mlp1", "svm"], "what the sweep varies first"
     tags = folds[0].data.tags
     assert {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit"} <= set(tags)
 
