@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -18,6 +19,12 @@ console = Console(highlight=False, soft_wrap=True)
 def quiet() -> bool:
     """True in CI or when output is not a terminal: progress bars are then left out."""
     return bool(os.environ.get("CI")) or not console.is_terminal
+
+
+def progress_bar() -> Progress:
+    """A transient progress bar (description, bar, n of total, time left), off in CI and without a terminal."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, disable=quiet(), transient=True)
 
 
 def print_frame(frame: pd.DataFrame, title: str, index_name: str = "") -> None:

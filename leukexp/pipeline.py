@@ -79,8 +79,9 @@ def log_to_mlflow(fold_run: FoldRun, out: Path, result: FitResult, metrics: dict
 def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone
                      ) -> tuple[FitResult, dict[str, float], list[Path], str]:
     """Features (cached), the trained head, its test metrics and the run's artifacts."""
-    features, cache_note = study_features(study, backbone, cfg.features.dir if cfg.features.cache else None,
-                                          int(cfg.features.batch_size), int(cfg.features.num_workers))
+    cache_dir = cfg.features.dir if cfg.features.cache else None
+    features, cache_note = study_features(study, backbone, cache_dir, int(cfg.features.batch_size),
+                                          int(cfg.features.num_workers))
     seed_everything(int(cfg.seed))  # after extraction: warm and cold runs agree
     head = build_head(cfg, backbone, len(study.classes), study.samples.class_weights)
     images = (ViewDataset(study.catalog.frame, study.samples.train, study.augmentation, backbone.preprocess,
@@ -88,7 +89,7 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone
     result = fit_head(head, study.samples, features, images)
     if (tta := str(cfg.evaluation.tta)) != "none":
         study, probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
-                                        part_caches(backbone, cfg.features.dir if cfg.features.cache else None),
+                                        part_caches(backbone, cache_dir),
                                         int(cfg.features.batch_size), int(cfg.features.num_workers))
         result = dataclasses.replace(result, test_probs=probs)
     metrics = classification_metrics(study.samples.test["label_index"].to_numpy(), result.test_probs, study.classes)

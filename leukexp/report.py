@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.evaluation import classification_metrics
 from leukexp.stats import paired_difference, spread, t_interval, wilson_interval
-from leukexp.tracking import configure_http, is_sqlite_file, sqlite_path
+from leukexp.tracking import configure_http, is_sqlite_file, resolve_tracking_uri, sqlite_path
 from leukexp.vocabulary import (
     CAM_DIR,
     CV_GROUP_TAG,
@@ -44,12 +44,6 @@ class StudyRuns:
     folds: pd.DataFrame
     unfinished: pd.DataFrame
     classes: dict[str, list[str]]
-
-
-def default_tracking_uri() -> str:
-    """The store `leukexp-train` writes by default from this folder (or $LEUKEXP_ROOT)."""
-    root = Path(os.environ.get("LEUKEXP_ROOT", Path.cwd())).resolve()
-    return f"sqlite:///{root}/mlruns/mlflow.db"
 
 
 def open_client(uri: str) -> MlflowClient:
@@ -405,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with user_errors("leukexp-report"):
-        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        uri = resolve_tracking_uri(args.tracking_uri)
         database = sqlite_path(uri)
         if database is not None and not database.is_file():
             raise LeukexpError(f"--tracking-uri {uri}: no such store; run leukexp-train first or point at the store")

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from leukexp.console import console, quiet
+from leukexp.console import console, progress_bar
+from leukexp.data.augment import offline_view_names
 from leukexp.data.io import BadImageError, file_digest, is_image_file, read_image
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
 from leukexp.predict import Classifier, load_classifier
 from leukexp.vocabulary import PROBABILITY_PREFIX
-
-TTA_CHOICES = ("none", "paper", "flips")
 
 
 def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
@@ -36,10 +34,10 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
 
-    from leukexp.tracking import configure_http
+    from leukexp.tracking import configure_http, resolve_tracking_uri
 
     configure_http()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd()}/mlruns/mlflow.db"
+    uri = resolve_tracking_uri(tracking_uri)
     try:
         if model.startswith("models:/"):  # resolved on this store's registry (no global MLflow state touched)
             model = registered_source(MlflowClient(tracking_uri=uri, registry_uri=uri), model)
@@ -94,8 +92,7 @@ def score(classifier: Classifier, paths: list[Path], views: object | None = None
           ) -> tuple[pd.DataFrame, dict[Path, np.ndarray], list[str]]:
     """Probabilities per readable image (mean over the views with TTA), the images, and the unreadable ones."""
     rows, images, bad = [], {}, []
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=quiet(), transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("scoring", total=len(paths))
         for start in range(0, len(paths), batch_size):
             chunk = []
@@ -124,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="run folder, runs:/<run id>/model or models:/NAME/VERSION")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
-    parser.add_argument("--tta", choices=TTA_CHOICES, default="none", help="test-time views (mean probability)")
+    parser.add_argument("--tta", choices=sorted(offline_view_names()), default="none",
+                        help="test-time views (mean probability)")
     parser.add_argument("--cam", type=Path, default=None, help="folder for one activation-map PNG per image")
     parser.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
                         help="error: exit non-zero naming unreadable images (the others are still written);"

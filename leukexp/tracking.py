@@ -49,6 +49,17 @@ def configure_http(timeout: float = 10, max_retries: int = 2) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
 
 
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """The store to read: the given URI, else `$MLFLOW_TRACKING_URI`, else the store `leukexp-train` writes by
+    default from this folder (or `$LEUKEXP_ROOT`)."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(os.environ.get("LEUKEXP_ROOT", Path.cwd())).resolve()
+    return f"sqlite:///{root}/mlruns/mlflow.db"
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI (None for other stores)."""
     if not tracking_uri.startswith("sqlite:///"):

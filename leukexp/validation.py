@@ -17,6 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukexp.errors import LeukexpError
 
+
+def offline_view_names() -> set[str]:
+    """The test-time view choices (see `leukexp.data.augment.offline_view_names`), imported when checked."""
+    from leukexp.data.augment import offline_view_names as names
+
+    return names()
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -93,7 +100,7 @@ RULES = [
     Rule("model.key_map", one_of("timm", "by_order"), "timm or by_order"),
     Rule("sweep.resume", boolean, "true or false"),
     Rule("evaluation.cam_panel", boolean, "true or false"),
-    Rule("evaluation.tta", lambda v: isinstance(v, str) and v in _offline_views(), "none or the name of an offline"
+    Rule("evaluation.tta", lambda v: isinstance(v, str) and v in offline_view_names(), "none or the name of an offline"
          " augmentation config (paper, flips, ...)"),
     Rule("evaluation.cam_per_class", integer(1), "a whole number of images >= 1"),
     Rule("mlflow.enabled", boolean, "true or false"),
@@ -102,17 +109,6 @@ RULES = [
 ]
 
 _MISSING = object()
-
-
-def _offline_views() -> set[str]:
-    """`none` and every augmentation config made of fixed views."""
-    from leukexp.config import config_dir
-
-    names = {"none"}
-    for path in (config_dir() / "augmentation").glob("*.yaml"):
-        if "OfflineViews" in path.read_text():
-            names.add(path.stem)
-    return names
 
 
 def lookup(cfg: DictConfig, key: str) -> Any:

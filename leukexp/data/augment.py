@@ -122,6 +122,14 @@ class OnlineAugment:
         return np.ascontiguousarray(self.transform(image=image)["image"])
 
 
+def offline_view_names() -> set[str]:
+    """`none` and the name of every augmentation config made of fixed views (usable as test-time views)."""
+    from leukexp.config import config_dir
+
+    return {"none"} | {path.stem for path in (config_dir() / "augmentation").glob("*.yaml")
+                       if "OfflineViews" in path.read_text()}
+
+
 def named_views(name: str, seed: int = 42) -> OfflineViews:
     """The offline views of `conf/augmentation/<name>.yaml` (e.g. `paper`, `flips`), seeded like a run."""
     from hydra.utils import instantiate

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Subset
 
 from leukexp.backbones.base import Backbone
-from leukexp.console import console, quiet
+from leukexp.console import progress_bar
 from leukexp.data.augment import OfflineViews, OnlineAugment
 from leukexp.data.dataset import ViewDataset, worker_context
 from leukexp.features.cache import FeatureCache
@@ -57,8 +56,7 @@ def extract_features(
     dataset = Subset(ViewDataset(catalog, samples, augmentation, backbone.preprocess), missing)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         multiprocessing_context=worker_context(num_workers))
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, disable=quiet(), transient=True) as progress:
+    with progress_bar() as progress:
         bar = progress.add_task(f"{description} ({backbone.label})", total=len(missing))
         done = 0
         for batch in loader:
