@@ -268,9 +268,9 @@ class FoldRun:
 
         Returns True when this fold completed the study (every fold finished).
         """
-        for row in history.to_dict("records"):
-            self.logger.log_metrics({k: v for k, v in row.items() if k != "epoch" and v == v}, step=int(row["epoch"]))
-        self.logger.log_metrics(metrics)
+        epochs = [(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch" and v == v})
+                  for row in history.to_dict("records")]
+        self.logger.log_steps([*epochs, (0, metrics)])
         self.logger.log_artifacts(artifacts)
         self.logger.end("FINISHED")
         with self._locked():

@@ -26,17 +26,19 @@ def atomic_path(path: Path, folder: bool = False) -> Iterator[Path]:
         yield staging
         if not folder:
             os.replace(staging, path)
-        else:
-            try:
-                os.rename(staging, path)
-            except OSError:
-                if not path.is_dir():
-                    raise
-    finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
+            return
+        try:
+            os.rename(staging, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    except BaseException:
+        if not folder:
             staging.unlink(missing_ok=True)
+        raise
+    finally:
+        if folder and staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextmanager

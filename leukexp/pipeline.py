@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,7 @@ from leukexp.logs import quiet_libraries
 from leukexp.settings import build_backbone, build_head, seed_everything
 from leukexp.sweep import is_multirun, job_threads
 from leukexp.sync import save_pending
+from leukexp.timing import Stopwatch
 from leukexp.tta import score_with_views
 from leukexp.validation import validate
 from leukexp.vocabulary import MANIFEST_FILE, TEST
@@ -76,59 +76,69 @@ def log_to_mlflow(fold_run: FoldRun, out: Path, result: FitResult, metrics: dict
     console.print(f"MLflow run {fold_run.logger.run_id}; open the UI with: {fold_run.logger.ui_hint()}")
 
 
-def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone
+def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: Stopwatch
                      ) -> tuple[FitResult, dict[str, float], list[Path], str]:
     """Features (cached), the trained head, its test metrics and the run's artifacts."""
     cache_dir = cfg.features.dir if cfg.features.cache else None
-    features, cache_note = study_features(study, backbone, cache_dir, int(cfg.features.batch_size),
-                                          int(cfg.features.num_workers))
-    seed_everything(int(cfg.seed))  # after extraction: warm and cold runs agree
-    head = build_head(cfg, backbone, len(study.classes), study.samples.class_weights)
-    images = (ViewDataset(study.catalog.frame, study.samples.train, study.augmentation, backbone.preprocess,
-                          random=True) if features.train is None else None)
-    result = fit_head(head, study.samples, features, images)
+    with clock.phase("features"):
+        features, cache_note = study_features(study, backbone, cache_dir, cfg.features.batch_size,
+                                              cfg.features.num_workers)
+    with clock.phase("head"):
+        seed_everything(int(cfg.seed))  # after extraction: warm and cold runs agree
+        head = build_head(cfg, backbone, len(study.classes), study.samples.class_weights)
+        images = (ViewDataset(study.catalog.frame, study.samples.train, study.augmentation, backbone.preprocess,
+                              random=True) if features.train is None else None)
+        result = fit_head(head, study.samples, features, images)
     if (tta := str(cfg.evaluation.tta)) != "none":
-        study, probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
-                                        part_caches(backbone, cache_dir),
-                                        int(cfg.features.batch_size), int(cfg.features.num_workers))
+        with clock.phase("test views"):
+            study, probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
+                                            part_caches(backbone, cache_dir), cfg.features.batch_size,
+                                            cfg.features.num_workers)
         result = dataclasses.replace(result, test_probs=probs)
-    metrics = classification_metrics(study.samples.test["label_index"].to_numpy(), result.test_probs, study.classes)
-    metrics |= best_epoch_metrics(result.history, result.best_epoch)
-    from leukexp.artifacts import write_run_artifacts
+    with clock.phase("artifacts"):
+        metrics = classification_metrics(study.samples.test["label_index"].to_numpy(), result.test_probs,
+                                         study.classes)
+        metrics |= best_epoch_metrics(result.history, result.best_epoch)
+        from leukexp.artifacts import write_run_artifacts
 
-    cam = int(cfg.evaluation.cam_per_class) if cfg.evaluation.cam_panel else 0
-    artifacts = write_run_artifacts(Path(cfg.paths.output_dir), OmegaConf.to_yaml(cfg, resolve=True), study,
-                                    backbone, OmegaConf.to_container(cfg.model, resolve=True), result, metrics, cam)
+        cam = int(cfg.evaluation.cam_per_class) if cfg.evaluation.cam_panel else 0
+        artifacts = write_run_artifacts(Path(cfg.paths.output_dir), OmegaConf.to_yaml(cfg, resolve=True), study,
+                                        backbone, OmegaConf.to_container(cfg.model, resolve=True), result, metrics,
+                                        cam)
     return result, metrics, artifacts, cache_note
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one study cell: data, frozen backbone, features, head, test metrics, MLflow run."""
-    started = time.perf_counter()
+    clock = Stopwatch()
     quiet_libraries()
-    validate(cfg)
-    if threads := job_threads(cfg.training.get("torch_threads")):
-        torch.set_num_threads(threads)
-    study = build_study(cfg)
-    describe_study(study)
-    out = Path(cfg.paths.output_dir)
-    study.write_manifest(out / MANIFEST_FILE)
-    seed_everything(int(cfg.seed))  # random-init backbones are reproducible too
-    backbone = build_backbone(cfg)
-    fold_run, earlier = open_fold_run(cfg, study)
+    with clock.phase("data"):
+        validate(cfg)
+        if threads := job_threads(cfg.training.get("torch_threads")):
+            torch.set_num_threads(threads)
+        study = build_study(cfg)
+        describe_study(study)
+        out = Path(cfg.paths.output_dir)
+        study.write_manifest(out / MANIFEST_FILE)
+    with clock.phase("backbone"):
+        seed_everything(int(cfg.seed))  # random-init backbones are reproducible too
+        backbone = build_backbone(cfg)
+    with clock.phase("MLflow"):
+        fold_run, earlier = open_fold_run(cfg, study)
     if earlier is not None:
         return earlier
     try:
-        result, metrics, artifacts, cache_note = fit_and_evaluate(cfg, study, backbone)
+        result, metrics, artifacts, cache_note = fit_and_evaluate(cfg, study, backbone, clock)
     except BaseException:
         if fold_run:
             fold_run.fail()
         raise
     summary = {k: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith(TEST)}
     print_frame(pd.DataFrame({"value": summary}), "test metrics", "metric")
-    console.print(f"done in {time.perf_counter() - started:.1f} s; outputs: {out}")
     if cache_note:
         console.print(cache_note)
     if fold_run:
-        log_to_mlflow(fold_run, out, result, metrics, artifacts)
+        with clock.phase("MLflow"):
+            log_to_mlflow(fold_run, out, result, metrics, artifacts)
+    console.print(f"done in {clock.summary()}; outputs: {out}")
     return metrics

@@ -33,6 +33,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         trainer=build(cfg.trainer, "trainer", _partial_=True),
         early_stopping_patience=int(patience) if patience else None,
         num_workers=int(cfg.training.num_workers),
+        cpu_threads=int(threads) if (threads := cfg.training.get("head_threads")) else None,
     )
 
 

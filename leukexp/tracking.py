@@ -161,8 +161,12 @@ class RunLogger:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log metrics at one step."""
+        self.log_steps([(step, metrics)])
+
+    def log_steps(self, steps: Iterable[tuple[int, Mapping[str, float]]]) -> None:
+        """Log metrics of many steps (per-epoch history, final values) in as few requests as MLflow allows."""
         stamp = int(time.time() * 1000)
-        items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), stamp, step) for step, metrics in steps for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
 

@@ -37,7 +37,8 @@ def mean_per_source(probs: np.ndarray, n_views: int) -> np.ndarray:
 
 
 def score_with_views(study: Study, backbone: Backbone, head: Head, name: str, seed: int,
-                     caches: list[FeatureCache | None], batch_size: int = 32, num_workers: int = 0
+                     caches: list[FeatureCache | None], batch_size: int | str = "auto",
+                     num_workers: int | str = "auto"
                      ) -> tuple[Study, np.ndarray]:
     """The study with one test sample per source image, and those images' view-averaged probabilities."""
     views = named_views(name, seed)

@@ -19,7 +19,9 @@ ALL_GROUPS = ("data", "task", "fold", "augmentation", "protocol", "model", "head
 NON_IDENTITY_GROUPS = ("fold", "experiment")
 # ... and these keys with everything below them (fold.n_splits and fold.val_fraction do count)
 NON_IDENTITY_PREFIXES = ("hydra", "paths", "mlflow", "sweep", "fold.index", "fold.name", "training.torch_threads",
-                         "features.num_workers", "evaluation.cam_panel", "evaluation.cam_per_class")
+                         "training.head_threads", "features.num_workers", "features.batch_size", "features.device",
+                         "features.cache", "features.dir", "head.n_jobs", "evaluation.cam_panel",
+                         "evaluation.cam_per_class")
 
 # run names: what varies, most telling first (`senet154 · svm`; a fold run `f0 · senet154 · svm`)
 NAME_ORDER = ("model", "head", "task", "data", "augmentation", "protocol")

@@ -17,6 +17,20 @@ def test_preprocess_resizes_scales_and_normalizes() -> None:
     assert preprocess.describe() != Preprocess((3, 8, 6), (0.5,) * 3, (0.25,) * 3).describe()
 
 
+@pytest.mark.parametrize(("mean", "std"), [((0.5,) * 3, (0.5,) * 3), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_a_batch_normalized_from_8_bit_equals_image_by_image_preprocessing(mean, std) -> None:
+    preprocess = Preprocess((3, 24, 24), mean=mean, std=std)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
+    resized = [preprocess.resize(image) for image in images]
+    assert all(r.dtype == np.uint8 and r.shape == (24, 24, 3) for r in resized)
+    batch = preprocess.normalize(torch.from_numpy(np.stack(resized)))
+    assert torch.equal(batch, torch.stack([preprocess(image) for image in images]))  # bit for bit
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    same_size = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    assert preprocess.resize(same_size) is same_size  # already the input size: no resampling
+
+
 def test_center_crop_keeps_the_middle() -> None:
     image = np.zeros((100, 100, 3), np.uint8)
     image[:, :10] = 255  # a bright strip at the edge: gone after a centre crop, kept by a whole-image resize

@@ -30,7 +30,7 @@ def test_a_failed_write_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Monk
     def explode(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(np, "save", explode)
+    monkeypatch.setattr("leukexp.features.cache._npy_header", explode)
     with pytest.raises(KeyboardInterrupt):
         cache.put("ab12", "original", np.ones(3))
     monkeypatch.undo()
@@ -64,3 +64,28 @@ def test_two_processes_writing_the_same_entries(tmp_path: Path) -> None:
     for key in range(20):
         assert np.array_equal(cache.get(f"{key:04x}", "v"), np.full(256, key, np.float32))
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_an_entry_holds_exactly_what_np_save_writes(tmp_path: Path) -> None:
+    import io
+
+    value = np.random.default_rng(0).normal(size=1280).astype(np.float32)
+    FeatureCache(tmp_path, "bb").put("ab12", "v", value)
+    buffer = io.BytesIO()
+    np.save(buffer, value, allow_pickle=False)
+    assert FeatureCache(tmp_path, "bb").path("ab12", "v").read_bytes() == buffer.getvalue()
+
+
+def test_many_entries_at_once_with_hits_misses_and_foreign_entries(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "bb")
+    for key in range(10):
+        cache.put(f"{key:04x}", "v", np.full(6, key, np.float32))
+    cache.path("0003", "v").write_bytes(b"not an array")  # unreadable: a miss
+    np.save(cache.path("0004", "v"), np.full(6, 4.0))  # float64, written by someone else: read, as float32
+    np.save(cache.path("0005", "v"), np.ones(7, np.float32))  # another width: a miss
+    keys = [(f"{key:04x}", "v") for key in range(12)]  # 10 and 11 were never written
+    reader = FeatureCache(tmp_path, "bb")
+    values, found = reader.get_many(keys, 6, threads=3)
+    assert found.tolist() == [True] * 3 + [False, True, False] + [True] * 4 + [False, False]
+    assert np.array_equal(values[found][:, 0], [0, 1, 2, 4, 6, 7, 8, 9]) and not values[~found].any()
+    assert (reader.hits, reader.misses) == (8, 4)

@@ -44,12 +44,17 @@ def test_binary_task_has_one_logit_unless_asked_for_two(compose_cfg) -> None:
 
 
 def test_training_keeps_the_best_validation_epoch_and_learns(compose_cfg) -> None:
+    import torch
+
+    torch.manual_seed(0)
     cfg = compose_cfg("head=mlp1", "trainer.max_epochs=6")
     x, y = blobs()
     vx, vy = blobs(seed=1)
     head = build_head(cfg, Stub(), num_classes=3, class_weights=None)
     history = head.fit(Split(y, x), Split(vy, vx))
     assert list(history["epoch"]) == [0, 1, 2, 3, 4, 5]
+    metrics = history[["train/loss", "train/acc", "val/loss", "val/acc"]]
+    assert metrics.notna().all().all() and history["train/loss"].iloc[-1] < history["train/loss"].iloc[0]
     assert head.best_epoch == int(history["val/acc"].to_numpy().argmax())
     assert (head.predict_proba(vx).argmax(1) == vy).mean() == pytest.approx(history["val/acc"].max())
     assert (head.predict_proba(vx).argmax(1) == vy).mean() > 0.9
@@ -76,3 +81,21 @@ def test_train_settings_are_typed(compose_cfg) -> None:
     settings = train_settings(compose_cfg("training.batch_size=16", "training.early_stopping_patience=3"))
     assert (settings.batch_size, settings.early_stopping_patience, settings.seed) == (16, 3, 42)
     assert HeadContext(8, 2, single_logit=True).num_outputs == 1
+
+
+def test_cpu_threads_are_set_for_the_block_and_restored() -> None:
+    import torch
+
+    from leukexp.heads.torch_head import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_head_threads_come_from_the_training_config(compose_cfg) -> None:
+    assert train_settings(compose_cfg()).cpu_threads == 1
+    assert train_settings(compose_cfg("training.head_threads=null")).cpu_threads is None

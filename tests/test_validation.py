@@ -14,6 +14,9 @@ from leukexp.validation import check_head, check_model, check_rules, validate
     ("fold.index=5", "fold.index=5: out of range for fold.n_splits=5"),
     ("fold.val_fraction=0", "fold.val_fraction=0"),
     ("features.device=cuda:x", "features.device='cuda:x'"),
+    ("features.batch_size=fast", "features.batch_size='fast': expected auto or a whole number >= 1"),
+    ("features.num_workers=-1", "features.num_workers=-1: expected auto or a whole number >= 0"),
+    ("training.head_threads=0", "training.head_threads=0"),
     ("evaluation.tta=online", "evaluation.tta='online'"),
     ("evaluation.cam_per_class=0", "evaluation.cam_per_class=0"),
 ])
@@ -30,6 +33,7 @@ def test_tta_and_the_thesis_protocol_exclude_each_other(compose_cfg) -> None:
 
 def test_the_default_and_tiny_configs_pass(compose_cfg) -> None:
     validate(compose_cfg())
+    check_rules(compose_cfg("features.batch_size=64", "features.num_workers=2", "training.head_threads=null"))
     validate(compose_cfg(*TINY_MODEL, "head=knn"))
 
 

@@ -23,7 +23,15 @@ class ImagePreprocess(Protocol):
     input_size: tuple[int, int, int]
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """The backbone-ready tensor of one image."""
+        """The backbone-ready tensor of one image: `normalize` of `resize`, for one image."""
+        ...
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The geometric part: 8-bit RGB (H, W, 3) -> 8-bit RGB (H', W', 3) at the input size."""
+        ...
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """The value part, for a batch wherever it is: 8-bit (N, H', W', 3) -> float (N, 3, H', W')."""
         ...
 
     def describe(self) -> str:
@@ -63,13 +71,27 @@ class Preprocess:
     crop_pct: float = 1.0
     center_crop: bool = False
 
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """8-bit RGB (H, W, 3) -> 8-bit RGB at the input size (an image already that size is kept)."""
+        _, height, width = self.input_size
+        if image.shape[:2] != (height, width) or self.center_crop:
+            image = resize(image, height, width, self.interpolation, self.crop_pct, self.center_crop)
+        return image
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """8-bit (N, H, W, 3) on any device -> normalized float (N, 3, H, W), channels-last in memory; the same
+        float32 arithmetic as `__call__`, so a batch normalized on a GPU gives the same numbers."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device)
+        return ((images.float() / 255.0 - mean) / std).permute(0, 3, 1, 2)
+
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """8-bit RGB (H, W, 3) -> normalized float tensor (3, H', W')."""
-        _, height, width = self.input_size
-        image = resize(image, height, width, self.interpolation, self.crop_pct, self.center_crop)
-        array = image.astype(np.float32) / 255.0
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        array = self.resize(image).astype(np.float32)  # then in place: the same arithmetic, no temporaries
+        array /= 255.0
+        array -= np.asarray(self.mean, np.float32)
+        array /= np.asarray(self.std, np.float32)
+        return torch.from_numpy(array).permute(2, 0, 1)  # a channels-last view: the layout the backbone uses
 
     def describe(self) -> str:
         """A stable text form, part of the feature-cache key."""
@@ -123,13 +145,21 @@ class Backbone(ABC):
     def reference(self) -> dict[str, object]:
         """What a saved model records to rebuild this backbone (its config and fingerprint)."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where `embed` computes: the CPU unless `place` moved the backbone."""
+        return torch.device("cpu")
+
     def parts(self) -> list[Backbone]:
         """The backbones whose features are computed (and cached) separately and concatenated: itself."""
         return [self]
 
     def place(self, device: str = "cpu", precision: str = "fp32") -> Backbone:
-        """Run on `device` (`auto`, `cpu`, `cuda`) in `precision` (`fp32`, `bf16`, `fp16`)."""
-        if resolve_device(device).type != "cpu" or check_precision(precision) != "fp32":
+        """Run on `device` (`auto`, `cpu`, `cuda`) in `precision` (`fp32`, `bf16`, `fp16`).
+
+        This default runs on the CPU in fp32 only (`auto` then means the CPU).
+        """
+        if (device != "auto" and resolve_device(device).type != "cpu") or check_precision(precision) != "fp32":
             raise LeukexpError(f"model {self.label}: runs on the CPU in fp32 only; set features.device=cpu and"
                                " features.precision=fp32")
         return self

@@ -70,6 +70,11 @@ class ConcatBackbone(Backbone):
         return self
 
     @property
+    def device(self) -> torch.device:
+        """Where the first member computes (all members are placed alike)."""
+        return self.members[0].device
+
+    @property
     def fingerprint(self) -> str:
         """Hash of the members' fingerprints, in order."""
         joined = "|".join(m.fingerprint for m in self.members)

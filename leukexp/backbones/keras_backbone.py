@@ -56,10 +56,27 @@ class KerasPreprocess:
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """8-bit RGB (H, W, 3) -> the application's input, as a float tensor (3, H', W')."""
+        return self.normalize(torch.from_numpy(self.resize(image))[None])[0]
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """8-bit RGB (H, W, 3) -> 8-bit RGB at the input size."""
         _, height, width = self.input_size
-        array = resize(image, height, width, self.interpolation).astype(np.float32)
-        array = np.asarray(self._preprocess_input()(array[None]))[0]
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
+        return resize(image, height, width, self.interpolation)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """8-bit (N, H, W, 3) -> the application's `preprocess_input`, as float (N, 3, H, W) on the CPU."""
+        array = images.cpu().numpy().astype(np.float32)
+        array = np.asarray(self._preprocess_input()(array), dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for worker processes without the loaded Keras function (each process loads its own)."""
+        return {"input_size": self.input_size, "module": self.module, "interpolation": self.interpolation}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild from `__getstate__`'s fields."""
+        for key, value in {**state, "_function": None}.items():
+            object.__setattr__(self, key, value)
 
     def _preprocess_input(self) -> Any:
         if self._function is None:

@@ -66,7 +66,7 @@ class TimmBackbone(nn.Module, Backbone):
         self.model = _create(name, self.pretrained, self.weights_file, key_map, hub_id, self.model_args)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        self.model.eval()
+        self.model.eval().to(memory_format=torch.channels_last)
         config = timm.data.resolve_model_data_config(self.model)
         size = tuple(config["input_size"])
         if input_size:
@@ -86,11 +86,10 @@ class TimmBackbone(nn.Module, Backbone):
         return self
 
     def place(self, device: str = "cpu", precision: str = "fp32") -> TimmBackbone:
-        """Move the weights to `device` and compute in `precision` from now on (channels-last on CUDA)."""
+        """Move the weights to `device` and compute in `precision` from now on, channels-last (faster on CUDA
+        and, about 2x for EfficientNet-Lite0, on the CPU; fp32 results agree to float rounding)."""
         target = resolve_device(device)
-        self.model.to(target)
-        if target.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+        self.model.to(target, memory_format=torch.channels_last)
         if check_precision(precision) != self.precision:
             self.precision = precision
             self._fingerprint = None
@@ -105,9 +104,7 @@ class TimmBackbone(nn.Module, Backbone):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) -> pooled features (N, num_features), float32 on the CPU."""
         device = self.device
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:

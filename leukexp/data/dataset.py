@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -50,6 +52,61 @@ class ViewDataset(Dataset):
         return {"image": self.preprocess(image), "label": int(self.labels[index]), "index": index}
 
 
+class SourceViews(Dataset):
+    """The views a pass needs, grouped by source image: item i decodes one image once and returns all its views,
+    resized but still 8-bit (N, H, W, 3): a quarter of the bytes to move; `preprocess.normalize` follows on the
+    backbone's device.
+
+    Args:
+        catalog: the catalog frame (`path`, `sha1` columns).
+        sources: source index of each wanted row.
+        views: view index of each wanted row.
+        augmentation: the offline views.
+        preprocess: the backbone's resize and normalization.
+    """
+
+    def __init__(self, catalog: pd.DataFrame, sources: np.ndarray, views: np.ndarray,
+                 augmentation: OfflineViews | OnlineAugment, preprocess: ImagePreprocess) -> None:
+        self.paths = catalog["path"].tolist()
+        self.keys = catalog["sha1"].tolist()
+        self.augmentation = augmentation
+        self.preprocess = preprocess
+        groups: dict[int, list[int]] = {}
+        for row, source in enumerate(np.asarray(sources).tolist()):
+            groups.setdefault(int(source), []).append(row)
+        self.groups = list(groups.items())
+        self.views = np.asarray(views)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        source, rows = self.groups[index]
+        image = read_image(self.paths[source])
+        views = [self.preprocess.resize(self.augmentation.apply(image, int(self.views[row]), self.keys[source])
+                                        if self.views[row] else image) for row in rows]
+        return {"image": torch.from_numpy(np.stack(views)), "row": torch.as_tensor(rows, dtype=torch.long)}
+
+
+def quiet_worker(worker_id: int) -> None:
+    """DataLoader worker start: one OpenCV thread (many workers each with a thread per core would thrash)."""
+    cv2.setNumThreads(1)
+
+
+def clean_worker_context() -> multiprocessing.context.BaseContext | str | None:
+    """Workers forked from a clean server process (`forkserver`, with the view pipeline imported once).
+
+    Forking the run itself is unsafe once it has run threads (OpenMP, OpenCV, MLflow, cache writers): a lock
+    held at the fork stays locked in the child, and the second extraction of a sequential sweep hung that way.
+    Inside a joblib (loky) job, which offers no forkserver, the job's process is forked (`worker_context`).
+    """
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+        return worker_context(1)  # loky's own start method: its forkserver cannot start
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["leukexp.data.dataset"])
+    return context
+
+
 def worker_context(num_workers: int) -> str | None:
     """`fork` for DataLoader workers where the platform has it.
 
@@ -61,25 +118,57 @@ def worker_context(num_workers: int) -> str | None:
     return None
 
 
-def identity_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Collate for datasets whose `__getitems__` already returns a whole batch."""
-    return batch
+class FeatureBatches:
+    """Batches of in-memory features as `{"features", "label", "index"}` dicts, by indexing whole tensors.
 
+    What a `DataLoader` over the rows would yield (the same batches for the same generator), without per-batch
+    sampling, fetching and collation; the tensors can live on the training device from the start.
 
-class FeatureDataset(Dataset):
-    """Precomputed features with labels; fetched a whole batch at a time (`collate_fn=identity_collate`)."""
+    Args:
+        features: (N, D) features.
+        labels: (N,) class indices.
+        batch_size: rows per batch (the last batch may be smaller).
+        shuffle: a new permutation every epoch, drawn from `generator`.
+        generator: the seeded generator of the permutations.
+        device: where the tensors are kept (the trainer's device).
+        block: yield lists of this many mini-batches (one training step of the module each) instead of single
+            mini-batches: Lightning's per-batch work then runs once per block (None: single mini-batches).
+    """
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
-        self.features = torch.as_tensor(features, dtype=torch.float32)
-        self.labels = torch.tensor(np.asarray(labels), dtype=torch.long)
+    def __init__(self, features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
+                 generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                 block: int | None = None) -> None:
+        self.features = torch.as_tensor(features, dtype=torch.float32).to(device)
+        self.labels = torch.as_tensor(np.array(labels), dtype=torch.long).to(device)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.generator = generator
+        self.block = block
 
     def __len__(self) -> int:
-        return len(self.labels)
+        batches = -(-len(self.labels) // self.batch_size)
+        return batches if self.block is None else -(-batches // self.block)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        return {"features": self.features[index], "label": self.labels[index], "index": index}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """One batch by fancy indexing instead of collating single items."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return {"features": self.features[index], "label": self.labels[index], "index": index}
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]]:
+        rows = len(self.labels)
+        # the random draws of DataLoader(shuffle=...) and its RandomSampler, in their order: the same batches
+        # and the same later random numbers (dropout), so results equal a DataLoader's bit for bit
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        order = torch.arange(rows)
+        if self.shuffle:
+            order = torch.randperm(rows, generator=self.generator)
+            torch.randperm(rows, generator=self.generator)
+        order = order.to(self.labels.device)
+        batches = ({"features": self.features[index], "label": self.labels[index], "index": index}
+                   for index in order.split(self.batch_size))
+        if self.block is None:
+            yield from batches
+            return
+        block: list[dict[str, torch.Tensor]] = []
+        for batch in batches:
+            block.append(batch)
+            if len(block) == self.block:
+                yield block
+                block = []
+        if block:
+            yield block

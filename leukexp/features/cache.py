@@ -7,6 +7,10 @@ processes writing the same entry at once both succeed with identical content.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +46,62 @@ class FeatureCache:
         self.hits += 1
         return value
 
+    def get_many(self, keys: Sequence[tuple[str, str]], width: int, threads: int = 8
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Entries of many `(image_key, view_key)` pairs as one (len(keys), width) float32 array, and a mask of
+        those found (an absent, unreadable or other-width entry is a miss).
+
+        Files are read by a few threads and entries written by `put` are decoded from their known header,
+        without parsing it: a warm run reads thousands of entries in a fraction of a second.
+        """
+        values = np.zeros((len(keys), width), np.float32)
+        found = np.zeros(len(keys), bool)
+        header = _npy_header(width)
+        expected = len(header) + 4 * width
+
+        folder = str(self.folder)
+
+        def read(indices: range) -> None:
+            for index in indices:
+                image_key, view_key = keys[index]
+                try:
+                    with open(f"{folder}/{image_key[:2]}/{image_key}_{view_key}.npy", "rb") as handle:
+                        data = handle.read()
+                except OSError:
+                    continue
+                if len(data) == expected and data.startswith(header):
+                    values[index] = np.frombuffer(data, np.float32, offset=len(header))
+                    found[index] = True
+                    continue
+                try:
+                    value = np.load(io.BytesIO(data), allow_pickle=False)
+                except (OSError, ValueError, EOFError):
+                    continue
+                if value.shape == (width,):
+                    values[index] = value
+                    found[index] = True
+
+        chunk = -(-len(keys) // max(1, threads)) or 1
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(read, [range(i, min(i + chunk, len(keys))) for i in range(0, len(keys), chunk)]))
+        self.hits += int(found.sum())
+        self.misses += int(len(keys) - found.sum())
+        return values, found
+
     def put(self, image_key: str, view_key: str, value: np.ndarray) -> None:
         """Store an embedding atomically."""
+        vector = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
         with atomic_path(self.path(image_key, view_key)) as staging, open(staging, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(value, dtype=np.float32), allow_pickle=False)
+            handle.write(_npy_header(len(vector)) + vector.tobytes())  # the bytes np.save writes
 
     def size_bytes(self) -> int:
         """Disk used by this backbone's entries."""
         return sum(p.stat().st_size for p in self.folder.rglob("*.npy")) if self.folder.exists() else 0
+
+
+@cache
+def _npy_header(width: int) -> bytes:
+    """The bytes `np.save` writes before the data of a float32 vector of `width` values."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(width, np.float32), allow_pickle=False)
+    return buffer.getvalue()[: -4 * width]

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, Subset
+import torch
+from torch.utils.data import DataLoader
 
 from leukexp.backbones.base import Backbone
 from leukexp.console import progress_bar
 from leukexp.data.augment import OfflineViews, OnlineAugment
-from leukexp.data.dataset import ViewDataset, worker_context
+from leukexp.data.dataset import SourceViews, clean_worker_context, quiet_worker
 from leukexp.features.cache import FeatureCache
 
 if TYPE_CHECKING:
@@ -29,50 +32,108 @@ class Features:
     test: np.ndarray
 
 
+# `features.batch_size` and `features.num_workers`: a number, or `auto` (chosen for the backbone's device)
+Setting = int | str
+CPU_BATCH = 16  # fastest measured for EfficientNet-Lite0 on a 2-core CPU (channels-last): 47 img/s vs 43 at 32
+ACCELERATOR_BATCH = 256
+MAX_WORKERS = 16
+CPU_WORKER_VIEWS = 512
+
+
+def batch_size_for(setting: Setting, device: torch.device) -> int:
+    """`features.batch_size`: as given, or `auto`: 256 on an accelerator, 16 on the CPU."""
+    if setting == "auto":
+        return CPU_BATCH if device.type == "cpu" else ACCELERATOR_BATCH
+    return int(setting)
+
+
+def workers_for(setting: Setting, device: torch.device, views: int = CPU_WORKER_VIEWS) -> int:
+    """`features.num_workers`: as given, or `auto`: processes that decode and augment images while the backbone
+    computes: one per spare core (at most 16) on an accelerator; on the CPU, where the backbone uses every core,
+    one for a pass of at least 512 views (measured on 2 cores: 55 views/s instead of 49 with none; a worker takes
+    a few seconds to start)."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0))
+    if device.type == "cpu":
+        return 1 if cores > 1 and views >= CPU_WORKER_VIEWS else 0
+    return max(1, min(MAX_WORKERS, cores - 1))
+
+
+def put_many(cache: FeatureCache, keys: list[tuple[str, str]], values: np.ndarray) -> None:
+    """Store a batch of embeddings (run in a writer thread while the backbone computes the next batch)."""
+    for (image_key, view_key), value in zip(keys, values, strict=True):
+        cache.put(image_key, view_key, value)
+
+
 def extract_features(
     backbone: Backbone,
     catalog: pd.DataFrame,
     samples: pd.DataFrame,
     augmentation: OfflineViews | OnlineAugment,
     cache: FeatureCache | None,
-    batch_size: int = 32,
-    num_workers: int = 0,
+    batch_size: Setting = "auto",
+    num_workers: Setting = "auto",
     description: str = "features",
 ) -> np.ndarray:
-    """Features (len(samples), backbone.num_features) in sample order; only cache misses run the backbone."""
+    """Features (len(samples), backbone.num_features) in sample order; only cache misses run the backbone.
+
+    Misses are read by source image: each image is decoded once and all its missing views are made from it,
+    in worker processes (`workers_for`); the backbone sees batches of `batch_size` views.
+    """
     keys = catalog["sha1"].to_numpy()
-    image_keys = [keys[s] for s in samples["source"].to_numpy()]
-    view_keys = [augmentation.view_fingerprint(int(v)) for v in samples["view"].to_numpy()]
-    features = np.zeros((len(samples), backbone.num_features), np.float32)
-    missing = []
-    for i, (image_key, view_key) in enumerate(zip(image_keys, view_keys, strict=True)):
-        cached = cache.get(image_key, view_key) if cache is not None else None
-        if cached is None or cached.shape != (backbone.num_features,):
-            missing.append(i)
-        else:
-            features[i] = cached
-    if not missing:
+    sources, views = samples["source"].to_numpy(), samples["view"].to_numpy()
+    pairs = [(keys[s], augmentation.view_fingerprint(int(v))) for s, v in zip(sources, views, strict=True)]
+    width = backbone.num_features
+    if cache is not None:
+        features, found = cache.get_many(pairs, width)
+    else:
+        features, found = np.zeros((len(samples), width), np.float32), np.zeros(len(samples), bool)
+    missing = np.flatnonzero(~found)
+    if len(missing) == 0:
         return features
-    dataset = Subset(ViewDataset(catalog, samples, augmentation, backbone.preprocess), missing)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        multiprocessing_context=worker_context(num_workers))
-    with progress_bar() as progress:
+    device = backbone.device
+    size, workers = batch_size_for(batch_size, device), workers_for(num_workers, device, len(missing))
+    dataset = SourceViews(catalog, sources[missing], views[missing], augmentation, backbone.preprocess)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                        worker_init_fn=quiet_worker if workers else None,
+                        multiprocessing_context=clean_worker_context() if workers else None)
+
+    def store(images: torch.Tensor, rows: torch.Tensor) -> None:
+        output = backbone.embed(backbone.preprocess.normalize(images)).numpy()
+        targets = missing[rows.numpy()]
+        features[targets] = output
+        if cache is not None:
+            writes.append(writer.submit(put_many, cache, [pairs[t] for t in targets], output))
+        progress.update(bar, advance=len(output))
+
+    with progress_bar() as progress, ThreadPoolExecutor(2) as writer, torch.inference_mode():
         bar = progress.add_task(f"{description} ({backbone.label})", total=len(missing))
-        done = 0
-        for batch in loader:
-            output = backbone.embed(batch["image"]).numpy()
-            for row, value in zip(batch["index"].tolist(), output, strict=True):
-                features[row] = value
-                if cache is not None:
-                    cache.put(image_keys[row], view_keys[row], value)
-            done += len(output)
-            progress.update(bar, completed=done)
+        writes: list[Future[None]] = []
+        images: list[torch.Tensor] = []
+        rows: list[torch.Tensor] = []
+        pending = 0
+        for item in loader:
+            images.append(item["image"].to(device, non_blocking=True))  # pinned: copied while the GPU computes
+            rows.append(item["row"])
+            pending += len(item["row"])
+            while pending >= size:
+                batch, rest = torch.cat(images).split([size, pending - size])
+                index, rest_index = torch.cat(rows).split([size, pending - size])
+                store(batch, index)
+                images, rows, pending = [rest], [rest_index], pending - size
+        if pending:
+            store(torch.cat(images), torch.cat(rows))
+        for write in writes:
+            write.result()
     return features
 
 
 def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame,
-                    augmentation: OfflineViews | OnlineAugment, caches: list[FeatureCache | None], batch_size: int = 32,
-                    num_workers: int = 0, description: str = "features") -> np.ndarray:
+                    augmentation: OfflineViews | OnlineAugment, caches: list[FeatureCache | None],
+                    batch_size: Setting = "auto", num_workers: Setting = "auto",
+                    description: str = "features") -> np.ndarray:
     """Features of samples for every part of the backbone (each with its own cache, `caches[i]`), concatenated."""
     blocks = [extract_features(part, catalog, samples, augmentation, cache, batch_size, num_workers, description)
               for part, cache in zip(backbone.parts(), caches, strict=True)]
@@ -84,18 +145,17 @@ def part_caches(backbone: Backbone, cache_dir: str | Path | None) -> list[Featur
     return [FeatureCache(cache_dir, part.fingerprint) if cache_dir is not None else None for part in backbone.parts()]
 
 
-def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | None, batch_size: int = 32,
-                   num_workers: int = 0) -> tuple[Features, str]:
+def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | None, batch_size: Setting = "auto",
+                   num_workers: Setting = "auto") -> tuple[Features, str]:
     """Features of every split of a study (train left out with online views: it sees new views every epoch),
     and a line saying how the cache did."""
-    frame, samples = study.catalog.frame, study.samples
+    samples = study.samples
     caches = part_caches(backbone, cache_dir)
-
-    def run(part: pd.DataFrame, name: str) -> np.ndarray:
-        return sample_features(backbone, frame, part, study.augmentation, caches, batch_size, num_workers,
-                               f"{name} features")
-
-    train = None if study.augmentation.online else run(samples.train, "train")
-    features = Features(train=train, val=run(samples.val, "val"), test=run(samples.test, "test"))
+    splits = ([] if study.augmentation.online else [samples.train]) + [samples.val, samples.test]
+    # one pass over every split: one set of worker processes, full batches
+    every = sample_features(backbone, study.catalog.frame, pd.concat(splits, ignore_index=True),
+                            study.augmentation, caches, batch_size, num_workers)
+    *train, val, test = np.split(every, np.cumsum([len(split) for split in splits])[:-1])
+    features = Features(train=train[0] if train else None, val=val, test=test)
     note = "; ".join(f"feature cache: {c.hits} hits, {c.misses} misses ({c.folder})" for c in caches if c)
     return features, note

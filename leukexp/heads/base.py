@@ -37,6 +37,7 @@ class TrainSettings:
         trainer: builds the Lightning Trainer, given `callbacks` and `enable_progress_bar`.
         early_stopping_patience: epochs without a better val/acc before stopping (None: all epochs).
         num_workers: DataLoader workers for online views.
+        cpu_threads: torch and BLAS threads while a head trains on the CPU on in-memory features (None: as is).
     """
 
     batch_size: int = 32
@@ -45,6 +46,7 @@ class TrainSettings:
     trainer: Callable[..., Any] | None = None
     early_stopping_patience: int | None = None
     num_workers: int = 0
+    cpu_threads: int | None = None
 
 
 @dataclass

@@ -19,7 +19,7 @@ class BestHeadKeeper(L.Callback):
         self.best_epoch = -1
         self.best_state: dict | None = None
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Remember the head if this epoch beats the best so far (first epoch wins ties)."""
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
@@ -43,8 +43,10 @@ class EpochHistory(L.Callback):
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Record the epoch's metrics (validation runs before this hook in Lightning 2)."""
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record the epoch's metrics (the module logs train and val metrics when validation ends an epoch)."""
+        if trainer.sanity_checking:
+            return
         metrics = trainer.callback_metrics
         row = {"epoch": float(trainer.current_epoch)}
         row.update({key: float(metrics[key]) for key in self.KEYS if key in metrics})

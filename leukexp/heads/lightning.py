@@ -35,6 +35,11 @@ class LeukemiaClassifier(L.LightningModule):
         self.single_logit = single_logit and num_classes == 2
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
+        self._tallies: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+        # the steps are taken here: a training batch may hold many mini-batches (features in memory), so
+        # Lightning's per-batch machinery runs once per block instead of once per optimizer step
+        self.automatic_optimization = False
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits for a batch of features or images."""
@@ -57,17 +62,47 @@ class LeukemiaClassifier(L.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch)
-        loss = self.loss(logits, batch["label"])
+        labels = batch["label"]
+        loss = self.loss(logits, labels)
         predicted = (logits.squeeze(-1) > 0).long() if self.single_logit else logits.argmax(-1)
-        accuracy = (predicted == batch["label"]).float().mean()
-        size = len(batch["label"])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=size)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=size, prog_bar=stage == "val")
+        # summed on the device, logged once per epoch: no per-step logging or host synchronisation
+        step = torch.stack([loss.detach() * len(labels), (predicted == labels).sum().float()])
+        tally = self._tallies.get(stage)
+        self._tallies[stage] = step if tally is None else tally + step
+        self._counts[stage] = self._counts.get(stage, 0) + len(labels)
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimization step on the head."""
-        return self._step(batch, "train")
+    def on_validation_epoch_end(self) -> None:
+        """Log the epoch's train and val loss and accuracy (validation closes every training epoch)."""
+        if self.trainer.sanity_checking:
+            self._tallies.pop("val", None)
+            self._counts.pop("val", None)
+            return
+        for stage in ("train", "val"):
+            self._log_epoch(stage)
+
+    def on_train_epoch_end(self) -> None:
+        """Log train metrics not logged yet (an epoch without validation)."""
+        self._log_epoch("train")
+
+    def _log_epoch(self, stage: str) -> None:
+        tally, count = self._tallies.pop(stage, None), self._counts.pop(stage, 0)
+        if tally is None or not count:
+            return
+        loss_sum, correct = tally.tolist()
+        self.log(f"{stage}/loss", loss_sum / count)
+        self.log(f"{stage}/acc", correct / count, prog_bar=stage == "val")
+
+    def training_step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
+                      batch_idx: int) -> torch.Tensor:
+        """One optimizer step per mini-batch: a batch, or a block of them (`FeatureBatches`)."""
+        optimizer = self.optimizers()
+        for minibatch in batch if isinstance(batch, list) else [batch]:
+            loss = self._step(minibatch, "train")
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Validation loss and accuracy (selects the best epoch)."""

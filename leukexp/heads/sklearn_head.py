@@ -38,6 +38,7 @@ class SklearnHead(Head):
                                " that gives probabilities (e.g. SVC(probability=True))")
         check_estimator(estimator)
         self.num_classes = context.num_classes
+        self.cpu_threads = context.training.cpu_threads
         self.pipeline: Pipeline | BaseEstimator = (make_pipeline(StandardScaler(), clone(estimator)) if standardize
                                                    else clone(estimator))
 
@@ -45,7 +46,10 @@ class SklearnHead(Head):
         """Fit on the training features; the history is one row of train and val accuracy."""
         if train.features is None:
             raise LeukexpError("a scikit-learn head needs cached training features: not augmentation=online")
-        self.pipeline.fit(train.features, train.labels)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.cpu_threads):  # BLAS threads, as `training.head_threads` (None: as is)
+            self.pipeline.fit(train.features, train.labels)
         row = {"epoch": 0.0, "train/acc": accuracy(self.predict_proba(train.features), train.labels)}
         if val.features is not None and len(val.labels):
             row["val/acc"] = accuracy(self.predict_proba(val.features), val.labels)
@@ -96,6 +100,7 @@ class SklearnHead(Head):
             raise LeukexpError(f"{path}: refuses to load types outside scikit-learn/NumPy/SciPy: {', '.join(refused)}")
         head = cls.__new__(cls)
         head.num_classes = int(spec["num_classes"])
+        head.cpu_threads = None
         head.pipeline = skops.io.load(path, trusted=untrusted)
         head.best_epoch = 0
         return head
@@ -146,7 +151,7 @@ def sklearn_head(context: HeadContext, estimator: BaseEstimator, standardize: bo
 
 
 def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibration_folds: int = 3,  # noqa: N803
-        dual: bool = True, max_iter: int = 2000, seed: int = 0) -> SklearnHead:
+        dual: bool = True, max_iter: int = 2000, seed: int = 0, n_jobs: int | None = None) -> SklearnHead:
     """The study's SVM head: standardized features -> (Linear)SVC -> probability calibration.
 
     Args:
@@ -159,6 +164,7 @@ def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibratio
             primal that scikit-learn's `auto` picks when there are more samples than features.
         max_iter: iteration cap of the solver.
         seed: random state.
+        n_jobs: calibration folds fitted in parallel (joblib; -1: every core, None: one at a time).
     """
     if kernel not in ("linear", "rbf", "poly", "sigmoid"):
         raise LeukexpError(f"head.kernel={kernel!r}: expected linear, rbf, poly or sigmoid")
@@ -166,7 +172,7 @@ def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibratio
         raise LeukexpError(f"head.calibration_folds={calibration_folds!r}: expected a whole number >= 2")
     machine = (LinearSVC(C=C, dual=dual, max_iter=max_iter, random_state=seed) if kernel == "linear"
                else SVC(C=C, kernel=kernel, max_iter=max_iter, random_state=seed))
-    return SklearnHead(context, CalibratedClassifierCV(machine, cv=calibration_folds), standardize=True)
+    return SklearnHead(context, CalibratedClassifierCV(machine, cv=calibration_folds, n_jobs=n_jobs), standardize=True)
 
 
 class KNNHead(SklearnHead):

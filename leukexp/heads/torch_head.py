@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from leukexp.heads.base import Head, HeadContext, Split
 from leukexp.heads.mlp import MLPHead
 
 WEIGHTS = "head.pt"
+# optimizer steps per Lightning training batch on in-memory features (Lightning's per-batch work is ~1 ms)
+STEPS_PER_BLOCK = 32
 
 
 class TorchHead(Head):
@@ -42,7 +45,7 @@ class TorchHead(Head):
         from torch.utils.data import DataLoader
 
         from leukexp.console import quiet
-        from leukexp.data.dataset import FeatureDataset, identity_collate, worker_context
+        from leukexp.data.dataset import FeatureBatches, worker_context
         from leukexp.heads.callbacks import BestHeadKeeper, EpochHistory
         from leukexp.heads.lightning import LeukemiaClassifier
 
@@ -51,6 +54,14 @@ class TorchHead(Head):
                                     single_logit=self.single_logit, class_weights=context.class_weights,
                                     backbone=context.backbone)
         generator = torch.Generator().manual_seed(settings.seed)
+        keeper, history = BestHeadKeeper("val/acc", "max"), EpochHistory()
+        callbacks: list[L.Callback] = [keeper, history]
+        if not quiet():
+            callbacks.append(RichProgressBar(leave=False))
+        if settings.early_stopping_patience:
+            callbacks.append(EarlyStopping("val/acc", mode="max", patience=int(settings.early_stopping_patience)))
+        trainer = settings.trainer(callbacks=callbacks, enable_progress_bar=not quiet())
+        device = trainer.strategy.root_device  # features go there once, not batch by batch
         if train.features is None:
             if train.images is None:
                 raise ValueError("training needs features or images")
@@ -59,18 +70,12 @@ class TorchHead(Head):
                                       generator=generator, num_workers=workers,
                                       multiprocessing_context=worker_context(workers))
         else:
-            train_loader = DataLoader(FeatureDataset(train.features, train.labels), batch_size=settings.batch_size,
-                                      shuffle=True, generator=generator, collate_fn=identity_collate)
-        val_loader = DataLoader(FeatureDataset(val.features, val.labels), batch_size=256,
-                                collate_fn=identity_collate)
-        keeper, history = BestHeadKeeper("val/acc", "max"), EpochHistory()
-        callbacks: list[L.Callback] = [keeper, history]
-        if not quiet():
-            callbacks.append(RichProgressBar(leave=False))
-        if settings.early_stopping_patience:
-            callbacks.append(EarlyStopping("val/acc", mode="max", patience=int(settings.early_stopping_patience)))
-        trainer = settings.trainer(callbacks=callbacks, enable_progress_bar=not quiet())
-        trainer.fit(module, train_loader, val_loader)
+            train_loader = FeatureBatches(train.features, train.labels, settings.batch_size, shuffle=True,
+                                          generator=generator, device=device, block=STEPS_PER_BLOCK)
+        val_loader = FeatureBatches(val.features, val.labels, batch_size=256, device=device)
+        threads = settings.cpu_threads if device.type == "cpu" and train.features is not None else None
+        with torch_threads(threads):
+            trainer.fit(module, train_loader, val_loader)
         keeper.restore(module)
         self.network = module.head.cpu().eval()
         self.best_epoch = keeper.best_epoch
@@ -113,6 +118,18 @@ class TorchHead(Head):
             raise LeukexpError(f"{folder / spec['weights']}: not the weights of this head ({type(error).__name__})"
                                ) from error
         return cls(network.eval(), context, config)
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` torch threads (None: unchanged), restoring the count afterwards."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _TwoScores(nn.Module):

@@ -1,0 +1,47 @@
+"""scripts/benchmark.py: the parts that read and present measurements (the measuring itself is the script's run)."""
+
+import importlib.util
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_run_time_is_read_from_the_last_done_line(benchmark) -> None:
+    output = "x\ndone in 7.1 s (data 0.2, head 3.0); outputs: a\nmore\ndone in 12.5 s (data 0.1); outputs: b\n"
+    assert benchmark.done_seconds(output) == 12.5
+    assert benchmark.done_seconds("Error: data.root=... no such folder") is None
+
+
+def test_every_view_of_every_image_once(benchmark) -> None:
+    samples = benchmark.all_views(3, 4)
+    assert len(samples) == 12 and not samples.duplicated(["source", "view"]).any()
+    assert samples["source"].tolist()[:5] == [0, 0, 0, 0, 1]
+
+
+def test_the_table_states_the_ratios_against_the_raw_limit(benchmark) -> None:
+    result = benchmark.Result(machine={"cpu": "test"}, raw={"images_per_s": 50.0, "batch_size": 16},
+                              extraction={"views": 8778.0, "seconds": 180.0, "images_per_s": 45.0,
+                                          "peak_rss_mb": 1300.0},
+                              jobs={"mlp1": {"run_s": 7.0, "wall_s": 14.0, "peak_rss_mb": 1600.0}},
+                              load={"mlp1": {"run_s": 14.7, "wall_s": 25.0, "peak_rss_mb": 1600.0}},
+                              sweep={"wall_s": 270.0, "run_s": 5.0, "peak_rss_mb": 1700.0},
+                              cold_sweep={"wall_s": 470.0, "run_s": 5.0, "peak_rss_mb": 1700.0,
+                                          "ratio_to_pass_plus_warm": 470.0 / 450.0})
+    text = benchmark.table(result)
+    assert "ratio 0.90" in text and "(2.10x)" in text and "(1.50x one extraction pass)" in text
+    assert "1.04x one pass + warm sweep" in text
+    assert json.loads(json.dumps(asdict(result)))["jobs"]["mlp1"]["run_s"] == 7.0

@@ -1,0 +1,89 @@
+"""Feature extraction: batch size and workers per device, decode-once view batches, cache reuse."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import leukexp.data.dataset as dataset_module
+from leukexp.backbones.timm_backbone import TimmBackbone
+from leukexp.data.augment import OfflineViews
+from leukexp.data.io import file_digest
+from leukexp.features.cache import FeatureCache
+from leukexp.features.extract import batch_size_for, extract_features, workers_for
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_auto_batch_size_and_workers_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (batch_size_for("auto", CPU), batch_size_for("auto", CUDA)) == (16, 256)
+    assert batch_size_for(48, CUDA) == 48
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert (workers_for("auto", CPU), workers_for("auto", CUDA)) == (1, 15)
+    assert workers_for("auto", CPU, views=100) == 0  # a small pass: not worth starting a worker
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    assert workers_for("auto", CUDA) == 16
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert (workers_for("auto", CPU), workers_for("auto", CUDA)) == (0, 1)
+    assert workers_for(3, CPU) == 3
+
+
+@pytest.fixture(scope="module")
+def backbone() -> TimmBackbone:
+    torch.manual_seed(0)
+    return TimmBackbone("test_efficientnet", pretrained=False, input_size=48)
+
+
+@pytest.fixture
+def study(make_folder) -> tuple[pd.DataFrame, pd.DataFrame, OfflineViews]:
+    """A catalog of 4 images and every flips view of each (3 views), source-major."""
+    import albumentations as A
+
+    root = make_folder({"a": 2, "b": 2})
+    paths = sorted(root.rglob("*.png"))
+    catalog = pd.DataFrame({"path": [str(p) for p in paths], "sha1": [file_digest(p.read_bytes()) for p in paths]})
+    views = OfflineViews(flips={"vflip": A.VerticalFlip(p=1.0), "hflip": A.HorizontalFlip(p=1.0)}, repeats=0)
+    samples = pd.DataFrame({"source": np.repeat(np.arange(4), 3), "view": np.tile(np.arange(3), 4)})
+    return catalog, samples, views
+
+
+def test_each_image_is_decoded_once_and_the_features_equal_view_by_view_ones(backbone, study, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog, samples, views = study
+    reads: list[str] = []
+    original = dataset_module.read_image
+    monkeypatch.setattr(dataset_module, "read_image", lambda path: reads.append(str(path)) or original(path))
+    cache = FeatureCache(tmp_path, backbone.fingerprint)
+    features = extract_features(backbone, catalog, samples, views, cache, batch_size=5, num_workers=0)
+    assert sorted(reads) == sorted(catalog["path"])  # 4 decodes for 12 views
+    keys, paths = catalog["sha1"].tolist(), catalog["path"].tolist()
+    one_by_one = [backbone.preprocess(views.apply(original(paths[s]), v, keys[s]))
+                  for s, v in zip(samples["source"], samples["view"], strict=True)]
+    expected = backbone.embed(torch.stack(one_by_one)).numpy()
+    assert features.shape == (12, backbone.num_features)
+    assert np.allclose(features, expected, atol=1e-5)
+    assert (cache.hits, cache.misses) == (0, 12)
+
+
+def test_a_second_pass_reads_everything_from_the_cache(backbone, study, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog, samples, views = study
+    first = extract_features(backbone, catalog, samples, views, FeatureCache(tmp_path, "bb"), 4, 0)
+    monkeypatch.setattr(dataset_module, "read_image", lambda path: pytest.fail("a warm pass decoded an image"))
+    cache = FeatureCache(tmp_path, "bb")
+    again = extract_features(backbone, catalog, samples, views, cache, 4, 0)
+    assert np.array_equal(first, again) and (cache.hits, cache.misses) == (12, 0)
+
+
+def test_only_missing_views_run_and_a_worker_process_gives_the_same_features(backbone, study, tmp_path: Path) -> None:
+    catalog, samples, views = study
+    cache = FeatureCache(tmp_path, "bb")
+    part = extract_features(backbone, catalog, samples.iloc[:5], views, cache, 4, 0)
+    cache = FeatureCache(tmp_path, "bb")
+    whole = extract_features(backbone, catalog, samples, views, cache, 4, num_workers=1)
+    assert (cache.hits, cache.misses) == (5, 7)
+    assert np.array_equal(whole[:5], part)
+    alone = extract_features(backbone, catalog, samples, views, None, 4, 0)
+    assert np.allclose(whole, alone, atol=1e-5)
