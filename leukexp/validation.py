@@ -177,8 +177,20 @@ def check_head(cfg: DictConfig) -> None:
     factory(HeadContext(in_features=8, num_classes=3))
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """`trainer=gpu` (`trainer.accelerator` gpu or cuda) needs a CUDA device here; `auto` and `cpu` always work."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LeukexpError(f"trainer.accelerator={accelerator}: no CUDA device here; use trainer=default (the"
+                               " CPU) or trainer.accelerator=auto")
+
+
 def validate(cfg: DictConfig) -> None:
     """Every check of the composed config, in the order a user would fix them."""
     check_rules(cfg)
+    check_accelerator(cfg)
     check_model(cfg)
     check_head(cfg)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import write_image
@@ -110,6 +111,8 @@ CASES = {
     "report_filter": Case(["--experiment", "leukexp", "--filter", "tags.x ==="], "--filter", program="leukexp.report"),
     "sync_nothing": Case([], "nothing to upload", program="leukexp.sync", extra=["sync_dir"]),
 }
+if not torch.cuda.is_available():  # where CUDA exists, trainer=gpu is no mistake
+    CASES["gpu_trainer"] = Case(["trainer=gpu"], "trainer.accelerator=gpu: no CUDA device here")
 
 
 def make_data(root: Path, kind: str) -> Path:

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import TINY_MODEL
 from leukexp.errors import LeukexpError
-from leukexp.validation import check_head, check_model, check_rules, validate
+from leukexp.validation import check_accelerator, check_head, check_model, check_rules, validate
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -55,3 +55,14 @@ def test_model_and_fusion_members_are_checked(compose_cfg, tmp_path) -> None:
 def test_heads_check_their_own_arguments(compose_cfg, overrides: list[str], message: str) -> None:
     with pytest.raises(LeukexpError, match=message.replace(".", r"\.")):
         check_head(compose_cfg(*overrides))
+
+
+def test_the_gpu_trainer_needs_a_cuda_device(compose_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LeukexpError, match=r"trainer\.accelerator=gpu: no CUDA device here; use trainer=default"):
+        check_accelerator(compose_cfg("trainer=gpu"))
+    check_accelerator(compose_cfg("trainer.accelerator=auto"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_accelerator(compose_cfg("trainer=gpu"))
