@@ -33,7 +33,11 @@ class FeatureCache:
 
     def path(self, image_key: str, view_key: str) -> Path:
         """Where the entry for this image content hash and view lives."""
-        return self.folder / image_key[:2] / f"{image_key}_{view_key}.npy"
+        return Path(self._file(image_key, view_key))
+
+    def _file(self, image_key: str, view_key: str) -> str:
+        """`path` as a string (the many reads of `get_many` skip building Path objects)."""
+        return f"{self.folder}/{image_key[:2]}/{image_key}_{view_key}.npy"
 
     def get(self, image_key: str, view_key: str) -> np.ndarray | None:
         """The cached embedding, or None (a missing or unreadable entry counts as a miss)."""
@@ -59,13 +63,10 @@ class FeatureCache:
         header = _npy_header(width)
         expected = len(header) + 4 * width
 
-        folder = str(self.folder)
-
         def read(indices: range) -> None:
             for index in indices:
-                image_key, view_key = keys[index]
                 try:
-                    with open(f"{folder}/{image_key[:2]}/{image_key}_{view_key}.npy", "rb") as handle:
+                    with open(self._file(*keys[index]), "rb") as handle:
                         data = handle.read()
                 except OSError:
                     continue
