@@ -33,8 +33,15 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         trainer=build(cfg.trainer, "trainer", _partial_=True),
         early_stopping_patience=int(patience) if patience else None,
         num_workers=int(cfg.training.num_workers),
-        cpu_threads=int(threads) if (threads := cfg.training.get("head_threads")) else None,
+        cpu_threads=head_threads_setting(cfg.training.get("head_threads")),
     )
+
+
+def head_threads_setting(value: object) -> int | str | None:
+    """`training.head_threads`: `auto`, a number or null (as is)."""
+    if value == "auto" or value is None:
+        return value
+    return int(value)
 
 
 def build_backbone(cfg: DictConfig) -> Backbone:

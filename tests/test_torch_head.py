@@ -1,5 +1,6 @@
 """The torch head adapter: built from the head configs, trained by Lightning, best epoch kept, saved and reloaded."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from torch import nn
 
 from leukexp.heads.base import Head, HeadContext, Split
+from leukexp.heads.mlp import MLPHead
 from leukexp.heads.torch_head import TorchHead
 from leukexp.settings import build_head, train_settings
 
@@ -23,6 +25,12 @@ class Stub:
     """A stand-in backbone: only the feature width matters to a head."""
 
     num_features = 8
+
+
+class Wide(Stub):
+    """A stand-in backbone as wide as EfficientNet-Lite0."""
+
+    num_features = 1280
 
 
 @pytest.mark.parametrize(("name", "widths"), [("mlp1", [128, 3]), ("mlp3", [1024, 512, 128, 3]),
@@ -97,5 +105,67 @@ def test_cpu_threads_are_set_for_the_block_and_restored() -> None:
 
 
 def test_head_threads_come_from_the_training_config(compose_cfg) -> None:
-    assert train_settings(compose_cfg()).cpu_threads == 1
+    assert train_settings(compose_cfg()).cpu_threads == "auto"
+    assert train_settings(compose_cfg("training.head_threads=3")).cpu_threads == 3
     assert train_settings(compose_cfg("training.head_threads=null")).cpu_threads is None
+
+
+def test_auto_head_threads_give_wide_heads_every_job_thread_and_small_heads_one() -> None:
+    from leukexp.heads.base import PARALLEL_HEAD_PARAMETERS, head_threads
+
+    mlp1 = sum(p.numel() for p in MLPHead(1280, 5, hidden=[128]).parameters())
+    mlp3 = sum(p.numel() for p in MLPHead(1280, 5, hidden=[1024, 512, 128]).parameters())
+    assert mlp1 < PARALLEL_HEAD_PARAMETERS <= mlp3
+    assert head_threads("auto", mlp1, job_threads=2) == 1
+    assert head_threads("auto", mlp3, job_threads=2) == 2
+    assert head_threads("auto", mlp3, job_threads=1) == 1  # one thread per job under a 2-job launcher
+    assert head_threads(4, mlp1, job_threads=2) == 4
+    assert head_threads(None, mlp3, job_threads=2) is None
+
+
+def test_a_wide_head_trains_on_the_job_threads_and_restores_them(compose_cfg, monkeypatch) -> None:
+    import torch
+
+    from leukexp.heads import torch_head
+
+    seen: list[int | None] = []
+    original = torch_head.torch_threads
+
+    def spy(count: int | None):
+        seen.append(count)
+        return original(count)
+
+    monkeypatch.setattr(torch_head, "torch_threads", spy)
+    features, labels = blobs(n=60, width=1280)
+    before = torch.get_num_threads()
+    for hidden in ([4], [1024, 512]):
+        head = build_head(compose_cfg("head=mlp3", f"head.hidden={hidden}", "trainer.max_epochs=1"), Wide(),
+                          num_classes=3, class_weights=None)
+        head.fit(Split(labels, features), Split(labels, features))
+    assert seen == [1, before]
+    assert torch.get_num_threads() == before
+
+
+
+def test_in_memory_training_counts_gpus_without_nvml_and_restores_the_setting(compose_cfg, monkeypatch) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from leukexp.heads import torch_head
+
+    monkeypatch.setenv(torch_head.NVML_CUDA_CHECK, "1")  # as Lightning's import leaves it
+    seen: list[str | None] = []
+
+    class Record(Callback):
+        def on_train_batch_start(self, *args: object, **kwargs: object) -> None:
+            seen.append(os.environ.get(torch_head.NVML_CUDA_CHECK))
+
+    head = build_head(compose_cfg("head=mlp1", "trainer.max_epochs=2"), Stub(), num_classes=3, class_weights=None)
+    make_trainer = head.context.training.trainer
+    head.context.training.trainer = lambda callbacks, **kwargs: make_trainer(callbacks=[*callbacks, Record()],
+                                                                             **kwargs)
+    x, y = blobs()
+    head.fit(Split(y, x), Split(y, x))
+    assert len(seen) == 2 and set(seen) == {None}  # one block of steps per epoch, none with the NVML check
+    assert os.environ[torch_head.NVML_CUDA_CHECK] == "1"
+    with torch_head.runtime_cuda_check(active=False):
+        assert os.environ[torch_head.NVML_CUDA_CHECK] == "1"

@@ -84,9 +84,11 @@ def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -
     assert warm["test/acc"] == cold["test/acc"] and warm["test/loss"] == pytest.approx(cold["test/loss"])
 
 
-def test_online_augmentation_runs_the_backbone_per_batch(compose_cfg, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_online_augmentation_runs_the_backbone_per_batch(compose_cfg, tmp_path: Path, workers: int) -> None:
+    # with workers: started from the forkserver, not forked from this threaded process
     metrics = train(compose_cfg(*TINY_MODEL, *TINY_DATA, "augmentation=online", "trainer.max_epochs=2",
-                                "mlflow.enabled=false"))
+                                f"training.num_workers={workers}", "mlflow.enabled=false"))
     history = pd.read_csv(tmp_path / "outputs" / "history.csv")
     assert len(history) == 2 and history["train/loss"].notna().all(), "two epochs trained on images"
     manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")

@@ -17,6 +17,7 @@ from leukexp.validation import check_accelerator, check_head, check_model, check
     ("features.batch_size=fast", "features.batch_size='fast': expected auto or a whole number >= 1"),
     ("features.num_workers=-1", "features.num_workers=-1: expected auto or a whole number >= 0"),
     ("training.head_threads=0", "training.head_threads=0"),
+    ("training.head_threads=many", "training.head_threads='many': expected auto, null or"),
     ("evaluation.tta=online", "evaluation.tta='online'"),
     ("evaluation.cam_per_class=0", "evaluation.cam_per_class=0"),
 ])

@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.base import Head, HeadContext, Split, accuracy
+from leukexp.heads.base import Head, HeadContext, Split, accuracy, head_threads
 
 WEIGHTS = "head.skops"
 # module prefixes whose types a saved estimator may hold; anything else is refused on load
@@ -38,7 +38,8 @@ class SklearnHead(Head):
                                " that gives probabilities (e.g. SVC(probability=True))")
         check_estimator(estimator)
         self.num_classes = context.num_classes
-        self.cpu_threads = context.training.cpu_threads
+        # scikit-learn heads' matrices are small: `auto` is one BLAS thread (parallel work is joblib's `n_jobs`)
+        self.cpu_threads = head_threads(context.training.cpu_threads, 0, 1)
         self.pipeline: Pipeline | BaseEstimator = (make_pipeline(StandardScaler(), clone(estimator)) if standardize
                                                    else clone(estimator))
 
@@ -151,7 +152,7 @@ def sklearn_head(context: HeadContext, estimator: BaseEstimator, standardize: bo
 
 
 def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibration_folds: int = 3,  # noqa: N803
-        dual: bool = True, max_iter: int = 2000, seed: int = 0, n_jobs: int | None = None) -> SklearnHead:
+        dual: bool = True, max_iter: int = 1000, seed: int = 0, n_jobs: int | None = None) -> SklearnHead:
     """The study's SVM head: standardized features -> (Linear)SVC -> probability calibration.
 
     Args:
@@ -162,7 +163,8 @@ def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibratio
         calibration_folds: cross-validation folds of the probability calibration.
         dual: solve LinearSVC's dual problem; on standardized deep features it is 10-15x faster than the
             primal that scikit-learn's `auto` picks when there are more samples than features.
-        max_iter: iteration cap of the solver.
+        max_iter: LinearSVC's iteration cap (1,000: the study's `LinearSVC()`, scikit-learn's default); kernel SVMs
+            (libsvm) run until they converge.
         seed: random state.
         n_jobs: calibration folds fitted in parallel (joblib; -1: every core, None: one at a time).
     """
@@ -171,7 +173,7 @@ def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibratio
     if isinstance(calibration_folds, bool) or not isinstance(calibration_folds, int) or calibration_folds < 2:
         raise LeukexpError(f"head.calibration_folds={calibration_folds!r}: expected a whole number >= 2")
     machine = (LinearSVC(C=C, dual=dual, max_iter=max_iter, random_state=seed) if kernel == "linear"
-               else SVC(C=C, kernel=kernel, max_iter=max_iter, random_state=seed))
+               else SVC(C=C, kernel=kernel, random_state=seed))
     return SklearnHead(context, CalibratedClassifierCV(machine, cv=calibration_folds, n_jobs=n_jobs), standardize=True)
 
 

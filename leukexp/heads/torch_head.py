@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,12 +14,14 @@ import torch
 from torch import nn
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.base import Head, HeadContext, Split
+from leukexp.heads.base import Head, HeadContext, Split, head_threads
 from leukexp.heads.mlp import MLPHead
 
 WEIGHTS = "head.pt"
 # optimizer steps per Lightning training batch on in-memory features (Lightning's per-batch work is ~1 ms)
 STEPS_PER_BLOCK = 32
+# set by Lightning's import: torch then counts GPUs through NVML, uncached, on every Adam step
+NVML_CUDA_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
 class TorchHead(Head):
@@ -45,7 +48,7 @@ class TorchHead(Head):
         from torch.utils.data import DataLoader
 
         from leukexp.console import quiet
-        from leukexp.data.dataset import FeatureBatches, worker_context
+        from leukexp.data.dataset import FeatureBatches, clean_worker_context
         from leukexp.heads.callbacks import BestHeadKeeper, EpochHistory
         from leukexp.heads.lightning import LeukemiaClassifier
 
@@ -68,13 +71,16 @@ class TorchHead(Head):
             workers = settings.num_workers
             train_loader = DataLoader(train.images, batch_size=settings.batch_size, shuffle=True,
                                       generator=generator, num_workers=workers,
-                                      multiprocessing_context=worker_context(workers))
+                                      multiprocessing_context=clean_worker_context() if workers else None)
         else:
             train_loader = FeatureBatches(train.features, train.labels, settings.batch_size, shuffle=True,
                                           generator=generator, device=device, block=STEPS_PER_BLOCK)
         val_loader = FeatureBatches(val.features, val.labels, batch_size=256, device=device)
-        threads = settings.cpu_threads if device.type == "cpu" and train.features is not None else None
-        with torch_threads(threads):
+        threads = None
+        if device.type == "cpu" and train.features is not None:
+            parameters = sum(p.numel() for p in self.network.parameters())
+            threads = head_threads(settings.cpu_threads, parameters, torch.get_num_threads())
+        with torch_threads(threads), runtime_cuda_check(train.features is not None):
             trainer.fit(module, train_loader, val_loader)
         keeper.restore(module)
         self.network = module.head.cpu().eval()
@@ -130,6 +136,22 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextmanager
+def runtime_cuda_check(active: bool = True) -> Iterator[None]:
+    """While the block runs (when `active`), torch counts GPUs with the CUDA runtime (counted once) instead of NVML.
+
+    Lightning's import sets `PYTORCH_NVML_BASED_CUDA_CHECK=1` so that forked DataLoader workers can still use
+    CUDA; torch then opens NVML again on every Adam step (0.8 s of a 4,375-step head on this project's CPU).
+    Training on in-memory features forks no workers, so the plain check is used while it runs.
+    """
+    previous = os.environ.pop(NVML_CUDA_CHECK, None) if active else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            os.environ[NVML_CUDA_CHECK] = previous
 
 
 class _TwoScores(nn.Module):
