@@ -32,6 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+import leukexp  # noqa: F401  (before torch: its OpenMP setting applies here as in the CLI it is compared with)
+
+# isort: split
 import torch
 
 MEASURES = ("raw", "extraction", "jobs", "load", "sweep", "cold_sweep")
