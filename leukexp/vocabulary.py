@@ -21,7 +21,7 @@ NON_IDENTITY_GROUPS = ("fold", "experiment")
 NON_IDENTITY_PREFIXES = ("hydra", "paths", "mlflow", "sweep", "fold.index", "fold.name", "training.torch_threads",
                          "training.head_threads", "features.num_workers", "features.batch_size", "features.device",
                          "features.cache", "features.dir", "head.n_jobs", "evaluation.cam_panel",
-                         "evaluation.cam_per_class")
+                         "evaluation.cam_per_class", "data.digest_cache")
 
 # run names: what varies, most telling first (`senet154 · svm`; a fold run `f0 · senet154 · svm`)
 NAME_ORDER = ("model", "head", "task", "data", "augmentation", "protocol")

@@ -105,3 +105,49 @@ def test_real_all4class_loads_with_a_folder_mapping() -> None:
     assert len(binary.duplicates) > 0
     for files in binary.duplicates:
         assert binary.frame.set_index("file").loc[files, "group"].nunique() == 1
+
+
+def test_digest_cache_reads_only_new_or_changed_files(make_folder: Callable[..., Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from leukexp.data import sources
+
+    root = make_folder({"ALL": 3, "HLT": 3})
+    decoded: list[str] = []
+    real_decode = sources.decode_image
+    monkeypatch.setattr(sources, "decode_image", lambda data, path: decoded.append(Path(path).name)
+                        or real_decode(data, path))
+    source = FolderSource(root, digest_cache=tmp_path / "catalog")
+    first = source.scan(STUDY)
+    assert len(decoded) == 6
+    decoded.clear()
+    again = source.scan(STUDY)
+    assert decoded == [] and again.frame["sha1"].tolist() == first.frame["sha1"].tolist()
+    write_image(root / "ALL" / "ALL_00.png", seed=99)  # new content in an existing file
+    write_image(root / "HLT" / "new.png", seed=100)
+    changed = source.scan(STUDY)
+    assert sorted(decoded) == ["ALL_00.png", "new.png"]
+    hashes = dict(zip(changed.frame["file"], changed.frame["sha1"], strict=True))
+    assert hashes["ALL/ALL_00.png"] != dict(zip(first.frame["file"], first.frame["sha1"], strict=True))[
+        "ALL/ALL_00.png"]
+    assert hashes == dict(zip(changed.frame["file"], FolderSource(root).scan(STUDY).frame["sha1"], strict=True))
+
+
+def test_a_damaged_digest_cache_means_a_full_scan_and_is_rewritten(make_folder: Callable[..., Path],
+                                                                   tmp_path: Path) -> None:
+    root = make_folder({"ALL": 2, "HLT": 2})
+    folder = tmp_path / "catalog"
+    FolderSource(root, digest_cache=folder).scan(STUDY)
+    (cache_file,) = folder.glob("*.csv")
+    cache_file.write_text("not,a\ncache")
+    catalog = FolderSource(root, digest_cache=folder).scan(STUDY)
+    assert catalog.frame["sha1"].tolist() == FolderSource(root).scan(STUDY).frame["sha1"].tolist()
+    assert cache_file.read_text().startswith("path,size,mtime_ns,sha1")
+
+
+def test_bad_images_are_never_remembered(make_folder: Callable[..., Path], tmp_path: Path) -> None:
+    root = make_folder({"ALL": 3, "HLT": 3})
+    (root / "ALL" / "broken.png").write_bytes(b"not an image")
+    folder = tmp_path / "catalog"
+    assert len(FolderSource(root, on_bad_image="skip", digest_cache=folder).scan(STUDY)) == 6
+    with pytest.raises(LeukexpError, match=r"broken\.png"):
+        FolderSource(root, digest_cache=folder).scan(STUDY)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +16,7 @@ import pandas as pd
 from leukexp.data.io import IMAGE_EXTENSIONS, BadImageError, decode_image, file_digest, is_image_file
 from leukexp.data.tasks import Task
 from leukexp.errors import LeukexpError
+from leukexp.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ class FolderSource:
         on_bad_image: `error` stops at the first unreadable image; `skip` leaves such images out and lists them.
         extensions: accepted image suffixes, matched in any letter case.
         read_threads: threads used to read and verify images.
+        digest_cache: a folder where the content hashes of verified images are kept by path, size and
+            modification time: a later scan reads only new or changed files (None: read every file every time).
     """
 
     root: str | Path | None = None
@@ -57,6 +63,7 @@ class FolderSource:
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     read_threads: int = 4
     name: str = "folder"
+    digest_cache: str | Path | None = None
 
     def prepare(self) -> Path:
         """Return the folder to scan (sources that generate images do so here)."""
@@ -92,7 +99,9 @@ class FolderSource:
                          "label": label} for p in files)
         if not rows:
             raise LeukexpError(f"data.root={root}: no class folder belongs to task '{task.name}'")
-        rows, skipped = self._verify(rows)
+        digests = DigestCache.for_root(self.digest_cache, root)
+        rows, skipped = self._verify(rows, digests.known(rows))
+        digests.save(rows)
         frame = pd.DataFrame(rows)
         classes = task.resolve_classes(frame["label"].unique())
         frame["label_index"] = frame["label"].map({label: i for i, label in enumerate(classes)})
@@ -101,8 +110,14 @@ class FolderSource:
         frame = frame[CATALOG_COLUMNS].reset_index(drop=True)
         return Catalog(root=root, classes=classes, frame=frame, skipped=notes + skipped, duplicates=duplicates)
 
-    def _verify(self, rows: list[dict[str, object]]) -> tuple[list[dict[str, object]], list[str]]:
+    def _verify(self, rows: list[dict[str, object]], known: dict[str, str] | None = None
+                ) -> tuple[list[dict[str, object]], list[str]]:
+        """Read, decode and hash every image not in `known` (path -> hash of an unchanged, verified file)."""
+        known = known or {}
+
         def check(row: dict[str, object]) -> str | BadImageError:
+            if (digest := known.get(str(row["path"]))) is not None:
+                return digest
             path = Path(str(row["path"]))
             try:
                 data = path.read_bytes()
@@ -178,3 +193,64 @@ def _resolve_duplicates(frame: pd.DataFrame) -> list[list[str]]:
             " between train and test", sum(len(d) for d in duplicates), " = ".join(duplicates[0]),
         )
     return duplicates
+
+
+class DigestCache:
+    """Content hashes of verified images by (path, size, mtime), one CSV per scanned root.
+
+    A file whose size and modification time are unchanged is not read again (the quick check of make and
+    rsync); anything new or changed is read, decoded and hashed as on a first scan, and bad images are never
+    kept. A missing, unreadable or foreign cache file only means a full scan.
+    """
+
+    COLUMNS = ("path", "size", "mtime_ns", "sha1")
+
+    def __init__(self, file: Path | None) -> None:
+        self.file = file
+
+    @classmethod
+    def for_root(cls, folder: str | Path | None, root: Path) -> DigestCache:
+        """The cache file of `root` in `folder` (None: no cache)."""
+        if folder in (None, ""):
+            return cls(None)
+        key = hashlib.sha1(str(root).encode(), usedforsecurity=False).hexdigest()[:16]
+        return cls(Path(folder).expanduser() / f"{key}.csv")
+
+    def known(self, rows: list[dict[str, object]]) -> dict[str, str]:
+        """path -> hash for the rows whose file is unchanged since it was verified."""
+        if self.file is None or not self.file.is_file():
+            return {}
+        try:
+            table = pd.read_csv(self.file, dtype={"path": str, "sha1": str})
+            cached = {path: (int(size), int(mtime), sha1) for path, size, mtime, sha1
+                      in table[list(self.COLUMNS)].itertuples(index=False)}
+        except Exception:  # a damaged or foreign file: scan everything, rewrite it afterwards
+            log.warning("digest cache %s unreadable: every image is read again", self.file)
+            return {}
+        known = {}
+        for row in rows:
+            path = str(row["path"])
+            with contextlib.suppress(OSError):  # gone since the listing: its read reports it
+                if (entry := cached.get(path)) is not None and entry[:2] == _signature(path):
+                    known[path] = entry[2]
+        return known
+
+    def save(self, rows: list[dict[str, object]]) -> None:
+        """Remember the verified rows (path and `sha1`) with their files' current size and time."""
+        if self.file is None:
+            return
+        records = []
+        for row in rows:
+            with contextlib.suppress(OSError):  # a file gone since it was read is simply not remembered
+                records.append((str(row["path"]), *_signature(str(row["path"])), str(row["sha1"])))
+        try:
+            with atomic_path(self.file) as staging:
+                pd.DataFrame(records, columns=list(self.COLUMNS)).to_csv(staging, index=False)
+        except OSError as error:  # a read-only cache folder costs speed, not the run
+            log.warning("digest cache %s not written (%s)", self.file, error.strerror)
+
+
+def _signature(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
