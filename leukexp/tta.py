@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.data.augment import named_views
-from leukexp.features.extract import sample_features
+from leukexp.features.extract import Setting, sample_features
 
 if TYPE_CHECKING:
     from leukexp.backbones.base import Backbone
@@ -37,8 +37,8 @@ def mean_per_source(probs: np.ndarray, n_views: int) -> np.ndarray:
 
 
 def score_with_views(study: Study, backbone: Backbone, head: Head, name: str, seed: int,
-                     caches: list[FeatureCache | None], batch_size: int | str = "auto",
-                     num_workers: int | str = "auto"
+                     caches: list[FeatureCache | None], batch_size: Setting = "auto",
+                     num_workers: Setting = "auto"
                      ) -> tuple[Study, np.ndarray]:
     """The study with one test sample per source image, and those images' view-averaged probabilities."""
     views = named_views(name, seed)

@@ -98,24 +98,14 @@ def clean_worker_context() -> multiprocessing.context.BaseContext | str | None:
 
     Forking the run itself is unsafe once it has run threads (OpenMP, OpenCV, MLflow, cache writers): a lock
     held at the fork stays locked in the child, and the second extraction of a sequential sweep hung that way.
-    Inside a joblib (loky) job, which offers no forkserver, the job's process is forked (`worker_context`).
+    Inside a joblib (loky) job, which offers no forkserver (and whose own start method cannot start DataLoader
+    workers: a pickle error), the job's process is forked where the platform can.
     """
     if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
-        return worker_context(1)  # loky's own start method: its forkserver cannot start
+        return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["leukexp.data.dataset"])
     return context
-
-
-def worker_context(num_workers: int) -> str | None:
-    """`fork` for DataLoader workers where the platform has it.
-
-    Inside a joblib (loky) job the default start method cannot start DataLoader workers (a pickle error);
-    forking the job's process works there and everywhere else on Linux.
-    """
-    if num_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
-        return "fork"
-    return None
 
 
 class FeatureBatches:
