@@ -119,13 +119,17 @@ def test_digest_cache_reads_only_new_or_changed_files(make_folder: Callable[...,
     source = FolderSource(root, digest_cache=tmp_path / "catalog")
     first = source.scan(STUDY)
     assert len(decoded) == 6
+    (cache_file,) = (tmp_path / "catalog").glob("*.csv")
+    written = cache_file.stat().st_mtime_ns
     decoded.clear()
     again = source.scan(STUDY)
     assert decoded == [] and again.frame["sha1"].tolist() == first.frame["sha1"].tolist()
+    assert cache_file.stat().st_mtime_ns == written, "an unchanged folder leaves the cache file as it was"
     write_image(root / "ALL" / "ALL_00.png", seed=99)  # new content in an existing file
     write_image(root / "HLT" / "new.png", seed=100)
     changed = source.scan(STUDY)
     assert sorted(decoded) == ["ALL_00.png", "new.png"]
+    assert cache_file.stat().st_mtime_ns != written
     hashes = dict(zip(changed.frame["file"], changed.frame["sha1"], strict=True))
     assert hashes["ALL/ALL_00.png"] != dict(zip(first.frame["file"], first.frame["sha1"], strict=True))[
         "ALL/ALL_00.png"]

@@ -207,6 +207,8 @@ class DigestCache:
 
     def __init__(self, file: Path | None) -> None:
         self.file = file
+        self._cached: dict[str, tuple[int, int, str]] = {}  # the file's entries, as `known` read them
+        self._seen: dict[str, tuple[int, int]] = {}  # (size, mtime) of the files `known` looked at
 
     @classmethod
     def for_root(cls, folder: str | Path | None, root: Path) -> DigestCache:
@@ -222,8 +224,8 @@ class DigestCache:
             return {}
         try:
             table = pd.read_csv(self.file, dtype={"path": str, "sha1": str})
-            cached = {path: (int(size), int(mtime), sha1) for path, size, mtime, sha1
-                      in table[list(self.COLUMNS)].itertuples(index=False)}
+            self._cached = {path: (int(size), int(mtime), sha1) for path, size, mtime, sha1
+                            in table[list(self.COLUMNS)].itertuples(index=False)}
         except Exception:  # a damaged or foreign file: scan everything, rewrite it afterwards
             log.warning("digest cache %s unreadable: every image is read again", self.file)
             return {}
@@ -231,21 +233,27 @@ class DigestCache:
         for row in rows:
             path = str(row["path"])
             with contextlib.suppress(OSError):  # gone since the listing: its read reports it
-                if (entry := cached.get(path)) is not None and entry[:2] == _signature(path):
+                self._seen[path] = _signature(path)
+                if (entry := self._cached.get(path)) is not None and entry[:2] == self._seen[path]:
                     known[path] = entry[2]
         return known
 
     def save(self, rows: list[dict[str, object]]) -> None:
-        """Remember the verified rows (path and `sha1`) with their files' current size and time."""
+        """Remember the verified rows (path and `sha1`) with their files' size and time; nothing is written
+        when the cache already holds exactly these entries."""
         if self.file is None:
             return
-        records = []
+        entries = {}
         for row in rows:
+            path = str(row["path"])
             with contextlib.suppress(OSError):  # a file gone since it was read is simply not remembered
-                records.append((str(row["path"]), *_signature(str(row["path"])), str(row["sha1"])))
+                entries[path] = (*(self._seen.get(path) or _signature(path)), str(row["sha1"]))
+        if entries == self._cached:
+            return
         try:
             with atomic_path(self.file) as staging:
-                pd.DataFrame(records, columns=list(self.COLUMNS)).to_csv(staging, index=False)
+                pd.DataFrame([(path, *entry) for path, entry in entries.items()],
+                             columns=list(self.COLUMNS)).to_csv(staging, index=False)
         except OSError as error:  # a read-only cache folder costs speed, not the run
             log.warning("digest cache %s not written (%s)", self.file, error.strerror)
 
