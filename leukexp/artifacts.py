@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ from leukexp.vocabulary import (
     MANIFEST_FILE,
     MODEL_DIR,
     PREDICTIONS_FILE,
+    TEST_ACC,
     Predictions,
 )
 
@@ -26,6 +29,25 @@ if TYPE_CHECKING:
     from leukexp.backbones.base import Backbone
     from leukexp.data.study import Study
     from leukexp.fit import FitResult
+
+log = logging.getLogger("leukexp")
+
+
+def optional(name: str, redo: str, write: Callable[[], Path | None]) -> Path | None:
+    """Write an artifact that a run can finish without (a figure, the MLflow model, the activation-map panel).
+
+    A failure is one warning line naming the artifact, the error and how to make it later; the run goes on.
+    A user's interrupt and a full disk are not swallowed (an out-of-space run folder is the run's failure).
+    """
+    try:
+        return write()
+    except Exception as error:  # any bug or odd input in an optional artifact must not cost the run
+        if isinstance(error, OSError) and error.errno == 28:  # ENOSPC: the required files cannot be kept either
+            raise
+        detail = str(error).splitlines()[0][:200] if str(error) else ""
+        log.warning("%s not written (%s%s); the run goes on without it. %s", name, type(error).__name__,
+                    f": {detail}" if detail else "", redo)
+        return None
 
 
 def prediction_table(study: Study, result: FitResult) -> Predictions:
@@ -51,15 +73,24 @@ def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Bac
     matrix.to_csv(out / CONFUSION_FILE)
     predictions.to_frame().to_csv(out / PREDICTIONS_FILE, index=False)
     result.history.to_csv(out / HISTORY_FILE, index=False)
-    title = f"{study.task.name} {study.fold.name}: acc {metrics['test/acc']:.3f}"
-    return [
-        out / CONFIG_FILE, out / MANIFEST_FILE, out / CONFUSION_FILE, out / PREDICTIONS_FILE, out / HISTORY_FILE,
-        plot_confusion(matrix, out / "confusion_matrix.png", title),
-        plot_roc([("test", predictions.labels, predictions.probs)], study.classes, out / "roc.png"),
-        plot_curves(result.history, out / "curves.png", result.best_epoch),
-        write_model(out / MODEL_DIR, result, backbone, model_config, study.classes),
-        *([write_cam_panel(out / CAM_DIR, study, backbone, result, cam_per_class)] if cam_per_class else []),
+    title = f"{study.task.name} {study.fold.name}: acc {metrics[TEST_ACC]:.3f}"
+    rerun = "Re-run the same command to make it (finished folds are kept)."
+    figures = "Every figure can be redrawn from predictions.csv and history.csv in the run folder."
+    optional_files = [
+        optional("confusion_matrix.png", figures, lambda: plot_confusion(matrix, out / "confusion_matrix.png", title)),
+        optional("roc.png", figures, lambda: plot_roc([("test", predictions.labels, predictions.probs)],
+                                                      study.classes, out / "roc.png")),
+        optional("curves.png", figures, lambda: plot_curves(result.history, out / "curves.png", result.best_epoch)),
+        optional("the MLflow model (model/)", rerun,
+                 lambda: write_model(out / MODEL_DIR, result, backbone, model_config, study.classes)),
     ]
+    if cam_per_class:
+        optional_files.append(optional(
+            "the activation-map panel (cam/panel.png)",
+            f"Make maps later with: leukexp-predict {out} IMAGES --cam DIR",
+            lambda: write_cam_panel(out / CAM_DIR, study, backbone, result, cam_per_class)))
+    required = [out / name for name in (CONFIG_FILE, MANIFEST_FILE, CONFUSION_FILE, PREDICTIONS_FILE, HISTORY_FILE)]
+    return required + [path for path in optional_files if path is not None]
 
 
 def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitResult, per_class: int) -> Path:

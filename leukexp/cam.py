@@ -64,8 +64,9 @@ def cam_model(classifier: Classifier) -> tuple[nn.Module, nn.Module]:
 
 
 def activation_maps(classifier: Classifier, images: Sequence[np.ndarray],
-                    targets: Sequence[int] | None = None) -> np.ndarray:
-    """Grad-CAM maps (N, H, W) in [0, 1] at each image's own size, for `targets` (default: the prediction)."""
+                    targets: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Grad-CAM maps in [0, 1], one (H, W) array per image at that image's own size (real folders mix sizes), for
+    `targets` (default: the prediction)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -76,9 +77,8 @@ def activation_maps(classifier: Classifier, images: Sequence[np.ndarray],
     with GradCAM(model=scorer, target_layers=[layer], reshape_transform=_tokens_to_grid) as cam:
         grids = cam(input_tensor=batch.requires_grad_(True),
                     targets=[ClassifierOutputTarget(int(t)) for t in targets])
-    maps = [cv2.resize(grid, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return [np.clip(cv2.resize(grid, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
             for grid, image in zip(grids, images, strict=True)]
-    return np.clip(np.stack(maps), 0.0, 1.0)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, weight: float = 0.45) -> np.ndarray:
@@ -132,8 +132,8 @@ def cam_panel(classifier: Classifier, images: Sequence[np.ndarray] | Callable[[i
     picked = [images(i) if callable(images) else images[i] for i in chosen]
     targets = [int(predicted[i]) for i in chosen]
     # a few images at a time: the backward pass through a large backbone holds every activation in memory
-    maps = np.concatenate([activation_maps(classifier, picked[i:i + CAM_CHUNK], targets[i:i + CAM_CHUNK])
-                           for i in range(0, len(picked), CAM_CHUNK)])
+    maps = [heatmap for i in range(0, len(picked), CAM_CHUNK)
+            for heatmap in activation_maps(classifier, picked[i:i + CAM_CHUNK], targets[i:i + CAM_CHUNK])]
     classes = classifier.classes
     titles = [f"{classes[labels[i]]} -> {classes[predicted[i]]} ({probs[i, predicted[i]]:.2f})" for i in chosen]
     return contact_sheet([overlay(image, m) for image, m in zip(picked, maps, strict=True)], titles, path,

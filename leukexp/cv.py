@@ -43,6 +43,7 @@ from leukexp.vocabulary import (
     STUDY_TAG,
     TEST,
     cv_metric,
+    quote_filter,
 )
 
 if TYPE_CHECKING:
@@ -51,16 +52,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def quote(value: str) -> str:
-    """A value as an MLflow filter string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+quote = quote_filter
+
+
+def lock_file(tracking_uri: str, experiment_id: str, fallback_dir: Path) -> Path:
+    """Where the lock of a store and experiment lives: beside a SQLite or file store (so every root, user and
+    machine that opens that store takes the same lock), else in `fallback_dir` (one machine's jobs; across machines
+    a tracking server's claims are checked after they are written, see `FoldRun.open`)."""
+    from leukexp.tracking import local_store_dir
+
+    key = hashlib.sha1(f"{tracking_uri}|{experiment_id}".encode(), usedforsecurity=False).hexdigest()[:12]
+    folder = local_store_dir(tracking_uri)
+    if folder is not None:
+        return folder / f".leukexp-cv-{experiment_id}.lock"
+    return fallback_dir / f"cv-{key}.lock"
 
 
 @contextmanager
 def store_lock(lock_dir: Path, tracking_uri: str, experiment_id: str) -> Iterator[None]:
     """An exclusive lock per store and experiment, held while parents and fold runs are created or aggregated."""
-    key = hashlib.sha1(f"{tracking_uri}|{experiment_id}".encode(), usedforsecurity=False).hexdigest()[:12]
-    with file_lock(lock_dir / f"cv-{key}.lock"):
+    with file_lock(lock_file(tracking_uri, experiment_id, lock_dir)):
         yield
 
 
@@ -152,6 +163,26 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str, f
         client.set_tag(run.info.run_id, NOTE_TAG, "killed before finishing; re-run by a resumed sweep")
         client.set_terminated(run.info.run_id, status="KILLED")
     return len(stale)
+
+
+def earlier_claim(client: MlflowClient, experiment_id: str, parent_id: str, fold: str, run_id: str) -> Run | str | None:
+    """A claim on this fold older than `run_id`: its FINISHED run, or the owner of a RUNNING one in a live process.
+
+    With a tracking server there may be no lock that every machine shares: each job writes its claim (the run) and
+    then reads the fold's runs back; the oldest claim wins and the others step back.
+    """
+    query = f"tags.`{PARENT_TAG}` = {quote(parent_id)}"
+    runs = [r for r in client.search_runs([experiment_id], query, max_results=10000)
+            if r.data.tags.get(FOLD_TAG) == fold and r.info.run_id != run_id]
+    mine = client.get_run(run_id).info
+    for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
+        if (run.info.start_time, run.info.run_id) > (mine.start_time, mine.run_id):
+            break
+        if run.info.status == "FINISHED":
+            return run
+        if run.info.status == "RUNNING" and owner_alive(run.data.tags.get(OWNER_TAG, "")):
+            return run.data.tags.get(OWNER_TAG, "another process")
+    return None
 
 
 def fold_table(children: dict[str, Run]) -> pd.DataFrame:
@@ -255,8 +286,12 @@ class FoldRun:
                     return elsewhere[0].data.tags.get(OWNER_TAG, "another process")
             parent_name = client.get_run(self.parent_id).data.tags.get(NAME_TAG, self.tags.get(NAME_TAG, ""))
             tags = self.tags | {OWNER_TAG: this_process(), NAME_TAG: parent_name}
-            self.logger.start(RUN_NAME_SEPARATOR.join(p for p in (fold, parent_name) if p), tags,
-                              parent_run_id=self.parent_id)
+            run_id = self.logger.start(RUN_NAME_SEPARATOR.join(p for p in (fold, parent_name) if p), tags,
+                                       parent_run_id=self.parent_id)
+            if resume and (earlier := earlier_claim(client, experiment, self.parent_id, fold, run_id)) is not None:
+                client.delete_run(run_id)  # another machine claimed this fold first (no shared lock file there)
+                self.logger.run_id = None
+                return earlier
             if client.get_run(self.parent_id).info.status != "RUNNING":
                 client.update_run(self.parent_id, status="RUNNING")
         self.params = params
@@ -278,9 +313,25 @@ class FoldRun:
 
     def fail(self) -> None:
         """Mark the run FAILED (the sweep goes on; a resumed sweep re-runs it); the parent stops RUNNING if idle."""
-        self.logger.end("FAILED")
+        self._close("FAILED", "FINISHED")
+
+    def kill(self) -> None:
+        """A stop signal: the run ends KILLED at once, and so does its parent when no other fold is running."""
+        self._close("KILLED", "KILLED")
+
+    def abandon(self) -> None:
+        """`fail`, as far as a store that may have stopped answering allows (it never raises)."""
+        try:
+            self.fail()
+        except Exception as error:  # the store is gone: a later `leukexp-sync` or resumed sweep closes the run
+            log.warning("could not mark run %s FAILED (%s)", self.logger.run_id, type(error).__name__)
+
+    def _close(self, status: str, parent_status: str) -> None:
+        if self.logger.run_id is None:
+            return
+        self.logger.end(status)
         if self.parent_id is not None:
             with self._locked():
                 client = self.logger.client
                 if not running_runs(client, self.logger.experiment_id, self.parent_id):
-                    client.set_terminated(self.parent_id, status="FINISHED")
+                    client.set_terminated(self.parent_id, status=parent_status)

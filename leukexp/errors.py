@@ -2,22 +2,61 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from omegaconf.errors import OmegaConfBaseException
 
+from leukexp.secrets import redact
+
 EXIT_USER_ERROR = 2
+
+# file-system faults a user can fix, and what fixes them
+_OS_FIXES = {
+    errno.ENOSPC: "no space left on the device: free space or point the run elsewhere (hydra.run.dir=..., paths.*)",
+    errno.EDQUOT: "disk quota exceeded: free space or point the run elsewhere (hydra.run.dir=..., paths.*)",
+    errno.EROFS: "read-only file system: point the run at a writable folder (hydra.run.dir=..., paths.*)",
+    errno.EACCES: "permission denied: make it writable (chmod) or point the run at a folder you own",
+    errno.EPERM: "operation not permitted: make it writable (chmod) or point the run at a folder you own",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: give a folder path",
+    errno.EISDIR: "is a folder, not a file: give a file path",
+    errno.ENAMETOOLONG: "the path is too long: use a shorter folder or file name",
+    errno.EEXIST: "already exists and is in the way: remove it or give another path",
+}
 
 
 class LeukexpError(Exception):
     """A mistake in the user's input (data, config, files), reported as one line."""
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: the current run ends KILLED and the process exits with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process ended by that signal."""
+        return 128 + self.signum
+
+
+def os_error_message(error: OSError) -> str | None:
+    """One line for a file-system fault the user can fix (None for other OS errors)."""
+    fix = _OS_FIXES.get(error.errno or -1)
+    if fix is None:
+        return None
+    where = error.filename if error.filename is not None else "a file"
+    return f"{where}: {fix}"
+
+
 @contextmanager
 def user_errors(program: str = "leukexp") -> Iterator[None]:
-    """Turn user mistakes raised inside the block into `program: error: ...` and exit code 2."""
+    """Turn user mistakes raised inside the block into `program: error: ...` and exit code 2; an interrupt into
+    one line and exit code 128 + signal."""
     try:
         yield
     except LeukexpError as error:
@@ -28,8 +67,17 @@ def user_errors(program: str = "leukexp") -> Iterator[None]:
         if key and "Missing mandatory value" in message:
             message = f"config key '{key}' has no value: set it on the command line, e.g. {key}=..."
         _exit(program, f"config error: {message}")
+    except OSError as error:
+        message = os_error_message(error)
+        if message is None:
+            raise
+        _exit(program, message)
+    except Interrupted as stop:
+        print(f"{program}: stopped by signal {stop.signum}; finished folds are kept, re-run the same command to"
+              " resume", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
 
 
 def _exit(program: str, message: str) -> None:
-    print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+    print(f"{program}: error: {redact(message)}", file=sys.stderr, flush=True)
     raise SystemExit(EXIT_USER_ERROR)

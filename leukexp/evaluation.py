@@ -14,12 +14,15 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from leukexp.vocabulary import class_key_parts
+
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str],
                            prefix: str = "test") -> dict[str, float]:
     """Accuracy, loss, sample count, macro and per-class precision/recall/F1 and one-vs-rest ROC-AUC.
 
-    AUC of a class absent from `labels` is left out (and out of the macro mean).
+    AUC of a class absent from `labels` is left out (and out of the macro mean). Per-class keys use the class's
+    MLflow-safe name (`vocabulary.class_key_parts`).
     """
     indices = list(range(len(classes)))
     predicted = probs.argmax(axis=1)
@@ -38,7 +41,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     metrics[f"{prefix}/recall_macro"] = float(recall.mean())
     metrics[f"{prefix}/f1_macro"] = float(f1.mean())
     aucs = []
-    for i, name in enumerate(classes):
+    for i, name in enumerate(class_key_parts(classes)):
         metrics[f"{prefix}/precision/{name}"] = float(precision[i])
         metrics[f"{prefix}/recall/{name}"] = float(recall[i])
         metrics[f"{prefix}/f1/{name}"] = float(f1[i])

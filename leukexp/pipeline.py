@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -14,12 +15,13 @@ from leukexp.backbones.base import Backbone
 from leukexp.console import console, describe_study, print_frame
 from leukexp.data.dataset import ViewDataset
 from leukexp.data.study import Study, build_study
-from leukexp.errors import LeukexpError
+from leukexp.errors import Interrupted, LeukexpError
 from leukexp.evaluation import best_epoch_metrics, classification_metrics
 from leukexp.features.extract import part_caches, study_features
 from leukexp.fit import FitResult, fit_head
 from leukexp.identity import run_tags
 from leukexp.logs import quiet_libraries
+from leukexp.secrets import redact
 from leukexp.settings import build_backbone, build_head, seed_everything
 from leukexp.sweep import is_multirun, job_threads
 from leukexp.sync import save_pending
@@ -34,6 +36,14 @@ if TYPE_CHECKING:
 # MLflow, Lightning and matplotlib load when a run gets to them: a mistake in the data is reported first
 
 
+def scrub_secrets(out: Path) -> None:
+    """Hydra's own copies of the command line and config in the run folder (`.hydra/*.yaml`) without credentials."""
+    for path in (out / ".hydra").glob("*.yaml"):
+        text = path.read_text()
+        if (clean := redact(text)) != text:
+            path.write_text(clean)
+
+
 def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[str, float] | None]:
     """The fold's MLflow run (None when tracking is off), or the metrics to return instead of running it."""
     if not cfg.mlflow.enabled:
@@ -42,15 +52,16 @@ def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[s
     from leukexp.tracking import RunLogger, configure_http, flatten
 
     configure_http(float(cfg.mlflow.http_timeout), int(cfg.mlflow.http_max_retries))
-    logger = RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+    logger = RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location,
+                       bool(cfg.mlflow.get("create_store_folder", False)), cfg.paths.root_dir)
     fold_run = FoldRun(logger, run_tags(cfg, study), Path(cfg.paths.cache_dir) / "locks")
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     try:
         claimed = fold_run.open(resume=bool(cfg.sweep.resume) and is_multirun(), params=params)
-    except Exception as error:  # the server went away while the run was being set up
-        raise LeukexpError(f"mlflow.tracking_uri={logger.tracking_uri}: the store stopped answering while the run"
-                           f" was set up ({type(error).__name__}); nothing was computed yet: run the command again"
-                           " when it answers") from error
+    except Exception as error:  # the server went away, or refused what was logged, while the run was set up
+        fold_run.abandon()
+        raise LeukexpError(f"mlflow.tracking_uri={logger.tracking_uri}: {store_failure(error)} while the run was"
+                           " set up; nothing was computed yet: run the command again when it is fixed") from error
     if isinstance(claimed, str):
         console.print(f"[yellow]skipped:[/] fold {study.fold.name} of this configuration is running in {claimed}")
         return None, {}
@@ -61,19 +72,61 @@ def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[s
     return fold_run, None
 
 
+def store_failure(error: BaseException) -> str:
+    """What went wrong with the store, in words: a refusal (MLflow's own message) or a store that stopped answering."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(error, MlflowException) and not _is_connection_failure(error):
+        kind = "the server refused" if isinstance(error, RestException) else "the store refused"
+        return f"{kind} what was logged ({error.error_code}: {error.message.splitlines()[0][:300]})"
+    return f"the store stopped answering ({type(error).__name__})"
+
+
+def _is_connection_failure(error: BaseException) -> bool:
+    """Whether an MLflow error is a transport failure (refused, timed out, retries spent) rather than a refusal."""
+    text = f"{getattr(error, 'message', '')} {error.__cause__!r} {error.__context__!r}"
+    markers = ("Max retries", "ConnectionError", "Connection refused", "timed out", "Timeout", "API request to")
+    return any(marker in text for marker in markers)
+
+
 def log_to_mlflow(fold_run: FoldRun, out: Path, result: FitResult, metrics: dict[str, float],
                   artifacts: list[Path]) -> None:
-    """Finish the MLflow run; if the store stops answering, keep everything for `leukexp-sync` and say so."""
+    """Finish the MLflow run; if the store stops answering, keep everything for `leukexp-sync` and say so; if it
+    refuses what was logged, mark the run FAILED and say what it refused."""
     try:
         if fold_run.finish(result.history, metrics, artifacts):
             console.print(f"all {fold_run.n_splits} folds finished: aggregates on parent run {fold_run.parent_id}")
-    except Exception as error:  # a server that went away: HTTP, connection and MLflow errors alike
+    except Exception as error:  # a server that went away, or a store that refused a key or value
         save_pending(out, fold_run, metrics, artifacts)
+        fold_run.abandon()  # FAILED where the store still answers, so nothing stays RUNNING
         raise LeukexpError(
-            f"mlflow.tracking_uri={fold_run.logger.tracking_uri}: the store stopped answering"
-            f" ({type(error).__name__}); the results are kept in {out}; upload them with: leukexp-sync {out}"
+            f"mlflow.tracking_uri={fold_run.logger.tracking_uri}: {store_failure(error)}; the results are kept in"
+            f" {out}; upload them with: leukexp-sync {out}"
         ) from error
     console.print(f"MLflow run {fold_run.logger.run_id}; open the UI with: {fold_run.logger.ui_hint()}")
+
+
+def check_finite(result: FitResult, cfg: DictConfig) -> None:
+    """Training that diverged (NaN or infinite outputs) is one line naming the cause and the fix."""
+    if np.isfinite(result.val_probs).all() and np.isfinite(result.test_probs).all():
+        return
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    raise LeukexpError(f"training diverged: the head's outputs are NaN or infinite (optimizer.lr={lr}); lower"
+                       " optimizer.lr (e.g. optimizer.lr=0.001) or use a head without gradient steps (head=logreg)")
+
+
+def check_sizes(cfg: DictConfig, backbone: Backbone, num_classes: int) -> None:
+    """A head or a batch larger than this machine's memory is refused before any work (one line, the key)."""
+    from leukexp.heads.base import available_memory
+
+    memory = available_memory()
+    side = max(backbone.preprocess.input_size[-2:]) if hasattr(backbone.preprocess, "input_size") else 512
+    batch = cfg.features.batch_size
+    if isinstance(batch, int) and batch * 3 * side * side * 4 * 8 > memory:  # input + ~7x activations, float32
+        raise LeukexpError(f"features.batch_size={batch}: {batch} views of {side}x{side} px need more memory than"
+                           f" this machine has ({memory / 2**30:.0f} GiB free); use features.batch_size=auto")
+    with torch.device("meta"):  # the head's own size check runs; nothing is allocated
+        build_head(cfg, backbone, num_classes, None)
 
 
 def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: Stopwatch
@@ -89,6 +142,7 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
         images = (ViewDataset(study.catalog.frame, study.samples.train, study.augmentation, backbone.preprocess,
                               random=True) if features.train is None else None)
         result = fit_head(head, study.samples, features, images)
+        check_finite(result, cfg)
     if (tta := str(cfg.evaluation.tta)) != "none":
         with clock.phase("test views"):
             study, probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
@@ -102,7 +156,7 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
         from leukexp.artifacts import write_run_artifacts
 
         cam = int(cfg.evaluation.cam_per_class) if cfg.evaluation.cam_panel else 0
-        artifacts = write_run_artifacts(Path(cfg.paths.output_dir), OmegaConf.to_yaml(cfg, resolve=True), study,
+        artifacts = write_run_artifacts(Path(cfg.paths.output_dir), redact(OmegaConf.to_yaml(cfg, resolve=True)), study,
                                         backbone, OmegaConf.to_container(cfg.model, resolve=True), result, metrics,
                                         cam)
     return result, metrics, artifacts, cache_note
@@ -119,16 +173,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         study = build_study(cfg)
         describe_study(study)
         out = Path(cfg.paths.output_dir)
+        scrub_secrets(out)
         study.write_manifest(out / MANIFEST_FILE)
     with clock.phase("backbone"):
         seed_everything(int(cfg.seed))  # random-init backbones are reproducible too
         backbone = build_backbone(cfg)
+        check_sizes(cfg, backbone, len(study.classes))
     with clock.phase("MLflow"):
         fold_run, earlier = open_fold_run(cfg, study)
     if earlier is not None:
         return earlier
     try:
         result, metrics, artifacts, cache_note = fit_and_evaluate(cfg, study, backbone, clock)
+    except Interrupted:
+        if fold_run:
+            fold_run.kill()
+        raise
     except BaseException:
         if fold_run:
             fold_run.fail()

@@ -3,7 +3,10 @@
 A saved classifier is a folder: `classifier.json` (classes, the head's spec, the backbone's config and
 fingerprint) and the head's weights (`head.pt` tensors or `head.skops`). A run's `model/` artifact is an MLflow
 model holding that folder as its data (`leukexp.serving`). Loading builds only leukexp's own backbones and
-heads: a folder from a shared server cannot make it run other code.
+heads from an allow-list, resolves no interpolation in the stored config, loads only tensors and a fixed list of
+scikit-learn types, and refuses a model with a `code/` folder: a folder from a shared server cannot make
+`leukexp-predict` run other code. (`mlflow.pyfunc.load_model` is MLflow's: it imports whatever loader a model
+names, so load only models you trust that way.)
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def classifier_folder(folder: str | Path) -> Path:
         if flavor.get("loader_module") != LOADER_MODULE:
             raise LeukexpError(f"{folder}: not a leukexp model (its loader is {flavor.get('loader_module')!r});"
                                " leukexp loads only its own models")
+        if flavor.get("code") or (folder / "code").exists():
+            raise LeukexpError(f"{folder}: carries a code/ folder, which MLflow would import before leukexp's own"
+                               " code; leukexp's models never carry one: refused (use a model leukexp wrote)")
         return classifier_folder(folder / flavor.get("data", f"data/{MODEL_DATA_DIR}"))
     if (folder / "model").is_dir():
         return classifier_folder(folder / "model")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.evaluation import classification_metrics
 from leukexp.stats import paired_difference, spread, t_interval, wilson_interval
-from leukexp.tracking import configure_http, is_sqlite_file, resolve_tracking_uri, sqlite_path
+from leukexp.tracking import configure_http, is_sqlite_file, probe_server, resolve_tracking_uri, sqlite_path
 from leukexp.vocabulary import (
     CAM_DIR,
     CV_GROUP_TAG,
@@ -31,6 +32,8 @@ from leukexp.vocabulary import (
     Predictions,
     kind_filter,
 )
+
+log = logging.getLogger("leukexp")
 
 # the thesis's per-fold rows (Tables 4.1-4.3) and where each comes from
 FOLD_ROWS = {"test_acc": "test/acc", "val_acc": "best/val/acc", "trn_acc": "best/train/acc",
@@ -48,6 +51,7 @@ class StudyRuns:
 
 def open_client(uri: str) -> MlflowClient:
     """A client on the store, checked to answer (one line when it does not)."""
+    probe_server(uri, "--tracking-uri ")
     try:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
@@ -342,6 +346,29 @@ SECTIONS: list[Section] = [summary_section, pooled_section, per_fold_section, pe
                            activation_map_section, unfinished_section]
 
 
+def guarded(section: Section, context: ReportContext) -> list[str]:
+    """A section's lines; a section that fails is a warning and a note in the report, never a failed report."""
+    try:
+        return section(context)
+    except (MlflowException, ValueError, KeyError, TypeError, IndexError, OSError, RuntimeError) as error:
+        if isinstance(error, OSError) and error.errno == 28:  # no space: the report itself cannot be written
+            raise
+        name = section.__name__.removesuffix("_section").replace("_", " ")
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if str(error) else type(error).__name__
+        log.warning("report section '%s' left out (%s)", name, detail)
+        return [f"## {name.capitalize()}", "", f"_Left out: this section could not be made ({detail})._", ""]
+
+
+def check_out_folder(out: Path) -> None:
+    """`--out` must be a folder or a path where one can be made: one line naming the file in the way."""
+    for place in (out, *out.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is a file" if place == out else f"lies under {place}, which is a file"
+                raise LeukexpError(f"--out {out}: {what}; give a folder (e.g. --out reports/NAME)")
+            return
+
+
 def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tuple[str, str]] | None = None,
                  metric: str = "test/acc", client: MlflowClient | None = None,
                  ensembles: list[list[str]] | None = None) -> Path:
@@ -366,7 +393,7 @@ def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tupl
              f"{folds['config'].nunique()} configuration(s), {len(folds)} finished fold run(s)."
              f" Metric: `{metric}`; 95% CI: Student t over folds.", ""]
     for section in SECTIONS:
-        lines += section(context)
+        lines += guarded(section, context)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -412,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             known = ", ".join(sorted(c for c in runs.folds.columns if c.count("/") == 1 and c.startswith("test/")))
             raise LeukexpError(f"--metric {args.metric}: not logged by these runs (test metrics: {known})")
         out = args.out or Path("reports") / args.experiment
+        check_out_folder(out)
         path = write_report(runs, out, args.experiment, [tuple(c) for c in args.compare or []], args.metric, client,
                             args.ensemble)
         print(f"wrote {path} ({runs.folds['config'].nunique()} configurations, {len(runs.folds)} fold runs,"

@@ -34,10 +34,11 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
 
-    from leukexp.tracking import configure_http, resolve_tracking_uri
+    from leukexp.tracking import configure_http, probe_server, resolve_tracking_uri
 
     configure_http()
     uri = resolve_tracking_uri(tracking_uri)
+    probe_server(uri, "--tracking-uri ")
     try:
         if model.startswith("models:/"):  # resolved on this store's registry (no global MLflow state touched)
             model = registered_source(MlflowClient(tracking_uri=uri, registry_uri=uri), model)

@@ -56,8 +56,10 @@ def record_failure(error: BaseException) -> None:
 
 def sweep_description(command: list[str], data: str, started: str, jobs: int | None) -> str:
     """The experiment's description for a sweep: the command, the data and when it started."""
+    from leukexp.secrets import redact
+
     count = f" ({jobs} jobs)" if jobs else ""
-    return (f"Last sweep{count}, started {started}:\n\n```\nleukexp-train {' '.join(command)}\n```\n\n"
+    return redact(f"Last sweep{count}, started {started}:\n\n```\nleukexp-train {' '.join(command)}\n```\n\n"
             f"Data: `{data}`. Each configuration is a parent run (`leukexp.kind=cv`) named by what varies;"
             " its description holds the per-fold table and the aggregates (`cv/test/acc_mean` ...).")
 
@@ -107,7 +109,8 @@ class SweepCallback(Callback):
 
             with user_errors("leukexp-train"):
                 configure_http(float(config.mlflow.http_timeout), int(config.mlflow.http_max_retries))
-                prepare_store(str(config.mlflow.tracking_uri))
+                prepare_store(str(config.mlflow.tracking_uri), bool(config.mlflow.get("create_store_folder", False)),
+                              config.paths.root_dir)
                 describe_sweep(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

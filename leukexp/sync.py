@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from leukexp.errors import LeukexpError, user_errors
-from leukexp.vocabulary import HISTORY_FILE
+from leukexp.secrets import REDACTED, redact
+from leukexp.vocabulary import HISTORY_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
 
 if TYPE_CHECKING:
     from leukexp.cv import FoldRun
@@ -24,10 +27,12 @@ PENDING_FILE = "mlflow_pending.json"
 
 
 def save_pending(out: Path, fold_run: FoldRun, metrics: dict[str, float], artifacts: list[Path]) -> Path:
-    """Write what the upload needs beside the run's results."""
+    """Write what the upload needs beside the run's results (never the store's credentials), with an upload id that
+    makes the upload happen once, from this folder or any copy of it."""
     logger = fold_run.logger
     pending = {
-        "tracking_uri": logger.tracking_uri, "experiment_name": logger.experiment_name,
+        "upload_id": uuid.uuid4().hex,
+        "tracking_uri": redact(logger.tracking_uri), "experiment_name": logger.experiment_name,
         "artifact_location": logger.artifact_location, "run_id": logger.run_id, "tags": fold_run.tags,
         "params": fold_run.params, "metrics": metrics, "lock_dir": str(fold_run.lock_dir),
         "artifacts": [str(Path(a).resolve()) for a in artifacts],
@@ -35,6 +40,35 @@ def save_pending(out: Path, fold_run: FoldRun, metrics: dict[str, float], artifa
     path = out / PENDING_FILE
     path.write_text(json.dumps(pending, indent=2))
     return path
+
+
+def read_pending(path: Path) -> dict:
+    """The pending file's content, or one line saying it is damaged and what to do."""
+    try:
+        pending = json.loads(path.read_text())
+        for key in ("tracking_uri", "experiment_name", "tags", "params", "metrics", "artifacts"):
+            pending[key]
+        if not isinstance(pending["tags"], dict) or not isinstance(pending["metrics"], dict):
+            raise TypeError("tags and metrics must be mappings")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise LeukexpError(f"{path}: damaged ({type(error).__name__}: {str(error)[:120]}); the run's results are"
+                           f" still in {path.parent} (metrics in the run's log, predictions.csv, model/); re-run the"
+                           " fold to log it again") from error
+    return pending
+
+
+def store_uri(saved: str, given: str | None) -> str:
+    """The store to upload to: `--tracking-uri`, else the saved one; a saved URI whose credentials were redacted
+    is completed from `$MLFLOW_TRACKING_URI` when that names the same server."""
+    if given:
+        return given
+    if f"{REDACTED}@" not in saved:
+        return saved
+    environment = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if environment and redact(environment) == saved:
+        return environment
+    raise LeukexpError(f"the run's store {saved} needs credentials, which are never saved; give them with"
+                       " --tracking-uri URI or MLFLOW_TRACKING_URI")
 
 
 def upload(folder: Path, tracking_uri: str | None = None) -> str:
@@ -45,15 +79,22 @@ def upload(folder: Path, tracking_uri: str | None = None) -> str:
     path = folder / PENDING_FILE
     if not path.is_file():
         raise LeukexpError(f"{folder}: no {PENDING_FILE}; nothing to upload (give the folder a failed upload named)")
-    pending = json.loads(path.read_text())
-    logger = RunLogger(tracking_uri or pending["tracking_uri"], pending["experiment_name"],
-                       pending["artifact_location"])
-    fold_run = FoldRun(logger, pending["tags"], Path(pending["lock_dir"]))
+    pending = read_pending(path)
+    logger = RunLogger(store_uri(pending["tracking_uri"], tracking_uri), pending["experiment_name"],
+                       pending.get("artifact_location"), create_folder=True)
+    upload_id = str(pending.get("upload_id") or "")
+    if upload_id and (done := _uploaded(logger, upload_id)) is not None:
+        path.unlink()
+        return f"{done} (already uploaded)"
+    tags = dict(pending["tags"]) | ({UPLOAD_TAG: upload_id} if upload_id else {})
+    fold_run = FoldRun(logger, tags, Path(pending.get("lock_dir") or folder))
     run = _existing_run(logger, pending.get("run_id"))
     if run is not None and run.info.status == "RUNNING":
         logger.run_id = run.info.run_id
-        fold_run.parent_id = run.data.tags.get("mlflow.parentRunId")
+        fold_run.parent_id = run.data.tags.get(PARENT_TAG)
         fold_run.params = pending["params"]
+        if upload_id:
+            logger.set_tags({UPLOAD_TAG: upload_id})
     else:
         fold_run.open(resume=False, params=pending["params"])
     history_file = folder / HISTORY_FILE
@@ -61,6 +102,13 @@ def upload(folder: Path, tracking_uri: str | None = None) -> str:
     fold_run.finish(history, pending["metrics"], [Path(a) for a in pending["artifacts"]])
     path.unlink()
     return str(logger.run_id)
+
+
+def _uploaded(logger: object, upload_id: str) -> str | None:
+    """The id of a FINISHED run that this upload (from this folder or a copy of it) already went to."""
+    query = f"tags.`{UPLOAD_TAG}` = {quote_filter(upload_id)} and attributes.status = 'FINISHED'"
+    runs = logger.client.search_runs([logger.experiment_id], query, max_results=1)  # type: ignore[attr-defined]
+    return runs[0].info.run_id if runs else None
 
 
 def _existing_run(logger: object, run_id: str | None) -> object | None:
@@ -79,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="upload to this store instead of the run's own")
     args = parser.parse_args(argv)
     with user_errors("leukexp-sync"):
+        from leukexp.tracking import configure_http
+
+        configure_http()  # the deadline and retries of leukexp-train: a dead server is one line in about 10 s
         for folder in args.folders:
             run_id = upload(folder, args.tracking_uri)
             print(f"uploaded {folder} to MLflow run {run_id}")

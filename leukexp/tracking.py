@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
 from leukexp.files import file_lock
-from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT
+from leukexp.secrets import redact
+from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT, mlflow_key
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -26,14 +27,15 @@ PARAM_LIMIT = 6000
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"a.b.c": "value"} (lists as their text)."""
+    """Nested config -> {"a.b.c": "value"} (lists as their text); keys as MLflow accepts them (`mlflow_key`),
+    credentials in URIs redacted (`secrets.redact`)."""
     flat: dict[str, str] = {}
     for key, value in config.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{mlflow_key(str(key))}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = str(value)[:PARAM_LIMIT]
+            flat[name] = redact(str(value))[:PARAM_LIMIT]
     return flat
 
 
@@ -60,6 +62,18 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{root}/mlruns/mlflow.db"
 
 
+def local_store_dir(tracking_uri: str) -> Path | None:
+    """The folder of a store on this file system (a SQLite file's folder, a `file:` store), None for a server."""
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        return database.parent
+    if tracking_uri.startswith("file:"):
+        return Path(tracking_uri.removeprefix("file://").removeprefix("file:"))
+    if tracking_uri.startswith("/"):
+        return Path(tracking_uri)
+    return None
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI (None for other stores)."""
     if not tracking_uri.startswith("sqlite:///"):
@@ -67,14 +81,22 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
 
 
-def prepare_store(tracking_uri: str) -> None:
+def prepare_store(tracking_uri: str, create_folder: bool = False, project_root: str | Path | None = None) -> None:
     """Check the store answers and, for a local SQLite store, create its schema once under a file lock.
 
-    Two sweeps started together on a new store would otherwise both run MLflow's schema migration.
+    Two sweeps started together on a new store would otherwise both run MLflow's schema migration. A SQLite
+    store's folder is created when it lies under the project root (`project_root`: `paths.root_dir`, by default
+    `$LEUKEXP_ROOT` or the current folder), or with
+    `create_folder` (`mlflow.create_store_folder=true`); elsewhere a missing folder is one line, not a new folder
+    at some unexpected place (a typo in the URI would otherwise create `/data/mlrun/` silently).
     """
     database = sqlite_path(tracking_uri)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        if not database.parent.is_dir():
+            if not (create_folder or _under_project(database.parent, project_root)):
+                raise LeukexpError(f"mlflow.tracking_uri={tracking_uri}: the folder {database.parent} does not exist;"
+                                   " create it, fix the URI, or set mlflow.create_store_folder=true")
+            database.parent.mkdir(parents=True, exist_ok=True)
         if database.is_file() and database.stat().st_size and not is_sqlite_file(database):
             raise LeukexpError(f"mlflow.tracking_uri={tracking_uri}: {database} is not a SQLite database;"
                                " point at an MLflow store or a new file name")
@@ -84,6 +106,36 @@ def prepare_store(tracking_uri: str) -> None:
         _answer(tracking_uri)
 
 
+def _under_project(folder: Path, project_root: str | Path | None = None) -> bool:
+    root = Path(project_root or os.environ.get("LEUKEXP_ROOT") or Path.cwd()).resolve()
+    return folder.resolve().is_relative_to(root)
+
+
+def http_deadline() -> float:
+    """Seconds a tracking server has to answer a leukexp command's first request (`mlflow.http_timeout`)."""
+    try:
+        return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"))
+    except ValueError:
+        return 10.0
+
+
+def probe_server(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None:
+    """One request to a tracking server with one deadline and no retries: a server that is down, unreachable or
+    accepts connections and never answers is one line within `http_deadline()` seconds (MLflow's own client
+    would retry and wait per request: 30-250 s)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    deadline = http_deadline()
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                     timeout=(deadline, deadline))
+    except requests.RequestException as error:
+        raise LeukexpError(f"{option}{redact(tracking_uri)}: the server does not answer within {deadline:g} s"
+                           f" ({type(error).__name__}); start it or fix the URI") from error
+
+
 def is_sqlite_file(path: Path) -> bool:
     """Whether the file starts with SQLite's header."""
     with open(path, "rb") as handle:
@@ -91,6 +143,7 @@ def is_sqlite_file(path: Path) -> bool:
 
 
 def _answer(tracking_uri: str) -> None:
+    probe_server(tracking_uri, "mlflow.tracking_uri=")
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except MlflowException as error:
@@ -131,10 +184,12 @@ class RunLogger:
         tracking_uri: `sqlite:///.../mlruns/mlflow.db` by default, or `http://host:port`.
         experiment_name: MLflow experiment.
         artifact_location: where a new experiment stores artifacts (local stores: `mlruns/artifacts`).
+        create_folder: create a SQLite store's folder even outside `project_root` (`paths.root_dir`).
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None) -> None:
-        prepare_store(tracking_uri)
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
+                 create_folder: bool = False, project_root: str | Path | None = None) -> None:
+        prepare_store(tracking_uri, create_folder, project_root)
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -189,7 +244,7 @@ class RunLogger:
 
     def ui_hint(self) -> str:
         """The command that opens the MLflow UI on this store."""
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        return f"mlflow ui --backend-store-uri {redact(self.tracking_uri)}"
 
 
 __all__ = ["RunLogger", "flatten", "mlflow", "prepare_store"]

@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from leukexp.config import config_dir
-from leukexp.errors import LeukexpError, user_errors
+from leukexp.errors import EXIT_USER_ERROR, Interrupted, LeukexpError, user_errors
+from leukexp.secrets import redact
 from leukexp.sweep import is_multirun, record_failure
 
 log = logging.getLogger("leukexp")
+PROGRAM = "leukexp-train"
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run_app(cfg: DictConfig) -> float | None:
     """Run the configuration and return `optimized_metric` (for sweepers).
 
-    In a multirun a failing job is recorded and the sweep goes on; the failures are listed at its end.
+    In a multirun a failing job is recorded and the sweep goes on; the failures are listed at its end. A stop
+    signal is no failure: it ends the sweep (no next job).
     """
+    from leukexp.signals import install_stop_handlers
+
+    install_stop_handlers()  # also in launcher workers, which run jobs in processes of their own
     if is_multirun():
         try:
             return _run(cfg)
         except (Exception, SystemExit) as error:  # one job's failure must not stop the sweep
-            log.error("job failed: %s", error if isinstance(error, LeukexpError) else repr(error))
+            log.error("job failed: %s", redact(str(error) if isinstance(error, LeukexpError) else repr(error)))
             record_failure(error)
             return None
-    with user_errors("leukexp-train"):
+    with user_errors(PROGRAM):
         return _run(cfg)
     return None
 
@@ -39,6 +47,35 @@ def _run(cfg: DictConfig) -> float | None:
     from leukexp.pipeline import train
 
     return train(cfg).get(cfg.optimized_metric)
+
+
+def one_line(error: BaseException) -> str:
+    """A Hydra composition error (`Could not find 'model/nope'`, its options on further lines) as one line."""
+    text = str(error).split("Config search path:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines)[:2000] or type(error).__name__
+
+
+def main() -> None:
+    """Command line entry of `leukexp-train`: Hydra's app with every user mistake, file-system fault and stop
+    signal (also those Hydra meets before the job starts, e.g. a run folder it cannot create) as one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from leukexp.signals import install_stop_handlers, reap_children
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises, so the errors below are reported here
+    install_stop_handlers()
+    try:
+        with user_errors(PROGRAM):
+            try:
+                run_app()
+            except Interrupted:
+                reap_children()  # worker pools (an SVM's calibration folds) and launcher workers end with the job
+                raise
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"{PROGRAM}: error: {redact(one_line(error))}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 if __name__ == "__main__":

@@ -72,19 +72,25 @@ class Rule:
     expected: str
 
 
+# epochs of a head on frozen features: the study trains 10-25; beyond this a typo (100000000) would run for years
+MAX_EPOCHS = 10_000
+# views per backbone batch and samples per head step: beyond these, no machine's memory holds a batch
+MAX_BATCH = 65_536
+
 RULES = [
     Rule("seed", integer(), "a whole number, e.g. seed=42"),
     Rule("optimizer.lr", number(0, low_open=True), "a positive learning rate, e.g. optimizer.lr=0.001"),
-    Rule("training.batch_size", integer(1), "a whole number >= 1, e.g. training.batch_size=32"),
+    Rule("training.batch_size", integer(1, MAX_BATCH), f"a whole number from 1 to {MAX_BATCH:,}, e.g. 32"),
     Rule("training.binary_outputs", one_of(1, 2), "1 (one logit, BCE) or 2 (two logits, cross-entropy)"),
     Rule("training.early_stopping_patience", integer(1, optional=True), "null or a whole number of epochs >= 1"),
     Rule("training.num_workers", integer(0), "a whole number >= 0"),
     Rule("training.torch_threads", integer(1, optional=True), "null or a whole number >= 1"),
     Rule("training.head_threads", lambda v: v == "auto" or integer(1, optional=True)(v),
          "auto, null or a whole number >= 1"),
-    Rule("trainer.max_epochs", integer(1), "a whole number of epochs >= 1"),
+    Rule("trainer.max_epochs", integer(1, MAX_EPOCHS), f"a whole number of epochs from 1 to {MAX_EPOCHS:,}"),
     Rule("features.cache", boolean, "true or false"),
-    Rule("features.batch_size", lambda v: v == "auto" or integer(1)(v), "auto or a whole number >= 1"),
+    Rule("features.batch_size", lambda v: v == "auto" or integer(1, MAX_BATCH)(v),
+         f"auto or a whole number from 1 to {MAX_BATCH:,}"),
     Rule("features.num_workers", lambda v: v == "auto" or integer(0)(v), "auto or a whole number >= 0"),
     Rule("features.device", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "auto, cpu or cuda[:N]"),
     Rule("features.precision", one_of("fp32", "bf16", "fp16"), "fp32, bf16 or fp16"),
@@ -94,7 +100,7 @@ RULES = [
     Rule("protocol.balance", one_of("none", "undersample", "oversample", "class_weights"),
          "none, undersample, oversample or class_weights"),
     Rule("protocol.val_split", one_of("source", "view"), "source or view"),
-    Rule("task.epochs", integer(1), "a whole number of epochs >= 1"),
+    Rule("task.epochs", integer(1, MAX_EPOCHS), f"a whole number of epochs from 1 to {MAX_EPOCHS:,}"),
     Rule("data.on_bad_image", one_of("error", "skip"), "error or skip"),
     Rule("augmentation.repeats", integer(0), "a whole number >= 0"),
     Rule("model.input_size", integer(16, optional=True), "null or a side in pixels >= 16"),
@@ -108,6 +114,7 @@ RULES = [
     Rule("mlflow.enabled", boolean, "true or false"),
     Rule("mlflow.http_timeout", number(0, low_open=True), "seconds > 0"),
     Rule("mlflow.http_max_retries", integer(0), "a whole number >= 0"),
+    Rule("mlflow.create_store_folder", boolean, "true or false"),
 ]
 
 _MISSING = object()
@@ -169,13 +176,16 @@ def _check_backbone(model: dict[str, Any], key: str) -> None:
 
 def check_head(cfg: DictConfig) -> None:
     """Build the head once for a stand-in problem: its own argument checks run before any real work."""
+    import torch
+
     from leukexp.config import build
     from leukexp.heads.base import HeadContext
 
     factory = build(cfg.head, "head")
     if not callable(factory):
         raise LeukexpError("head: the head config must be a partial (`_partial_: true`) taking a HeadContext")
-    factory(HeadContext(in_features=8, num_classes=3))
+    with torch.device("meta"):  # checks only: a stand-in head allocates nothing, whatever its widths
+        factory(HeadContext(in_features=8, num_classes=3))
 
 
 def check_accelerator(cfg: DictConfig) -> None:

@@ -6,6 +6,7 @@ and the `predictions.csv` schema live here and nowhere else.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,10 @@ DATA_HASH_TAG = "data_hash"
 FOLD_TAG = "fold"
 N_SPLITS_TAG = "n_splits"
 FOLDS_FINISHED_TAG = "folds_finished"
+# the task's class names as written (JSON: MLflow key part -> name), since metric keys carry `metric_key_part`s
+CLASSES_TAG = "leukexp.classes"
+# a pending upload's identity (leukexp-sync logs a folder, or a copy of it, once)
+UPLOAD_TAG = "leukexp.upload_id"
 # tags that describe a configuration: shown in reports, copied from a fold run to its CV parent
 LABEL_TAGS = ("model", "head", "task", "protocol", "augmentation", "data")
 CV_TAGS = (*LABEL_TAGS, "seed", CV_GROUP_TAG, DATA_HASH_TAG, NAME_TAG)
@@ -56,6 +61,36 @@ TEST = "test/"
 BEST = "best/"
 CV = "cv/"
 TRAIN_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
+TEST_ACC = "test/acc"
+
+# MLflow allows letters, digits, `_ - . / :` and spaces in metric and param keys (no colon on Windows); a class folder
+# may be called `Band (BNE)+`. One rule maps any name to a key part; the original names travel in CLASSES_TAG.
+_KEY_UNSAFE = re.compile(r"[^\w.\- ]")
+
+
+def metric_key_part(name: str) -> str:
+    """`name` as one part of an MLflow key: every character MLflow refuses becomes `_` (`Band (BNE)+` ->
+    `Band _BNE__`); names that would form a path step (`.`, `..`, empty) get a leading `_`."""
+    part = _KEY_UNSAFE.sub("_", str(name)).strip()
+    return part if part.strip(".") else f"_{part}"
+
+
+def class_key_parts(classes: list[str]) -> list[str]:
+    """`metric_key_part` of each class, made unique (`a+` and `a$` become `a_` and `a__2`)."""
+    parts: list[str] = []
+    for name in classes:
+        part, n = metric_key_part(name), 1
+        while part in parts:
+            n += 1
+            part = f"{metric_key_part(name)}_{n}"
+        parts.append(part)
+    return parts
+
+
+def mlflow_key(key: str) -> str:
+    """A param or metric key MLflow accepts: each `/`- or `.`-separated part passed through `metric_key_part`."""
+    return "/".join(".".join(metric_key_part(p) if _KEY_UNSAFE.search(p) or not p.strip(".") else p
+                             for p in step.split(".")) for step in key.split("/"))
 
 # artifacts of a fold run
 CONFIG_FILE = "config.yaml"
@@ -69,6 +104,11 @@ LOADER_MODULE = "leukexp.serving"
 MODEL_DATA_DIR = "classifier"
 CAM_DIR = "cam"
 PROBABILITY_PREFIX = "p_"
+
+
+def quote_filter(value: str) -> str:
+    """A value as an MLflow filter string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def kind_filter(kind: str) -> str:

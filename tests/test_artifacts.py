@@ -47,3 +47,26 @@ def test_parent_description_holds_the_fold_table_and_the_aggregates() -> None:
     assert "3/5 folds (incomplete: 3 of 5 folds finished)" in text
     assert "`head=svm` `model=m`" in text
     assert result_summary(metrics, 3, 5) == "acc 0.900 ± 0.100 (3/5 folds)"
+
+
+def test_an_optional_artifact_that_fails_is_one_warning(tmp_path: Path, caplog) -> None:
+    import errno
+
+    import pytest
+
+    from leukexp.artifacts import optional
+
+    def broken() -> Path:
+        raise ValueError("all input arrays must have the same shape")
+
+    assert optional("the activation-map panel (cam/panel.png)", "Make maps later with: ...", broken) is None
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "Make maps later with" in record.message
+    assert "the activation-map panel (cam/panel.png) not written (ValueError: all" in record.message
+    assert optional("x", "", lambda: tmp_path) == tmp_path
+
+    def full() -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "roc.png"))
+
+    with pytest.raises(OSError):
+        optional("roc.png", "", full)  # a full disk is the run's failure, reported as one line by the CLI

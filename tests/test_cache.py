@@ -89,3 +89,13 @@ def test_many_entries_at_once_with_hits_misses_and_foreign_entries(tmp_path: Pat
     assert found.tolist() == [True] * 3 + [False, True, False] + [True] * 4 + [False, False]
     assert np.array_equal(values[found][:, 0], [0, 1, 2, 4, 6, 7, 8, 9]) and not values[~found].any()
     assert (reader.hits, reader.misses) == (8, 4)
+
+
+def test_a_non_finite_entry_is_a_miss(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "bb")
+    cache.put("aa11", "v0", np.ones(4))
+    cache.put("bb22", "v0", np.array([1.0, np.nan, 0.0, 2.0]))
+    cache.put("cc33", "v0", np.array([np.inf, 0.0, 0.0, 2.0]))
+    values, found = cache.get_many([("aa11", "v0"), ("bb22", "v0"), ("cc33", "v0")], width=4)
+    assert found.tolist() == [True, False, False]
+    assert np.isfinite(values).all() and (cache.hits, cache.misses) == (1, 2)

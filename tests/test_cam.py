@@ -19,9 +19,17 @@ def test_maps_have_each_images_size_and_stay_in_0_1(study_store: Path) -> None:
     classifier = load_classifier(study_store / "outputs" / "mlp1-f0")
     images = [np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
               for i, (h, w) in enumerate([(64, 64), (90, 120)])]
-    maps = activation_maps(classifier, images[:1])
-    assert maps.shape == (1, 64, 64) and maps.min() >= 0.0 and maps.max() <= 1.0 and maps.max() > 0.0
-    assert [m.shape for m in (activation_maps(classifier, [im])[0] for im in images)] == [(64, 64), (90, 120)]
+    maps = activation_maps(classifier, images)  # one call over two sizes: real folders mix them
+    assert [m.shape for m in maps] == [(64, 64), (90, 120)]
+    assert all(m.min() >= 0.0 and m.max() <= 1.0 for m in maps) and maps[0].max() > 0.0
+
+
+def test_panel_of_images_of_several_sizes(study_store: Path, tmp_path: Path) -> None:
+    classifier = load_classifier(study_store / "outputs" / "mlp1-f0")
+    images = [np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
+              for i, (h, w) in enumerate([(64, 64), (90, 120), (30, 72), (57, 61), (48, 48), (80, 40)])]
+    panel = cam_panel(classifier, images, np.array([0, 0, 0, 1, 1, 1]), tmp_path / "panel.png", per_class=3)
+    assert panel is not None and panel.stat().st_size > 1000
 
 
 def test_one_file_per_image_and_a_panel(study_store: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from leukexp.backbones.concat import ConcatBackbone, member_config
 from leukexp.data.augment import OfflineViews
+from leukexp.data.io import DECODER_VERSION
 from leukexp.errors import LeukexpError
 from leukexp.features.extract import part_caches, sample_features
 
@@ -41,7 +42,8 @@ def test_widths_add_up_and_each_member_is_cached_apart(tmp_path: Path) -> None:
     features = sample_features(fused, catalog, samples, OfflineViews(), caches)
     assert features.shape == (3, fused.num_features)
     folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert folders == sorted(m.fingerprint for m in fused.members), "one cache folder per member"
+    expected = sorted(f"{m.fingerprint}-d{DECODER_VERSION}" for m in fused.members)
+    assert folders == expected, "one cache folder per member"
     again = sample_features(fused, catalog, samples, OfflineViews(), part_caches(fused, tmp_path / "cache"))
     assert np.array_equal(features, again)
 

@@ -117,3 +117,35 @@ def test_names_stay_unique_within_an_experiment(tmp_path: Path) -> None:
     names = [logger.client.get_run(r).info.run_name for r in (first, other)]
     assert names[0] == "svm" and names[1].startswith("svm #") and len(set(names)) == 2
     assert unique_name(logger.client, logger.experiment_id, "svm", TAGS["cv_group"]) == "svm"
+
+
+def test_the_lock_lives_beside_a_local_store_whatever_the_root(tmp_path: Path) -> None:
+    from leukexp.cv import lock_file
+
+    uri = f"sqlite:///{tmp_path}/shared/mlflow.db"
+    first, second = lock_file(uri, "1", tmp_path / "root-a" / "locks"), lock_file(uri, "1", tmp_path / "root-b")
+    assert first == second == tmp_path / "shared" / ".leukexp-cv-1.lock"
+    server = lock_file("http://host:5000", "1", tmp_path / "root-a")
+    assert server.parent == tmp_path / "root-a"
+
+
+def test_a_claim_written_after_an_earlier_one_steps_back(tmp_path: Path) -> None:
+    from leukexp.cv import earlier_claim
+
+    logger = store(tmp_path)
+    parent = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"leukexp.name": "n"})
+    first = logger.start("f0", TAGS | {"leukexp.owner": this_process()}, parent_run_id=parent)
+    second = logger.start("f0", TAGS | {"leukexp.owner": this_process()}, parent_run_id=parent)
+    assert earlier_claim(logger.client, logger.experiment_id, parent, "f0", second) == this_process()
+    assert earlier_claim(logger.client, logger.experiment_id, parent, "f0", first) is None, "the oldest claim wins"
+    logger.client.set_terminated(first, "FAILED")
+    assert earlier_claim(logger.client, logger.experiment_id, parent, "f0", second) is None, "a failed run is no claim"
+
+
+def test_a_stop_signal_ends_the_run_and_its_idle_parent_killed(tmp_path: Path) -> None:
+    fold_run = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
+    assert fold_run.open(resume=True, params={}) is None
+    fold_run.kill()
+    client = fold_run.logger.client
+    assert client.get_run(fold_run.logger.run_id).info.status == "KILLED"
+    assert client.get_run(fold_run.parent_id).info.status == "KILLED"

@@ -11,6 +11,7 @@ import leukexp.data.dataset as dataset_module
 from leukexp.backbones.timm_backbone import TimmBackbone
 from leukexp.data.augment import OfflineViews
 from leukexp.data.io import file_digest
+from leukexp.errors import LeukexpError
 from leukexp.features.cache import FeatureCache
 from leukexp.features.extract import batch_size_for, extract_features, workers_for
 
@@ -87,3 +88,30 @@ def test_only_missing_views_run_and_a_worker_process_gives_the_same_features(bac
     assert np.array_equal(whole[:5], part)
     alone = extract_features(backbone, catalog, samples, views, None, 4, 0)
     assert np.allclose(whole, alone, atol=1e-5)
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_features_in_memory(backbone, study, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+
+    catalog, samples, views = study
+    cache = FeatureCache(tmp_path, "bb")
+
+    def read_only(*args: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "bb"))
+
+    monkeypatch.setattr(cache, "put", read_only)
+    features = extract_features(backbone, catalog, samples, views, cache, 4, 0)
+    alone = extract_features(backbone, catalog, samples, views, None, 4, 0)
+    assert np.allclose(features, alone, atol=1e-5)
+    assert "Read-only file system" in cache.unwritable
+    assert [r.message for r in caplog.records].count(next(r.message for r in caplog.records
+                                                          if "cannot be written" in r.message)) == 1
+
+
+def test_non_finite_backbone_features_are_one_line_naming_an_image(backbone, study, monkeypatch) -> None:
+    catalog, samples, views = study
+    monkeypatch.setattr(backbone, "embed", lambda batch: torch.full((len(batch), backbone.num_features), float("nan")))
+    with pytest.raises(LeukexpError, match=r"gave NaN or infinite features for .* e\.g\. of .*png"):
+        extract_features(backbone, catalog, samples, views, None, 4, 0)

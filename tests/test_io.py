@@ -51,3 +51,32 @@ def test_corrupt_file_is_named_in_the_error(tmp_path: Path) -> None:
     corrupt.write_bytes(b"\xff\xd8 this is not really a jpeg")
     with pytest.raises(BadImageError, match=r"corrupt\.jpg: not a readable image"):
         read_image(corrupt)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels = np.zeros((20, 60, 3), np.uint8)
+    pixels[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    image = read_image(tmp_path / "phone.jpg")
+    assert image.shape == (60, 20, 3), "displayed upright: taller than wide"
+    assert image[:10].mean() > 200 and image[-10:].mean() < 50, "the band is now at the top"
+
+
+def test_misnamed_and_multi_frame_files_are_named(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from leukexp.data.io import image_notes
+
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (10, 120, 240)]
+    frames[0].save(tmp_path / "anim.png", format="GIF", save_all=True, append_images=frames[1:])
+    data = (tmp_path / "anim.png").read_bytes()
+    notes = image_notes(data, tmp_path / "anim.png")
+    assert any("is a GIF file named .png" in n for n in notes)
+    assert any("an animated GIF of 3 frames; only the first frame is used" in n for n in notes)
+    assert read_image(tmp_path / "anim.png").shape == (16, 16, 3)
+    write_image(tmp_path / "plain.png", 1)
+    assert image_notes((tmp_path / "plain.png").read_bytes(), tmp_path / "plain.png") == []

@@ -59,3 +59,29 @@ def test_missing_or_broken_manifest(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(LeukexpError, match="not a leukexp model manifest"):
         load_classifier(tmp_path)
+
+
+def test_a_model_folder_with_code_is_refused(tmp_path: Path) -> None:
+    from leukexp.serving import save_model
+
+    folder, _ = saved(tmp_path / "classifier")
+    model = save_model(tmp_path / "model", folder, ["A", "B", "C"])
+    assert not (model / "code").exists(), "leukexp's own models carry no code"
+    load_classifier(model)
+    shadow = model / "code" / "leukexp"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w')\n")
+    with pytest.raises(LeukexpError, match=r"carries a code/ folder"):
+        load_classifier(model)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_interpolations_in_a_stored_config_are_never_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEUKEXP_TEST_SECRET", "s3cret")
+    folder, _ = saved(tmp_path / "model")
+    meta = json.loads((folder / MANIFEST).read_text())
+    meta["model"]["name"] = "${oc.env:LEUKEXP_TEST_SECRET}"
+    (folder / MANIFEST).write_text(json.dumps(meta))
+    with pytest.raises(LeukexpError, match=r"refuses a config holding the interpolation") as error:
+        load_classifier(folder)
+    assert "${oc.env:LEUKEXP_TEST_SECRET}" in str(error.value) and "s3cret" not in str(error.value)

@@ -116,3 +116,26 @@ def test_an_ensemble_averages_its_members_per_fold() -> None:
 
     with pytest.raises(LeukexpError, match="did not test the same samples"):
         ensemble_folds(frame, ["head=mlp1", "head=svm"], mismatched)
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_out_naming_a_file_is_one_line(tmp_path: Path, where: str) -> None:
+    from leukexp.report import check_out_folder
+
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" if where == "file" else tmp_path / "notes.txt" / "report"
+    with pytest.raises(LeukexpError, match=r"--out .*notes\.txt.*(is a file|which is a file); give a folder"):
+        check_out_folder(out)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    check_out_folder(tmp_path / "new" / "report")  # a folder that can be made is fine
+
+
+def test_a_failing_section_is_a_note_not_a_failed_report(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from leukexp.report import guarded
+
+    def broken(context: object) -> list[str]:
+        raise ValueError("all input arrays must have the same shape")
+
+    lines = guarded(broken, None)  # type: ignore[arg-type]
+    assert lines[0] == "## Broken" and "could not be made (ValueError" in lines[2]
+    assert "report section 'broken' left out" in caplog.text

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import skops.io
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 from test_torch_head import Stub, blobs
 
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
-from leukexp.heads.sklearn_head import SklearnHead
+from leukexp.heads.sklearn_head import SklearnHead, knn, refused_types, stored_types, svm
 from leukexp.settings import build_head
 
 
@@ -63,8 +64,42 @@ class Sneaky(LogisticRegression):
 def test_loading_refuses_types_outside_scikit_learn(tmp_path: Path) -> None:
     x, y = blobs(30)
     skops.io.dump(Sneaky().fit(x, y), tmp_path / "head.skops")
-    with pytest.raises(LeukexpError, match=r"refuses to load types.*Sneaky"):
+    with pytest.raises(LeukexpError, match=r"refused: holds .*Sneaky"):
         SklearnHead.load(tmp_path, {"kind": "sklearn", "weights": "head.skops", "num_classes": 3})
     (tmp_path / "junk.skops").write_bytes(b"not a zip")
     with pytest.raises(LeukexpError, match="not a saved scikit-learn head"):
         SklearnHead.load(tmp_path, {"kind": "sklearn", "weights": "junk.skops", "num_classes": 3})
+
+
+def exec_chain(payload: Path) -> Pipeline:
+    """A pipeline of scikit-learn and NumPy types only, whose last function is `exec`: running it touches `payload`."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    command = f"open({str(payload)!r}, 'w').write('pwned')"
+    return Pipeline([
+        ("full", FunctionTransformer(np.full_like, kw_args={"fill_value": command, "dtype": object})),
+        ("first", FunctionTransformer(np.take, kw_args={"indices": 0})),
+        ("run", FunctionTransformer(exec)),
+    ])
+
+
+def test_a_model_of_trusted_types_whose_function_runs_code_is_refused(tmp_path: Path) -> None:
+    payload = tmp_path / "payload-ran"
+    skops.io.dump(exec_chain(payload), tmp_path / "head.skops")
+    with pytest.raises(LeukexpError, match=r"refused: holds .*builtins\.exec"):
+        SklearnHead.load(tmp_path, {"kind": "sklearn", "weights": "head.skops", "num_classes": 2})
+    assert not payload.exists()
+
+
+@pytest.mark.parametrize("make", ["logreg", "svm", "svm_rbf", "knn"])
+def test_every_head_leukexp_writes_loads_under_the_allow_list(tmp_path: Path, make: str) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = blobs(60, classes=3)
+    context = HeadContext(8, 3)
+    head = {"logreg": lambda: SklearnHead(context, LogisticRegression()), "svm": lambda: svm(context),
+            "svm_rbf": lambda: svm(context, kernel="rbf"), "knn": lambda: knn(context, k=3)}[make]()
+    head.fit(Split(y, x), Split(y, x))
+    spec = head.save(tmp_path)
+    assert refused_types(stored_types(tmp_path / spec["weights"])) == []
+    assert np.allclose(SklearnHead.load(tmp_path, spec).predict_proba(x), head.predict_proba(x))

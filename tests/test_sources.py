@@ -145,7 +145,7 @@ def test_a_damaged_digest_cache_means_a_full_scan_and_is_rewritten(make_folder: 
     cache_file.write_text("not,a\ncache")
     catalog = FolderSource(root, digest_cache=folder).scan(STUDY)
     assert catalog.frame["sha1"].tolist() == FolderSource(root).scan(STUDY).frame["sha1"].tolist()
-    assert cache_file.read_text().startswith("path,size,mtime_ns,sha1")
+    assert cache_file.read_text().startswith("path,size,mtime_ns,ctime_ns,inode,ends,sha1")
 
 
 def test_bad_images_are_never_remembered(make_folder: Callable[..., Path], tmp_path: Path) -> None:
@@ -155,3 +155,27 @@ def test_bad_images_are_never_remembered(make_folder: Callable[..., Path], tmp_p
     assert len(FolderSource(root, on_bad_image="skip", digest_cache=folder).scan(STUDY)) == 6
     with pytest.raises(LeukexpError, match=r"broken\.png"):
         FolderSource(root, digest_cache=folder).scan(STUDY)
+
+
+def test_images_replaced_with_the_same_size_and_time_get_new_hashes(tmp_path: Path) -> None:
+    # what `cp -p`, `rsync -a` or unzip do: other pictures, same names, sizes and modification times
+    import os
+    import shutil
+
+    root, other = tmp_path / "images", tmp_path / "other"
+    for folder, seed in ((root, 0), (other, 500)):
+        for label in ("ALL", "HLT"):
+            for i in range(3):
+                write_image(folder / label / f"{label}_{i}.png", seed + i + (10 if label == "HLT" else 0))
+    source = FolderSource(root, digest_cache=tmp_path / "catalog")
+    first = source.scan(STUDY).frame.set_index("file")["sha1"]
+    for path in sorted(root.rglob("*.png")):
+        stat = path.stat()
+        replacement = other / path.relative_to(root)
+        assert replacement.stat().st_size == stat.st_size, "same-size pictures (random PNGs of one shape)"
+        shutil.copyfile(replacement, path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time, as cp -p keeps it
+    again = source.scan(STUDY).frame.set_index("file")["sha1"]
+    fresh = FolderSource(root).scan(STUDY).frame.set_index("file")["sha1"]
+    assert (again != first).all(), "no old hash survives"
+    assert again.to_dict() == fresh.to_dict()

@@ -50,3 +50,45 @@ def test_nothing_to_upload_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path)])
     assert exit_info.value.code == 2 and "nothing to upload" in capsys.readouterr().err
+
+
+def test_a_damaged_pending_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, _ = kept_run(tmp_path, f"sqlite:///{tmp_path}/store.db")
+    (out / PENDING_FILE).write_text('{"tracking_uri": "sqlite:///x", "tags": ')
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{out / PENDING_FILE}: damaged (JSONDecodeError" in err and "Traceback" not in err
+
+
+def test_a_folder_and_its_copy_are_uploaded_once(tmp_path: Path) -> None:
+    import shutil
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    out, fold_run = kept_run(tmp_path, uri)
+    copy = tmp_path / "copy-of-run"
+    shutil.copytree(out, copy)
+    assert upload(out) == fold_run.logger.run_id
+    assert upload(copy).endswith("(already uploaded)")
+    client = MlflowClient(uri)
+    folds = client.search_runs([fold_run.logger.experiment_id], "tags.`leukexp.kind` = 'fold'")
+    assert len(folds) == 1 and folds[0].info.status == "FINISHED"
+    assert not (copy / PENDING_FILE).exists()
+
+
+def test_credentials_are_never_saved_and_come_back_from_the_environment(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from leukexp.errors import LeukexpError
+    from leukexp.sync import store_uri
+
+    out, fold_run = kept_run(tmp_path, f"sqlite:///{tmp_path}/store.db")
+    fold_run.logger.tracking_uri = "http://alice:hunter2@host:5000"
+    save_pending(out, fold_run, {"test/acc": 0.8}, [])
+    text = (out / PENDING_FILE).read_text()
+    assert "hunter2" not in text and "http://***@host:5000" in text
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:hunter2@host:5000")
+    assert store_uri("http://***@host:5000", None) == "http://alice:hunter2@host:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:hunter2@other:5000")
+    with pytest.raises(LeukexpError, match=r"needs credentials, which are never saved"):
+        store_uri("http://***@host:5000", None)

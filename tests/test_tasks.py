@@ -49,3 +49,9 @@ def test_folder_mapping_groups_folders_into_labels() -> None:
 def test_missing_class_is_reported() -> None:
     with pytest.raises(LeukexpError, match="needs class HLT"):
         binary().resolve_classes(["ALL"])
+
+
+def test_a_mapping_typo_lists_the_folders_that_exist() -> None:
+    task = Task("t", mapping={"malignant": ["ALL", "Nope"], "benign": ["HLT"]})
+    with pytest.raises(LeukexpError, match=r"class folders: ALL, HLT\)"):
+        task.check_mapping_found(name for name in ["ALL", "HLT"])  # a generator, as the scan passes it

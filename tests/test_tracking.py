@@ -28,8 +28,8 @@ def test_flatten_nested_config() -> None:
 
 def test_experiment_creation_is_idempotent_and_artifacts_stay_in_the_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    first = RunLogger(uri, "study", str(tmp_path / "mlruns" / "artifacts"))
-    second = RunLogger(uri, "study", str(tmp_path / "mlruns" / "artifacts"))
+    first = RunLogger(uri, "study", str(tmp_path / "mlruns" / "artifacts"), project_root=tmp_path)
+    second = RunLogger(uri, "study", str(tmp_path / "mlruns" / "artifacts"), project_root=tmp_path)
     assert first.experiment_id == second.experiment_id
     first.start("r", {"fold": "f0"})
     (tmp_path / "note.txt").write_text("hello")
@@ -160,3 +160,42 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
         assert not pending.exists()
     finally:
         stop(server)
+
+
+def black_hole() -> tuple[socket.socket, int]:
+    """A server that accepts connections and never answers (a hung proxy, a stopped process's listening socket)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener, listener.getsockname()[1]
+
+
+def test_a_server_that_never_answers_is_one_line_within_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from leukexp.report import open_client
+
+    listener, port = black_hole()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    try:
+        for check in (lambda: prepare_store(f"http://127.0.0.1:{port}"), lambda: open_client(f"http://127.0.0.1:{port}")):
+            started = time.monotonic()
+            with pytest.raises(LeukexpError, match=r"the server does not answer within 2 s"):
+                check()
+            assert time.monotonic() - started < 6, "one request, one deadline, no retries"
+    finally:
+        listener.close()
+
+
+def test_a_sqlite_store_outside_the_project_needs_its_folder(tmp_path: Path) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere" / "mlrun"
+    project.mkdir()
+    with pytest.raises(LeukexpError, match=r"the folder .*elsewhere/mlrun does not exist;.*create_store_folder=true"):
+        prepare_store(f"sqlite:///{elsewhere}/mlflow.db", project_root=project)
+    assert not elsewhere.parent.exists(), "no folder was created"
+    prepare_store(f"sqlite:///{project}/mlruns/mlflow.db", project_root=project)  # inside the project: created
+    prepare_store(f"sqlite:///{elsewhere}/mlflow.db", create_folder=True, project_root=project)  # asked for
+    assert (project / "mlruns" / "mlflow.db").is_file() and (elsewhere / "mlflow.db").is_file()
+
+
+def test_params_carry_no_credentials_and_keys_mlflow_accepts() -> None:
+    flat = flatten({"mlflow": {"tracking_uri": "http://u:pw@host:5000"}, "task": {"mapping": {"Band (BNE)+": ["x"]}}})
+    assert flat == {"mlflow.tracking_uri": "http://***@host:5000", "task.mapping.Band _BNE__": "['x']"}

@@ -14,7 +14,10 @@ from leukexp.validation import check_accelerator, check_head, check_model, check
     ("fold.index=5", "fold.index=5: out of range for fold.n_splits=5"),
     ("fold.val_fraction=0", "fold.val_fraction=0"),
     ("features.device=cuda:x", "features.device='cuda:x'"),
-    ("features.batch_size=fast", "features.batch_size='fast': expected auto or a whole number >= 1"),
+    ("features.batch_size=fast", "features.batch_size='fast': expected auto or a whole number from 1 to 65,536"),
+    ("features.batch_size=100000000", "features.batch_size=100000000: expected auto or a whole number from 1"),
+    ("trainer.max_epochs=100000000", "trainer.max_epochs=100000000: expected a whole number of epochs from 1 to"),
+    ("mlflow.create_store_folder=maybe", "mlflow.create_store_folder='maybe': expected true or false"),
     ("features.num_workers=-1", "features.num_workers=-1: expected auto or a whole number >= 0"),
     ("training.head_threads=0", "training.head_threads=0"),
     ("training.head_threads=many", "training.head_threads='many': expected auto, null or"),
@@ -67,3 +70,14 @@ def test_the_gpu_trainer_needs_a_cuda_device(compose_cfg, monkeypatch: pytest.Mo
     check_accelerator(compose_cfg("trainer.accelerator=auto"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     check_accelerator(compose_cfg("trainer=gpu"))
+
+
+def test_a_head_larger_than_memory_is_refused_without_allocating_it(compose_cfg) -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(LeukexpError, match=r"head\.hidden=\[100000000, 100000000\]: a head of .* parameters needs"):
+        check_head(compose_cfg("head.hidden=[100000000,100000000]"))
+    check_head(compose_cfg("head.hidden=[100000000]"))  # 1e9 stand-in parameters: checked on the meta device
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 500_000, f"peak memory grew by {grown} KiB: the stand-in head was allocated"

@@ -22,3 +22,19 @@ def test_predictions_round_trip_through_csv(tmp_path) -> None:
 def test_names() -> None:
     assert kind_filter(KIND_CV) == "tags.`leukexp.kind` = 'cv'"
     assert cv_metric("test/acc", "mean") == "cv/test/acc_mean"
+
+
+def test_class_names_of_any_spelling_become_keys_mlflow_accepts() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    from leukexp.vocabulary import class_key_parts, metric_key_part, mlflow_key
+
+    names = ["Band (BNE)+", "ig+", "a$", "{x}", "..", "Blast/Promyelocyte", "Ünï cödé", "ok"]
+    parts = class_key_parts(names)
+    assert parts[0] == "Band _BNE__" and parts[-1] == "ok" and parts[6] == "Ünï cödé"
+    assert len(set(parts)) == len(parts), "distinct names stay distinct"
+    for part in parts:
+        _validate_metric_name(f"test/f1/{part}")  # raises for a key MLflow refuses
+    assert class_key_parts(["a+", "a$"]) == ["a_", "a__2"]
+    assert metric_key_part("") == "_" and mlflow_key("task.mapping.Band (BNE)+") == "task.mapping.Band _BNE__"
+    assert mlflow_key("test/precision_macro") == "test/precision_macro", "ordinary keys are unchanged"

@@ -35,9 +35,22 @@ def targets(config: Any) -> list[str]:
     return found
 
 
+def interpolations(config: Any) -> list[str]:
+    """Every string holding `${...}` in a nested config (a stored config was resolved when it was written)."""
+    if isinstance(config, Mapping):
+        return [found for value in config.values() for found in interpolations(value)]
+    if isinstance(config, list | tuple):
+        return [found for value in config for found in interpolations(value)]
+    return [config] if isinstance(config, str) and "${" in config else []
+
+
 def build_backbone(config: Mapping[str, Any], where: str = "model") -> Backbone:
-    """Instantiate a backbone config whose targets are all allowed (else a one-line error, nothing run)."""
+    """Instantiate a backbone config whose targets are all allowed and which holds no interpolation (`${oc.env:...}`
+    or `${oc.decode:...}` would be resolved while building); else a one-line error and nothing is run."""
     refused = [t for t in targets(config) if t not in ALLOWED_TARGETS]
     if refused:
         raise LeukexpError(f"{where}: refuses to build {', '.join(refused)}: not one of leukexp's backbones")
+    if found := interpolations(config):
+        raise LeukexpError(f"{where}: refuses a config holding the interpolation {found[0][:80]!r}: a saved model's"
+                           " config is resolved when it is written and never holds one")
     return build(OmegaConf.create(dict(config)), where)

@@ -12,6 +12,13 @@ import numpy as np
 from leukexp.errors import LeukexpError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+# how images are decoded; part of the feature cache's key, so a change of decoding (e.g. EXIF orientation, applied
+# since version 2) never reuses features of the old pixels
+DECODER_VERSION = 2
+# the formats a file's first bytes name, for saying when a file is not what its suffix says
+_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+          b"BM": "BMP", b"RIFF": "WebP"}
+_SUFFIX_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
 
 class BadImageError(LeukexpError):
@@ -32,10 +39,32 @@ def decode_image(data: bytes, name: str | os.PathLike[str]) -> np.ndarray:
     """Decode encoded image bytes to an 8-bit RGB array of shape (H, W, 3)."""
     if not data:
         raise BadImageError(f"{name}: the file is empty (0 bytes); replace or remove it")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    # JPEG: 8-bit colour with the EXIF orientation applied (a phone or scanner may store the pixels rotated);
+    # others: unchanged, to keep 16-bit depth and alpha for `to_rgb8`
+    flag = cv2.IMREAD_COLOR if data.startswith(b"\xff\xd8\xff") else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if image is None or image.size == 0:
         raise BadImageError(f"{name}: not a readable image (corrupt or unsupported); replace or remove it")
     return to_rgb8(image)
+
+
+def image_format(data: bytes) -> str | None:
+    """The format a file's first bytes name (JPEG, PNG, GIF, TIFF, BMP, WebP), None when unknown."""
+    return next((name for magic, name in _MAGIC.items() if data.startswith(magic)), None)
+
+
+def image_notes(data: bytes, path: Path) -> list[str]:
+    """What a reader should know of a readable file: a format other than its suffix says, several frames."""
+    notes = []
+    found, named = image_format(data), _SUFFIX_FORMAT.get(path.suffix.lower())
+    if found and named and found != named:
+        notes.append(f"{path}: is a {found} file named {path.suffix}")
+    if found in ("GIF", "TIFF", "WebP") or (found == "PNG" and b"acTL" in data[:8192]):  # acTL: an animated PNG
+        ok, frames = cv2.imdecodemulti(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if ok and len(frames) > 1:
+            kind = {"GIF": "an animated GIF", "TIFF": "a multi-page TIFF"}.get(found, f"an animated {found}")
+            notes.append(f"{path}: {kind} of {len(frames)} frames; only the first frame is used")
+    return notes
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Literal
 
 import pandas as pd
 
-from leukexp.data.io import IMAGE_EXTENSIONS, BadImageError, decode_image, file_digest, is_image_file
+from leukexp.data.io import IMAGE_EXTENSIONS, BadImageError, decode_image, file_digest, image_notes, is_image_file
 from leukexp.data.tasks import Task
 from leukexp.errors import LeukexpError
 from leukexp.files import atomic_path
@@ -126,6 +126,8 @@ class FolderSource:
                 return error
             except OSError as error:
                 return BadImageError(f"{path}: cannot be read ({error.strerror})")
+            for note in image_notes(data, path):
+                log.warning("%s", note)
             return file_digest(data)
 
         with ThreadPoolExecutor(max_workers=max(1, self.read_threads)) as pool:
@@ -196,19 +198,21 @@ def _resolve_duplicates(frame: pd.DataFrame) -> list[list[str]]:
 
 
 class DigestCache:
-    """Content hashes of verified images by (path, size, mtime), one CSV per scanned root.
+    """Content hashes of verified images by file signature, one CSV per scanned root.
 
-    A file whose size and modification time are unchanged is not read again (the quick check of make and
-    rsync); anything new or changed is read, decoded and hashed as on a first scan, and bad images are never
-    kept. A missing, unreadable or foreign cache file only means a full scan.
+    The signature is what copies and `touch` cannot reset together: size, modification time, change time (set by
+    the kernel on every write or rename, never by `cp -p`, `rsync -a` or unzip), inode, and a hash of the file's
+    first and last 4 KiB (for file systems whose times are coarse or whose inodes are reused). A file whose
+    signature is unchanged is not decoded again; anything new or changed is read, decoded and hashed as on a first
+    scan, and bad images are never kept. A missing, unreadable or foreign cache file only means a full scan.
     """
 
-    COLUMNS = ("path", "size", "mtime_ns", "sha1")
+    COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "inode", "ends", "sha1")
 
     def __init__(self, file: Path | None) -> None:
         self.file = file
-        self._cached: dict[str, tuple[int, int, str]] = {}  # the file's entries, as `known` read them
-        self._seen: dict[str, tuple[int, int]] = {}  # (size, mtime) of the files `known` looked at
+        self._cached: dict[str, tuple[object, ...]] = {}  # the file's entries, as `known` read them
+        self._seen: dict[str, Signature] = {}  # signatures of the files `known` looked at
 
     @classmethod
     def for_root(cls, folder: str | Path | None, root: Path) -> DigestCache:
@@ -223,8 +227,9 @@ class DigestCache:
         if self.file is None or not self.file.is_file():
             return {}
         try:
-            table = pd.read_csv(self.file, dtype={"path": str, "sha1": str})
-            self._cached = {path: (int(size), int(mtime), sha1) for path, size, mtime, sha1
+            table = pd.read_csv(self.file, dtype={"path": str, "ends": str, "sha1": str})
+            self._cached = {path: (int(size), int(mtime), int(ctime), int(inode), str(ends), sha1)
+                            for path, size, mtime, ctime, inode, ends, sha1
                             in table[list(self.COLUMNS)].itertuples(index=False)}
         except Exception:  # a damaged or foreign file: scan everything, rewrite it afterwards
             log.warning("digest cache %s unreadable: every image is read again", self.file)
@@ -234,8 +239,8 @@ class DigestCache:
             path = str(row["path"])
             with contextlib.suppress(OSError):  # gone since the listing: its read reports it
                 self._seen[path] = _signature(path)
-                if (entry := self._cached.get(path)) is not None and entry[:2] == self._seen[path]:
-                    known[path] = entry[2]
+                if (entry := self._cached.get(path)) is not None and entry[:-1] == self._seen[path]:
+                    known[path] = str(entry[-1])
         return known
 
     def save(self, rows: list[dict[str, object]]) -> None:
@@ -258,7 +263,17 @@ class DigestCache:
             log.warning("digest cache %s not written (%s)", self.file, error.strerror)
 
 
-def _signature(path: str) -> tuple[int, int]:
-    """(size, modification time in ns) of a file."""
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
+Signature = tuple[int, int, int, int, str]
+PROBE_BYTES = 4096
+
+
+def _signature(path: str) -> Signature:
+    """(size, modification and change time in ns, inode, hash of the first and last 4 KiB) of a file."""
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        head = handle.read(PROBE_BYTES)
+        if stat.st_size > 2 * PROBE_BYTES:
+            handle.seek(-PROBE_BYTES, os.SEEK_END)
+        tail = handle.read(PROBE_BYTES)
+    ends = hashlib.sha1(head + tail, usedforsecurity=False).hexdigest()[:16]
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, ends

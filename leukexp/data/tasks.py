@@ -50,6 +50,7 @@ class Task:
         """Every folder named in `task.mapping` must exist: a typo would silently drop a class's images."""
         if not self.mapping:
             return
+        folders = list(folders)  # read twice below (a generator would print an empty list in the error)
         found = {normalize_name(f) for f in folders}
         for label, names in self.mapping.items():
             for name in names:

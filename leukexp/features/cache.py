@@ -30,6 +30,7 @@ class FeatureCache:
         self.folder = Path(root) / backbone_key
         self.hits = 0
         self.misses = 0
+        self.unwritable = ""  # why entries could not be written (then this run keeps them in memory only)
 
     def path(self, image_key: str, view_key: str) -> Path:
         """Where the entry for this image content hash and view lives."""
@@ -53,7 +54,7 @@ class FeatureCache:
     def get_many(self, keys: Sequence[tuple[str, str]], width: int, threads: int = 8
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Entries of many `(image_key, view_key)` pairs as one (len(keys), width) float32 array, and a mask of
-        those found (an absent, unreadable or other-width entry is a miss).
+        those found (an absent, unreadable, other-width or non-finite entry is a miss, and so computed again).
 
         Files are read by a few threads and entries written by `put` are decoded from their known header,
         without parsing it: a warm run reads thousands of entries in a fraction of a second.
@@ -85,6 +86,9 @@ class FeatureCache:
         chunk = -(-len(keys) // max(1, threads)) or 1
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(read, [range(i, min(i + chunk, len(keys))) for i in range(0, len(keys), chunk)]))
+        if found.any() and not (finite := np.isfinite(values).all(axis=1))[found].all():
+            found &= finite  # a damaged entry (NaN, inf) is recomputed and overwritten
+            values[~found] = 0.0
         self.hits += int(found.sum())
         self.misses += int(len(keys) - found.sum())
         return values, found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,10 +18,14 @@ from leukexp.backbones.base import Backbone
 from leukexp.console import progress_bar
 from leukexp.data.augment import OfflineViews, OnlineAugment
 from leukexp.data.dataset import SourceViews, clean_worker_context, quiet_worker
+from leukexp.data.io import DECODER_VERSION
+from leukexp.errors import LeukexpError
 from leukexp.features.cache import FeatureCache
 
 if TYPE_CHECKING:
     from leukexp.data.study import Study
+
+log = logging.getLogger("leukexp")
 
 
 @dataclass
@@ -61,9 +66,29 @@ def workers_for(setting: Setting, device: torch.device, views: int = CPU_WORKER_
 
 
 def put_many(cache: FeatureCache, keys: list[tuple[str, str]], values: np.ndarray) -> None:
-    """Store a batch of embeddings (run in a writer thread while the backbone computes the next batch)."""
-    for (image_key, view_key), value in zip(keys, values, strict=True):
-        cache.put(image_key, view_key, value)
+    """Store a batch of embeddings (run in a writer thread while the backbone computes the next batch).
+
+    A cache that cannot be written (read-only, full disk, no permission) costs only the reuse: the features stay in
+    this run's memory, one warning names the folder and why, and no half-written entry is left.
+    """
+    if cache.unwritable:
+        return
+    try:
+        for (image_key, view_key), value in zip(keys, values, strict=True):
+            cache.put(image_key, view_key, value)
+    except OSError as error:
+        cache.unwritable = f"{error.strerror or type(error).__name__} ({error.filename or cache.folder})"
+        log.warning("feature cache %s cannot be written: %s; this run keeps its features in memory (free space or"
+                    " fix the permissions, or set features.dir=...)", cache.folder, cache.unwritable)
+
+
+def check_embeddings(output: np.ndarray, backbone: Backbone, catalog: pd.DataFrame, sources: np.ndarray) -> None:
+    """The backbone's features must be finite: NaN or inf is one line naming an image, never a cached entry."""
+    bad = ~np.isfinite(output).all(axis=1)
+    if bad.any():
+        example = catalog["file" if "file" in catalog else "path"].to_numpy()[sources[np.flatnonzero(bad)[0]]]
+        raise LeukexpError(f"{backbone.label} gave NaN or infinite features for {int(bad.sum())} view(s), e.g. of"
+                           f" {example}; use features.precision=fp32 or check model.weights_file")
 
 
 def extract_features(
@@ -103,6 +128,7 @@ def extract_features(
     def store(images: torch.Tensor, rows: torch.Tensor) -> None:
         output = backbone.embed(backbone.preprocess.normalize(images)).numpy()
         targets = missing[rows.numpy()]
+        check_embeddings(output, backbone, catalog, sources[targets])
         features[targets] = output
         if cache is not None:
             writes.append(writer.submit(put_many, cache, [pairs[t] for t in targets], output))
@@ -141,8 +167,10 @@ def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataF
 
 
 def part_caches(backbone: Backbone, cache_dir: str | Path | None) -> list[FeatureCache | None]:
-    """One cache per part of the backbone, keyed by that part's fingerprint (None everywhere without a cache)."""
-    return [FeatureCache(cache_dir, part.fingerprint) if cache_dir is not None else None for part in backbone.parts()]
+    """One cache per part of the backbone, keyed by that part's fingerprint and the image decoder's version (None
+    everywhere without a cache)."""
+    return [FeatureCache(cache_dir, f"{part.fingerprint}-d{DECODER_VERSION}") if cache_dir is not None else None
+            for part in backbone.parts()]
 
 
 def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | None, batch_size: Setting = "auto",
@@ -157,5 +185,6 @@ def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | Non
                             study.augmentation, caches, batch_size, num_workers)
     *train, val, test = np.split(every, np.cumsum([len(split) for split in splits])[:-1])
     features = Features(train=train[0] if train else None, val=val, test=test)
-    note = "; ".join(f"feature cache: {c.hits} hits, {c.misses} misses ({c.folder})" for c in caches if c)
+    note = "; ".join(f"feature cache: {c.hits} hits, {c.misses} misses ({c.folder})"
+                     + (f" [not written: {c.unwritable}]" if c.unwritable else "") for c in caches if c)
     return features, note

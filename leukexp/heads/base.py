@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -110,6 +111,31 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 # (mlp3's 1.9 M: 19-26 s instead of 31-33 s on 2 cores), smaller ones and scikit-learn heads on one (mlp1: no
 # faster on two, and threads that wait on each other stall under a competing load)
 PARALLEL_HEAD_PARAMETERS = 1_000_000
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use: the kernel's MemAvailable, else the physical total."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+# a trained float32 parameter costs its value, gradient and Adam's two moments
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def check_trainable_size(parameters: int, key: str, value: object) -> None:
+    """Refuse a head whose training would not fit in memory (one line naming the key), before anything is allocated."""
+    from leukexp.errors import LeukexpError
+
+    need, have = parameters * TRAINING_BYTES_PER_PARAMETER, available_memory()
+    if need > have:
+        raise LeukexpError(f"{key}={value!r}: a head of {parameters:,} parameters needs about {need / 2**30:,.1f} GiB"
+                           f" to train, more than this machine has free ({have / 2**30:.1f} GiB); use smaller widths")
 
 
 def head_threads(setting: int | str | None, parameters: int, job_threads: int) -> int | None:

@@ -17,8 +17,50 @@ from leukexp.errors import LeukexpError
 from leukexp.heads.base import Head, HeadContext, Split, accuracy, head_threads
 
 WEIGHTS = "head.skops"
-# module prefixes whose types a saved estimator may hold; anything else is refused on load
-TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+# What a saved head may hold, by skops node kind: the estimators leukexp's heads write, arrays, plain containers
+# and values. No function, method or partial node of any module (a `FunctionTransformer(func=builtins.exec)` is
+# made of "trusted" types, and its function is the payload), no class outside this list.
+_VALUES = {"builtins.str", "builtins.int", "builtins.float", "builtins.bool", "builtins.NoneType"}
+_NUMPY = {f"numpy.{name}" for name in ("ndarray", "float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                                       "uint8", "bool_", "str_", "dtype")}
+SAFE_ESTIMATORS = {
+    "sklearn.pipeline.Pipeline", "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.linear_model._logistic.LogisticRegression", "sklearn.svm._classes.LinearSVC", "sklearn.svm._classes.SVC",
+    "sklearn.calibration.CalibratedClassifierCV", "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration", "sklearn.isotonic.IsotonicRegression",
+    "sklearn.neighbors._classification.KNeighborsClassifier", "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+}
+SAFE_NODES: dict[str, set[str]] = {
+    "ObjectNode": SAFE_ESTIMATORS | {f"numpy.dtypes.{t}DType" for t in ("Float64", "Float32", "Int64", "Int32")},
+    "NdArrayNode": _NUMPY, "DictNode": {"builtins.dict"}, "ListNode": {"builtins.list"},
+    "TupleNode": {"builtins.tuple"}, "JsonNode": _VALUES, "TypeNode": _VALUES | _NUMPY,
+}
+
+
+def stored_types(path: Path) -> set[tuple[str, str]]:
+    """Every (skops node kind, `module.Class`) a skops file would build, read from its schema without loading it."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    found: set[tuple[str, str]] = set()
+    stack: list[object] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node or "__loader__" in node:
+                found.add((str(node.get("__loader__")), f"{node.get('__module__')}.{node.get('__class__')}"))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def refused_types(types: set[tuple[str, str]]) -> list[str]:
+    """The stored types outside `SAFE_NODES` (`module.Class (node kind)`)."""
+    return sorted(f"{name} ({loader})" for loader, name in types if name not in SAFE_NODES.get(loader, set()))
 
 
 class SklearnHead(Head):
@@ -88,17 +130,18 @@ class SklearnHead(Head):
 
     @classmethod
     def load(cls, folder: Path, spec: dict[str, Any]) -> SklearnHead:
-        """Load the estimator, trusting only scikit-learn, NumPy and SciPy types."""
+        """Load the estimator if every object in the file is one `SAFE_NODES` allows (checked before loading)."""
         import skops.io
 
-        path = folder / spec["weights"]
+        path = folder / str(spec["weights"])
         try:
+            refused = refused_types(stored_types(path))
             untrusted = skops.io.get_untrusted_types(file=path)
         except Exception as error:  # not a skops file
             raise LeukexpError(f"{path}: not a saved scikit-learn head ({type(error).__name__})") from error
-        refused = [t for t in untrusted if not t.startswith(TRUSTED_MODULES)]
         if refused:
-            raise LeukexpError(f"{path}: refuses to load types outside scikit-learn/NumPy/SciPy: {', '.join(refused)}")
+            raise LeukexpError(f"{path}: refused: holds {', '.join(refused[:4])}; leukexp loads only the estimators"
+                               " and arrays its own heads write (no functions, no other classes)")
         head = cls.__new__(cls)
         head.num_classes = int(spec["num_classes"])
         head.cpu_threads = None

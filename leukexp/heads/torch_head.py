@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.base import Head, HeadContext, Split, head_threads
+from leukexp.heads.base import Head, HeadContext, Split, check_trainable_size, head_threads
 from leukexp.heads.mlp import MLPHead
 
 WEIGHTS = "head.pt"
@@ -175,4 +176,6 @@ def mlp(context: HeadContext, hidden: Sequence[int] = (128,), dropout: float = 0
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise LeukexpError(f"head.dropout={dropout!r}: expected a rate from 0 up to (not including) 1")
     config = {"hidden": [int(h) for h in hidden], "dropout": float(dropout), "activation": str(activation)}
+    widths = [context.in_features, *config["hidden"], context.num_outputs]
+    check_trainable_size(sum((a + 1) * b for a, b in itertools.pairwise(widths)), "head.hidden", hidden)
     return TorchHead(MLPHead(context.in_features, context.num_outputs, **config), context, config)

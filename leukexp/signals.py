@@ -1,0 +1,78 @@
+"""Signals mean stop: SIGTERM (Slurm, `kill`) and SIGINT (Ctrl-C) raise `Interrupted` in the main thread, and the
+process's children (worker pools of scikit-learn heads, data-loader workers) are reaped before it exits."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from leukexp.errors import Interrupted
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    for stop in STOP_SIGNALS:  # a second signal while the run is being closed must not interrupt the closing
+        signal.signal(stop, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def install_stop_handlers() -> bool:
+    """Make SIGTERM and SIGINT raise `Interrupted` (main thread only; False elsewhere, e.g. in a thread pool)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _raise_interrupted)
+    return True
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every process below `pid` (default: this one), children first, read from /proc (empty where it is absent)."""
+    root = os.getpid() if pid is None else pid
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found, queue = [], [root]
+    while queue:
+        for child in parents.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def reap_children(grace: float = 3.0) -> int:
+    """SIGTERM every descendant process, then SIGKILL those still alive after `grace` seconds; returns how many."""
+    children = descendants()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if _alive(pid)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(children)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reaps our own zombies
+        if done:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
