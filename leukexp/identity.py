@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from leukexp.vocabulary import (
+    CLASSES_TAG,
     CONFIG_GROUPS,
     CV_GROUP_TAG,
     DATA_HASH_TAG,
@@ -26,6 +28,7 @@ from leukexp.vocabulary import (
     NON_IDENTITY_PREFIXES,
     RUN_NAME_SEPARATOR,
     SWEPT_KEYS_ENV,
+    class_key_parts,
 )
 
 if TYPE_CHECKING:
@@ -144,4 +147,6 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
         DATA_HASH_TAG: study.data_fingerprint(),
         N_SPLITS_TAG: str(study.fold.n_splits),
         KIND_TAG: KIND_FOLD,
+        CLASSES_TAG: json.dumps(dict(zip(class_key_parts(study.classes), study.classes, strict=True)),
+                                ensure_ascii=False)[:5000],
     }

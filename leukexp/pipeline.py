@@ -37,8 +37,16 @@ if TYPE_CHECKING:
 
 
 def scrub_secrets(out: Path) -> None:
-    """Hydra's own copies of the command line and config in the run folder (`.hydra/*.yaml`) without credentials."""
-    for path in (out / ".hydra").glob("*.yaml"):
+    """Hydra's own copies of the command line and config (the run folder's `.hydra/*.yaml`, a sweep's
+    `multirun.yaml`) without credentials."""
+    files = list((out / ".hydra").glob("*.yaml"))
+    if is_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        files.append(Path(HydraConfig.get().sweep.dir) / "multirun.yaml")
+    for path in files:
+        if not path.is_file():
+            continue
         text = path.read_text()
         if (clean := redact(text)) != text:
             path.write_text(clean)

@@ -190,6 +190,8 @@ class RunLogger:
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
                  create_folder: bool = False, project_root: str | Path | None = None) -> None:
         prepare_store(tracking_uri, create_folder, project_root)
+        if redact(tracking_uri) != tracking_uri:  # MLflow prints "View run ... at: <URI>", credentials included
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name

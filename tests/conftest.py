@@ -38,6 +38,47 @@ def write_image(path: Path, seed: int, size: int = 32, channels: int = 3, dtype:
     return path
 
 
+def smear_cell(rng: np.random.Generator, height: int, width: int, tint: int) -> np.ndarray:
+    """A small RGB picture of one stained cell on pale plasma, `tint` (0-2) raising one channel per class."""
+    image = np.full((height, width, 3), (200, 190, 220), np.uint8)
+    centre = (width // 2 + int(rng.integers(-3, 4)), height // 2 + int(rng.integers(-3, 4)))
+    cv2.circle(image, centre, int(min(height, width) * rng.uniform(0.2, 0.35)),
+               tuple(int(c) for c in rng.integers(60, 160, 3)), -1)
+    image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+    image[..., tint] = np.clip(image[..., tint].astype(int) + 40, 0, 255)
+    return image
+
+
+# class folders named as real sets name them, one with characters MLflow refuses in keys
+MESSY_CLASSES = ("ALL", "Band (BNE)+")
+MESSY_SIZES = [(48, 48), (64, 40), (30, 72), (90, 90), (57, 61)]
+
+
+def make_messy_folder(root: Path, per_class: int = 8) -> Path:
+    """Real data's quirks in one folder: several sizes and aspect ratios per class, 16-bit and RGBA PNG, TIFF, an
+    animated GIF named `.png`, an EXIF-rotated JPEG, a duplicate, and a class folder named `Band (BNE)+`."""
+    from PIL import Image
+
+    for index, name in enumerate(MESSY_CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(index)
+        for i in range(per_class):
+            cv2.imwrite(str(folder / f"c{i}.png"), smear_cell(rng, *MESSY_SIZES[i % len(MESSY_SIZES)], index))
+        cv2.imwrite(str(folder / "deep16.png"), smear_cell(rng, 50, 70, index).astype(np.uint16) * 257)
+        cv2.imwrite(str(folder / "alpha.png"), np.dstack([smear_cell(rng, 44, 52, index), np.full((44, 52), 255,
+                                                                                                    np.uint8)]))
+        cv2.imwrite(str(folder / "scan.tif"), smear_cell(rng, 66, 58, index))
+        frames = [Image.fromarray(smear_cell(rng, 40, 40, index)) for _ in range(3)]
+        with open(folder / "anim.png", "wb") as handle:
+            frames[0].save(handle, format="GIF", save_all=True, append_images=frames[1:])
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(smear_cell(rng, 40, 80, index)).save(folder / "rotated.jpg", exif=exif.tobytes())
+        (folder / "copy.png").write_bytes((folder / "c0.png").read_bytes())
+    return root
+
+
 @pytest.fixture
 def make_folder(tmp_path: Path) -> Callable[..., Path]:
     """Build `root/<class>/<n images>` from {class: n}; images differ in content."""

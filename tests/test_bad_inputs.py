@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,15 @@ CASES = {
     "few_groups": Case([], "fewer than fold.n_splits=5", extra=["few_groups"]),
     "groups_missing": Case([], "no group for", extra=["groups_missing"]),
     "mapping_typo": Case(["task=folders", "task.mapping={malignant: [ALL, Nope], benign: [HLT]}"],
-                         "folder 'Nope' (under malignant) is not in data.root"),
+                         "folder 'Nope' (under malignant) is not in data.root (class folders: ALL, HLT)"),
+    # absurd sizes, divergence, the store's folder, the run folder (issues 22 and 24)
+    "epochs_absurd": Case(["trainer.max_epochs=100000000"], "trainer.max_epochs=100000000: expected a whole number"),
+    "width_absurd": Case(["head.hidden=[100000000]"], "head.hidden=[100000000]: a head of"),
+    "batch_absurd": Case(["features.batch_size=1000000"], "features.batch_size=1000000"),
+    "diverged": Case(["optimizer.lr=1e30", "mlflow.experiment_name=diverged"], "training diverged"),
+    "store_folder": Case(["mlflow.tracking_uri=sqlite:////nonexistent-leukexp-store/mlflow.db"],
+                         "the folder /nonexistent-leukexp-store does not exist"),
+    "run_dir_file": Case([], "a part of this path is a file", extra=["run_dir_under_file"]),
     "mapping_twice": Case(["task=folders", "task.mapping={malignant: [ALL], benign: [HLT, ALL]}"],
                           "listed under both malignant and benign"),
     # leukexp-report and leukexp-sync
@@ -110,6 +119,9 @@ CASES = {
                               extra=["not_sqlite"]),
     "report_filter": Case(["--experiment", "leukexp", "--filter", "tags.x ==="], "--filter", program="leukexp.report"),
     "sync_nothing": Case([], "nothing to upload", program="leukexp.sync", extra=["sync_dir"]),
+    "sync_damaged": Case([], "damaged (JSONDecodeError", program="leukexp.sync", extra=["sync_damaged"]),
+    "report_out_file": Case(["--experiment", "leukexp", "--out"], "is a file; give a folder", program="leukexp.report",
+                            extra=["out_file"]),
 }
 if not torch.cuda.is_available():  # where CUDA exists, trainer=gpu is no mistake
     CASES["gpu_trainer"] = Case(["trainer=gpu"], "trainer.accelerator=gpu: no CUDA device here")
@@ -168,6 +180,16 @@ def command(case: Case, root: Path) -> list[str]:
         elif extra == "sync_dir":
             (root / "not-a-run").mkdir(exist_ok=True)
             args.append(str(root / "not-a-run"))
+        elif extra == "sync_damaged":
+            (root / "damaged-run").mkdir(exist_ok=True)
+            (root / "damaged-run" / "mlflow_pending.json").write_text('{"tracking_uri": ')
+            args.append(str(root / "damaged-run"))
+        elif extra == "out_file":
+            (root / "report.txt").write_text("my notes")
+            args.append(str(root / "report.txt"))
+        elif extra == "run_dir_under_file":
+            (root / "plain-file").write_text("not a folder")
+            args.append(f"hydra.run.dir={root / 'plain-file' / 'run'}")
     return [sys.executable, "-m", case.program, *args]
 
 
@@ -212,5 +234,72 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) 
     client = MlflowClient(f"sqlite:///{workspace}/mlruns/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
-    assert len([r for r in runs if r.data.tags.get("leukexp.kind") == "fold"]) == 1, "no bad input started a run"
+    diverged = client.get_experiment_by_name("diverged").experiment_id
+    assert [r.info.status for r in runs if r.info.experiment_id == diverged
+            and r.data.tags.get("leukexp.kind") == "fold"] == ["FAILED"], "the diverged run is FAILED"
+    started = [r for r in runs if r.data.tags.get("leukexp.kind") == "fold" and r.info.experiment_id != diverged]
+    assert len(started) == 1, "no other bad input started a run"
+    assert not Path("/nonexistent-leukexp-store").exists(), "no folder was made for a store outside the project"
+    assert (workspace / "report.txt").read_text() == "my notes", "nothing already written is lost"
     assert not list(workspace.rglob("*.tmp")), "nothing half-written"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount a small (or read-only) tmpfs: a full disk and a read-only file system, for real."""
+    mounts: list[Path] = []
+
+    def mount(name: str, size: str = "256k", read_only: bool = False) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True,
+                              text=True)
+        if done.returncode:
+            pytest.skip(f"mounting a small file system needs root here ({done.stderr.strip()})")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def run_train(root: Path, *args: str) -> subprocess.CompletedProcess:
+    data = make_data(root, "binary")
+    return subprocess.run([sys.executable, "-m", "leukexp.train", *binary(str(data)), *args], cwd=root,
+                          capture_output=True, text=True, timeout=300, env={**_env(), "CI": "true"})
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("leukexp-train: error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout and "Logging error" not in result.stderr
+    return lines[0]
+
+
+def fold_statuses(root: Path) -> list[str]:
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return sorted(r.info.status for r in runs if r.data.tags.get("leukexp.kind") == "fold")
+
+
+@pytest.mark.slow
+def test_file_system_faults_of_the_run_folder_are_one_line(tmp_path: Path, small_disk) -> None:
+    full, read_only = small_disk("full", "160k"), small_disk("read-only", read_only=True)
+    line = one_error_line(run_train(tmp_path, f"hydra.run.dir={full}/run"))
+    assert "no space left on the device" in line
+    assert fold_statuses(tmp_path) == ["FAILED"], "the run that could not keep its files is FAILED, not RUNNING"
+    assert not list(full.rglob("*.tmp")), "nothing half-written"
+    line = one_error_line(run_train(tmp_path, f"hydra.run.dir={read_only}/run"))
+    assert f"{read_only}/run" in line and "read-only file system" in line
+
+
+@pytest.mark.slow
+def test_a_cache_that_is_full_or_read_only_keeps_features_in_memory(tmp_path: Path, small_disk) -> None:
+    for disk in (small_disk("full", "8k"), small_disk("read-only", read_only=True)):
+        result = run_train(tmp_path, f"features.dir={disk}/features", f"paths.cache_dir={disk}/cache")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "cannot be written" in result.stderr + result.stdout and "not written:" in result.stdout
+        assert not list(disk.rglob("*.tmp"))
+    assert fold_statuses(tmp_path) == ["FINISHED", "FINISHED"]

@@ -1,11 +1,16 @@
 """Real images: the default backbone and head on a stratified subset of the public ALL 4-class set."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ALL4CLASS, needs_shared_data
+from conftest import ALL4CLASS, MESSY_CLASSES, make_messy_folder, needs_shared_data
 from leukexp.pipeline import train
 from leukexp.vocabulary import KIND_FOLD, kind_filter
 
@@ -38,3 +43,44 @@ def test_efficientnet_lite0_mlp1_on_real_all4class_subset(compose_cfg, tmp_path:
     (run,) = client.search_runs([experiment], kind_filter(KIND_FOLD))
     assert run.data.tags["model"] == "efficientnet_lite0" and run.data.tags["data"] == "folder"
     assert set(run.data.tags["cv_group"].split()) >= {"task=folders", "head=mlp1", "model=efficientnet_lite0"}
+
+
+def cli(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A leukexp command as a user runs it (exit code, stdout and stderr kept)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"CI": "true"}
+    return subprocess.run([sys.executable, "-m", program, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path: Path) -> None:
+    """Mixed sizes, 16-bit, RGBA, TIFF, a GIF named .png, an EXIF JPEG, a duplicate and a class folder `Band (BNE)+`:
+    the default run (activation-map panel on) with test-time views, then predict with maps and views, then a report."""
+    data = make_messy_folder(tmp_path / "archive")
+    train_run = cli("leukexp.train", "data=folder", f"data.root={data}", "task=folders", "fold.n_splits=3",
+                    "model.input_size=64", "trainer.max_epochs=3", "evaluation.tta=flips", cwd=tmp_path)
+    assert train_run.returncode == 0, train_run.stderr[-3000:]
+    log = train_run.stdout + train_run.stderr
+    assert "an animated GIF of 3 frames; only the first frame is used" in log and "is a GIF file named .png" in log
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("leukexp").experiment_id
+    (run,) = client.search_runs([experiment], kind_filter(KIND_FOLD))
+    assert run.info.status == "FINISHED"
+    assert "test/f1/Band _BNE__" in run.data.metrics
+    assert json.loads(run.data.tags["leukexp.classes"]) == {"ALL": "ALL", "Band _BNE__": "Band (BNE)+"}
+    (folder,) = (tmp_path / "logs" / "runs").iterdir()
+    assert (folder / "cam" / "panel.png").stat().st_size > 10_000, "the panel of mixed-size images was drawn"
+    assert "cam/panel.png" in {a.path for a in client.list_artifacts(run.info.run_id, "cam")}
+
+    predicted = cli("leukexp.scoring", str(folder), str(data), "--cam", str(tmp_path / "maps"), "--tta", "flips",
+                    "--out", str(tmp_path / "scores.csv"), cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    images = sorted(p for p in data.rglob("*") if p.is_file())
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert len(scores) == len(images) == 28 and set(scores["predicted"]) <= set(MESSY_CLASSES)
+    assert len(list((tmp_path / "maps").glob("*.cam.png"))) == len(images)
+
+    report = cli("leukexp.report", "--experiment", "leukexp", "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Band _BNE__" in text and "Left out" not in text

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,54 @@ def _zombie(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
+        "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none", "fold.n_splits=2",
+        "head=mlp3", "trainer.max_epochs=10000"]  # a run that trains for minutes unless stopped
+
+
+def start(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "leukexp.train", *args, *TINY], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
+
+
+def fold_runs(root: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    from leukexp.files import file_lock
+
+    database = root / "mlruns" / "mlflow.db"
+    if not database.is_file():
+        return []
+    with file_lock(database.with_name(f".{database.name}.lock")):  # held by leukexp while it creates the schema
+        client = MlflowClient(f"sqlite:///{database}")
+        experiment = client.get_experiment_by_name("leukexp")
+        return client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
+
+
+def stop_while_training(process: subprocess.Popen, root: Path) -> tuple[str, list]:
+    """SIGTERM once a fold run is RUNNING (and training); return stderr and every run of the store."""
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if any(r.info.status == "RUNNING" and r.data.tags.get("leukexp.kind") == "fold" for r in fold_runs(root)):
+            break
+        time.sleep(0.5)
+    time.sleep(3)  # into the head's epochs
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    return err, fold_runs(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", [False, True], ids=["single run", "sweep"])
+def test_sigterm_ends_the_run_and_its_parent_killed_and_exits_143(tmp_path: Path, sweep: bool) -> None:
+    process = start(tmp_path, *(["-m", "fold=f0,f1"] if sweep else []))
+    err, runs = stop_while_training(process, tmp_path)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by signal 15" in err and "Traceback" not in err
+    folds = [r for r in runs if r.data.tags.get("leukexp.kind") == "fold"]
+    parents = [r for r in runs if r.data.tags.get("leukexp.kind") == "cv"]
+    assert [r.info.status for r in folds] == ["KILLED"], "the current run is KILLED and no next job started"
+    assert [r.info.status for r in parents] == ["KILLED"]

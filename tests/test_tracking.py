@@ -199,3 +199,29 @@ def test_a_sqlite_store_outside_the_project_needs_its_folder(tmp_path: Path) -> 
 def test_params_carry_no_credentials_and_keys_mlflow_accepts() -> None:
     flat = flatten({"mlflow": {"tracking_uri": "http://u:pw@host:5000"}, "task": {"mapping": {"Band (BNE)+": ["x"]}}})
     assert flat == {"mlflow.tracking_uri": "http://***@host:5000", "task.mapping.Band _BNE__": "['x']"}
+
+
+@pytest.mark.slow
+def test_credentials_in_the_tracking_uri_are_found_nowhere(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_server(tmp_path, port)
+    secret = "hunter2-do-not-log"
+    uri = f"http://alice:{secret}@127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"CI": "true"}
+    try:
+        for args, extra in (([f"mlflow.tracking_uri={uri}"], {}), (["-m", "fold=f0,f1"], {"MLFLOW_TRACKING_URI": uri})):
+            job = subprocess.run([sys.executable, "-m", "leukexp.train", *args, *TINY_MODEL, *TINY_DATA,
+                                  "augmentation=none", "trainer.max_epochs=1", "fold.n_splits=2", "task=binary",
+                                  "data.counts={ALL: 10, HLT: 10}", "mlflow.experiment_name=secret"],
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env | extra)
+            assert job.returncode == 0, job.stderr[-2000:]
+            assert secret not in job.stdout + job.stderr
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        experiment = client.get_experiment_by_name("secret").experiment_id
+        runs = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold'")
+        assert len(runs) == 3 and runs[0].data.params["mlflow.tracking_uri"].startswith("http://***@127.0.0.1")
+    finally:
+        stop(server)
+    leaks = [path for path in tmp_path.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
+    assert leaks == [], f"the password is in {leaks}"
+    assert list((tmp_path / "logs").rglob("config.yaml")) and list((tmp_path / "server-artifacts").rglob("config.yaml"))

@@ -186,5 +186,5 @@ def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | Non
     *train, val, test = np.split(every, np.cumsum([len(split) for split in splits])[:-1])
     features = Features(train=train[0] if train else None, val=val, test=test)
     note = "; ".join(f"feature cache: {c.hits} hits, {c.misses} misses ({c.folder})"
-                     + (f" [not written: {c.unwritable}]" if c.unwritable else "") for c in caches if c)
+                     + (f"; not written: {c.unwritable}" if c.unwritable else "") for c in caches if c)
     return features, note
