@@ -29,13 +29,13 @@ CAM_CHUNK = 4
 class _Scorer(nn.Module):
     """Image batch -> class scores through the frozen backbone and the head's differentiable scores."""
 
-    def __init__(self, trunk: nn.Module, scores: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, scores: nn.Module) -> None:
         super().__init__()
-        self.trunk = trunk
+        self.backbone = backbone
         self.scores = scores
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.scores(self.trunk(images))
+        return self.scores(self.backbone.features(images))  # every pooled stage the head was trained on
 
 
 def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,8 @@ def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def cam_model(classifier: Classifier) -> tuple[nn.Module, nn.Module]:
-    """The scorer module and its target layer (the backbone's last feature stage), or a one-line error."""
+    """The scorer module and its target layer (the backbone's last feature stage, also for multi-stage features),
+    or a one-line error."""
     trunk = getattr(classifier.backbone, "model", None)
     if not isinstance(trunk, nn.Module) or not hasattr(trunk, "feature_info"):
         raise LeukexpError(f"activation maps need a timm backbone; {classifier.backbone.label} is not one")
@@ -60,7 +61,7 @@ def cam_model(classifier: Classifier) -> tuple[nn.Module, nn.Module]:
     device = next(trunk.parameters()).device
     if next(scores.parameters()).device != device:  # a GPU backbone, a head on the CPU: a copy follows the backbone
         scores = copy.deepcopy(scores).to(device)
-    return _Scorer(trunk, scores).eval(), layer
+    return _Scorer(classifier.backbone, scores).eval(), layer
 
 
 def activation_maps(classifier: Classifier, images: Sequence[np.ndarray],

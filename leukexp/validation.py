@@ -169,9 +169,30 @@ def _check_backbone(model: dict[str, Any], key: str) -> None:
         name = model.get("name")
         if name is None or name == "???" or not timm.is_model(name):
             raise LeukexpError(f"{key}.name={name!r} is not a timm model; see timm.list_models() for names")
+        _check_stages(model, key)
+    elif str(model.get("_target_", "")).endswith("KerasBackbone") and (
+            model.get("stages") is not None or model.get("pooling", "avg") != "avg"):
+        raise LeukexpError(f"{key}.stages / {key}.pooling: Keras applications give their last stage, average-pooled,"
+                           " only; use a timm model for multi-stage features or other pooling")
     weights = model.get("weights_file")
     if isinstance(weights, str) and weights and not Path(weights).expanduser().is_file():
         raise LeukexpError(f"{key}.weights_file={weights}: no such file; give the path of the weights file")
+
+
+def _check_stages(model: dict[str, Any], key: str) -> None:
+    """`model.stages` and `model.pooling` against the architecture, built on the meta device (no weights, no memory)."""
+    import timm
+    import torch
+
+    from leukexp.backbones.timm_backbone import check_pooling, stage_indices
+
+    check_pooling(model.get("pooling", "avg"), f"{key}.pooling")
+    if model.get("stages") is None:
+        return
+    with torch.device("meta"):
+        architecture = timm.create_model(str(model["name"]), pretrained=False, num_classes=0,
+                                         **dict(model.get("model_args") or {}))
+    stage_indices(architecture, model["stages"], f"{key}.stages")
 
 
 def check_head(cfg: DictConfig) -> None:

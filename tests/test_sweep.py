@@ -183,11 +183,17 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_identical_sweeps_started_together_on_a_new_store(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "leukexp.train", "-m", *TINY, "head=svm", "fold=f0,f1"]
+def test_two_identical_sweeps_from_two_roots_started_together_on_one_new_store(tmp_path: Path) -> None:
+    # two users (two project roots, each with its own cache and run folders) sharing one store: one lock, beside it
+    (tmp_path / "mlruns").mkdir()
+    command = [sys.executable, "-m", "leukexp.train", "-m", *TINY, "head=svm", "fold=f0,f1",
+               f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db"]
     env = {**os.environ, "CI": "true"}
-    sweeps = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env) for _ in range(2)]
+    roots = [tmp_path / "alice", tmp_path / "bob"]
+    for root in roots:
+        root.mkdir()
+    sweeps = [subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env) for root in roots]
     outputs = [process.communicate(timeout=600)[0] for process in sweeps]
     for process, output in zip(sweeps, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]

@@ -176,3 +176,60 @@ def test_dinobloom_loads_a_local_weights_file(compose_cfg, tmp_path: Path) -> No
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     backbone: TimmBackbone = instantiate(compose_cfg("model=dinobloom_s", f"model.weights_file={path}").model)
     assert torch.equal(backbone.model.pos_embed, source.pos_embed)
+
+
+def tiny64(**kwargs: object) -> TimmBackbone:
+    torch.manual_seed(0)
+    return TimmBackbone("test_efficientnet", pretrained=False, input_size=64, **kwargs)
+
+
+@pytest.mark.parametrize(("stages", "pooling", "width"), [
+    (None, "avg", 256), ("all", "avg", 16 + 24 + 32 + 48 + 64 + 256), ([2, 4], "avg", 32 + 64 + 256),
+    ([2, 4], "avgstd", 2 * (32 + 64 + 256)), (None, "gem", 256), ([0], "gem", 16 + 256)])
+def test_multi_stage_width_and_the_last_stage_vector(stages: object, pooling: str, width: int) -> None:
+    backbone, plain = tiny64(stages=stages, pooling=pooling), tiny64()
+    images = torch.rand(3, 3, 64, 64)
+    features = backbone.embed(images)
+    assert backbone.num_features == features.shape[1] == width and torch.isfinite(features).all()
+    if pooling == "avg":  # the last stage's vector is the model's own, after the pooled stages
+        assert torch.allclose(features[:, -256:], plain.embed(images), atol=1e-5)
+    assert (backbone.fingerprint == plain.fingerprint) == (stages is None and pooling == "avg")
+
+
+def test_each_stage_and_pooling_has_its_own_cache_key() -> None:
+    choices = [(s, p) for s in (None, [1], [1, 2], "all") for p in ("avg", "gem", "avgstd")]
+    keys = {tiny64(stages=s, pooling=p).fingerprint for s, p in choices}
+    assert len(keys) == 12
+
+
+def test_gem_lies_between_the_average_and_the_maximum() -> None:
+    from leukexp.backbones.timm_backbone import pool
+
+    maps = torch.rand(2, 5, 7, 7)
+    average, gem, peak = pool(maps, "avg"), pool(maps, "gem"), maps.flatten(2).amax(-1)
+    assert (average < gem).all() and (gem < peak).all()
+    mean_std = pool(maps, "avgstd")
+    assert torch.allclose(mean_std[:, 5:], maps.flatten(2).std(-1, unbiased=False))
+
+
+@pytest.mark.parametrize(("stages", "pooling", "says"), [
+    ([0, 5], "avg", r"model\.stages=\[0, 5\]: expected a list of stage indices from 0 to 4 for this model"),
+    ([], "avg", r"model\.stages=\[\]: an empty list pools nothing"),
+    ("last", "avg", r"model\.stages='last'"), (None, "max", r"model\.pooling='max': expected avg, gem, avgstd")])
+def test_bad_stages_and_pooling_are_one_line(stages: object, pooling: str, says: str) -> None:
+    with pytest.raises(LeukexpError, match=says):
+        tiny64(stages=stages, pooling=pooling)
+
+
+def test_activation_maps_use_the_last_stage_of_a_multi_stage_backbone() -> None:
+    from leukexp.cam import activation_maps
+    from leukexp.heads.base import HeadContext
+    from leukexp.heads.torch_head import mlp
+    from leukexp.predict import Classifier
+
+    backbone = tiny64(stages="all", pooling="avgstd")
+    head = mlp(HeadContext(backbone.num_features, 2), hidden=[8])
+    images = [np.random.default_rng(i).integers(0, 255, (50 + 10 * i, 60, 3), dtype=np.uint8) for i in range(3)]
+    maps = activation_maps(Classifier(backbone, head, ["a", "b"]), images)
+    assert [m.shape for m in maps] == [(50, 60), (60, 60), (70, 60)]
+    assert all(m.min() >= 0.0 and m.max() <= 1.0 for m in maps)

@@ -106,7 +106,12 @@ class KerasBackbone(Backbone):
 
     def __init__(self, application: str = "InceptionV3", pretrained: bool = True,
                  weights_file: str | Path | None = None, input_size: int | None = None,
-                 label: str | None = None) -> None:
+                 label: str | None = None, stages: object = None, pooling: str = "avg") -> None:
+        if stages is not None or pooling != "avg":
+            key = "model.stages" if stages is not None else "model.pooling"
+            raise LeukexpError(f"{key}={stages if stages is not None else pooling!r}: Keras applications give their"
+                               " last stage, average-pooled, only; use a timm model (model=timm model.name=...) for"
+                               " multi-stage features or other pooling")
         keras = import_keras()
         factory = getattr(keras.applications, str(application), None)
         if not callable(factory):

@@ -20,6 +20,46 @@ from leukexp.errors import LeukexpError
 log = logging.getLogger(__name__)
 
 KeyMap = Literal["timm", "by_order"]
+Pooling = Literal["avg", "gem", "avgstd"]
+POOLINGS = ("avg", "gem", "avgstd")
+GEM_P = 3.0  # generalized mean: between the average (p = 1) and the maximum (p -> inf)
+
+
+def pool(activations: torch.Tensor, how: str) -> torch.Tensor:
+    """(N, C, H, W) maps or (N, C, L) tokens -> (N, C) (`avg`, `gem` with p = 3) or (N, 2C) (`avgstd`: per-channel
+    mean and standard deviation, a texture statistic)."""
+    flat = activations.flatten(2).float()
+    if how == "avg":
+        return flat.mean(-1)
+    if how == "gem":
+        return flat.clamp(min=1e-6).pow(GEM_P).mean(-1).pow(1.0 / GEM_P)
+    return torch.cat([flat.mean(-1), flat.std(-1, unbiased=False)], dim=1)
+
+
+def stage_indices(model: nn.Module, stages: object, key: str = "model.stages") -> list[int] | None:
+    """`model.stages` as sorted stage indices of timm's `feature_info` (None: the last stage's vector only), or a
+    one-line error naming the key and the valid range for this model."""
+    if stages is None:
+        return None
+    count = len(getattr(model, "feature_info", []) or [])
+    valid = f"a list of stage indices from 0 to {count - 1} for this model, all, or null"
+    if stages == "all":
+        return list(range(count))
+    if isinstance(stages, str | int) or not hasattr(stages, "__iter__"):
+        raise LeukexpError(f"{key}={stages!r}: expected {valid}")
+    chosen = list(stages)
+    if not chosen:
+        raise LeukexpError(f"{key}=[]: an empty list pools nothing; expected {valid}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count for i in chosen):
+        raise LeukexpError(f"{key}={chosen!r}: expected {valid}")
+    return sorted(set(chosen))
+
+
+def check_pooling(pooling: object, key: str = "model.pooling") -> str:
+    """`model.pooling`, checked."""
+    if pooling not in POOLINGS:
+        raise LeukexpError(f"{key}={pooling!r}: expected {', '.join(POOLINGS)}")
+    return str(pooling)
 
 
 class TimmBackbone(nn.Module, Backbone):
@@ -40,6 +80,11 @@ class TimmBackbone(nn.Module, Backbone):
         hub_id: where the hub weights live when they are not the architecture's own
             (e.g. `hf-hub:1aurent/vit_small_patch14_224.dinobloom`).
         model_args: extra keyword arguments of the architecture (e.g. `img_size: 224`).
+        stages: also pool these stages of timm's `feature_info` (through `forward_intermediates`) and put them
+            before the last stage's vector: a list of indices, `all`, or None (the last stage's vector only).
+            The middle stages hold texture (chromatin, granules) that the last, object-tuned stage blurs.
+        pooling: how each map is pooled: `avg` (the model's own pooling for the last stage), `gem` (generalized
+            mean, p = 3) or `avgstd` (per-channel mean and standard deviation: twice the width).
     """
 
     def __init__(
@@ -53,10 +98,13 @@ class TimmBackbone(nn.Module, Backbone):
         label: str | None = None,
         hub_id: str | None = None,
         model_args: Mapping[str, Any] | None = None,
+        stages: list[int] | str | None = None,
+        pooling: Pooling = "avg",
     ) -> None:
         super().__init__()
         if not timm.is_model(name):
             raise LeukexpError(f"model.name={name!r} is not a timm model; see timm.list_models() for names")
+        self.pooling = check_pooling(pooling)
         self.name = name
         self.label = label or name
         self.pretrained = bool(pretrained)
@@ -64,6 +112,7 @@ class TimmBackbone(nn.Module, Backbone):
         self.hub_id = hub_id
         self.model_args = dict(model_args or {})
         self.model = _create(name, self.pretrained, self.weights_file, key_map, hub_id, self.model_args)
+        self.stages = stage_indices(self.model, stages)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.model.eval().to(memory_format=torch.channels_last)
@@ -76,9 +125,35 @@ class TimmBackbone(nn.Module, Backbone):
             interpolation=str(config.get("interpolation", "bicubic")),
             crop_pct=float(config.get("crop_pct", 1.0)), center_crop=center_crop,
         )
-        self.num_features = int(self.model.num_features)
         self.precision = "fp32"
         self._fingerprint: str | None = None
+        self.num_features = int(self.model.num_features) if self.last_stage_only else self._measure_width()
+
+    @property
+    def last_stage_only(self) -> bool:
+        """Today's vector: the model's own pooled last stage (no other stage, average pooling)."""
+        return self.stages is None and self.pooling == "avg"
+
+    def _measure_width(self) -> int:
+        with torch.no_grad():
+            return int(self.features(torch.zeros(1, *self.preprocess.input_size)).shape[1])
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of a batch, differentiable (activation maps go through here): the chosen stages, each
+        pooled, then the last stage's vector, concatenated."""
+        if self.last_stage_only:
+            return self.model(images)
+        if self.stages is None:
+            final, maps = self.model.forward_features(images), []
+        else:
+            final, maps = self.model.forward_intermediates(images, indices=self.stages, intermediates_only=False)
+        if self.pooling == "avg":
+            last = self.model.forward_head(final, pre_logits=True)
+        elif final.dim() == 3:  # vision-transformer tokens (N, T, C): the patch tokens, channels first
+            last = pool(final[:, getattr(self.model, "num_prefix_tokens", 0):].transpose(1, 2), self.pooling)
+        else:
+            last = pool(final, self.pooling)
+        return torch.cat([*(pool(m, self.pooling) for m in maps), last.float()], dim=1)
 
     def train(self, mode: bool = True) -> TimmBackbone:
         """Stay in eval mode whatever the caller asks: BatchNorm statistics and dropout stay frozen."""
@@ -108,7 +183,7 @@ class TimmBackbone(nn.Module, Backbone):
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
-            features = self.model(images)
+            features = self.features(images)
         return features.float().cpu()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -123,6 +198,8 @@ class TimmBackbone(nn.Module, Backbone):
             digest.update(f"{self.name}|{self.preprocess.describe()}".encode())
             if self.precision != "fp32":
                 digest.update(f"|precision={self.precision}".encode())
+            if not self.last_stage_only:  # the last-stage vector keeps the key it always had
+                digest.update(f"|stages={self.stages}|pooling={self.pooling}".encode())
             for key, tensor in self.model.state_dict().items():
                 digest.update(key.encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
