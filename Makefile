@@ -19,7 +19,7 @@ run: install
 	$(BIN)/leukexp-train $(ARGS)
 
 lint: install
-	$(BIN)/ruff check leukexp tests scripts
+	$(BIN)/ruff check leukexp tests scripts hydra_plugins
 
 test: lint
 	$(BIN)/python -m pytest $(ARGS)

@@ -40,6 +40,7 @@ from leukexp.vocabulary import (
     PREDICTIONS_FILE,
     RESULT_TAG,
     RUN_NAME_SEPARATOR,
+    SEARCH_RUN_TAG,
     STUDY_TAG,
     TEST,
     cv_metric,
@@ -111,6 +112,8 @@ def get_or_create_parent(client: MlflowClient, experiment_id: str, tags: dict[st
     if found:
         return found[0].info.run_id
     parent_tags = {k: tags[k] for k in CV_TAGS if k in tags} | {KIND_TAG: KIND_CV, N_SPLITS_TAG: tags[N_SPLITS_TAG]}
+    if tags.get(SEARCH_RUN_TAG):  # a search trial's parent sits under the search run
+        parent_tags[PARENT_TAG] = tags[SEARCH_RUN_TAG]
     name = unique_name(client, experiment_id, tags.get(NAME_TAG) or "default", tags[CV_GROUP_TAG])
     parent_tags[NAME_TAG] = name
     run = client.create_run(experiment_id, run_name=name, tags=parent_tags)

@@ -27,7 +27,10 @@ from leukexp.vocabulary import (
     NON_IDENTITY_GROUPS,
     NON_IDENTITY_PREFIXES,
     RUN_NAME_SEPARATOR,
+    SEARCH_RUN_TAG,
+    SEARCH_TAG,
     SWEPT_KEYS_ENV,
+    TRIAL_TAG,
     class_key_parts,
 )
 
@@ -149,4 +152,12 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
         KIND_TAG: KIND_FOLD,
         CLASSES_TAG: json.dumps(dict(zip(class_key_parts(study.classes), study.classes, strict=True)),
                                 ensure_ascii=False)[:5000],
+        **search_tags(cfg),
     }
+
+
+def search_tags(cfg: DictConfig) -> dict[str, str]:
+    """A search trial's tags (`hydra/sweeper=optuna` sets `search.*` for its jobs); none outside a search."""
+    search = cfg.get("search") or {}
+    tags = {SEARCH_TAG: search.get("study"), TRIAL_TAG: search.get("trial"), SEARCH_RUN_TAG: search.get("run_id")}
+    return {key: str(value) for key, value in tags.items() if value is not None}

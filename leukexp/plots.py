@@ -122,3 +122,23 @@ def grouped_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def search_progress(trials: Sequence[tuple[int, float | None, str]], maximize: bool, path: Path, title: str) -> Path:
+    """A search's objective per trial (complete: dots; pruned, failed: crosses at the bottom), and the best so far."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    done = [(n, v) for n, v, state in trials if state == "complete" and v is not None]
+    if done:
+        numbers, values = zip(*sorted(done), strict=True)
+        best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
+        ax.scatter(numbers, values, color="#4c72b0", label="complete", zorder=3)
+        ax.step(numbers, best, where="post", color="#dd8452", label="best so far")
+    stopped = [n for n, _, state in trials if state != "complete"]
+    if stopped:
+        floor = min(v for _, v in done) if done else 0.0
+        ax.scatter(stopped, [floor] * len(stopped), marker="x", color="grey", label="pruned or failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective (fold mean)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

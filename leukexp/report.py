@@ -27,8 +27,11 @@ from leukexp.vocabulary import (
     DATA_HASH_TAG,
     FOLD_TAG,
     KIND_FOLD,
+    KIND_SEARCH,
     LABEL_TAGS,
     PREDICTIONS_FILE,
+    SEARCH_STORAGE_TAG,
+    SEARCH_TAG,
     Predictions,
     kind_filter,
 )
@@ -241,6 +244,7 @@ class ReportContext:
     client: MlflowClient | None = None
     # comparisons between configuration labels already resolved (an ensemble against its best member)
     pairs: list[tuple[str, str]] = field(default_factory=list)
+    experiment: str = ""
 
     @property
     def folds(self) -> pd.DataFrame:
@@ -333,6 +337,66 @@ def activation_map_section(context: ReportContext) -> list[str]:
             "![activation maps](best_activation_maps.png)", ""]
 
 
+def search_section(context: ReportContext) -> list[str]:
+    """Each search of the experiment (`hydra/sweeper=optuna`): its best trials, the objective over trials and
+    Optuna's parameter importances, read from the study's journal beside the store."""
+    if context.client is None or not context.experiment:
+        return []
+    experiment = context.client.get_experiment_by_name(context.experiment)
+    if experiment is None:
+        return []
+    searches = context.client.search_runs([experiment.experiment_id], kind_filter(KIND_SEARCH), max_results=100)
+    lines: list[str] = []
+    for run in searches:
+        lines += search_lines(run.data.tags.get(SEARCH_TAG, ""), Path(run.data.tags.get(SEARCH_STORAGE_TAG, "")),
+                              context.out)
+    return lines
+
+
+def search_lines(name: str, storage: Path, out: Path) -> list[str]:
+    """The report's lines for one study: a table of the best trials and two figures."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from leukexp.plots import bar_chart, search_progress
+    from leukexp.search import counted, override_value
+
+    if not storage.is_file():
+        return [f"## Search {name}", "", f"_The study's journal {storage} is not on this machine._", ""]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(storage))))
+    trials = counted(study)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    maximize = study.direction.name == "MAXIMIZE"
+    best = sorted(complete, key=lambda t: -t.value if maximize else t.value)[:10]
+    table = pd.DataFrame([{"trial": t.number, "value": t.value, **{k: override_value(v) for k, v in t.params.items()}}
+                          for t in best])
+    slug = name.replace("/", "_")
+    table.to_csv(out / f"search_{slug}.csv", index=False)
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    summary = f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+    lines = [f"## Search {name}", "",
+             f"{len(trials)} trials ({summary}); objective: the fold mean ({'higher' if maximize else 'lower'} is"
+             " better). Best trials:", "", markdown(table, index=False), ""]
+    progress = search_progress([(t.number, t.value, t.state.name.lower()) for t in trials], maximize,
+                               out / f"search_{slug}_trials.png", f"search {name}: objective per trial")
+    lines += [f"![objective per trial]({progress.name})", ""]
+    if len(complete) >= 2 and len({k for t in complete for k in t.params}) >= 1:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna warns when few trials make every importance equal
+            importances = optuna.importance.get_param_importances(study)
+        chart = bar_chart(list(importances), list(importances.values()), list(importances.values()),
+                          list(importances.values()), out / f"search_{slug}_importance.png",
+                          "parameter importance (Optuna's default evaluator)")
+        lines += ["Parameter importances (Optuna's `get_param_importances` over the complete trials):", "",
+                  markdown(pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())}),
+                           index=False), "", f"![parameter importances]({chart.name})", ""]
+    return lines
+
+
 def unfinished_section(context: ReportContext) -> list[str]:
     """The runs left out of every table (unfinished or failed)."""
     if context.runs.unfinished.empty:
@@ -343,7 +407,7 @@ def unfinished_section(context: ReportContext) -> list[str]:
 
 # the report, in order: a new table is one function here
 SECTIONS: list[Section] = [summary_section, pooled_section, per_fold_section, per_class_section, comparison_section,
-                           activation_map_section, unfinished_section]
+                           activation_map_section, search_section, unfinished_section]
 
 
 def guarded(section: Section, context: ReportContext) -> list[str]:
@@ -387,7 +451,7 @@ def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tupl
         best = summary_table(runs.folds[runs.folds["config"].isin(members)], metric).loc[0, "configuration"]
         runs = StudyRuns(pd.concat([runs.folds, rows], ignore_index=True), runs.unfinished, runs.classes)
         pairs.append((rows["config"].iloc[0], best))
-    context = ReportContext(runs, out, metric, list(compare or []), client, pairs)
+    context = ReportContext(runs, out, metric, list(compare or []), client, pairs, experiment)
     folds = runs.folds
     lines = [f"# leukexp report: {experiment}", "",
              f"{folds['config'].nunique()} configuration(s), {len(folds)} finished fold run(s)."

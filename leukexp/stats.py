@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from leukexp.vocabulary import TEST, cv_metric
+from leukexp.vocabulary import BEST, TEST, cv_metric
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ def spread(values: np.ndarray) -> float:
 
 
 def aggregate_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """`cv/<metric>_mean`, `_std`, `_ci95_low`, `_ci95_high` for every test metric column of a per-fold table."""
+    """`cv/<metric>_mean`, `_std`, `_ci95_low`, `_ci95_high` for every test and best-epoch metric column of a per-fold
+    table (`cv/best/val/acc_mean` is what a search optimizes by default)."""
     out: dict[str, float] = {}
-    for metric in (c for c in table.columns if str(c).startswith(TEST)):
+    for metric in (c for c in table.columns if str(c).startswith((TEST, BEST))):
         values = table[metric].dropna().to_numpy(dtype=float)
         if not len(values):
             continue

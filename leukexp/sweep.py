@@ -69,7 +69,8 @@ def swept(overrides: list[str], params: dict[str, object]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
-    keys += [str(k) for k, v in params.items() if "," in str(v) or str(v).startswith(("range(", "choice("))]
+    keys += [str(k) for k, v in params.items()
+             if "," in str(v) or str(v).replace(" ", "").startswith(("range(", "choice(", "interval(", "tag("))]
     return list(dict.fromkeys(keys))
 
 

@@ -19,7 +19,8 @@ ALL_GROUPS = ("data", "task", "fold", "augmentation", "protocol", "model", "head
 # overrides that never change what a run computes: these groups' choices (exact key) ...
 NON_IDENTITY_GROUPS = ("fold", "experiment")
 # ... and these keys with everything below them (fold.n_splits and fold.val_fraction do count)
-NON_IDENTITY_PREFIXES = ("hydra", "paths", "mlflow", "sweep", "fold.index", "fold.name", "training.torch_threads",
+NON_IDENTITY_PREFIXES = ("hydra", "paths", "mlflow", "sweep", "search", "optimized_metric",
+                         "fold.index", "fold.name", "training.torch_threads",
                          "training.head_threads", "features.num_workers", "features.batch_size", "features.device",
                          "features.cache", "features.dir", "head.n_jobs", "evaluation.cam_panel",
                          "evaluation.cam_per_class", "data.digest_cache")
@@ -39,6 +40,14 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 KIND_FOLD = "fold"
 KIND_CV = "cv"
+KIND_SEARCH = "search"
+# a search (hydra/sweeper=optuna): its study, the trial a run belongs to, the trial's state, the search run, the
+# study's journal file
+SEARCH_TAG = "leukexp.search"
+TRIAL_TAG = "leukexp.trial"
+TRIAL_STATE_TAG = "leukexp.trial_state"
+SEARCH_RUN_TAG = "leukexp.search_run"
+SEARCH_STORAGE_TAG = "leukexp.search_storage"
 NOTE_TAG = "leukexp.note"
 OWNER_TAG = "leukexp.owner"
 STUDY_TAG = "leukexp.study"
@@ -54,7 +63,7 @@ CLASSES_TAG = "leukexp.classes"
 UPLOAD_TAG = "leukexp.upload_id"
 # tags that describe a configuration: shown in reports, copied from a fold run to its CV parent
 LABEL_TAGS = ("model", "head", "task", "protocol", "augmentation", "data")
-CV_TAGS = (*LABEL_TAGS, "seed", CV_GROUP_TAG, DATA_HASH_TAG, NAME_TAG)
+CV_TAGS = (*LABEL_TAGS, "seed", CV_GROUP_TAG, DATA_HASH_TAG, NAME_TAG, SEARCH_TAG, TRIAL_TAG)
 
 # metric prefixes
 TEST = "test/"

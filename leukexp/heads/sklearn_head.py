@@ -189,8 +189,17 @@ def check_estimator(estimator: BaseEstimator) -> None:
             raise LeukexpError(f"head: {str(error).splitlines()[0]}") from error
 
 
-def sklearn_head(context: HeadContext, estimator: BaseEstimator, standardize: bool = True) -> SklearnHead:
-    """Any scikit-learn classifier as a head (`head=logreg`, `head=knn`, or your own YAML)."""
+def sklearn_head(context: HeadContext, estimator: BaseEstimator, standardize: bool = True,
+                 C: float | None = None) -> SklearnHead:  # noqa: N803
+    """Any scikit-learn classifier as a head (`head=logreg`, `head=knn`, or your own YAML).
+
+    `C` (when given) sets the estimator's own `C`: `head.C` then names the regularization of `head=logreg` and
+    `head=svm` alike (one search dimension over both).
+    """
+    if C is not None:
+        if "C" not in estimator.get_params():
+            raise LeukexpError(f"head.C={C!r}: {type(estimator).__name__} has no C parameter")
+        estimator = clone(estimator).set_params(C=C)
     return SklearnHead(context, estimator, standardize)
 
 

@@ -1,0 +1,414 @@
+"""Config-only search: an Optuna study over any config key, each trial a configuration's k folds.
+
+`hydra/sweeper=optuna` (the plugin `hydra_plugins.leukexp_search`) samples the search space written in Hydra's own
+override syntax (`interval(1e-4, 1e-2)`, `tag(log, interval(...))`, `choice(...)`, `range(...)`), runs the trial's
+folds through the configured launcher (in parallel where it is parallel), reports each finished fold to Optuna and
+prunes a trial whose early folds are clearly worse. The study lives in a journal file beside the MLflow store, so the
+same command continues it; the MLflow store shows a search run with one CV parent per trial under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from leukexp.errors import LeukexpError
+from leukexp.vocabulary import (
+    CV,
+    KIND_FOLD,
+    KIND_SEARCH,
+    KIND_TAG,
+    NAME_TAG,
+    NOTE_CONTENT,
+    PARENT_TAG,
+    SEARCH_STORAGE_TAG,
+    SEARCH_TAG,
+    TRIAL_STATE_TAG,
+    TRIAL_TAG,
+    quote_filter,
+)
+
+log = logging.getLogger("leukexp")
+# config keys a search may not vary: they say which fold runs, or where results go, not what is computed
+NOT_SEARCHABLE = ("fold", "fold.index", "fold.name", "optimized_metric", "search", "hydra", "paths", "mlflow")
+
+
+@dataclass(frozen=True)
+class Space:
+    """The search space: Optuna distributions by override key, the fixed overrides, and how choices are written."""
+
+    distributions: dict[str, Any]
+    fixed: list[str]
+    labels: dict[str, dict[Any, str]]
+
+    def overrides(self, params: Mapping[str, Any]) -> list[str]:
+        """The sampled values as command-line overrides (`head.C=0.0316`, `head.hidden=[256,64]`)."""
+        return [f"{key}={self.labels.get(key, {}).get(value, override_value(value))}" for key, value in
+                params.items()]
+
+
+def override_value(value: Any) -> str:
+    """A sampled value as Hydra override text."""
+    if isinstance(value, float):
+        return f"{value:.6g}"  # six significant digits: a readable run name, a value Optuna's record rounds to
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def fold_metric(objective: str) -> str:
+    """The fold-run metric an objective averages: `cv/best/val/acc_mean` -> `best/val/acc`."""
+    if not (objective.startswith(CV) and objective.endswith("_mean")):
+        raise LeukexpError(f"hydra.sweeper.objective={objective!r}: expected the fold mean of a fold metric, e.g."
+                           " cv/best/val/acc_mean (validation: the default) or cv/test/acc_mean")
+    return objective.removeprefix(CV).removesuffix("_mean")
+
+
+def _distribution(key: str, sweep: object) -> tuple[Any, dict[Any, str]]:
+    """The Optuna distribution of one parsed sweep, and labels for choices that are not plain values."""
+    import optuna.distributions as dist
+
+    if isinstance(sweep, IntervalSweep):
+        low, high, log_scale = sweep.start, sweep.end, "log" in sweep.tags
+        if low is None or high is None or not low < high:
+            raise LeukexpError(f"hydra.sweeper.params.{key}: interval({low}, {high}) is empty; give low < high")
+        if log_scale and low <= 0:
+            raise LeukexpError(f"hydra.sweeper.params.{key}: a log interval needs low > 0 (got {low})")
+        if isinstance(low, int) and isinstance(high, int):
+            return dist.IntDistribution(int(low), int(high), log=log_scale), {}
+        return dist.FloatDistribution(float(low), float(high), log=log_scale), {}
+    if isinstance(sweep, ChoiceSweep | RangeSweep):
+        values = list(sweep.list) if isinstance(sweep, ChoiceSweep) else list(_range(sweep))
+        if not values:
+            raise LeukexpError(f"hydra.sweeper.params.{key}: the choice is empty; give at least one value")
+        plain = [v if isinstance(v, str | int | float | bool) or v is None else override_value(_container(v))
+                 for v in values]
+        labels = {p: override_value(_container(v)) for p, v in zip(plain, values, strict=True) if p is not v}
+        return dist.CategoricalDistribution(plain), labels
+    raise LeukexpError(f"hydra.sweeper.params.{key}: {type(sweep).__name__} is not a search dimension; use"
+                       " interval(...), tag(log, interval(...)), choice(...) or range(...)")
+
+
+def _range(sweep: RangeSweep) -> Sequence[Any]:
+    start, stop, step = sweep.start, sweep.stop, sweep.step
+    if start is None or stop is None or not step:
+        raise LeukexpError("hydra.sweeper.params: range(start, stop[, step]) needs a start, a stop and a step != 0")
+    count = math.ceil((stop - start) / step)
+    return [start + i * step for i in range(max(0, count))]
+
+
+def _container(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def parse_space(params: Mapping[str, Any], arguments: Sequence[str], config: DictConfig,
+                compose: Callable[[list[str]], DictConfig] | None = None) -> Space:
+    """The search space from the sweeper's `params` and the command line's sweep overrides; every other override
+    is fixed. An unknown key, a key a search may not vary or an empty range is one line, before any trial runs.
+
+    `compose` builds the config under some overrides: a key inside a searched group (`head.C` while `head` is
+    searched) must exist under one of that group's options.
+    """
+    texts = [f"{key}={value}" for key, value in params.items()] + list(arguments)
+    try:
+        parsed: list[Override] = OverridesParser.create().parse_overrides(texts)
+    except Exception as error:  # Hydra's parser explains the syntax error
+        raise LeukexpError(f"hydra.sweeper.params: {str(error).splitlines()[0]}") from error
+    distributions: dict[str, Any] = {}
+    labels: dict[str, dict[Any, str]] = {}
+    fixed = [text for override, text in zip(parsed, texts, strict=True) if not override.is_sweep_override()]
+    groups = {o.key_or_group: list(o.sweep_string_iterator()) for o in parsed
+              if o.is_sweep_override() and o.is_discrete_sweep() and o.key_or_group in _choices(config)}
+    for override in parsed:
+        key = override.key_or_group
+        if not override.is_sweep_override():
+            continue
+        group = next((g for g in groups if key.startswith(g + ".")), None)
+        if group is not None and compose is not None:
+            configs = [compose([*fixed, f"{group}={option}"]) for option in groups[group]]
+            if not any(_has_key(c, key) for c in configs):
+                raise LeukexpError(f"hydra.sweeper.params.{key}: no option of {group} ({', '.join(groups[group])})"
+                                   " has this key; see leukexp-train --cfg job")
+        elif group is None:
+            check_key(key, config)
+        distributions[key], labels[key] = _distribution(key, override.value())  # `a,b` is choice(a,b) too
+    if not distributions:
+        raise LeukexpError("hydra.sweeper.params: no search dimension; give e.g."
+                           " hydra.sweeper.params.optimizer.lr='tag(log, interval(1e-4, 1e-2))'")
+    return Space(distributions, fixed, labels)
+
+
+def _choices(config: DictConfig) -> dict[str, Any]:
+    return dict(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
+
+
+def _has_key(config: DictConfig, key: str) -> bool:
+    return OmegaConf.select(config, key, default="<missing>", throw_on_missing=False) != "<missing>"
+
+
+def check_key(key: str, config: DictConfig) -> None:
+    """A key to search must exist in the composed config (or be a config group) and change what a run computes."""
+    if any(key == k or key.startswith(k + ".") for k in NOT_SEARCHABLE):
+        raise LeukexpError(f"hydra.sweeper.params.{key}: a search varies what a run computes, not {key}")
+    choices = _choices(config)
+    if key in choices or key.replace(".", "/") in choices:
+        return
+    if not _has_key(config, key):
+        raise LeukexpError(f"hydra.sweeper.params.{key}: no such config key; see leukexp-train --cfg job")
+
+
+def study_storage(config: DictConfig, name: str, storage: str | None) -> Path:
+    """The study's journal file: `storage`, else beside a local MLflow store (`<store folder>/optuna/`), else under
+    the project's `mlruns/optuna/` (a tracking server's store is not on this file system)."""
+    if storage:
+        return Path(storage).expanduser()
+    from leukexp.tracking import local_store_dir
+
+    folder = local_store_dir(str(config.mlflow.tracking_uri)) if config.mlflow.enabled else None
+    return (folder or Path(str(config.paths.root_dir)) / "mlruns") / "optuna" / f"{name}.journal"
+
+
+def default_study_name(config: DictConfig, space: Space, objective: str) -> str:
+    """The experiment's name and a hash of the space, fixed overrides and objective: the same command, the same
+    study (so re-running it continues the study)."""
+    text = repr((sorted((k, repr(d)) for k, d in space.distributions.items()), sorted(space.fixed), objective))
+    digest = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{config.mlflow.experiment_name}-search-{digest}"
+
+
+INTERRUPTED = "leukexp_interrupted"
+
+
+def counted(study: Any) -> list[Any]:
+    """The trials that count towards `n_trials`: finished (complete, pruned, failed), not interrupted by a kill."""
+    return [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)]
+
+
+class FoldSearch(Sweeper):
+    """A Hydra sweeper whose trials are a configuration's k folds (see the module's text).
+
+    Args:
+        params: the search space, key -> Hydra override syntax.
+        n_trials: trials the study should hold when the command ends (finished ones count, also from earlier runs).
+        direction: `maximize` or `minimize` the objective.
+        objective: the fold mean to optimize, `cv/<fold metric>_mean` (default `cv/best/val/acc_mean`: validation).
+        sampler: `tpe` (default), `random` or `cmaes`.
+        seed: the sampler's seed.
+        pruner: `median` (stop a trial whose running fold mean is below the median of earlier trials at that fold),
+            or `none`.
+        pruner_startup_trials: trials that finish before any is pruned.
+        study_name: the Optuna study (default: the experiment's name and a hash of the space).
+        storage: the journal file (default: beside the MLflow store, `optuna/<study>.journal`).
+        enqueue: parameter sets to try first, e.g. `[{optimizer.lr: 0.001}]`.
+    """
+
+    def __init__(self, params: Mapping[str, Any] | None = None, n_trials: int = 20, direction: str = "maximize",
+                 objective: str = "cv/best/val/acc_mean", sampler: str = "tpe", seed: int = 0,
+                 pruner: str = "median", pruner_startup_trials: int = 2, study_name: str | None = None,
+                 storage: str | None = None, enqueue: Sequence[Mapping[str, Any]] | None = None) -> None:
+        self.params = dict(params or {})
+        self.n_trials, self.direction, self.objective = int(n_trials), str(direction), str(objective)
+        self.sampler_name, self.seed, self.pruner_name = str(sampler), int(seed), str(pruner)
+        self.pruner_startup_trials = int(pruner_startup_trials)
+        self.study_name, self.storage = study_name, storage
+        self.enqueue = [dict(_container(e)) for e in (enqueue or [])]
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+        self.job_index = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Keep the config and build the configured launcher."""
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                 task_function=task_function, config=config)
+
+    def _compose(self, overrides: list[str]) -> DictConfig:
+        """The config a job with these overrides would get (Hydra's own composition; its errors are one line)."""
+        assert self.config is not None
+        try:
+            return self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
+                                                                      sweep_overrides=overrides)
+        except Exception as error:  # an option that does not exist
+            raise LeukexpError(f"hydra.sweeper.params: {' '.join(overrides)}: {str(error).splitlines()[0]}") from error
+
+    def _check(self) -> None:
+        if self.direction not in ("maximize", "minimize"):
+            raise LeukexpError(f"hydra.sweeper.direction={self.direction!r}: expected maximize or minimize")
+        if self.n_trials < 1:
+            raise LeukexpError(f"hydra.sweeper.n_trials={self.n_trials}: expected a whole number >= 1")
+        if self.sampler_name not in ("tpe", "random", "cmaes"):
+            raise LeukexpError(f"hydra.sweeper.sampler={self.sampler_name!r}: expected tpe, random or cmaes")
+        if self.pruner_name not in ("median", "none"):
+            raise LeukexpError(f"hydra.sweeper.pruner={self.pruner_name!r}: expected median or none")
+
+    def _study(self, name: str, path: Path) -> Any:
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                    "cmaes": optuna.samplers.CmaEsSampler}
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup_trials, n_warmup_steps=0)
+                  if self.pruner_name == "median" else optuna.pruners.NopPruner())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))),
+                                    pruner=pruner, direction=self.direction, load_if_exists=True)
+        # seeded by the history, not only by `seed`: a continued study draws new values, not its first ones again
+        study.sampler = samplers[self.sampler_name](seed=self.seed + len(study.trials))
+        return study
+
+    def sweep(self, arguments: list[str]) -> list[Any]:
+        """Run trials until the study holds `n_trials` finished ones; return the job results."""
+        from optuna.trial import TrialState
+
+        assert self.config is not None
+        self._check()
+        space = parse_space(self.params, arguments, self.config, self._compose)
+        metric = fold_metric(self.objective)
+        name = self.study_name or default_study_name(self.config, space, self.objective)
+        path = study_storage(self.config, name, self.storage)
+        study = self._study(name, path)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # a search killed mid-trial: its values are tried again first (its finished folds are reused), and the
+            # interrupted trial does not count as one of the n_trials
+            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            study.enqueue_trial(trial.params, skip_if_exists=False)
+            study.tell(trial.number, state=TrialState.FAIL)
+        if not study.trials:
+            for params in self.enqueue:
+                study.enqueue_trial(params)
+        tracker = SearchTracker.open(self.config, name, path)
+        folds = int(self.config.fold.n_splits)
+        log.info("search %s: %d of %d trials done; study %s", name, len(counted(study)), self.n_trials, path)
+        results = []
+        while len(counted(study)) < self.n_trials:
+            trial = study.ask(dict(space.distributions))
+            overrides = space.fixed + space.overrides(trial.params) + [
+                f"optimized_metric={metric}", f"search.study={name}", f"search.trial={trial.number}",
+                *([f"search.run_id={tracker.run_id}"] if tracker else [])]
+            state, value, jobs = self._run_trial(trial, overrides, folds)
+            results += jobs
+            if state == TrialState.COMPLETE:
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=state)
+            log.info("search %s: trial %d %s%s", name, trial.number, state.name.lower(),
+                     f" ({self.objective} {value:.4f})" if value is not None else "")
+            if tracker:
+                tracker.record(study, trial.number, state.name.lower())
+        return results
+
+    def _run_trial(self, trial: Any, overrides: list[str], folds: int) -> tuple[Any, float | None, list[Any]]:
+        """The trial's folds, in batches of the launcher's parallel jobs; each batch reported, pruning between."""
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        batch = parallel_jobs(self.launcher, folds)
+        values: list[float] = []
+        returns: list[Any] = []
+        for start in range(0, folds, batch):
+            jobs = [[*overrides, f"fold.index={i}", f"fold.name=f{i}"] for i in range(start, min(folds, start + batch))]
+            self.validate_batch_is_legal(jobs)
+            finished = self.launcher.launch(jobs, initial_job_idx=self.job_index)
+            self.job_index += len(jobs)
+            returns += finished
+            for job in finished:
+                value = job._return_value if job.status == JobStatus.COMPLETED else None
+                if value is None or not math.isfinite(float(value)):
+                    return TrialState.FAIL, None, returns
+                values.append(float(value))
+            mean = sum(values) / len(values)
+            trial.report(mean, step=len(values))
+            if len(values) < folds and trial.should_prune():
+                return TrialState.PRUNED, None, returns
+        return TrialState.COMPLETE, sum(values) / len(values), returns
+
+
+def parallel_jobs(launcher: Any, folds: int) -> int:
+    """Folds launched at once: the launcher's parallel jobs (joblib's `n_jobs`, submitit's `array_parallelism`; -1:
+    all folds), else one at a time (so the basic launcher can prune after every fold)."""
+    settings = dict(getattr(launcher, "joblib", None) or getattr(launcher, "params", None) or {})
+    jobs = settings.get("n_jobs", settings.get("array_parallelism", 1)) or 1
+    return folds if int(jobs) < 1 else min(folds, int(jobs))
+
+
+class SearchTracker:
+    """The search's MLflow run (kind `search`): trial parents sit under it, tagged with their trial and state."""
+
+    def __init__(self, client: Any, experiment_id: str, run_id: str, name: str) -> None:
+        self.client, self.experiment_id, self.run_id, self.name = client, experiment_id, run_id, name
+
+    @classmethod
+    def open(cls, config: DictConfig, name: str, storage: Path) -> SearchTracker | None:
+        """The search run of this study, created on first use (None when MLflow is off)."""
+        if not config.mlflow.enabled:
+            return None
+        from mlflow.tracking import MlflowClient
+
+        from leukexp.tracking import ensure_experiment
+
+        client = MlflowClient(str(config.mlflow.tracking_uri))
+        experiment = ensure_experiment(client, str(config.mlflow.experiment_name),
+                                       config.mlflow.get("artifact_location"))
+        query = f"tags.`{KIND_TAG}` = '{KIND_SEARCH}' and tags.`{SEARCH_TAG}` = {quote_filter(name)}"
+        found = client.search_runs([experiment], query, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(experiment, run_name=f"search {name}", tags={
+                KIND_TAG: KIND_SEARCH, SEARCH_TAG: name, SEARCH_STORAGE_TAG: str(storage), NAME_TAG: name}).info.run_id
+        return cls(client, experiment, run_id, name)
+
+    def record(self, study: Any, number: int, state: str) -> None:
+        """Tag the trial's parent with its number and state; the search run's counts, best value and trial table."""
+        import time
+
+        from mlflow.entities import Metric
+
+        query = f"tags.`{SEARCH_TAG}` = {quote_filter(self.name)} and tags.`{TRIAL_TAG}` = '{number}'"
+        parents = {r.data.tags.get(PARENT_TAG) for r in self.client.search_runs([self.experiment_id], query)
+                   if r.data.tags.get(KIND_TAG) == KIND_FOLD}
+        for parent in filter(None, parents):
+            self.client.set_tag(parent, TRIAL_TAG, str(number))
+            self.client.set_tag(parent, TRIAL_STATE_TAG, state)
+        trials = counted(study)
+        counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned", "fail")}
+        metrics = {f"search/trials_{s}": float(n) for s, n in counts.items()}
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        if complete:
+            metrics["search/best_value"] = float(study.best_value)
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, len(trials)) for k, v in metrics.items()])
+        self.client.set_tag(self.run_id, NOTE_CONTENT, trial_table(study))
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def trial_table(study: Any) -> str:
+    """The search run's description: every finished trial, best first, as markdown."""
+    trials = counted(study)
+    keys = sorted({k for t in trials for k in t.params})
+    reverse = study.direction.name == "MAXIMIZE"
+    ordered = sorted(trials, key=lambda t: (t.value is None, -(t.value or 0) if reverse else (t.value or 0)))
+    lines = [f"### search {study.study_name}", "", f"{len(trials)} trials. Objective: the fold mean.", "",
+             "| trial | state | value | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for t in ordered:
+        value = f"{t.value:.4f}" if t.value is not None else "-"
+        cells = [override_value(t.params[k]) if k in t.params else "-" for k in keys]
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

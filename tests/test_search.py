@@ -1,0 +1,172 @@
+"""Config-only search (hydra/sweeper=optuna): the search space, one-line refusals, and real searches that prune,
+resume after a kill and show in the store and the report."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna.distributions as dist
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from leukexp.errors import LeukexpError
+from leukexp.search import fold_metric, override_value, parallel_jobs, parse_space
+
+CONFIG = OmegaConf.create({"hydra": {"runtime": {"choices": {"head": "logreg", "model": "efficientnet_lite0"}}},
+                           "optimizer": {"lr": 0.001}, "head": {"C": None, "hidden": [128], "dropout": 0.0},
+                           "fold": {"index": 0}, "seed": 42})
+
+
+def test_hydra_syntax_becomes_optuna_distributions() -> None:
+    space = parse_space({"optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "head.dropout": "interval(0.0, 0.5)",
+                         "head.hidden": "choice([128], [256, 64])", "seed": "range(1, 4)", "head": "logreg,svm"},
+                        ["model=efficientnet_lite2", "task=binary"], CONFIG)
+    d = space.distributions
+    assert d["optimizer.lr"] == dist.FloatDistribution(1e-4, 1e-2, log=True)
+    assert d["head.dropout"] == dist.FloatDistribution(0.0, 0.5)
+    assert d["seed"] == dist.CategoricalDistribution([1, 2, 3])
+    assert d["head"] == dist.CategoricalDistribution(["logreg", "svm"])
+    assert space.fixed == ["model=efficientnet_lite2", "task=binary"]
+    assert space.overrides({"head.hidden": d["head.hidden"].choices[1], "optimizer.lr": 0.000316227766}) == [
+        "head.hidden=[256,64]", "optimizer.lr=0.000316228"]
+    assert override_value(3) == "3" and override_value([1, 2]) == "[1,2]"
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"head.nope": "interval(0, 1)"}, r"hydra\.sweeper\.params\.head\.nope: no such config key"),
+    ({"optimizer.lr": "interval(0.1, 0.01)"}, r"interval\(0\.1, 0\.01\) is empty; give low < high"),
+    ({"optimizer.lr": "tag(log, interval(0, 0.1))"}, r"a log interval needs low > 0"),
+    ({"fold.index": "range(0, 5)"}, r"a search varies what a run computes, not fold\.index"),
+    ({"optimizer.lr": "0.1"}, r"no search dimension"),
+    ({"optimizer.lr": "interval(0.1"}, r"hydra\.sweeper\.params: "),
+])
+def test_an_impossible_space_is_one_line(params: dict[str, str], says: str) -> None:
+    with pytest.raises(LeukexpError, match=says):
+        parse_space(params, [], CONFIG)
+
+
+def test_objectives_and_batches() -> None:
+    assert fold_metric("cv/best/val/acc_mean") == "best/val/acc" and fold_metric("cv/test/loss_mean") == "test/loss"
+    with pytest.raises(LeukexpError, match=r"hydra\.sweeper\.objective='test/acc'"):
+        fold_metric("test/acc")
+
+    class Joblib:
+        joblib = {"n_jobs": 2}
+
+    class Everything:
+        joblib = {"n_jobs": -1}
+
+    assert (parallel_jobs(object(), 5), parallel_jobs(Joblib(), 5), parallel_jobs(Everything(), 5)) == (1, 2, 5)
+
+
+TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
+        "data.counts={ALL:10,HLT:10}", "data.image_size=64", "task=binary", "fold.n_splits=2"]
+
+
+def search(root: Path, *overrides: str, space: str = "experiment=search_linear") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leukexp.train", "-m", space, *TINY, *overrides],
+                          cwd=root, capture_output=True, text=True, timeout=600, env={**os.environ, "CI": "true"})
+
+
+def store_runs(root: Path) -> dict[str, list]:
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("search_linear").experiment_id
+    runs: dict[str, list] = {"search": [], "cv": [], "fold": []}
+    for run in client.search_runs([experiment], max_results=1000):
+        runs[run.data.tags["leukexp.kind"]].append(run)
+    return runs
+
+
+def study(root: Path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    (journal,) = (root / "mlruns" / "optuna").glob("*.journal")
+    return optuna.load_study(study_name=journal.stem, storage=JournalStorage(JournalFileBackend(str(journal))))
+
+
+@pytest.mark.slow
+def test_a_search_shows_its_trials_in_the_store_and_the_report_and_continues(tmp_path: Path) -> None:
+    first = search(tmp_path, "hydra.sweeper.n_trials=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = store_runs(tmp_path)
+    (search_run,) = runs["search"]
+    assert search_run.data.metrics["search/trials_complete"] == 3
+    assert len(runs["cv"]) == 3 and len(runs["fold"]) == 6
+    for parent in runs["cv"]:
+        assert parent.data.tags["mlflow.parentRunId"] == search_run.info.run_id, "trials sit under the search run"
+        assert parent.data.tags["leukexp.trial_state"] == "complete"
+        assert parent.info.run_name.startswith(("logreg · C=", "svm · C=")), "named by the sampled values"
+        assert "cv/best/val/acc_mean" in parent.data.metrics
+    assert sorted(int(p.data.tags["leukexp.trial"]) for p in runs["cv"]) == [0, 1, 2]
+
+    again = search(tmp_path, "hydra.sweeper.n_trials=4")  # the same command, one trial more: the study continues
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "3 of 4 trials done" in again.stdout + again.stderr
+    assert len(study(tmp_path).trials) == 4 and len(store_runs(tmp_path)["fold"]) == 8, "no trial was repeated"
+
+    report = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "search_linear", "--out",
+                             str(tmp_path / "report")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Search search_linear-search-" in text and "4 trials (4 complete, 0 pruned, 0 failed)" in text
+    assert "Parameter importances" in text and list((tmp_path / "report").glob("search_*_trials.png"))
+
+
+@pytest.mark.slow
+def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(tmp_path: Path) -> None:
+    # an objective that cannot tie: the test samples of a fold (protocol=thesis scores each of 3 views apart, strict
+    # scores each image once), maximized; trial 0 thesis, trial 1 strict: below the median at its first fold
+    result = search(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.objective=cv/test/n_mean",
+                    "hydra.sweeper.pruner_startup_trials=1", "augmentation=flips", "head=logreg",
+                    "mlflow.experiment_name=search_linear", "protocol=thesis,strict",
+                    "hydra.sweeper.enqueue=[{protocol: thesis},{protocol: strict}]", space="hydra/sweeper=optuna")
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [t.state.name for t in study(tmp_path).trials]
+    assert states == ["COMPLETE", "PRUNED"]
+    runs = store_runs(tmp_path)
+    pruned = [p for p in runs["cv"] if p.data.tags.get("leukexp.trial_state") == "pruned"]
+    assert len(pruned) == 1
+    folds = [r for r in runs["fold"] if r.data.tags["mlflow.parentRunId"] == pruned[0].info.run_id]
+    assert len(folds) == 1, "the pruned trial stopped after its first fold"
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_and_reuses_the_finished_folds(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "leukexp.train", "-m", "experiment=search_linear", *TINY,
+               "hydra.sweeper.n_trials=3", "hydra.sweeper.params.head=logreg"]
+    log = tmp_path / "first.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env={**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 300  # kill once trial 1 has one finished fold (the third fold run of the search)
+        while time.time() < deadline and process.poll() is None and log.read_text().count("open the UI") < 3:
+            time.sleep(0.2)
+        assert process.poll() is None, log.read_text()[-3000:]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "CI": "true"})
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "already FINISHED" in second.stdout, "the interrupted trial's finished fold was reused"
+    trials = study(tmp_path).trials
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3, "n_trials complete trials, the killed one redone"
+    folds = [r for r in store_runs(tmp_path)["fold"] if r.info.status == "FINISHED"]
+    assert len(folds) == 6
+
+
+def test_a_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
+    # a dimension on the command line (as a user sweeps any key), whose key does not exist
+    command = [sys.executable, "-m", "leukexp.train", "-m", "hydra/sweeper=optuna", "head.nope=interval(0,1)", *TINY]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "CI": "true"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("leukexp-train: error:")]
+    assert "hydra.sweeper.params.head.nope: no such config key" in line and "Traceback" not in result.stderr
+    assert (not list(tmp_path.rglob("*.journal")) and not (tmp_path / "logs" / "multiruns").exists()) or not list(
+        (tmp_path / "logs").rglob("manifest.csv")), "no trial ran"
