@@ -51,7 +51,11 @@ def descendants(pid: int | None = None) -> list[int]:
 
 def reap_children(grace: float = 3.0) -> int:
     """SIGTERM every descendant process, then SIGKILL those still alive after `grace` seconds; returns how many."""
-    children = descendants()
+    return reap(descendants(), grace)
+
+
+def reap(children: list[int], grace: float = 3.0) -> int:
+    """SIGTERM these processes, then SIGKILL those still alive after `grace` seconds; returns how many."""
     for pid in children:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)

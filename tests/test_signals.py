@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from leukexp.errors import Interrupted
-from leukexp.signals import descendants, install_stop_handlers, reap_children
+from leukexp.signals import descendants, install_stop_handlers, reap
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -33,12 +33,12 @@ def test_children_and_grandchildren_are_reaped() -> None:
     code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 20
-    while len(descendants()) < 2 and time.time() < deadline:
+    deadline = time.time() + 60
+    while not descendants(child.pid) and time.time() < deadline:  # the grandchild: the child ignores SIGTERM now
         time.sleep(0.1)
-    family = descendants()
-    assert child.pid in family and len(family) >= 2
-    assert reap_children(grace=0.5) >= 2
+    family = [child.pid, *descendants(child.pid)]
+    assert len(family) == 2 and set(family) <= set(descendants()), "both are below this process"
+    assert reap(family, grace=0.5) == 2
     child.wait(10)
     assert child.returncode == -signal.SIGKILL, "ignored SIGTERM, so it was killed"
     assert all(not os.path.exists(f"/proc/{pid}") or _zombie(pid) for pid in family)

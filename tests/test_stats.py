@@ -29,10 +29,13 @@ def test_wilson_interval_stays_inside_0_1() -> None:
     assert t_interval([1.0, 0.9, 1.0]).high > 1.0
 
 
-def test_aggregates_cover_test_metrics_only() -> None:
-    table = pd.DataFrame({"test/acc": [0.8, 0.9, 1.0], "best/val/acc": [0.7, 0.7, 0.7]}, index=["f0", "f1", "f2"])
+def test_aggregates_cover_test_and_best_epoch_metrics_only() -> None:
+    table = pd.DataFrame({"test/acc": [0.8, 0.9, 1.0], "best/val/acc": [0.7, 0.7, 0.7], "train/loss": [1, 2, 3]},
+                         index=["f0", "f1", "f2"])
     out = aggregate_metrics(table)
-    assert set(out) == {"cv/test/acc_mean", "cv/test/acc_std", "cv/test/acc_ci95_low", "cv/test/acc_ci95_high"}
+    assert set(out) == {f"cv/{m}_{s}" for m in ("test/acc", "best/val/acc") for s in ("mean", "std", "ci95_low",
+                                                                                        "ci95_high")}
+    assert out["cv/best/val/acc_mean"] == pytest.approx(0.7), "what a search optimizes by default"
     assert out["cv/test/acc_mean"] == pytest.approx(0.9) and out["cv/test/acc_std"] == pytest.approx(0.1)
     assert spread(np.array([0.5])) == 0.0
 

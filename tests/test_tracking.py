@@ -121,13 +121,15 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
     job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     client = MlflowClient(uri)
     try:
-        deadline = time.time() + 120
+        deadline, seen = time.time() + 120, -1
         while time.time() < deadline and job.poll() is None:
             experiment = client.get_experiment_by_name("fault")
             runs = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'fold'") if experiment else []
-            if runs and runs[0].data.params:  # set up: params are logged last, then the run trains
+            count = len(runs[0].data.params) if runs else 0
+            if count and count == seen:  # set up: params are logged last (in batches), then the run trains
                 break
-            time.sleep(0.3)
+            seen = count
+            time.sleep(1.0)
         assert job.poll() is None, "the run ended before the server could be stopped"
         stop(server)
         started = time.time()
