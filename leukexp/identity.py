@@ -123,10 +123,25 @@ def swept_keys() -> tuple[str, ...]:
     return tuple(k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k)
 
 
-def tta_token(cfg: DictConfig) -> list[str]:
-    """`evaluation.tta=NAME` when test-time augmentation is on (also when an experiment file set it)."""
-    tta = str(cfg.get("evaluation", {}).get("tta", "none"))
-    return [] if tta == "none" else [f"evaluation.tta={tta}"]
+# settings an experiment file may change without a command-line override, and their defaults: when they differ,
+# they are tokens of the configuration's identity and name all the same
+IMPLICIT_KEYS = {"evaluation.tta": "none", "model.stages": None, "model.pooling": "avg"}
+
+
+def implicit_tokens(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """`key=value` for each of `IMPLICIT_KEYS` that differs from its default and is not overridden on the command line
+    (e.g. `evaluation.tta=flips` and `model.stages=all` from `experiment=strong_baseline`)."""
+    from omegaconf import OmegaConf
+
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    tokens = []
+    for key, default in IMPLICIT_KEYS.items():
+        value = OmegaConf.select(cfg, key, default=default)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if value != default and key not in given:
+            text = "null" if value is None else str(value).replace(" ", "") if isinstance(value, list) else value
+            tokens.append(f"{key}={text}")
+    return tokens
 
 
 def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
@@ -143,9 +158,10 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
         "protocol": study.protocol.name,
         "seed": str(cfg.seed),
         "git_commit": git_commit(Path(__file__).parent),
-        CV_GROUP_TAG: cv_group(choices, task_overrides() + tta_token(cfg), defaults, cfg.seed),
+        CV_GROUP_TAG: cv_group(choices, task_overrides() + implicit_tokens(cfg, task_overrides()), defaults, cfg.seed),
         "tta": str(cfg.get("evaluation", {}).get("tta", "none")),
-        NAME_TAG: configuration_name(choices, task_overrides() + tta_token(cfg), default_choices(), cfg.seed,
+        NAME_TAG: configuration_name(choices, task_overrides() + implicit_tokens(cfg, task_overrides()),
+                                     default_choices(), cfg.seed,
                                      swept_keys()),
         DATA_HASH_TAG: study.data_fingerprint(),
         N_SPLITS_TAG: str(study.fold.n_splits),

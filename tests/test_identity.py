@@ -66,3 +66,14 @@ def test_default_choices_come_from_train_yaml() -> None:
     choices = default_choices()
     assert {k: choices[k] for k in ("model", "head", "data", "task")} == {
         "model": "efficientnet_lite0", "head": "mlp1", "data": "synthetic", "task": "multiclass"}
+
+
+def test_settings_an_experiment_file_changes_count_in_the_identity(compose_cfg) -> None:
+    from leukexp.identity import implicit_tokens
+
+    strong = compose_cfg("experiment=strong_baseline")
+    assert implicit_tokens(strong, []) == ["evaluation.tta=flips", "model.stages=all"]
+    assert implicit_tokens(strong, ["model.stages=all"]) == ["evaluation.tta=flips"], "an override is counted once"
+    assert implicit_tokens(compose_cfg("model.stages=[2,4]", "model.pooling=gem"), []) == [
+        "model.stages=[2,4]", "model.pooling=gem"]
+    assert implicit_tokens(compose_cfg(), []) == []
