@@ -360,11 +360,12 @@ class SearchTracker:
             return None
         from mlflow.tracking import MlflowClient
 
-        from leukexp.tracking import ensure_experiment
+        from leukexp.tracking import artifact_root, ensure_experiment
 
-        client = MlflowClient(str(config.mlflow.tracking_uri))
+        uri = str(config.mlflow.tracking_uri)
+        client = MlflowClient(uri)
         experiment = ensure_experiment(client, str(config.mlflow.experiment_name),
-                                       config.mlflow.get("artifact_location"))
+                                       artifact_root(uri, config.mlflow.get("artifact_location")))
         query = f"tags.`{KIND_TAG}` = '{KIND_SEARCH}' and tags.`{SEARCH_TAG}` = {quote_filter(name)}"
         found = client.search_runs([experiment], query, max_results=1)
         if found:

@@ -82,11 +82,12 @@ def describe_sweep(config: DictConfig) -> None:
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
-    from leukexp.tracking import describe_experiment, ensure_experiment
+    from leukexp.tracking import artifact_root, describe_experiment, ensure_experiment
 
-    client = MlflowClient(str(config.mlflow.tracking_uri))
+    uri = str(config.mlflow.tracking_uri)
+    client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, str(config.mlflow.experiment_name),
-                                      config.mlflow.get("artifact_location"))
+                                      artifact_root(uri, config.mlflow.get("artifact_location")))
     root = OmegaConf.select(config, "data.root", default=None, throw_on_resolution_failure=False)
     data = f"{config.data.get('name', 'folder')}" + (f" ({root})" if root else "")
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

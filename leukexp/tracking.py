@@ -154,6 +154,12 @@ def _answer(tracking_uri: str) -> None:
                            f" ({type(error).__name__}); start the server or fix the URI") from error
 
 
+def artifact_root(tracking_uri: str, configured: str | None) -> str | None:
+    """Where a new experiment's artifacts go: `mlflow.artifact_location` for a local store; for a tracking server,
+    the server's own choice (None): a local path would send a server's artifacts to this machine's disk."""
+    return configured if tracking_uri.startswith(("sqlite:", "file:", "/")) else None
+
+
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The experiment's id, created if needed (safe when parallel jobs race to create it).
 
@@ -196,9 +202,8 @@ class RunLogger:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.artifact_location = artifact_location
-        if not tracking_uri.startswith(("sqlite:", "file:", "/")):
-            artifact_location = None  # a tracking server decides where artifacts go
-        self.experiment_id = ensure_experiment(self.client, experiment_name, artifact_location)
+        self.experiment_id = ensure_experiment(self.client, experiment_name,
+                                               artifact_root(tracking_uri, artifact_location))
         self.run_id: str | None = None
 
     def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:

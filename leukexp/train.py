@@ -25,9 +25,11 @@ def run_app(cfg: DictConfig) -> float | None:
     In a multirun a failing job is recorded and the sweep goes on; the failures are listed at its end. A stop
     signal is no failure: it ends the sweep (no next job).
     """
+    from leukexp.secrets import redact_logs
     from leukexp.signals import install_stop_handlers
 
     install_stop_handlers()  # also in launcher workers, which run jobs in processes of their own
+    redact_logs()
     if is_multirun():
         try:
             return _run(cfg)
@@ -62,10 +64,12 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from leukexp.secrets import redact_logs
     from leukexp.signals import install_stop_handlers, reap_children
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises, so the errors below are reported here
     install_stop_handlers()
+    redact_logs()
     try:
         with user_errors(PROGRAM):
             try:

@@ -65,7 +65,7 @@ def test_report_has_every_section(tmp_path: Path) -> None:
     for heading in ("## Summary", "## Accuracy over the pooled", "## Accuracy and loss per fold",
                     "## Average precision", "## Paired comparisons"):
         assert heading in text
-    assert len(SECTIONS) == 7
+    assert len(SECTIONS) == 8  # the search section shows only for experiments that hold a search
     assert {"summary.csv", "pooled_accuracy.csv", "comparisons.csv", "comparison.png"} <= {
         p.name for p in tmp_path.iterdir()}
 
