@@ -91,24 +91,39 @@ def study(root: Path):
 
 
 @pytest.mark.slow
-def test_a_search_shows_its_trials_in_the_store_and_the_report_and_continues(tmp_path: Path) -> None:
-    first = search(tmp_path, "hydra.sweeper.n_trials=3")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_report(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "leukexp.train", "-m", "experiment=search_linear", *TINY,
+               "hydra.sweeper.n_trials=3"]
+    log = tmp_path / "first.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env={**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 300  # kill -9 once trial 1 has one finished fold (the third fold run of the search)
+        while time.time() < deadline and process.poll() is None and log.read_text().count("open the UI") < 3:
+            time.sleep(0.2)
+        assert process.poll() is None, log.read_text()[-3000:]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "CI": "true"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "already FINISHED" in resumed.stdout, "the interrupted trial's finished fold was reused"
+    assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 3, "the killed trial was redone"
+
+    again = search(tmp_path, "hydra.sweeper.n_trials=4")  # the same command, one trial more: the study continues
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "3 of 4 trials done" in again.stdout + again.stderr
+    assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 4
     runs = store_runs(tmp_path)
     (search_run,) = runs["search"]
-    assert search_run.data.metrics["search/trials_complete"] == 3
-    assert len(runs["cv"]) == 3 and len(runs["fold"]) == 6
+    assert search_run.data.metrics["search/trials_complete"] == 4
+    finished = [r for r in runs["fold"] if r.info.status == "FINISHED"]
+    assert len(runs["cv"]) == 4 and len(finished) == 8, "no fold of a trial was run twice"
     for parent in runs["cv"]:
         assert parent.data.tags["mlflow.parentRunId"] == search_run.info.run_id, "trials sit under the search run"
         assert parent.data.tags["leukexp.trial_state"] == "complete"
         assert parent.info.run_name.startswith(("logreg · C=", "svm · C=")), "named by the sampled values"
         assert "cv/best/val/acc_mean" in parent.data.metrics
-    assert sorted(int(p.data.tags["leukexp.trial"]) for p in runs["cv"]) == [0, 1, 2]
-
-    again = search(tmp_path, "hydra.sweeper.n_trials=4")  # the same command, one trial more: the study continues
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 of 4 trials done" in again.stdout + again.stderr
-    assert len(study(tmp_path).trials) == 4 and len(store_runs(tmp_path)["fold"]) == 8, "no trial was repeated"
 
     report = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "search_linear", "--out",
                              str(tmp_path / "report")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -134,30 +149,6 @@ def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(tmp_path: Path) -> 
     assert len(pruned) == 1
     folds = [r for r in runs["fold"] if r.data.tags["mlflow.parentRunId"] == pruned[0].info.run_id]
     assert len(folds) == 1, "the pruned trial stopped after its first fold"
-
-
-@pytest.mark.slow
-def test_a_killed_search_resumes_and_reuses_the_finished_folds(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "leukexp.train", "-m", "experiment=search_linear", *TINY,
-               "hydra.sweeper.n_trials=3", "hydra.sweeper.params.head=logreg"]
-    log = tmp_path / "first.log"
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env={**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + 300  # kill once trial 1 has one finished fold (the third fold run of the search)
-        while time.time() < deadline and process.poll() is None and log.read_text().count("open the UI") < 3:
-            time.sleep(0.2)
-        assert process.poll() is None, log.read_text()[-3000:]
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "CI": "true"})
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "already FINISHED" in second.stdout, "the interrupted trial's finished fold was reused"
-    trials = study(tmp_path).trials
-    assert sum(t.state.name == "COMPLETE" for t in trials) == 3, "n_trials complete trials, the killed one redone"
-    folds = [r for r in store_runs(tmp_path)["fold"] if r.info.status == "FINISHED"]
-    assert len(folds) == 6
 
 
 def test_a_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
