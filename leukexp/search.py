@@ -3,7 +3,8 @@
 `hydra/sweeper=optuna` (the plugin `hydra_plugins.leukexp_search`) samples the search space written in Hydra's own
 override syntax (`interval(1e-4, 1e-2)`, `tag(log, interval(...))`, `choice(...)`, `range(...)`), runs the trial's
 folds through the configured launcher (in parallel where it is parallel), reports each finished fold to Optuna and
-prunes a trial whose early folds are clearly worse. The study lives in a journal file beside the MLflow store, so the
+prunes a trial whose early folds are clearly worse; a launcher with a worker for every fold of several trials runs
+those trials together. The study lives in a journal file beside the MLflow store, so the
 same command continues it; the MLflow store shows a search run with one CV parent per trial under it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,26 +298,53 @@ class FoldSearch(Sweeper):
         folds = int(self.config.fold.n_splits)
         log.info("search %s: %d of %d trials done; study %s", name, len(counted(study)), self.n_trials, path)
         results = []
-        while len(counted(study)) < self.n_trials:
-            trial = study.ask(dict(space.distributions))
-            overrides = space.fixed + space.overrides(trial.params) + [
-                f"optimized_metric={metric}", f"search.study={name}", f"search.trial={trial.number}",
-                *([f"search.run_id={tracker.run_id}"] if tracker else [])]
-            state, value, jobs = self._run_trial(trial, overrides, folds)
-            results += jobs
-            if state == TrialState.COMPLETE:
-                study.tell(trial, value)
+        together = trials_at_once(self.launcher, folds)
+        while (remaining := self.n_trials - len(counted(study))) > 0:
+            group = []
+            for _ in range(min(together, remaining)):
+                trial = study.ask(dict(space.distributions))
+                group.append((trial, space.fixed + space.overrides(trial.params) + [
+                    f"optimized_metric={metric}", f"search.study={name}", f"search.trial={trial.number}",
+                    *([f"search.run_id={tracker.run_id}"] if tracker else [])]))
+            if len(group) == 1:
+                state, value, jobs = self._run_trial(*group[0], folds)
+                outcomes = [(group[0][0], state, value)]
             else:
-                study.tell(trial, state=state)
-            log.info("search %s: trial %d %s%s", name, trial.number, state.name.lower(),
-                     f" ({self.objective} {value:.4f})" if value is not None else "")
-            if tracker:
-                tracker.record(study, trial.number, state.name.lower())
+                outcomes, jobs = self._run_together(group, folds)
+            results += jobs
+            for trial, state, value in outcomes:
+                if state == TrialState.COMPLETE:
+                    study.tell(trial, value)
+                else:
+                    study.tell(trial, state=state)
+                log.info("search %s: trial %d %s%s", name, trial.number, state.name.lower(),
+                         f" ({self.objective} {value:.4f})" if value is not None else "")
+                if tracker:
+                    tracker.record(study, trial.number, state.name.lower())
         return results
+
+    def _run_together(self, group: list[tuple[Any, list[str]]], folds: int) -> tuple[list[Any], list[Any]]:
+        """Several trials' folds in one batch (a launcher with a worker for every fold of each): each trial is
+        reported fold by fold afterwards; nothing is left to prune."""
+        from optuna.trial import TrialState
+
+        jobs = [[*overrides, f"fold.index={i}", f"fold.name=f{i}"] for _, overrides in group for i in range(folds)]
+        self.validate_batch_is_legal(jobs)
+        finished = self.launcher.launch(jobs, initial_job_idx=self.job_index)
+        self.job_index += len(jobs)
+        outcomes = []
+        for n, (trial, _) in enumerate(group):
+            values = [job_value(job) for job in finished[n * folds:(n + 1) * folds]]
+            if any(v is None for v in values):
+                outcomes.append((trial, TrialState.FAIL, None))
+                continue
+            for step in range(1, folds + 1):
+                trial.report(sum(values[:step]) / step, step=step)
+            outcomes.append((trial, TrialState.COMPLETE, sum(values) / folds))
+        return outcomes, list(finished)
 
     def _run_trial(self, trial: Any, overrides: list[str], folds: int) -> tuple[Any, float | None, list[Any]]:
         """The trial's folds, in batches of the launcher's parallel jobs; each batch reported, pruning between."""
-        from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
         batch = parallel_jobs(self.launcher, folds)
@@ -328,10 +357,9 @@ class FoldSearch(Sweeper):
             self.job_index += len(jobs)
             returns += finished
             for job in finished:
-                value = job._return_value if job.status == JobStatus.COMPLETED else None
-                if value is None or not math.isfinite(float(value)):
+                if (value := job_value(job)) is None:
                     return TrialState.FAIL, None, returns
-                values.append(float(value))
+                values.append(value)
             mean = sum(values) / len(values)
             trial.report(mean, step=len(values))
             if len(values) < folds and trial.should_prune():
@@ -339,12 +367,36 @@ class FoldSearch(Sweeper):
         return TrialState.COMPLETE, sum(values) / len(values), returns
 
 
-def parallel_jobs(launcher: Any, folds: int) -> int:
-    """Folds launched at once: the launcher's parallel jobs (joblib's `n_jobs`, submitit's `array_parallelism`; -1:
-    all folds), else one at a time (so the basic launcher can prune after every fold)."""
+def launcher_slots(launcher: Any) -> int | None:
+    """The launcher's parallel jobs (joblib's `n_jobs`, submitit's `array_parallelism`; 1 for the basic launcher);
+    None for joblib's -1 (every core)."""
     settings = dict(getattr(launcher, "joblib", None) or getattr(launcher, "params", None) or {})
-    jobs = settings.get("n_jobs", settings.get("array_parallelism", 1)) or 1
-    return folds if int(jobs) < 1 else min(folds, int(jobs))
+    jobs = int(settings.get("n_jobs", settings.get("array_parallelism", 1)) or 1)
+    return None if jobs < 1 else jobs
+
+
+def parallel_jobs(launcher: Any, folds: int) -> int:
+    """Folds of one trial launched at once: the launcher's parallel jobs (all folds for -1), else one at a time (so
+    the basic launcher can prune after every fold)."""
+    slots = launcher_slots(launcher)
+    return folds if slots is None else min(folds, slots)
+
+
+def trials_at_once(launcher: Any, folds: int) -> int:
+    """Trials run together: as many as the launcher has a worker for every fold of (joblib n_jobs=10 and 5 folds: 2);
+    one otherwise, so that a trial's early folds can prune it."""
+    slots = launcher_slots(launcher) or os.cpu_count() or 1
+    return max(1, slots // folds)
+
+
+def job_value(job: Any) -> float | None:
+    """A finished job's objective value; None for a failed job or a value that is not a finite number."""
+    from hydra.core.utils import JobStatus
+
+    value = job._return_value if job.status == JobStatus.COMPLETED else None
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
 
 
 class SearchTracker:

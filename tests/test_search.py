@@ -161,3 +161,39 @@ def test_a_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
     assert "hydra.sweeper.params.head.nope: no such config key" in line and "Traceback" not in result.stderr
     assert (not list(tmp_path.rglob("*.journal")) and not (tmp_path / "logs" / "multiruns").exists()) or not list(
         (tmp_path / "logs").rglob("manifest.csv")), "no trial ran"
+
+
+class FakeLauncher:
+    """A launcher with `n_jobs` workers that records its batches; a job's value is its `optimizer.lr`."""
+
+    def __init__(self, n_jobs: int) -> None:
+        self.joblib = {"n_jobs": n_jobs}
+        self.batches: list[int] = []
+
+    def launch(self, jobs: list[list[str]], initial_job_idx: int) -> list:
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.batches.append(len(jobs))
+        returns = []
+        for overrides in jobs:
+            job = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+            job._return_value = float(next(o for o in overrides if o.startswith("optimizer.lr=")).split("=")[1])
+            returns.append(job)
+        return returns
+
+
+@pytest.mark.parametrize(("n_jobs", "batches"), [(1, [1] * 8), (2, [2] * 4), (4, [4, 4]), (6, [6, 2])])
+def test_trials_run_together_when_the_launcher_has_a_worker_for_each_fold(tmp_path: Path, n_jobs: int,
+                                                                          batches: list[int]) -> None:
+    from leukexp.search import FoldSearch
+
+    config = OmegaConf.merge(CONFIG, {"fold": {"n_splits": 2}, "mlflow": {"enabled": False, "experiment_name": "x"},
+                                      "paths": {"root_dir": str(tmp_path)}})
+    sweeper = FoldSearch(params={"optimizer.lr": "interval(0.1, 0.9)"}, n_trials=4, pruner="none")
+    sweeper.config, sweeper.launcher = config, FakeLauncher(n_jobs)
+    sweeper.validate_batch_is_legal = lambda batch: None
+    results = sweeper.sweep([])
+    assert sweeper.launcher.batches == batches and len(results) == 8
+    trials = study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert all(t.value == pytest.approx(t.params["optimizer.lr"], rel=1e-5) for t in trials)
