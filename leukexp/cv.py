@@ -53,19 +53,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-quote = quote_filter
-
-
 def lock_file(tracking_uri: str, experiment_id: str, fallback_dir: Path) -> Path:
     """Where the lock of a store and experiment lives: beside a SQLite or file store (so every root, user and
     machine that opens that store takes the same lock), else in `fallback_dir` (one machine's jobs; across machines
     a tracking server's claims are checked after they are written, see `FoldRun.open`)."""
     from leukexp.tracking import local_store_dir
 
-    key = hashlib.sha1(f"{tracking_uri}|{experiment_id}".encode(), usedforsecurity=False).hexdigest()[:12]
     folder = local_store_dir(tracking_uri)
     if folder is not None:
         return folder / f".leukexp-cv-{experiment_id}.lock"
+    key = hashlib.sha1(f"{tracking_uri}|{experiment_id}".encode(), usedforsecurity=False).hexdigest()[:12]
     return fallback_dir / f"cv-{key}.lock"
 
 
@@ -96,8 +93,8 @@ def owner_alive(owner: str) -> bool:
 
 
 def _parents(client: MlflowClient, experiment_id: str, cv_group: str, data_hash: str) -> list[Run]:
-    query = (f"tags.`{KIND_TAG}` = '{KIND_CV}' and tags.{CV_GROUP_TAG} = {quote(cv_group)} "
-             f"and tags.{DATA_HASH_TAG} = {quote(data_hash)}")
+    query = (f"tags.`{KIND_TAG}` = '{KIND_CV}' and tags.{CV_GROUP_TAG} = {quote_filter(cv_group)} "
+             f"and tags.{DATA_HASH_TAG} = {quote_filter(data_hash)}")
     runs = client.search_runs([experiment_id], query, max_results=100)
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
@@ -126,7 +123,7 @@ def get_or_create_parent(client: MlflowClient, experiment_id: str, tags: dict[st
 
 def unique_name(client: MlflowClient, experiment_id: str, name: str, cv_group: str) -> str:
     """`name`, or `name #xxxx` (a hash of the configuration) when another configuration already has it."""
-    query = f"tags.`{KIND_TAG}` = '{KIND_CV}' and tags.`{NAME_TAG}` = {quote(name)}"
+    query = f"tags.`{KIND_TAG}` = '{KIND_CV}' and tags.`{NAME_TAG}` = {quote_filter(name)}"
     others = [r for r in client.search_runs([experiment_id], query, max_results=100)
               if r.data.tags.get(CV_GROUP_TAG) != cv_group]
     if not others:
@@ -137,7 +134,7 @@ def unique_name(client: MlflowClient, experiment_id: str, name: str, cv_group: s
 def fold_runs(client: MlflowClient, experiment_id: str, parent_id: str,
               statuses: tuple[str, ...] = ("FINISHED",)) -> dict[str, Run]:
     """The newest child run of each fold with one of `statuses`."""
-    query = f"tags.`{PARENT_TAG}` = {quote(parent_id)}"
+    query = f"tags.`{PARENT_TAG}` = {quote_filter(parent_id)}"
     runs = client.search_runs([experiment_id], query, max_results=10000, order_by=["attributes.start_time DESC"])
     newest: dict[str, Run] = {}
     for run in runs:
@@ -153,7 +150,7 @@ def finished_fold(client: MlflowClient, experiment_id: str, parent_id: str, fold
 
 def running_runs(client: MlflowClient, experiment_id: str, parent_id: str, fold: str | None = None) -> list[Run]:
     """Every RUNNING child of the parent (of one fold, if given)."""
-    query = f"tags.`{PARENT_TAG}` = {quote(parent_id)} and attributes.status = 'RUNNING'"
+    query = f"tags.`{PARENT_TAG}` = {quote_filter(parent_id)} and attributes.status = 'RUNNING'"
     runs = client.search_runs([experiment_id], query, max_results=10000)
     return [r for r in runs if fold is None or r.data.tags.get(FOLD_TAG) == fold]
 
@@ -174,7 +171,7 @@ def earlier_claim(client: MlflowClient, experiment_id: str, parent_id: str, fold
     With a tracking server there may be no lock that every machine shares: each job writes its claim (the run) and
     then reads the fold's runs back; the oldest claim wins and the others step back.
     """
-    query = f"tags.`{PARENT_TAG}` = {quote(parent_id)}"
+    query = f"tags.`{PARENT_TAG}` = {quote_filter(parent_id)}"
     runs = [r for r in client.search_runs([experiment_id], query, max_results=10000)
             if r.data.tags.get(FOLD_TAG) == fold and r.info.run_id != run_id]
     mine = client.get_run(run_id).info

@@ -128,7 +128,7 @@ def check_sizes(cfg: DictConfig, backbone: Backbone, num_classes: int) -> None:
     from leukexp.heads.base import available_memory
 
     memory = available_memory()
-    side = max(backbone.preprocess.input_size[-2:]) if hasattr(backbone.preprocess, "input_size") else 512
+    side = max(max(part.preprocess.input_size[-2:]) for part in backbone.parts())  # a fusion's largest member
     batch = cfg.features.batch_size
     if isinstance(batch, int) and batch * 3 * side * side * 4 * 8 > memory:  # input + ~7x activations, float32
         raise LeukexpError(f"features.batch_size={batch}: {batch} views of {side}x{side} px need more memory than"

@@ -356,16 +356,13 @@ def search_section(context: ReportContext) -> list[str]:
 def search_lines(name: str, storage: Path, out: Path) -> list[str]:
     """The report's lines for one study: a table of the best trials and two figures."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     from leukexp.plots import bar_chart, search_progress
-    from leukexp.search import counted, override_value
+    from leukexp.search import counted, journal, override_value
 
     if not storage.is_file():
         return [f"## Search {name}", "", f"_The study's journal {storage} is not on this machine._", ""]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(storage))))
+    study = optuna.load_study(study_name=name, storage=journal(storage))
     trials = counted(study)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     maximize = study.direction.name == "MAXIMIZE"

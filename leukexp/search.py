@@ -192,6 +192,16 @@ def default_study_name(config: DictConfig, space: Space, objective: str) -> str:
 INTERRUPTED = "leukexp_interrupted"
 
 
+def journal(path: Path) -> Any:
+    """A study's Optuna storage: the journal file at `path` (Optuna's own logging kept to warnings)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
 def counted(study: Any) -> list[Any]:
     """The trials that count towards `n_trials`: finished (complete, pruned, failed), not interrupted by a kill."""
     return [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)]
@@ -259,17 +269,14 @@ class FoldSearch(Sweeper):
 
     def _study(self, name: str, path: Path) -> Any:
         import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
         samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                     "cmaes": optuna.samplers.CmaEsSampler}
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup_trials, n_warmup_steps=0)
                   if self.pruner_name == "median" else optuna.pruners.NopPruner())
         path.parent.mkdir(parents=True, exist_ok=True)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))),
-                                    pruner=pruner, direction=self.direction, load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=journal(path), pruner=pruner, direction=self.direction,
+                                    load_if_exists=True)
         # seeded by the history, not only by `seed`: a continued study draws new values, not its first ones again
         study.sampler = samplers[self.sampler_name](seed=self.seed + len(study.trials))
         return study
