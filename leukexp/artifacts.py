@@ -1,4 +1,4 @@
-"""What a fold run and a CV parent write as artifacts, and reading them back (one schema for writer and reader)."""
+"""What a fold run writes: config, manifest, predictions, history, figures, its MLflow model and activation maps."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from leukexp.evaluation import confusion
-from leukexp.plots import plot_confusion, plot_curves, plot_roc
+from leukexp.evaluation.metrics import confusion
+from leukexp.evaluation.plots import plot_confusion, plot_curves, plot_roc
 from leukexp.vocabulary import (
     CAM_DIR,
     CONFIG_FILE,
     CONFUSION_FILE,
-    CV,
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_DIR,
@@ -95,10 +92,10 @@ def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Bac
 
 def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitResult, per_class: int) -> Path:
     """`cam/panel.png`: activation maps of a few correct and wrong test images per class (or a note why not)."""
-    from leukexp.cam import cam_panel
     from leukexp.data.io import read_image
     from leukexp.errors import LeukexpError
-    from leukexp.predict import Classifier
+    from leukexp.inference.cam import cam_panel
+    from leukexp.inference.classifier import Classifier
 
     folder.mkdir(parents=True, exist_ok=True)
     test = study.samples.test.reset_index(drop=True)
@@ -115,72 +112,9 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
 def write_model(path: Path, result: FitResult, backbone: Backbone, model_config: dict[str, Any],
                 classes: list[str]) -> Path:
     """The run's MLflow model: the trained head and its backbone reference, loadable by `mlflow.pyfunc`."""
-    from leukexp.predict import save_classifier
-    from leukexp.serving import save_model
+    from leukexp.inference.classifier import save_classifier
+    from leukexp.inference.serving import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes)
         return save_model(path, classifier, classes)
-
-
-def read_predictions(path: Path) -> Predictions:
-    """A fold run's `predictions.csv`."""
-    return Predictions.from_frame(pd.read_csv(path))
-
-
-def write_cv_artifacts(out: Path, table: pd.DataFrame, predictions: dict[str, Predictions],
-                       metrics: dict[str, float]) -> list[Path]:
-    """The parent's `cv_folds.csv` (per-fold table with mean and std), mean confusion matrix and all folds' ROC."""
-    summary = pd.concat([table, table.mean().to_frame("mean").T, table.std(ddof=1).to_frame("std").T])
-    summary.index.name = "fold"
-    summary.to_csv(out / "cv_folds.csv")
-    paths = [out / "cv_folds.csv"]
-    if not predictions:
-        return paths
-    classes = next(iter(predictions.values())).classes
-    matrices = [confusion(p.labels, p.probs, classes).astype(float) for p in predictions.values()]
-    mean_matrix = sum(matrices) / len(matrices)
-    mean_matrix.to_csv(out / "cv_confusion_matrix.csv")
-    accuracy = metrics.get(f"{CV}test/acc_mean", float("nan"))
-    return [
-        *paths, out / "cv_confusion_matrix.csv",
-        plot_confusion(mean_matrix.round(1), out / "cv_confusion_matrix.png",
-                       f"mean of {len(matrices)} folds: acc {accuracy:.3f}"),
-        plot_roc([(fold, p.labels, p.probs) for fold, p in sorted(predictions.items())], classes,
-                 out / "cv_roc.png", "ROC of every fold (one-vs-rest)"),
-    ]
-
-
-DESCRIPTION_COLUMNS = {"test/acc": "test acc", "test/f1_macro": "macro F1", "test/auc_macro": "macro AUC",
-                       "test/loss": "test loss", "best/val/acc": "best val acc"}
-
-
-def result_summary(metrics: dict[str, float], finished: int, n_splits: int) -> str:
-    """One line for a tag column: mean accuracy, its spread and how many folds it covers."""
-    mean, std = metrics.get(f"{CV}test/acc_mean"), metrics.get(f"{CV}test/acc_std")
-    if mean is None:
-        return f"{finished}/{n_splits} folds"
-    return f"acc {mean:.3f} ± {std or 0.0:.3f} ({finished}/{n_splits} folds)"
-
-
-def parent_description(name: str, cv_group: str, table: pd.DataFrame, metrics: dict[str, float], n_splits: int,
-                       run_ids: dict[str, str]) -> str:
-    """The CV parent's markdown description: what the configuration is, its folds and their aggregates."""
-    columns = [c for c in DESCRIPTION_COLUMNS if c in table.columns]
-    status = "complete" if len(table) >= n_splits else f"incomplete: {len(table)} of {n_splits} folds finished"
-    lines = [f"### {name}", "", f"{len(table)}/{n_splits} folds ({status}). " + result_summary(
-        metrics, len(table), n_splits), "",
-             "| fold | " + " | ".join(DESCRIPTION_COLUMNS[c] for c in columns) + " | run |",
-             "|---|" + "---|" * (len(columns) + 1)]
-    for fold, row in table.iterrows():
-        cells = [f"{row[c]:.4f}" if pd.notna(row[c]) else "-" for c in columns]
-        lines.append(f"| {fold} | " + " | ".join(cells) + f" | `{run_ids.get(str(fold), '')[:8]}` |")
-    means = [metrics.get(f"{CV}{c}_mean") for c in columns]
-    stds = [metrics.get(f"{CV}{c}_std") for c in columns]
-    lines.append("| **mean ± std** | " + " | ".join(
-        f"**{m:.4f}** ± {s:.4f}" if m is not None else "-" for m, s in zip(means, stds, strict=True)) + " | |")
-    lines.append("| 95% CI (t, folds) | " + " | ".join(
-        f"[{metrics[f'{CV}{c}_ci95_low']:.4f}, {metrics[f'{CV}{c}_ci95_high']:.4f}]"
-        if f"{CV}{c}_ci95_low" in metrics else "-" for c in columns) + " | |")
-    lines += ["", "Configuration: " + " ".join(f"`{token}`" for token in cv_group.split()), ""]
-    return "\n".join(lines)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from omegaconf.errors import OmegaConfBaseException
 
-from leukexp.secrets import redact
+from leukexp.runtime.secrets import redact
 
 EXIT_USER_ERROR = 2
 

@@ -12,26 +12,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.backbones.base import Backbone
-from leukexp.console import console, describe_study, print_frame
+from leukexp.config.settings import build_backbone, build_head, seed_everything
+from leukexp.config.validation import validate
+from leukexp.console import Stopwatch, console, describe_study, print_frame
 from leukexp.data.dataset import ViewDataset
 from leukexp.data.study import Study, build_study
 from leukexp.errors import Interrupted, LeukexpError
-from leukexp.evaluation import best_epoch_metrics, classification_metrics
+from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.features.extract import part_caches, study_features
 from leukexp.fit import FitResult, fit_head
-from leukexp.identity import run_tags
-from leukexp.logs import quiet_libraries
-from leukexp.secrets import redact
-from leukexp.settings import build_backbone, build_head, seed_everything
-from leukexp.sweep import is_multirun, job_threads
-from leukexp.sync import save_pending
-from leukexp.timing import Stopwatch
-from leukexp.tta import score_with_views
-from leukexp.validation import validate
+from leukexp.inference.tta import score_with_views
+from leukexp.runtime.process import quiet_libraries
+from leukexp.runtime.secrets import redact
+from leukexp.sweeps.multirun import is_multirun, job_threads
+from leukexp.tracking.identity import run_tags
+from leukexp.tracking.sync import save_pending
 from leukexp.vocabulary import MANIFEST_FILE, TEST
 
 if TYPE_CHECKING:
-    from leukexp.cv import FoldRun
+    from leukexp.tracking.cv import FoldRun
 
 # MLflow, Lightning and matplotlib load when a run gets to them: a mistake in the data is reported first
 
@@ -56,8 +55,8 @@ def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[s
     """The fold's MLflow run (None when tracking is off), or the metrics to return instead of running it."""
     if not cfg.mlflow.enabled:
         return None, None
-    from leukexp.cv import FoldRun
-    from leukexp.tracking import RunLogger, configure_http, flatten
+    from leukexp.tracking.cv import FoldRun
+    from leukexp.tracking.store import RunLogger, configure_http, flatten
 
     configure_http(float(cfg.mlflow.http_timeout), int(cfg.mlflow.http_max_retries))
     logger = RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location,

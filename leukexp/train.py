@@ -9,10 +9,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from leukexp.config import config_dir
+from leukexp.config.compose import config_dir
 from leukexp.errors import EXIT_USER_ERROR, Interrupted, LeukexpError, user_errors
-from leukexp.secrets import redact
-from leukexp.sweep import is_multirun, record_failure
+from leukexp.runtime.secrets import redact
+from leukexp.sweeps.multirun import is_multirun, record_failure
 
 log = logging.getLogger("leukexp")
 PROGRAM = "leukexp-train"
@@ -25,8 +25,8 @@ def run_app(cfg: DictConfig) -> float | None:
     In a multirun a failing job is recorded and the sweep goes on; the failures are listed at its end. A stop
     signal is no failure: it ends the sweep (no next job).
     """
-    from leukexp.secrets import redact_logs
-    from leukexp.signals import install_stop_handlers
+    from leukexp.runtime.secrets import redact_logs
+    from leukexp.runtime.signals import install_stop_handlers
 
     install_stop_handlers()  # also in launcher workers, which run jobs in processes of their own
     redact_logs()
@@ -43,7 +43,7 @@ def run_app(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from leukexp.validation import validate
+    from leukexp.config.validation import validate
 
     validate(cfg)  # config mistakes are reported in seconds, before Lightning and MLflow load
     from leukexp.pipeline import train
@@ -64,8 +64,8 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from leukexp.secrets import redact_logs
-    from leukexp.signals import install_stop_handlers, reap_children
+    from leukexp.runtime.secrets import redact_logs
+    from leukexp.runtime.signals import install_stop_handlers, reap_children
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises, so the errors below are reported here
     install_stop_handlers()

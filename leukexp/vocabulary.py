@@ -109,7 +109,9 @@ HISTORY_FILE = "history.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 MODEL_DIR = "model"
 # the run's MLflow model: the pyfunc loader module and the folder of its data inside the model
-LOADER_MODULE = "leukexp.serving"
+LOADER_MODULE = "leukexp.inference.serving"
+# models written before the inference wing existed name the loader where it was then; both load
+LOADER_MODULES = (LOADER_MODULE, "leukexp.serving")
 MODEL_DATA_DIR = "classifier"
 CAM_DIR = "cam"
 PROBABILITY_PREFIX = "p_"

@@ -85,7 +85,7 @@ def compose_config(root: Path, overrides: list[str]):
     """The run config for `overrides`, with paths under `root` (no Hydra app running)."""
     from hydra import compose, initialize_config_dir
 
-    from leukexp.config import config_dir
+    from leukexp.config.compose import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=[f"paths.root_dir={root}", f"paths.output_dir={root}/outputs", *overrides])
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> Result:
     overrides = [f"model={args.model}", f"model.pretrained={args.pretrained}", f"features.device={args.device}",
                  f"features.precision={args.precision}", *args.overrides]
 
+    from leukexp.config.settings import build_backbone, seed_everything
     from leukexp.features.extract import batch_size_for
-    from leukexp.settings import build_backbone, seed_everything
 
     cfg = compose_config(root, overrides)
     seed_everything(0)

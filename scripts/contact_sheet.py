@@ -13,10 +13,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from leukexp.config import config_dir
+from leukexp.config.compose import config_dir
 from leukexp.data.io import file_digest, read_image
 from leukexp.errors import LeukexpError, user_errors
-from leukexp.plots import contact_sheet
+from leukexp.evaluation.plots import contact_sheet
 
 
 def main(argv: list[str] | None = None) -> Path:

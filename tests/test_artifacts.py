@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leukexp.artifacts import read_predictions, write_cv_artifacts
+from leukexp.tracking.cv_summary import read_predictions, write_cv_artifacts
 from leukexp.vocabulary import Predictions
 
 
@@ -34,8 +34,8 @@ def test_without_predictions_only_the_table(tmp_path: Path) -> None:
 
 
 def test_parent_description_holds_the_fold_table_and_the_aggregates() -> None:
-    from leukexp.artifacts import parent_description, result_summary
-    from leukexp.stats import aggregate_metrics
+    from leukexp.evaluation.stats import aggregate_metrics
+    from leukexp.tracking.cv_summary import parent_description, result_summary
 
     table = pd.DataFrame({"test/acc": [0.8, 0.9, 1.0], "test/f1_macro": [0.7, 0.8, 0.9]}, index=["f0", "f1", "f2"])
     metrics = aggregate_metrics(table)

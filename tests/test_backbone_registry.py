@@ -2,7 +2,7 @@
 
 import pytest
 
-from leukexp.backbones.registry import build_backbone, targets
+from leukexp.backbones.loading import build_backbone, targets
 from leukexp.backbones.timm_backbone import TimmBackbone
 from leukexp.errors import LeukexpError
 

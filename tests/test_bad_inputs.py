@@ -47,6 +47,7 @@ def binary(root: str, own: list[str] | None = None) -> list[str]:
     return args
 
 
+REPORT, SYNC = "leukexp.report.cli", "leukexp.tracking.sync"
 CASES = {
     # hyperparameters, checked before anything is built or logged
     "dropout": Case(["head.dropout=1.5"], "head.dropout=1.5"),
@@ -110,17 +111,17 @@ CASES = {
     "mapping_twice": Case(["task=folders", "task.mapping={malignant: [ALL], benign: [HLT, ALL]}"],
                           "listed under both malignant and benign"),
     # leukexp-report and leukexp-sync
-    "report_experiment": Case(["--experiment", "nope"], "not in this store", program="leukexp.report"),
+    "report_experiment": Case(["--experiment", "nope"], "not in this store", program=REPORT),
     "report_metric": Case(["--experiment", "leukexp", "--metric", "test/nope"], "--metric test/nope",
-                          program="leukexp.report"),
+                          program=REPORT),
     "report_scheme": Case(["--experiment", "x", "--tracking-uri", "bogus://foo"], "--tracking-uri bogus://foo",
-                          program="leukexp.report"),
-    "report_not_sqlite": Case(["--experiment", "x"], "is not a SQLite database", program="leukexp.report",
+                          program=REPORT),
+    "report_not_sqlite": Case(["--experiment", "x"], "is not a SQLite database", program=REPORT,
                               extra=["not_sqlite"]),
-    "report_filter": Case(["--experiment", "leukexp", "--filter", "tags.x ==="], "--filter", program="leukexp.report"),
-    "sync_nothing": Case([], "nothing to upload", program="leukexp.sync", extra=["sync_dir"]),
-    "sync_damaged": Case([], "damaged (JSONDecodeError", program="leukexp.sync", extra=["sync_damaged"]),
-    "report_out_file": Case(["--experiment", "leukexp", "--out"], "is a file; give a folder", program="leukexp.report",
+    "report_filter": Case(["--experiment", "leukexp", "--filter", "tags.x ==="], "--filter", program=REPORT),
+    "sync_nothing": Case([], "nothing to upload", program=SYNC, extra=["sync_dir"]),
+    "sync_damaged": Case([], "damaged (JSONDecodeError", program=SYNC, extra=["sync_damaged"]),
+    "report_out_file": Case(["--experiment", "leukexp", "--out"], "is a file; give a folder", program=REPORT,
                             extra=["out_file"]),
 }
 if not torch.cuda.is_available():  # where CUDA exists, trainer=gpu is no mistake

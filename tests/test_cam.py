@@ -8,11 +8,11 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from test_torch_head import blobs
 
-from leukexp.cam import activation_maps, cam_panel, panel_selection, write_maps
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
 from leukexp.heads.sklearn_head import SklearnHead, knn, svm
-from leukexp.predict import load_classifier
+from leukexp.inference.cam import activation_maps, cam_panel, panel_selection, write_maps
+from leukexp.inference.classifier import load_classifier
 
 
 def test_maps_have_each_images_size_and_stay_in_0_1(study_store: Path) -> None:

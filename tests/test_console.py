@@ -3,7 +3,7 @@
 import pandas as pd
 
 from conftest import TINY_DATA
-from leukexp.console import console, describe_study, print_frame
+from leukexp.console import Stopwatch, console, describe_study, print_frame
 from leukexp.data.study import build_study
 
 
@@ -20,3 +20,41 @@ def test_describe_study_prints_the_split(compose_cfg) -> None:
         describe_study(study)
     text = captured.get()
     assert "task binary (ALL, HLT)" in text and "fold 1/5" in text and "source images per split" in text
+
+
+class FakeClock:
+    """A clock that moves only when told to: phase times are exact, no wall-clock sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stopwatch_phases_accumulate_in_first_use_order() -> None:
+    tick = FakeClock()
+    clock = Stopwatch(tick)
+    with clock.phase("features"):
+        tick.now += 1.25
+    with clock.phase("head"):
+        tick.now += 0.5
+    with clock.phase("features"):
+        tick.now += 2.0
+    tick.now += 0.25  # time outside any phase counts in the total only
+    assert clock.phases == {"features": 3.25, "head": 0.5}
+    assert clock.total == 4.0
+    assert clock.summary() == "4.0 s (features 3.2, head 0.5)"
+
+
+def test_stopwatch_counts_a_failing_phase_and_reads_bare_without_phases() -> None:
+    tick = FakeClock()
+    clock = Stopwatch(tick)
+    assert clock.summary() == "0.0 s"
+    try:
+        with clock.phase("data"):
+            tick.now += 0.75
+            raise ValueError("bad input")
+    except ValueError:
+        pass
+    assert clock.phases == {"data": 0.75}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from leukexp.cv import (
+from leukexp.tracking.cv import (
     FoldRun,
     aggregate,
     close_stale_runs,
@@ -16,7 +16,7 @@ from leukexp.cv import (
     owner_alive,
     this_process,
 )
-from leukexp.tracking import RunLogger
+from leukexp.tracking.store import RunLogger
 from leukexp.vocabulary import Predictions
 
 TAGS = {"model": "m", "head": "h", "task": "t", "cv_group": "head=h model=m", "data_hash": "abc", "n_splits": "2",
@@ -108,7 +108,7 @@ def test_a_second_claim_of_a_running_fold_is_refused_and_a_finished_fold_is_reus
 
 
 def test_names_stay_unique_within_an_experiment(tmp_path: Path) -> None:
-    from leukexp.cv import unique_name
+    from leukexp.tracking.cv import unique_name
 
     logger = store(tmp_path)
     first = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"leukexp.name": "svm"})
@@ -120,7 +120,7 @@ def test_names_stay_unique_within_an_experiment(tmp_path: Path) -> None:
 
 
 def test_the_lock_lives_beside_a_local_store_whatever_the_root(tmp_path: Path) -> None:
-    from leukexp.cv import lock_file
+    from leukexp.tracking.cv import lock_file
 
     uri = f"sqlite:///{tmp_path}/shared/mlflow.db"
     first, second = lock_file(uri, "1", tmp_path / "root-a" / "locks"), lock_file(uri, "1", tmp_path / "root-b")
@@ -130,7 +130,7 @@ def test_the_lock_lives_beside_a_local_store_whatever_the_root(tmp_path: Path) -
 
 
 def test_a_claim_written_after_an_earlier_one_steps_back(tmp_path: Path) -> None:
-    from leukexp.cv import earlier_claim
+    from leukexp.tracking.cv import earlier_claim
 
     logger = store(tmp_path)
     parent = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"leukexp.name": "n"})

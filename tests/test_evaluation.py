@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukexp.evaluation import best_epoch_metrics, classification_metrics, confusion
+from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics, confusion
 
 CLASSES = ["ALL", "AML", "HLT"]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.registry import HEAD_KINDS, load_head
+from leukexp.heads.kinds import HEAD_KINDS, load_head
 
 
 def test_known_kinds_are_the_two_adapters() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from leukexp.identity import changes_the_result, configuration_name, cv_group, default_choices, git_commit
+from leukexp.tracking.identity import changes_the_result, configuration_name, cv_group, default_choices, git_commit
 
 
 @pytest.mark.parametrize(("key", "counts"), [
@@ -69,7 +69,7 @@ def test_default_choices_come_from_train_yaml() -> None:
 
 
 def test_settings_an_experiment_file_changes_count_in_the_identity(compose_cfg) -> None:
-    from leukexp.identity import implicit_tokens
+    from leukexp.tracking.identity import implicit_tokens
 
     strong = compose_cfg("experiment=strong_baseline")
     assert implicit_tokens(strong, []) == ["evaluation.tta=flips", "model.stages=all"]

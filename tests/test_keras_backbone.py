@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_DATA
 from leukexp.backbones.base import Backbone
 from leukexp.backbones.keras_backbone import KerasBackbone
-from leukexp.config import build
+from leukexp.config.compose import build
 from leukexp.errors import LeukexpError
 
 

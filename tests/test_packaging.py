@@ -25,7 +25,8 @@ def test_wheel_contains_configs_and_composes_from_anywhere(tmp_path: Path) -> No
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    result = subprocess.run([sys.executable, "-c", "from leukexp.config import config_dir; print(config_dir())"],
+    code = "from leukexp.config.compose import config_dir; print(config_dir())"
+    result = subprocess.run([sys.executable, "-c", code],
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == str(tmp_path / "site" / "leukexp" / "conf")
     job = subprocess.run([sys.executable, "-m", "leukexp.train", "--cfg", "job", "head=svm"], cwd=elsewhere, env=env,

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from leukexp.plots import bar_chart, contact_sheet, grouped_bars, plot_confusion, plot_curves, plot_roc
+from leukexp.evaluation.plots import bar_chart, contact_sheet, grouped_bars, plot_confusion, plot_curves, plot_roc
 
 
 def png(path: Path) -> np.ndarray:

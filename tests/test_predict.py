@@ -10,7 +10,7 @@ from leukexp.backbones.timm_backbone import TimmBackbone
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext
 from leukexp.heads.torch_head import mlp
-from leukexp.predict import MANIFEST, load_classifier, save_classifier
+from leukexp.inference.classifier import MANIFEST, load_classifier, save_classifier
 
 MODEL = {"_target_": "leukexp.backbones.timm_backbone.TimmBackbone", "name": "test_efficientnet",
          "pretrained": False, "input_size": 32}
@@ -62,7 +62,7 @@ def test_missing_or_broken_manifest(tmp_path: Path) -> None:
 
 
 def test_a_model_folder_with_code_is_refused(tmp_path: Path) -> None:
-    from leukexp.serving import save_model
+    from leukexp.inference.serving import save_model
 
     folder, _ = saved(tmp_path / "classifier")
     model = save_model(tmp_path / "model", folder, ["A", "B", "C"])

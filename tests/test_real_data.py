@@ -72,7 +72,7 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     assert (folder / "cam" / "panel.png").stat().st_size > 10_000, "the panel of mixed-size images was drawn"
     assert "cam/panel.png" in {a.path for a in client.list_artifacts(run.info.run_id, "cam")}
 
-    predicted = cli("leukexp.scoring", str(folder), str(data), "--cam", str(tmp_path / "maps"), "--tta", "flips",
+    predicted = cli("leukexp.inference.cli", str(folder), str(data), "--cam", str(tmp_path / "maps"), "--tta", "flips",
                     "--out", str(tmp_path / "scores.csv"), cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     images = sorted(p for p in data.rglob("*") if p.is_file())
@@ -80,7 +80,7 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     assert len(scores) == len(images) == 28 and set(scores["predicted"]) <= set(MESSY_CLASSES)
     assert len(list((tmp_path / "maps").glob("*.cam.png"))) == len(images)
 
-    report = cli("leukexp.report", "--experiment", "leukexp", "--out", str(tmp_path / "report"), cwd=tmp_path)
+    report = cli("leukexp.report.cli", "--experiment", "leukexp", "--out", str(tmp_path / "report"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Band _BNE__" in text and "Left out" not in text

@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
-from leukexp.registry import register, select
+from leukexp.tracking.model_registry import register, select
 
 
 def store(root: Path) -> tuple[MlflowClient, str]:

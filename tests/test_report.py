@@ -7,20 +7,18 @@ import pandas as pd
 import pytest
 
 from leukexp.errors import LeukexpError
-from leukexp.report import (
-    SECTIONS,
-    StudyRuns,
-    configuration_labels,
-    main,
+from leukexp.report.cli import main
+from leukexp.report.runs import StudyRuns, configuration_labels
+from leukexp.report.sections import SECTIONS, write_report
+from leukexp.report.tables import (
     paired_comparison,
     per_class_table,
     per_fold_tables,
     pick_configuration,
     pooled_accuracy_table,
     summary_table,
-    write_report,
 )
-from leukexp.tracking import RunLogger
+from leukexp.tracking.store import RunLogger
 
 
 def folds() -> pd.DataFrame:
@@ -90,7 +88,7 @@ def test_cli_exits_0_and_honours_mlflow_tracking_uri(tmp_path: Path, monkeypatch
 
 
 def test_an_ensemble_averages_its_members_per_fold() -> None:
-    from leukexp.report import ensemble_folds
+    from leukexp.report.tables import ensemble_folds
     from leukexp.vocabulary import Predictions
 
     frame = folds()
@@ -120,7 +118,7 @@ def test_an_ensemble_averages_its_members_per_fold() -> None:
 
 @pytest.mark.parametrize("where", ["file", "under_file"])
 def test_out_naming_a_file_is_one_line(tmp_path: Path, where: str) -> None:
-    from leukexp.report import check_out_folder
+    from leukexp.report.cli import check_out_folder
 
     (tmp_path / "notes.txt").write_text("mine")
     out = tmp_path / "notes.txt" if where == "file" else tmp_path / "notes.txt" / "report"
@@ -131,7 +129,7 @@ def test_out_naming_a_file_is_one_line(tmp_path: Path, where: str) -> None:
 
 
 def test_a_failing_section_is_a_note_not_a_failed_report(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from leukexp.report import guarded
+    from leukexp.report.sections import guarded
 
     def broken(context: object) -> list[str]:
         raise ValueError("all input arrays must have the same shape")

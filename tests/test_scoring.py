@@ -10,8 +10,8 @@ import pytest
 from conftest import write_image
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
-from leukexp.predict import load_classifier
-from leukexp.scoring import collect_images, main, resolve_model, tta_views
+from leukexp.inference.classifier import load_classifier
+from leukexp.inference.cli import collect_images, main, resolve_model, tta_views
 
 
 def images(folder: Path, n: int = 3) -> Path:

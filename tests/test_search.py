@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from leukexp.errors import LeukexpError
-from leukexp.search import fold_metric, override_value, parallel_jobs, parse_space
+from leukexp.sweeps.search import fold_metric, override_value, parallel_jobs, parse_space
 
 CONFIG = OmegaConf.create({"hydra": {"runtime": {"choices": {"head": "logreg", "model": "efficientnet_lite0"}}},
                            "optimizer": {"lr": 0.001}, "head": {"C": None, "hidden": [128], "dropout": 0.0},
@@ -125,7 +125,7 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
         assert parent.info.run_name.startswith(("logreg · C=", "svm · C=")), "named by the sampled values"
         assert "cv/best/val/acc_mean" in parent.data.metrics
 
-    report = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "search_linear", "--out",
+    report = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "search_linear", "--out",
                              str(tmp_path / "report")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
@@ -185,7 +185,7 @@ class FakeLauncher:
 @pytest.mark.parametrize(("n_jobs", "batches"), [(1, [1] * 8), (2, [2] * 4), (4, [4, 4]), (6, [6, 2])])
 def test_trials_run_together_when_the_launcher_has_a_worker_for_each_fold(tmp_path: Path, n_jobs: int,
                                                                           batches: list[int]) -> None:
-    from leukexp.search import FoldSearch
+    from leukexp.sweeps.search import FoldSearch
 
     config = OmegaConf.merge(CONFIG, {"fold": {"n_splits": 2}, "mlflow": {"enabled": False, "experiment_name": "x"},
                                       "paths": {"root_dir": str(tmp_path)}})

@@ -1,6 +1,6 @@
 """Credentials in URIs never reach a log, a param, a file or an error line."""
 
-from leukexp.secrets import redact
+from leukexp.runtime.secrets import redact
 
 
 def test_user_info_of_every_uri_is_redacted() -> None:
@@ -18,7 +18,7 @@ def test_uris_without_credentials_and_plain_text_are_unchanged() -> None:
 def test_hydras_escaped_overrides_and_log_records_are_redacted(caplog) -> None:
     import logging
 
-    from leukexp.secrets import redact_logs
+    from leukexp.runtime.secrets import redact_logs
 
     line = r"#1 : fold=f1 mlflow.tracking_uri=http\://alice\:hunter2@127.0.0.1\:5000 model=timm"
     assert redact(line) == r"#1 : fold=f1 mlflow.tracking_uri=http\://***@127.0.0.1\:5000 model=timm"

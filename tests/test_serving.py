@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
-from leukexp.predict import load_classifier
+from leukexp.inference.classifier import load_classifier
 from leukexp.vocabulary import LOADER_MODULE
 
 
@@ -71,13 +71,28 @@ def test_runs_uri_loads_in_a_fresh_process(study_store: Path) -> None:
 def test_the_model_loads_leukexps_code_and_holds_no_pickle(study_store: Path) -> None:
     model_dir = study_store / "outputs" / "svm-f0" / "model"
     meta = yaml.safe_load((model_dir / "MLmodel").read_text())
-    assert meta["flavors"]["python_function"]["loader_module"] == LOADER_MODULE == "leukexp.serving"
+    assert meta["flavors"]["python_function"]["loader_module"] == LOADER_MODULE == "leukexp.inference.serving"
     inputs = json.loads(meta["signature"]["inputs"])
     assert {c["name"] for c in inputs} == {"path", "image"}
     outputs = {c["name"] for c in json.loads(meta["signature"]["outputs"])}
     assert outputs == {"predicted", "p_ALL", "p_HLT"}
     suffixes = {p.suffix for p in model_dir.rglob("*") if p.is_file()}
     assert not suffixes & {".pkl", ".pickle", ".joblib", ".cloudpickle"}, suffixes
+
+
+def test_a_model_written_before_the_inference_wing_still_loads(study_store: Path, tmp_path: Path) -> None:
+    """Models in users' registries name `leukexp.serving` as their loader: predict and pyfunc both accept it."""
+    import shutil
+
+    old = tmp_path / "old_model"
+    shutil.copytree(study_store / "outputs" / "mlp1-f0" / "model", old)
+    meta = yaml.safe_load((old / "MLmodel").read_text())
+    meta["flavors"]["python_function"]["loader_module"] = "leukexp.serving"
+    (old / "MLmodel").write_text(yaml.safe_dump(meta))
+    paths, predictions = held_out_images(study_store)
+    assert load_classifier(old).predict_files(paths[:3]) == list(predictions["predicted"][:3])
+    scored = mlflow.pyfunc.load_model(str(old)).predict(pd.DataFrame({"path": paths[:1]}))
+    assert scored["p_ALL"][0] == pytest.approx(predictions["p_ALL"][0], abs=1e-5)
 
 
 def test_a_foreign_loader_is_refused(tmp_path: Path) -> None:
@@ -87,7 +102,7 @@ def test_a_foreign_loader_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_row_without_an_image_is_one_clear_error(study_store: Path) -> None:
-    from leukexp.serving import _load_pyfunc
+    from leukexp.inference.serving import _load_pyfunc
 
     model = _load_pyfunc(str(study_store / "outputs" / "mlp1-f0" / "model" / "data" / "classifier"))
     with pytest.raises(LeukexpError, match="needs a 'path'"):
@@ -105,7 +120,7 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_the_registered_model_is_served_over_http(study_store: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{study_store}/mlruns/mlflow.db"
-    report = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "study", "--tracking-uri", uri,
+    report = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "study", "--tracking-uri", uri,
                              "--out", str(tmp_path / "report"), "--register", "served"], capture_output=True,
                             text=True, timeout=120)
     assert report.returncode == 0, report.stderr[-2000:]

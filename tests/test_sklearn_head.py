@@ -9,10 +9,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from test_torch_head import Stub, blobs
 
+from leukexp.config.settings import build_head
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
 from leukexp.heads.sklearn_head import SklearnHead, knn, refused_types, stored_types, svm
-from leukexp.settings import build_head
 
 
 @pytest.mark.parametrize("name", ["svm", "logreg", "knn"])

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from leukexp.stats import aggregate_metrics, paired_difference, spread, t_interval, wilson_interval
+from leukexp.evaluation.stats import aggregate_metrics, paired_difference, spread, t_interval, wilson_interval
 
 
 def test_t_interval_matches_scipy() -> None:

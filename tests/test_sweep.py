@@ -12,7 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from leukexp import sweep as sweep_module
-from leukexp.report import load_runs, per_fold_tables, summary_table, write_report
+from leukexp.report.runs import load_runs
+from leukexp.report.sections import write_report
+from leukexp.report.tables import per_fold_tables, summary_table
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
         "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none",
@@ -116,12 +118,12 @@ def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_pat
     assert "## Summary of every configuration" in text and "fold noise" in text
     assert (tmp_path / "report" / "comparison.png").is_file() and (tmp_path / "report" / "per_class_f1.png").is_file()
 
-    cli = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "leukexp", "--out",
+    cli = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "leukexp", "--out",
                           str(tmp_path / "cli-report"), "--filter", "tags.head='svm'"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert "1 configurations, 2 fold runs" in cli.stdout
-    missing = subprocess.run([sys.executable, "-m", "leukexp.report", "--experiment", "nope"], cwd=tmp_path,
+    missing = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "nope"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "leukexp-report: error: --experiment nope: not in this store" in missing.stderr

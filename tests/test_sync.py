@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from leukexp.cv import FoldRun
-from leukexp.sync import PENDING_FILE, main, save_pending, upload
-from leukexp.tracking import RunLogger
+from leukexp.tracking.cv import FoldRun
+from leukexp.tracking.store import RunLogger
+from leukexp.tracking.sync import PENDING_FILE, main, save_pending, upload
 
 TAGS = {"model": "m", "head": "h", "task": "t", "cv_group": "head=h", "data_hash": "abc", "n_splits": "1",
         "fold": "f0", "leukexp.kind": "fold", "leukexp.name": "h"}
@@ -80,7 +80,7 @@ def test_a_folder_and_its_copy_are_uploaded_once(tmp_path: Path) -> None:
 def test_credentials_are_never_saved_and_come_back_from_the_environment(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from leukexp.errors import LeukexpError
-    from leukexp.sync import store_uri
+    from leukexp.tracking.sync import store_uri
 
     out, fold_run = kept_run(tmp_path, f"sqlite:///{tmp_path}/store.db")
     fold_run.logger.tracking_uri = "http://alice:hunter2@host:5000"

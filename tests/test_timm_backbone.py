@@ -12,7 +12,7 @@ from skimage import data as skdata
 
 from leukexp.backbones.base import Backbone
 from leukexp.backbones.timm_backbone import TimmBackbone, load_state_dict, remap_by_order
-from leukexp.config import build
+from leukexp.config.compose import build
 from leukexp.errors import LeukexpError
 
 
@@ -222,10 +222,10 @@ def test_bad_stages_and_pooling_are_one_line(stages: object, pooling: str, says:
 
 
 def test_activation_maps_use_the_last_stage_of_a_multi_stage_backbone() -> None:
-    from leukexp.cam import activation_maps
     from leukexp.heads.base import HeadContext
     from leukexp.heads.torch_head import mlp
-    from leukexp.predict import Classifier
+    from leukexp.inference.cam import activation_maps
+    from leukexp.inference.classifier import Classifier
 
     backbone = tiny64(stages="all", pooling="avgstd")
     head = mlp(HeadContext(backbone.num_features, 2), hidden=[8])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from torch import nn
 
+from leukexp.config.settings import build_head, train_settings
 from leukexp.heads.base import Head, HeadContext, Split
 from leukexp.heads.mlp import MLPHead
 from leukexp.heads.torch_head import TorchHead
-from leukexp.settings import build_head, train_settings
 
 
 def blobs(n: int = 60, classes: int = 3, width: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

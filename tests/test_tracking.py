@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY_DATA, TINY_MODEL
 from leukexp.errors import LeukexpError
 from leukexp.pipeline import train
-from leukexp.report import load_runs
-from leukexp.sync import PENDING_FILE
-from leukexp.tracking import RunLogger, configure_http, flatten, prepare_store
+from leukexp.report.runs import load_runs
+from leukexp.tracking.store import RunLogger, configure_http, flatten, prepare_store
+from leukexp.tracking.sync import PENDING_FILE
 
 
 def test_flatten_nested_config() -> None:
@@ -149,8 +149,8 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
 
     server = start_server(tmp_path, port)
     try:
-        sync = subprocess.run([sys.executable, "-m", "leukexp.sync", str(run_dir)], capture_output=True, text=True,
-                              timeout=120, env=env)
+        sync = subprocess.run([sys.executable, "-m", "leukexp.tracking.sync", str(run_dir)], capture_output=True,
+                              text=True, timeout=120, env=env)
         assert sync.returncode == 0, sync.stderr[-2000:]
         experiment = client.get_experiment_by_name("fault").experiment_id
         (run,) = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold'")
@@ -173,7 +173,7 @@ def black_hole() -> tuple[socket.socket, int]:
 
 
 def test_a_server_that_never_answers_is_one_line_within_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    from leukexp.report import open_client
+    from leukexp.report.runs import open_client
 
     listener, port = black_hole()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

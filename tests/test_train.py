@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
 from leukexp.data.synthetic import generate_image
+from leukexp.inference.classifier import load_classifier
 from leukexp.pipeline import train
-from leukexp.predict import load_classifier
 
 FAST = [*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=3"]
 TAGS = {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit", "cv_group"}

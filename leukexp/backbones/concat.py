@@ -15,7 +15,7 @@ from leukexp.errors import LeukexpError
 
 def member_config(name: str) -> dict[str, Any]:
     """The resolved config of `conf/model/<name>.yaml`, its own defaults (e.g. `timm`) merged in."""
-    from leukexp.config import config_dir
+    from leukexp.config.compose import config_dir
 
     path = config_dir() / "model" / f"{name}.yaml"
     if not path.is_file():
@@ -42,7 +42,7 @@ class ConcatBackbone(Backbone):
 
     def __init__(self, members: Sequence[str | Mapping[str, Any]], pretrained: bool = True,
                  label: str | None = None) -> None:
-        from leukexp.backbones.registry import build_backbone
+        from leukexp.backbones.loading import build_backbone
 
         if len(members) < 2:
             raise LeukexpError("model.members: list two or more backbones,"

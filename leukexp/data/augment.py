@@ -124,7 +124,7 @@ class OnlineAugment:
 
 def offline_view_names() -> set[str]:
     """`none` and the name of every augmentation config made of fixed views (usable as test-time views)."""
-    from leukexp.config import config_dir
+    from leukexp.config.compose import config_dir
 
     return {"none"} | {path.stem for path in (config_dir() / "augmentation").glob("*.yaml")
                        if "OfflineViews" in path.read_text()}
@@ -135,7 +135,7 @@ def named_views(name: str, seed: int = 42) -> OfflineViews:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from leukexp.config import config_dir
+    from leukexp.config.compose import config_dir
     from leukexp.errors import LeukexpError
 
     path = config_dir() / "augmentation" / f"{name}.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from leukexp.config import build
+from leukexp.config.compose import build
 from leukexp.data.augment import OfflineViews, OnlineAugment
 from leukexp.data.protocol import Protocol, Samples
 from leukexp.data.sources import Catalog, FolderSource

@@ -73,7 +73,7 @@ class Head(ABC):
     """A trainable classifier on frozen backbone features.
 
     Implementations are adapters (one for torch networks trained by Lightning, one for scikit-learn
-    estimators); a new kind of head is one adapter and its `kind` in `leukexp.heads.registry`.
+    estimators); a new kind of head is one adapter and its `kind` in `leukexp.heads.kinds`.
     """
 
     kind: ClassVar[str]

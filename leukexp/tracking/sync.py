@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from leukexp.errors import LeukexpError, user_errors
-from leukexp.secrets import REDACTED, redact
+from leukexp.runtime.secrets import REDACTED, redact
 from leukexp.vocabulary import HISTORY_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
 
 if TYPE_CHECKING:
-    from leukexp.cv import FoldRun
+    from leukexp.tracking.cv import FoldRun
 
 PENDING_FILE = "mlflow_pending.json"
 
@@ -73,8 +73,8 @@ def store_uri(saved: str, given: str | None) -> str:
 
 def upload(folder: Path, tracking_uri: str | None = None) -> str:
     """Log a pending run folder to its store (or `tracking_uri`); return the run id it went to."""
-    from leukexp.cv import FoldRun
-    from leukexp.tracking import RunLogger
+    from leukexp.tracking.cv import FoldRun
+    from leukexp.tracking.store import RunLogger
 
     path = folder / PENDING_FILE
     if not path.is_file():
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="upload to this store instead of the run's own")
     args = parser.parse_args(argv)
     with user_errors("leukexp-sync"):
-        from leukexp.tracking import configure_http
+        from leukexp.tracking.store import configure_http
 
         configure_http()  # the deadline and retries of leukexp-train: a dead server is one line in about 10 s
         for folder in args.folders:

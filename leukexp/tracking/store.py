@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
 from leukexp.files import file_lock
-from leukexp.secrets import redact
+from leukexp.runtime.secrets import redact
 from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT, mlflow_key
 
 log = logging.getLogger(__name__)

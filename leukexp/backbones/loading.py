@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from leukexp.backbones.base import Backbone
-from leukexp.config import build
+from leukexp.config.compose import build
 from leukexp.errors import LeukexpError
 
 # every `_target_` a saved model's backbone config may name: the backbone classes and the offline weight files

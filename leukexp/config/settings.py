@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from leukexp.backbones.base import Backbone
-from leukexp.config import build
+from leukexp.config.compose import build
 from leukexp.heads.base import Head, HeadContext, TrainSettings
 
 

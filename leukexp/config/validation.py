@@ -199,7 +199,7 @@ def check_head(cfg: DictConfig) -> None:
     """Build the head once for a stand-in problem: its own argument checks run before any real work."""
     import torch
 
-    from leukexp.config import build
+    from leukexp.config.compose import build
     from leukexp.heads.base import HeadContext
 
     factory = build(cfg.head, "head")

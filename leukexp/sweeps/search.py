@@ -175,7 +175,7 @@ def study_storage(config: DictConfig, name: str, storage: str | None) -> Path:
     the project's `mlruns/optuna/` (a tracking server's store is not on this file system)."""
     if storage:
         return Path(storage).expanduser()
-    from leukexp.tracking import local_store_dir
+    from leukexp.tracking.store import local_store_dir
 
     folder = local_store_dir(str(config.mlflow.tracking_uri)) if config.mlflow.enabled else None
     return (folder or Path(str(config.paths.root_dir)) / "mlruns") / "optuna" / f"{name}.journal"
@@ -419,7 +419,7 @@ class SearchTracker:
             return None
         from mlflow.tracking import MlflowClient
 
-        from leukexp.tracking import artifact_root, ensure_experiment
+        from leukexp.tracking.store import artifact_root, ensure_experiment
 
         uri = str(config.mlflow.tracking_uri)
         client = MlflowClient(uri)

@@ -88,7 +88,7 @@ def default_choices() -> dict[str, str]:
     """The option each group takes when nothing is chosen (the defaults list of `train.yaml`)."""
     from omegaconf import OmegaConf
 
-    from leukexp.config import config_dir
+    from leukexp.config.compose import config_dir
 
     choices = {}
     for entry in OmegaConf.load(config_dir() / "train.yaml").get("defaults", []):

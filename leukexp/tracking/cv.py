@@ -19,9 +19,9 @@ from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukexp.artifacts import parent_description, read_predictions, result_summary, write_cv_artifacts
+from leukexp.evaluation.stats import aggregate_metrics
 from leukexp.files import file_lock
-from leukexp.stats import aggregate_metrics
+from leukexp.tracking.cv_summary import parent_description, read_predictions, result_summary, write_cv_artifacts
 from leukexp.vocabulary import (
     BEST,
     CV_GROUP_TAG,
@@ -48,7 +48,7 @@ from leukexp.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from leukexp.tracking import RunLogger
+    from leukexp.tracking.store import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def lock_file(tracking_uri: str, experiment_id: str, fallback_dir: Path) -> Path
     """Where the lock of a store and experiment lives: beside a SQLite or file store (so every root, user and
     machine that opens that store takes the same lock), else in `fallback_dir` (one machine's jobs; across machines
     a tracking server's claims are checked after they are written, see `FoldRun.open`)."""
-    from leukexp.tracking import local_store_dir
+    from leukexp.tracking.store import local_store_dir
 
     folder = local_store_dir(tracking_uri)
     if folder is not None:

@@ -13,8 +13,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukexp.cv import fold_runs
 from leukexp.errors import LeukexpError
+from leukexp.tracking.cv import fold_runs
 from leukexp.vocabulary import CV_GROUP_TAG, FOLD_TAG, KIND_CV, MODEL_DIR, STUDY_TAG, cv_metric, kind_filter
 
 

@@ -56,7 +56,7 @@ def record_failure(error: BaseException) -> None:
 
 def sweep_description(command: list[str], data: str, started: str, jobs: int | None) -> str:
     """The experiment's description for a sweep: the command, the data and when it started."""
-    from leukexp.secrets import redact
+    from leukexp.runtime.secrets import redact
 
     count = f" ({jobs} jobs)" if jobs else ""
     return redact(f"Last sweep{count}, started {started}:\n\n```\nleukexp-train {' '.join(command)}\n```\n\n"
@@ -82,7 +82,7 @@ def describe_sweep(config: DictConfig) -> None:
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
-    from leukexp.tracking import artifact_root, describe_experiment, ensure_experiment
+    from leukexp.tracking.store import artifact_root, describe_experiment, ensure_experiment
 
     uri = str(config.mlflow.tracking_uri)
     client = MlflowClient(uri)
@@ -107,7 +107,7 @@ class SweepCallback(Callback):
         (sweep_dir / FAILURES).unlink(missing_ok=True)
         if config.mlflow.enabled:
             from leukexp.errors import user_errors
-            from leukexp.tracking import configure_http, prepare_store
+            from leukexp.tracking.store import configure_http, prepare_store
 
             with user_errors("leukexp-train"):
                 configure_http(float(config.mlflow.http_timeout), int(config.mlflow.http_max_retries))

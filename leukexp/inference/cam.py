@@ -20,7 +20,7 @@ from torch import nn
 from leukexp.errors import LeukexpError
 
 if TYPE_CHECKING:
-    from leukexp.predict import Classifier
+    from leukexp.inference.classifier import Classifier
 
 # images per grad-cam pass: a warm default run peaks at 1.6 GB instead of 1.9 GB with all 20 at once
 CAM_CHUNK = 4
@@ -122,7 +122,7 @@ def cam_panel(classifier: Classifier, images: Sequence[np.ndarray] | Callable[[i
     `images` is a list, or a function reading image i (only the chosen ones are read); `probs` are the images'
     class probabilities when already known (else they are computed, which needs a list).
     """
-    from leukexp.plots import contact_sheet
+    from leukexp.evaluation.plots import contact_sheet
 
     if probs is None:
         probs = classifier.predict_proba(list(images))

@@ -7,7 +7,7 @@ from typing import Any
 
 from leukexp.errors import LeukexpError
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # leukexp/
 
 
 def config_dir() -> Path:

@@ -2,7 +2,7 @@
 
 A saved classifier is a folder: `classifier.json` (classes, the head's spec, the backbone's config and
 fingerprint) and the head's weights (`head.pt` tensors or `head.skops`). A run's `model/` artifact is an MLflow
-model holding that folder as its data (`leukexp.serving`). Loading builds only leukexp's own backbones and
+model holding that folder as its data (`leukexp.inference.serving`). Loading builds only leukexp's own backbones and
 heads from an allow-list, resolves no interpolation in the stored config, loads only tensors and a fixed list of
 scikit-learn types, and refuses a model with a `code/` folder: a folder from a shared server cannot make
 `leukexp-predict` run other code. (`mlflow.pyfunc.load_model` is MLflow's: it imports whatever loader a model
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from leukexp.backbones.base import Backbone
-from leukexp.backbones.registry import build_backbone
+from leukexp.backbones.loading import build_backbone
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import Head
-from leukexp.heads.registry import load_head
-from leukexp.vocabulary import LOADER_MODULE, MODEL_DATA_DIR
+from leukexp.heads.kinds import load_head
+from leukexp.vocabulary import LOADER_MODULES, MODEL_DATA_DIR
 
 log = logging.getLogger(__name__)
 MANIFEST = "classifier.json"
@@ -81,7 +81,7 @@ def classifier_folder(folder: str | Path) -> Path:
         import yaml
 
         flavor = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {}).get("python_function", {})
-        if flavor.get("loader_module") != LOADER_MODULE:
+        if flavor.get("loader_module") not in LOADER_MODULES:
             raise LeukexpError(f"{folder}: not a leukexp model (its loader is {flavor.get('loader_module')!r});"
                                " leukexp loads only its own models")
         if flavor.get("code") or (folder / "code").exists():

@@ -19,7 +19,7 @@ from leukexp.data.augment import offline_view_names
 from leukexp.data.io import BadImageError, file_digest, is_image_file, read_image
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
-from leukexp.predict import Classifier, load_classifier
+from leukexp.inference.classifier import Classifier, load_classifier
 from leukexp.vocabulary import PROBABILITY_PREFIX
 
 
@@ -34,7 +34,7 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
 
-    from leukexp.tracking import configure_http, probe_server, resolve_tracking_uri
+    from leukexp.tracking.store import configure_http, probe_server, resolve_tracking_uri
 
     configure_http()
     uri = resolve_tracking_uri(tracking_uri)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_maps(classifier: Classifier, images: list[np.ndarray], paths: list[Path], folder: Path) -> list[Path]:
-    from leukexp.cam import write_maps
+    from leukexp.inference.cam import write_maps
 
     names = [f"{i:05d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when two folders share a name
     return write_maps(classifier, images, names, folder)

@@ -1,0 +1,1 @@
+"""Using a trained run: the classifier, `leukexp-predict`, MLflow serving, test-time views and activation maps."""

@@ -1,0 +1,1 @@
+"""`leukexp-report`: a study's runs read back from MLflow as tables, sections and a markdown report."""

@@ -1,0 +1,251 @@
+"""The report's sections, in order (a new table is one function here), and writing `report.md`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leukexp.errors import LeukexpError
+from leukexp.report.runs import StudyRuns, download_predictions
+from leukexp.report.tables import (
+    ensemble_folds,
+    markdown,
+    paired_comparison,
+    per_class_table,
+    per_fold_tables,
+    pick_configuration,
+    pooled_accuracy_table,
+    summary_table,
+)
+from leukexp.vocabulary import (
+    CAM_DIR,
+    KIND_SEARCH,
+    SEARCH_STORAGE_TAG,
+    SEARCH_TAG,
+    kind_filter,
+)
+
+log = logging.getLogger("leukexp")
+
+
+@dataclass
+class ReportContext:
+    """What every report section reads: the runs, where files go, the metric and the requested comparisons."""
+
+    runs: StudyRuns
+    out: Path
+    metric: str = "test/acc"
+    compare: list[tuple[str, str]] = field(default_factory=list)
+    client: MlflowClient | None = None
+    # comparisons between configuration labels already resolved (an ensemble against its best member)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    experiment: str = ""
+
+    @property
+    def folds(self) -> pd.DataFrame:
+        """The finished fold runs, one row per configuration and fold."""
+        return self.runs.folds
+
+
+Section = Callable[[ReportContext], list[str]]
+
+
+def summary_section(context: ReportContext) -> list[str]:
+    """One table of every configuration (mean, std, t interval over folds) and a bar chart."""
+    from leukexp.evaluation.plots import bar_chart
+
+    summary = summary_table(context.folds, context.metric)
+    summary.to_csv(context.out / "summary.csv", index=False)
+    bar_chart(summary["configuration"], summary["mean"], summary["ci95_low"], summary["ci95_high"],
+              context.out / "comparison.png", f"{context.metric} (mean and 95% CI over folds)")
+    return ["## Summary of every configuration", "",
+            markdown(summary, ("mean", "std", "ci95", "f1", "auc"), index=False), "",
+            "![comparison](comparison.png)", ""]
+
+
+def pooled_section(context: ReportContext) -> list[str]:
+    """Accuracy over all folds' pooled test predictions with a Wilson interval (inside [0, 1])."""
+    pooled = pooled_accuracy_table(context.folds)
+    if pooled.empty:
+        return []
+    pooled.to_csv(context.out / "pooled_accuracy.csv", index=False)
+    return ["## Accuracy over the pooled test predictions", "",
+            "All folds' test samples together; 95% Wilson interval (it stays inside [0, 1], unlike the t interval"
+            " over a few folds).", "", markdown(pooled, ("accuracy", "wilson"), index=False), ""]
+
+
+def per_fold_section(context: ReportContext) -> list[str]:
+    """Tables 4.1-4.3: accuracy and loss per fold with their average, one table per configuration."""
+    lines = ["## Accuracy and loss per fold", ""]
+    for i, (config, table) in enumerate(per_fold_tables(context.folds).items(), start=1):
+        table.index.name = "metric"
+        table.to_csv(context.out / f"folds_{i:02d}.csv")
+        lines += [f"### {config}", "", markdown(table, ("acc",)), ""]
+    return lines
+
+
+def per_class_section(context: ReportContext) -> list[str]:
+    """Table 4.28: average precision, recall and F1 per class and configuration, and a per-class F1 chart."""
+    from leukexp.evaluation.plots import grouped_bars
+
+    classes = per_class_table(context.folds)
+    classes.to_csv(context.out / "per_class.csv", index=False)
+    lines = ["## Average precision, recall and F1 per class", ""]
+    if classes.empty:
+        return lines
+    grouped_bars(classes.pivot(index="class", columns="configuration", values="f1"),
+                 context.out / "per_class_f1.png", "mean test F1 per class")
+    return [*lines, markdown(classes, ("precision", "recall", "f1"), index=False), "",
+            "![per-class F1](per_class_f1.png)", ""]
+
+
+def comparison_section(context: ReportContext) -> list[str]:
+    """Each requested paired comparison over the shared folds."""
+    folds = context.folds
+    pairs = [(pick_configuration(folds, a), pick_configuration(folds, b)) for a, b in context.compare]
+    pairs += context.pairs
+    if not pairs:
+        return []
+    results = pd.DataFrame([paired_comparison(folds, a, b, context.metric) for a, b in pairs])
+    results.to_csv(context.out / "comparisons.csv", index=False)
+    return ["## Paired comparisons over shared folds", "", markdown(results, ("mean_difference", "ci95"), index=False),
+            ""]
+
+
+def activation_map_section(context: ReportContext) -> list[str]:
+    """The activation-map panel of the best configuration's fold closest to its mean (when runs logged one)."""
+    if context.client is None or context.folds.empty:
+        return []
+    best = summary_table(context.folds, context.metric).loc[0]
+    runs = context.folds[context.folds["config"] == best["configuration"]]
+    run = runs.loc[(runs[context.metric] - best["mean"]).abs().sort_values(kind="stable").index[0]]
+    try:
+        downloaded = context.client.download_artifacts(run["run_id"], f"{CAM_DIR}/panel.png", str(context.out))
+    except MlflowException:
+        return []
+    target = context.out / "best_activation_maps.png"
+    Path(downloaded).replace(target)
+    return ["## What the best configuration looked at", "",
+            f"{best['configuration']}, fold {run['fold']} ({context.metric} {run[context.metric]:.4f}, the fold closest"
+            " to the configuration's mean): Grad-CAM maps of the predicted class over the backbone's last stage,"
+            " a few correct and wrong test images per class (title: true -> predicted (probability)).", "",
+            "![activation maps](best_activation_maps.png)", ""]
+
+
+def search_section(context: ReportContext) -> list[str]:
+    """Each search of the experiment (`hydra/sweeper=optuna`): its best trials, the objective over trials and
+    Optuna's parameter importances, read from the study's journal beside the store."""
+    if context.client is None or not context.experiment:
+        return []
+    experiment = context.client.get_experiment_by_name(context.experiment)
+    if experiment is None:
+        return []
+    searches = context.client.search_runs([experiment.experiment_id], kind_filter(KIND_SEARCH), max_results=100)
+    lines: list[str] = []
+    for run in searches:
+        lines += search_lines(run.data.tags.get(SEARCH_TAG, ""), Path(run.data.tags.get(SEARCH_STORAGE_TAG, "")),
+                              context.out)
+    return lines
+
+
+def search_lines(name: str, storage: Path, out: Path) -> list[str]:
+    """The report's lines for one study: a table of the best trials and two figures."""
+    import optuna
+
+    from leukexp.evaluation.plots import bar_chart, search_progress
+    from leukexp.sweeps.search import counted, journal, override_value
+
+    if not storage.is_file():
+        return [f"## Search {name}", "", f"_The study's journal {storage} is not on this machine._", ""]
+    study = optuna.load_study(study_name=name, storage=journal(storage))
+    trials = counted(study)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    maximize = study.direction.name == "MAXIMIZE"
+    best = sorted(complete, key=lambda t: -t.value if maximize else t.value)[:10]
+    table = pd.DataFrame([{"trial": t.number, "value": t.value, **{k: override_value(v) for k, v in t.params.items()}}
+                          for t in best])
+    slug = name.replace("/", "_")
+    table.to_csv(out / f"search_{slug}.csv", index=False)
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    summary = f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+    lines = [f"## Search {name}", "",
+             f"{len(trials)} trials ({summary}); objective: the fold mean ({'higher' if maximize else 'lower'} is"
+             " better). Best trials:", "", markdown(table, index=False), ""]
+    progress = search_progress([(t.number, t.value, t.state.name.lower()) for t in trials], maximize,
+                               out / f"search_{slug}_trials.png", f"search {name}: objective per trial")
+    lines += [f"![objective per trial]({progress.name})", ""]
+    if len(complete) >= 2 and len({k for t in complete for k in t.params}) >= 1:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna warns when few trials make every importance equal
+            importances = optuna.importance.get_param_importances(study)
+        chart = bar_chart(list(importances), list(importances.values()), list(importances.values()),
+                          list(importances.values()), out / f"search_{slug}_importance.png",
+                          "parameter importance (Optuna's default evaluator)")
+        lines += ["Parameter importances (Optuna's `get_param_importances` over the complete trials):", "",
+                  markdown(pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())}),
+                           index=False), "", f"![parameter importances]({chart.name})", ""]
+    return lines
+
+
+def unfinished_section(context: ReportContext) -> list[str]:
+    """The runs left out of every table (unfinished or failed)."""
+    if context.runs.unfinished.empty:
+        return []
+    return ["## Runs not counted (unfinished or failed)", "",
+            markdown(context.runs.unfinished[["run_id", "status", "cv_group", "fold"]], index=False), ""]
+
+
+# the report, in order: a new table is one function here
+SECTIONS: list[Section] = [summary_section, pooled_section, per_fold_section, per_class_section, comparison_section,
+                           activation_map_section, search_section, unfinished_section]
+
+
+def guarded(section: Section, context: ReportContext) -> list[str]:
+    """A section's lines; a section that fails is a warning and a note in the report, never a failed report."""
+    try:
+        return section(context)
+    except (MlflowException, ValueError, KeyError, TypeError, IndexError, OSError, RuntimeError) as error:
+        if isinstance(error, OSError) and error.errno == 28:  # no space: the report itself cannot be written
+            raise
+        name = section.__name__.removesuffix("_section").replace("_", " ")
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if str(error) else type(error).__name__
+        log.warning("report section '%s' left out (%s)", name, detail)
+        return [f"## {name.capitalize()}", "", f"_Left out: this section could not be made ({detail})._", ""]
+
+
+def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tuple[str, str]] | None = None,
+                 metric: str = "test/acc", client: MlflowClient | None = None,
+                 ensembles: list[list[str]] | None = None) -> Path:
+    """Write report.md, one CSV per table and the PNG charts into `out` (figures from the store with `client`).
+
+    Each of `ensembles` (a list of configuration selectors) adds a configuration: the mean of its members'
+    probabilities per fold, compared with its best member.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for selectors in ensembles or []:
+        if client is None:
+            raise LeukexpError("--ensemble needs the store's predictions (a client)")
+        members = [pick_configuration(runs.folds, s) for s in selectors]
+        rows = ensemble_folds(runs.folds, members, lambda run_id: download_predictions(client, run_id, out))
+        best = summary_table(runs.folds[runs.folds["config"].isin(members)], metric).loc[0, "configuration"]
+        runs = StudyRuns(pd.concat([runs.folds, rows], ignore_index=True), runs.unfinished, runs.classes)
+        pairs.append((rows["config"].iloc[0], best))
+    context = ReportContext(runs, out, metric, list(compare or []), client, pairs, experiment)
+    folds = runs.folds
+    lines = [f"# leukexp report: {experiment}", "",
+             f"{folds['config'].nunique()} configuration(s), {len(folds)} finished fold run(s)."
+             f" Metric: `{metric}`; 95% CI: Student t over folds.", ""]
+    for section in SECTIONS:
+        lines += guarded(section, context)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
