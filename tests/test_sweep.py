@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from leukexp import sweep as sweep_module
+from leukexp.sweeps import multirun as sweep_module
 from leukexp.report.runs import load_runs
 from leukexp.report.sections import write_report
 from leukexp.report.tables import per_fold_tables, summary_table
