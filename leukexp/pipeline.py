@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.backbones.base import Backbone
-from leukexp.config.settings import build_backbone, build_head, seed_everything
+from leukexp.config.schema import setting
+from leukexp.config.settings import backbone_from_config, head_from_config
 from leukexp.config.validation import validate
 from leukexp.console import Stopwatch, console, describe_study, print_frame
 from leukexp.data.dataset import ViewDataset
@@ -22,7 +23,7 @@ from leukexp.evaluation.metrics import best_epoch_metrics, classification_metric
 from leukexp.features.extract import part_caches, study_features
 from leukexp.fit import FitResult, fit_head
 from leukexp.inference.tta import score_with_views
-from leukexp.runtime.process import quiet_libraries
+from leukexp.runtime.process import seed_everything, torch_threads
 from leukexp.runtime.secrets import redact
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
@@ -60,7 +61,7 @@ def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[s
 
     configure_http(float(cfg.mlflow.http_timeout), int(cfg.mlflow.http_max_retries))
     logger = RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location,
-                       bool(cfg.mlflow.get("create_store_folder", False)), cfg.paths.root_dir)
+                       bool(setting(cfg, "mlflow.create_store_folder")), cfg.paths.root_dir)
     fold_run = FoldRun(logger, run_tags(cfg, study), Path(cfg.paths.cache_dir) / "locks")
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     try:
@@ -133,7 +134,7 @@ def check_sizes(cfg: DictConfig, backbone: Backbone, num_classes: int) -> None:
         raise LeukexpError(f"features.batch_size={batch}: {batch} views of {side}x{side} px need more memory than"
                            f" this machine has ({memory / 2**30:.0f} GiB free); use features.batch_size=auto")
     with torch.device("meta"):  # the head's own size check runs; nothing is allocated
-        build_head(cfg, backbone, num_classes, None)
+        head_from_config(cfg, backbone, num_classes, None)
 
 
 def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: Stopwatch
@@ -145,7 +146,7 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
                                               cfg.features.num_workers)
     with clock.phase("head"):
         seed_everything(int(cfg.seed))  # after extraction: warm and cold runs agree
-        head = build_head(cfg, backbone, len(study.classes), study.samples.class_weights)
+        head = head_from_config(cfg, backbone, len(study.classes), study.samples.class_weights)
         images = (ViewDataset(study.catalog.frame, study.samples.train, study.augmentation, backbone.preprocess,
                               random=True) if features.train is None else None)
         result = fit_head(head, study.samples, features, images)
@@ -170,13 +171,19 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one study cell: data, frozen backbone, features, head, test metrics, MLflow run."""
+    """Run one study cell: data, frozen backbone, features, head, test metrics, MLflow run.
+
+    The config is validated first (once per run); torch uses the job's threads while the cell runs.
+    """
+    validate(cfg)
+    with torch_threads(job_threads(setting(cfg, "training.torch_threads"))):
+        return run_cell(cfg)
+
+
+def run_cell(cfg: DictConfig) -> dict[str, float]:
+    """`train` on a validated config."""
     clock = Stopwatch()
-    quiet_libraries()
     with clock.phase("data"):
-        validate(cfg)
-        if threads := job_threads(cfg.training.get("torch_threads")):
-            torch.set_num_threads(threads)
         study = build_study(cfg)
         describe_study(study)
         out = Path(cfg.paths.output_dir)
@@ -184,7 +191,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         study.write_manifest(out / MANIFEST_FILE)
     with clock.phase("backbone"):
         seed_everything(int(cfg.seed))  # random-init backbones are reproducible too
-        backbone = build_backbone(cfg)
+        backbone = backbone_from_config(cfg)
         check_sizes(cfg, backbone, len(study.classes))
     with clock.phase("MLflow"):
         fold_run, earlier = open_fold_run(cfg, study)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import hydra
@@ -25,11 +24,9 @@ def run_app(cfg: DictConfig) -> float | None:
     In a multirun a failing job is recorded and the sweep goes on; the failures are listed at its end. A stop
     signal is no failure: it ends the sweep (no next job).
     """
-    from leukexp.runtime.secrets import redact_logs
-    from leukexp.runtime.signals import install_stop_handlers
+    from leukexp.runtime.process import prepare_process
 
-    install_stop_handlers()  # also in launcher workers, which run jobs in processes of their own
-    redact_logs()
+    prepare_process()  # also in launcher workers, which run jobs in processes of their own
     if is_multirun():
         try:
             return _run(cfg)
@@ -43,10 +40,7 @@ def run_app(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from leukexp.config.validation import validate
-
-    validate(cfg)  # config mistakes are reported in seconds, before Lightning and MLflow load
-    from leukexp.pipeline import train
+    from leukexp.pipeline import train  # it validates the config first, before Lightning and MLflow load
 
     return train(cfg).get(cfg.optimized_metric)
 
@@ -64,12 +58,10 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from leukexp.runtime.secrets import redact_logs
-    from leukexp.runtime.signals import install_stop_handlers, reap_children
+    from leukexp.runtime.process import prepare_process
+    from leukexp.runtime.signals import reap_children
 
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises, so the errors below are reported here
-    install_stop_handlers()
-    redact_logs()
+    prepare_process()  # before torch loads; Hydra re-raises its errors, so they are reported as one line below
     try:
         with user_errors(PROGRAM):
             try:

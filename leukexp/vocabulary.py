@@ -16,15 +16,8 @@ import pandas as pd
 CONFIG_GROUPS = ("data", "task", "augmentation", "protocol", "model", "head")
 # every group a user picks on the command line, in the order `--help` and the README list them
 ALL_GROUPS = ("data", "task", "fold", "augmentation", "protocol", "model", "head", "trainer")
-# overrides that never change what a run computes: these groups' choices (exact key) ...
+# overrides of these groups' choices never change what a run computes (keys: `config.schema`, `identity`)
 NON_IDENTITY_GROUPS = ("fold", "experiment")
-# ... and these keys with everything below them (fold.n_splits and fold.val_fraction do count)
-NON_IDENTITY_PREFIXES = ("hydra", "paths", "mlflow", "sweep", "search", "optimized_metric",
-                         "fold.index", "fold.name", "training.torch_threads",
-                         "training.head_threads", "features.num_workers", "features.batch_size", "features.device",
-                         "features.cache", "features.dir", "head.n_jobs", "evaluation.cam_panel",
-                         "evaluation.cam_per_class", "data.digest_cache")
-
 # run names: what varies, most telling first (`senet154 · svm`; a fold run `f0 · senet154 · svm`)
 NAME_ORDER = ("model", "head", "task", "data", "augmentation", "protocol")
 RUN_NAME_SEPARATOR = " · "

@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import leukexp  # noqa: F401  (before torch: its OpenMP setting applies here as in the CLI it is compared with)
+from leukexp.runtime.process import prepare_process
 
-# isort: split
-import torch
+prepare_process()  # before torch loads: the same OpenMP setting as the CLI it is compared with
+
+import torch  # noqa: E402  (after prepare_process, see above)
 
 MEASURES = ("raw", "extraction", "jobs", "load", "sweep", "cold_sweep")
 DEFAULT_HEADS = ("mlp1", "mlp3", "svm", "logreg")
@@ -199,12 +200,13 @@ def main(argv: list[str] | None = None) -> Result:
     overrides = [f"model={args.model}", f"model.pretrained={args.pretrained}", f"features.device={args.device}",
                  f"features.precision={args.precision}", *args.overrides]
 
-    from leukexp.config.settings import build_backbone, seed_everything
+    from leukexp.config.settings import backbone_from_config
     from leukexp.features.extract import batch_size_for
+    from leukexp.runtime.process import seed_everything
 
     cfg = compose_config(root, overrides)
     seed_everything(0)
-    backbone = build_backbone(cfg)
+    backbone = backbone_from_config(cfg)
     result = Result(machine=machine(backbone.device))
     print(f"machine: {result.machine}", flush=True)
     if "raw" in chosen:

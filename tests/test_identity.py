@@ -2,7 +2,8 @@
 
 import pytest
 
-from leukexp.tracking.identity import changes_the_result, configuration_name, cv_group, default_choices, git_commit
+from leukexp.config.compose import default_choices
+from leukexp.tracking.identity import changes_the_result, configuration_name, cv_group, git_commit
 
 
 @pytest.mark.parametrize(("key", "counts"), [

@@ -1,12 +1,12 @@
 """From config to objects: the backbone placed as `features.*` says, typed training settings."""
 
 from conftest import TINY_MODEL
-from leukexp.config.settings import build_backbone, train_settings
+from leukexp.config.settings import backbone_from_config, train_settings
 
 
 def test_backbone_precision_follows_the_features_config(compose_cfg) -> None:
-    fp32 = build_backbone(compose_cfg(*TINY_MODEL))
-    bf16 = build_backbone(compose_cfg(*TINY_MODEL, "features.precision=bf16"))
+    fp32 = backbone_from_config(compose_cfg(*TINY_MODEL))
+    bf16 = backbone_from_config(compose_cfg(*TINY_MODEL, "features.precision=bf16"))
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
     assert fp32.device.type == "cpu"
 

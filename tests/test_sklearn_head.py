@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from test_torch_head import Stub, blobs
 
-from leukexp.config.settings import build_head
+from leukexp.config.settings import head_from_config
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
 from leukexp.heads.sklearn_head import SklearnHead, knn, refused_types, stored_types, svm
@@ -17,7 +17,7 @@ from leukexp.heads.sklearn_head import SklearnHead, knn, refused_types, stored_t
 
 @pytest.mark.parametrize("name", ["svm", "logreg", "knn"])
 def test_config_heads_learn_and_give_probabilities(compose_cfg, name: str) -> None:
-    head = build_head(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
+    head = head_from_config(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
     assert isinstance(head, SklearnHead)
     x, y = blobs(90)
     vx, vy = blobs(90, seed=1)
@@ -29,7 +29,7 @@ def test_config_heads_learn_and_give_probabilities(compose_cfg, name: str) -> No
 
 
 def test_knn_k_is_config_and_capped_at_the_training_size(compose_cfg) -> None:
-    head = build_head(compose_cfg("head=knn", "head.k=50"), Stub(), num_classes=3, class_weights=None)
+    head = head_from_config(compose_cfg("head=knn", "head.k=50"), Stub(), num_classes=3, class_weights=None)
     x, y = blobs(30)
     head.fit(Split(y, x), Split(y, x))
     assert head.pipeline.n_neighbors == 30
@@ -49,7 +49,7 @@ def test_online_views_are_refused_with_a_clear_error() -> None:
 
 
 def test_save_and_load_round_trip(compose_cfg, tmp_path: Path) -> None:
-    head = build_head(compose_cfg("head=svm"), Stub(), 3, None)
+    head = head_from_config(compose_cfg("head=svm"), Stub(), 3, None)
     x, y = blobs(90)
     head.fit(Split(y, x), Split(y, x))
     spec = head.save(tmp_path)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from leukexp.sweeps import multirun as sweep_module
 from leukexp.report.runs import load_runs
 from leukexp.report.sections import write_report
 from leukexp.report.tables import per_fold_tables, summary_table
+from leukexp.sweeps import multirun as sweep_module
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
         "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none",
@@ -30,10 +30,12 @@ class FakeHydra:
 
 
 @pytest.mark.parametrize(("requested", "multirun", "n_jobs", "expected"), [
-    (3, False, 1, 3), (None, False, 2, None), (None, True, 1, None),
-    (None, True, 2, max(1, (os.cpu_count() or 1) // 2)), (None, True, -1, 1), (1, True, 2, 1)])
+    (3, False, 1, 3), (None, False, 2, None), (None, True, 1, None), (None, True, 2, 8), (None, True, 3, 5),
+    (None, True, 32, 1), (None, True, -1, 1), (1, True, 2, 1)])
 def test_job_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch, requested: int | None, multirun: bool,
                                      n_jobs: int, expected: int | None) -> None:
+    """On 16 usable cores: two jobs get 8 threads each, three get 5, more jobs than cores still one."""
+    monkeypatch.setattr(sweep_module, "usable_cores", lambda: 16)
     monkeypatch.setattr(sweep_module, "is_multirun", lambda: multirun)
     monkeypatch.setattr(sweep_module.HydraConfig, "get", staticmethod(lambda: FakeHydra(n_jobs)))
     assert sweep_module.job_threads(requested) == expected

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from leukexp.config.settings import build_head, train_settings
+from leukexp.config.settings import head_from_config, train_settings
 from leukexp.heads.base import Head, HeadContext, Split
 from leukexp.heads.mlp import MLPHead
 from leukexp.heads.torch_head import TorchHead
@@ -36,15 +36,16 @@ class Wide(Stub):
 @pytest.mark.parametrize(("name", "widths"), [("mlp1", [128, 3]), ("mlp3", [1024, 512, 128, 3]),
                                               ("mlp3_dropout", [1024, 512, 128, 3])])
 def test_head_configs_build_torch_heads(compose_cfg, name: str, widths: list[int]) -> None:
-    head = build_head(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
+    head = head_from_config(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
     assert isinstance(head, TorchHead) and isinstance(head, Head)
     assert [m.out_features for m in head.network.modules() if isinstance(m, nn.Linear)] == widths
     assert head.network_config["dropout"] == (0.5 if name == "mlp3_dropout" else 0.0)
 
 
 def test_binary_task_has_one_logit_unless_asked_for_two(compose_cfg) -> None:
-    one = build_head(compose_cfg("head=mlp1"), Stub(), num_classes=2, class_weights=None)
-    two = build_head(compose_cfg("head=mlp1", "training.binary_outputs=2"), Stub(), num_classes=2, class_weights=None)
+    one = head_from_config(compose_cfg("head=mlp1"), Stub(), num_classes=2, class_weights=None)
+    two = head_from_config(compose_cfg("head=mlp1", "training.binary_outputs=2"), Stub(), num_classes=2,
+                           class_weights=None)
     assert one.network[-1].out_features == 1 and one.single_logit
     assert two.network[-1].out_features == 2 and not two.single_logit
     probs = one.predict_proba(np.zeros((4, 8), np.float32))
@@ -58,7 +59,7 @@ def test_training_keeps_the_best_validation_epoch_and_learns(compose_cfg) -> Non
     cfg = compose_cfg("head=mlp1", "trainer.max_epochs=6")
     x, y = blobs()
     vx, vy = blobs(seed=1)
-    head = build_head(cfg, Stub(), num_classes=3, class_weights=None)
+    head = head_from_config(cfg, Stub(), num_classes=3, class_weights=None)
     history = head.fit(Split(y, x), Split(vy, vx))
     assert list(history["epoch"]) == [0, 1, 2, 3, 4, 5]
     metrics = history[["train/loss", "train/acc", "val/loss", "val/acc"]]
@@ -71,13 +72,13 @@ def test_training_keeps_the_best_validation_epoch_and_learns(compose_cfg) -> Non
 def test_early_stopping_stops_early(compose_cfg) -> None:
     cfg = compose_cfg("head=mlp1", "trainer.max_epochs=40", "training.early_stopping_patience=2")
     x, y = blobs()
-    history = build_head(cfg, Stub(), 3, None).fit(Split(y, x), Split(y, x))
+    history = head_from_config(cfg, Stub(), 3, None).fit(Split(y, x), Split(y, x))
     assert len(history) < 40
 
 
 def test_save_and_load_give_the_same_probabilities(compose_cfg, tmp_path: Path) -> None:
     x, y = blobs()
-    head = build_head(compose_cfg("head=mlp3_dropout", "trainer.max_epochs=2"), Stub(), 3, None)
+    head = head_from_config(compose_cfg("head=mlp3_dropout", "trainer.max_epochs=2"), Stub(), 3, None)
     head.fit(Split(y, x), Split(y, x))
     spec = head.save(tmp_path)
     assert spec["kind"] == "torch" and (tmp_path / spec["weights"]).is_file()
@@ -94,7 +95,7 @@ def test_train_settings_are_typed(compose_cfg) -> None:
 def test_cpu_threads_are_set_for_the_block_and_restored() -> None:
     import torch
 
-    from leukexp.heads.torch_head import torch_threads
+    from leukexp.runtime.process import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):
@@ -139,7 +140,7 @@ def test_a_wide_head_trains_on_the_job_threads_and_restores_them(compose_cfg, mo
     features, labels = blobs(n=60, width=1280)
     before = torch.get_num_threads()
     for hidden in ([4], [1024, 512]):
-        head = build_head(compose_cfg("head=mlp3", f"head.hidden={hidden}", "trainer.max_epochs=1"), Wide(),
+        head = head_from_config(compose_cfg("head=mlp3", f"head.hidden={hidden}", "trainer.max_epochs=1"), Wide(),
                           num_classes=3, class_weights=None)
         head.fit(Split(labels, features), Split(labels, features))
     assert seen == [1, before]
@@ -159,7 +160,7 @@ def test_in_memory_training_counts_gpus_without_nvml_and_restores_the_setting(co
         def on_train_batch_start(self, *args: object, **kwargs: object) -> None:
             seen.append(os.environ.get(torch_head.NVML_CUDA_CHECK))
 
-    head = build_head(compose_cfg("head=mlp1", "trainer.max_epochs=2"), Stub(), num_classes=3, class_weights=None)
+    head = head_from_config(compose_cfg("head=mlp1", "trainer.max_epochs=2"), Stub(), num_classes=3, class_weights=None)
     make_trainer = head.context.training.trainer
     head.context.training.trainer = lambda callbacks, **kwargs: make_trainer(callbacks=[*callbacks, Record()],
                                                                              **kwargs)

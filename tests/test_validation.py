@@ -72,9 +72,13 @@ def test_the_gpu_trainer_needs_a_cuda_device(compose_cfg, monkeypatch: pytest.Mo
     check_accelerator(compose_cfg("trainer=gpu"))
 
 
-def test_a_head_larger_than_memory_is_refused_without_allocating_it(compose_cfg) -> None:
+def test_a_head_larger_than_memory_is_refused_without_allocating_it(compose_cfg, monkeypatch) -> None:
     import resource
 
+    import leukexp.heads.base
+
+    # 64 GiB free, whatever this machine has now: 1.2e9 parameters (~18 GiB to train) fit, 1e16 do not
+    monkeypatch.setattr(leukexp.heads.base, "available_memory", lambda: 64 * 2**30)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(LeukexpError, match=r"head\.hidden=\[100000000, 100000000\]: a head of .* parameters needs"):
         check_head(compose_cfg("head.hidden=[100000000,100000000]"))

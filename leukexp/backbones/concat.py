@@ -7,28 +7,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from leukexp.backbones.base import Backbone
 from leukexp.errors import LeukexpError
 
 
 def member_config(name: str) -> dict[str, Any]:
-    """The resolved config of `conf/model/<name>.yaml`, its own defaults (e.g. `timm`) merged in."""
-    from leukexp.config.compose import config_dir
+    """The resolved config of model option `name` (`conf/model/<name>.yaml`, its own defaults merged in)."""
+    from leukexp.config.compose import load_option
 
-    path = config_dir() / "model" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "concat"))
-        raise LeukexpError(f"model.members: '{name}' is not a model config (known: {known})")
-    node = OmegaConf.load(path)
-    defaults = list(node.pop("defaults", []))
-    if "_self_" not in defaults:
-        defaults.append("_self_")
-    merged = OmegaConf.create()
-    for entry in defaults:
-        merged = OmegaConf.merge(merged, node if entry == "_self_" else member_config(str(entry)))
-    return OmegaConf.to_container(merged, resolve=True)
+    return load_option("model", name, key="model.members")
 
 
 class ConcatBackbone(Backbone):

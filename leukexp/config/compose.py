@@ -1,9 +1,13 @@
-"""Where the Hydra configs live (editable installs and built wheels alike), and building objects from them."""
+"""Where the Hydra configs live (editable installs and built wheels alike), composing them with Hydra, and
+building objects from them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
 
 from leukexp.errors import LeukexpError
 
@@ -35,3 +39,51 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
             raise cause from None
         detail = f"{type(cause).__name__}: {cause}" if cause else str(error)
         raise LeukexpError(f"config '{key}': {detail.splitlines()[0][:300]}") from error
+
+
+def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
+    """`train.yaml` composed with `overrides` by Hydra, as `leukexp-train` would compose it (not resolved).
+
+    Inside a running Hydra app its own Hydra composes (same search path, plugins included); elsewhere (the
+    predict CLI, tests) a Hydra is set up on `config_dir()` for the call.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=list(overrides))
+    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="leukexp"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (`model` -> `concat`, `dinobloom_b`, ...), sorted."""
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+
+
+def load_option(group: str, name: str, overrides: Sequence[str] = (), key: str | None = None) -> dict[str, Any]:
+    """The resolved config a group holds after `group=name` (its own defaults merged in, interpolations resolved
+    against the composed `train.yaml` with `overrides`, e.g. `seed=7`).
+
+    An unknown name is one line naming `key` (default: the group) and the known options.
+    """
+    from omegaconf import OmegaConf
+
+    known = group_options(group)
+    if name not in known:
+        raise LeukexpError(f"{key or group}: '{name}' is not a {group} config (known: {', '.join(known)})")
+    node = compose_train([f"{group}={name}", *overrides])[group]
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def default_choices() -> dict[str, str]:
+    """The option each config group takes when nothing is chosen (the defaults list of `train.yaml`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
+    else:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="leukexp"):
+            hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
+    return {str(k): str(v) for k, v in hydra_cfg.runtime.choices.items() if v is not None and "/" not in str(k)}

@@ -122,26 +122,16 @@ class OnlineAugment:
         return np.ascontiguousarray(self.transform(image=image)["image"])
 
 
-def offline_view_names() -> set[str]:
-    """`none` and the name of every augmentation config made of fixed views (usable as test-time views)."""
-    from leukexp.config.compose import config_dir
-
-    return {"none"} | {path.stem for path in (config_dir() / "augmentation").glob("*.yaml")
-                       if "OfflineViews" in path.read_text()}
-
-
-def named_views(name: str, seed: int = 42) -> OfflineViews:
-    """The offline views of `conf/augmentation/<name>.yaml` (e.g. `paper`, `flips`), seeded like a run."""
+def named_views(name: str, seed: int = 42, key: str = "views") -> OfflineViews:
+    """The offline views of augmentation option `name` (e.g. `paper`, `flips`), seeded like a run with `seed`;
+    `key` names the setting in the error line of an unknown or online option."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from leukexp.config.compose import config_dir
+    from leukexp.config.compose import load_option
     from leukexp.errors import LeukexpError
 
-    path = config_dir() / "augmentation" / f"{name}.yaml"
-    if not path.is_file():
-        raise LeukexpError(f"views '{name}': no conf/augmentation/{name}.yaml")
-    views = instantiate(OmegaConf.merge({"seed": seed}, {"views": OmegaConf.load(path)}).views, _convert_="all")
+    views = instantiate(load_option("augmentation", name, [f"seed={seed}"], key=key), _convert_="all")
     if not isinstance(views, OfflineViews):
-        raise LeukexpError(f"views '{name}': not a fixed set of views (online augmentation cannot be averaged)")
+        raise LeukexpError(f"{key} {name}: not a fixed set of views (online augmentation cannot be averaged);"
+                           " use flips or paper")
     return views

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from leukexp.data.dataset import SourceViews, clean_worker_context, quiet_worker
 from leukexp.data.io import DECODER_VERSION
 from leukexp.errors import LeukexpError
 from leukexp.features.cache import FeatureCache
+from leukexp.runtime.process import usable_cores
 
 if TYPE_CHECKING:
     from leukexp.data.study import Study
@@ -59,7 +59,7 @@ def workers_for(setting: Setting, device: torch.device, views: int = CPU_WORKER_
     a few seconds to start)."""
     if setting != "auto":
         return int(setting)
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     if device.type == "cpu":
         return 1 if cores > 1 and views >= CPU_WORKER_VIEWS else 0
     return max(1, min(MAX_WORKERS, cores - 1))

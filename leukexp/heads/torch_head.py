@@ -17,6 +17,7 @@ from torch import nn
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import Head, HeadContext, Split, check_trainable_size, head_threads
 from leukexp.heads.mlp import MLPHead
+from leukexp.runtime.process import torch_threads
 
 WEIGHTS = "head.pt"
 # optimizer steps per Lightning training batch on in-memory features (Lightning's per-batch work is ~1 ms)
@@ -125,18 +126,6 @@ class TorchHead(Head):
             raise LeukexpError(f"{folder / spec['weights']}: not the weights of this head ({type(error).__name__})"
                                ) from error
         return cls(network.eval(), context, config)
-
-
-@contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with `count` torch threads (None: unchanged), restoring the count afterwards."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @contextmanager

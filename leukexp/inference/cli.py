@@ -8,18 +8,18 @@ augmentation (`--tta paper|flips`: the mean of the views' probabilities) and act
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from leukexp.config.compose import group_options
 from leukexp.console import console, progress_bar
-from leukexp.data.augment import offline_view_names
 from leukexp.data.io import BadImageError, file_digest, is_image_file, read_image
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
 from leukexp.inference.classifier import Classifier, load_classifier
+from leukexp.runtime.process import prepare_process
 from leukexp.vocabulary import PROBABILITY_PREFIX
 
 
@@ -86,7 +86,7 @@ def tta_views(name: str, seed: int = 42) -> object | None:
         return None
     from leukexp.data.augment import named_views
 
-    return named_views(name, seed)
+    return named_views(name, seed, key="--tta")
 
 
 def score(classifier: Classifier, paths: list[Path], views: object | None = None, batch_size: int = 32
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="run folder, runs:/<run id>/model or models:/NAME/VERSION")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
-    parser.add_argument("--tta", choices=sorted(offline_view_names()), default="none",
-                        help="test-time views (mean probability)")
+    parser.add_argument("--tta", choices=["none", *group_options("augmentation")], default="none",
+                        help="test-time views (mean probability): an augmentation config of fixed views")
     parser.add_argument("--cam", type=Path, default=None, help="folder for one activation-map PNG per image")
     parser.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
                         help="error: exit non-zero naming unreadable images (the others are still written);"
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                " $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    prepare_process()
     with user_errors("leukexp-predict"):
         classifier = load_classifier(resolve_model(args.model, args.tracking_uri))
         paths = collect_images(args.images)

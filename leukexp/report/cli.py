@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.report.runs import load_runs, open_client
 from leukexp.report.sections import write_report
+from leukexp.runtime.process import prepare_process
 from leukexp.tracking.store import configure_http, is_sqlite_file, resolve_tracking_uri, sqlite_path
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="paired comparison of two configurations, each named by key=value tokens of its "
                              "cv_group, e.g. --compare head=mlp1 head=svm (repeatable)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    prepare_process()
     with user_errors("leukexp-report"):
         uri = resolve_tracking_uri(args.tracking_uri)
         database = sqlite_path(uri)

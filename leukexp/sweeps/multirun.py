@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from rich.markup import escape
 
 from leukexp.console import console
+from leukexp.runtime.process import usable_cores
 from leukexp.vocabulary import SWEPT_KEYS_ENV
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def job_threads(requested: int | None) -> int | None:
     n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
     if n_jobs == 1:
         return None
-    jobs = os.cpu_count() if n_jobs < 0 else n_jobs
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+    cores = usable_cores()
+    return max(1, cores // max(1, cores if n_jobs < 0 else n_jobs))
 
 
 def record_failure(error: BaseException) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.errors import LeukexpError
+from leukexp.runtime.process import usable_cores
 from leukexp.vocabulary import (
     CV,
     KIND_FOLD,
@@ -392,7 +392,7 @@ def parallel_jobs(launcher: Any, folds: int) -> int:
 def trials_at_once(launcher: Any, folds: int) -> int:
     """Trials run together: as many as the launcher has a worker for every fold of (joblib n_jobs=10 and 5 folds: 2);
     one otherwise, so that a trial's early folds can prune it."""
-    slots = launcher_slots(launcher) or os.cpu_count() or 1
+    slots = launcher_slots(launcher) or usable_cores()
     return max(1, slots // folds)
 
 

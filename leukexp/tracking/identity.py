@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
+from leukexp.config import schema
+from leukexp.config.compose import default_choices
 from leukexp.vocabulary import (
     CLASSES_TAG,
     CONFIG_GROUPS,
@@ -25,7 +26,6 @@ from leukexp.vocabulary import (
     NAME_ORDER,
     NAME_TAG,
     NON_IDENTITY_GROUPS,
-    NON_IDENTITY_PREFIXES,
     RUN_NAME_SEPARATOR,
     SEARCH_RUN_TAG,
     SEARCH_TAG,
@@ -64,7 +64,7 @@ def changes_the_result(key: str) -> bool:
     key = key.replace("/", ".")
     if key in NON_IDENTITY_GROUPS or key in CONFIG_GROUPS:
         return False  # the fold varies within a configuration; group choices are counted on their own
-    return not any(key == prefix or key.startswith(prefix + ".") for prefix in NON_IDENTITY_PREFIXES)
+    return schema.changes_the_result(key)
 
 
 def cv_group(choices: dict[str, str], overrides: list[str], defaults: dict[str, str], seed: object) -> str:
@@ -82,19 +82,6 @@ def cv_group(choices: dict[str, str], overrides: list[str], defaults: dict[str, 
               if changes_the_result(override.key_or_group)]
     parts.append(f"seed={seed}")
     return " ".join(sorted(set(parts)))
-
-
-def default_choices() -> dict[str, str]:
-    """The option each group takes when nothing is chosen (the defaults list of `train.yaml`)."""
-    from omegaconf import OmegaConf
-
-    from leukexp.config.compose import config_dir
-
-    choices = {}
-    for entry in OmegaConf.load(config_dir() / "train.yaml").get("defaults", []):
-        if isinstance(entry, Mapping) or OmegaConf.is_dict(entry):
-            choices.update({str(k): str(v) for k, v in dict(entry).items()})
-    return choices
 
 
 def configuration_name(choices: dict[str, str], overrides: list[str], defaults: dict[str, str], seed: object,
@@ -123,19 +110,15 @@ def swept_keys() -> tuple[str, ...]:
     return tuple(k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k)
 
 
-# settings an experiment file may change without a command-line override, and their defaults: when they differ,
-# they are tokens of the configuration's identity and name all the same
-IMPLICIT_KEYS = {"evaluation.tta": "none", "model.stages": None, "model.pooling": "avg"}
-
-
 def implicit_tokens(cfg: DictConfig, overrides: list[str]) -> list[str]:
-    """`key=value` for each of `IMPLICIT_KEYS` that differs from its default and is not overridden on the command line
-    (e.g. `evaluation.tta=flips` and `model.stages=all` from `experiment=strong_baseline`)."""
+    """`key=value` for each implicit key of the schema (settings an experiment file may change without a command-line
+    override) that differs from its default and is not overridden on the command line (e.g. `evaluation.tta=flips`
+    and `model.stages=all` from `experiment=strong_baseline`): tokens of the identity and name all the same."""
     from omegaconf import OmegaConf
 
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     tokens = []
-    for key, default in IMPLICIT_KEYS.items():
+    for key, default in schema.implicit_keys().items():
         value = OmegaConf.select(cfg, key, default=default)
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if value != default and key not in given:
@@ -159,7 +142,7 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
         "seed": str(cfg.seed),
         "git_commit": git_commit(Path(__file__).parent),
         CV_GROUP_TAG: cv_group(choices, task_overrides() + implicit_tokens(cfg, task_overrides()), defaults, cfg.seed),
-        "tta": str(cfg.get("evaluation", {}).get("tta", "none")),
+        "tta": str(schema.setting(cfg, "evaluation.tta")),
         NAME_TAG: configuration_name(choices, task_overrides() + implicit_tokens(cfg, task_overrides()),
                                      default_choices(), cfg.seed,
                                      swept_keys()),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from leukexp.errors import LeukexpError, user_errors
+from leukexp.runtime.process import prepare_process
 from leukexp.runtime.secrets import REDACTED, redact
 from leukexp.vocabulary import HISTORY_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="run folders holding mlflow_pending.json")
     parser.add_argument("--tracking-uri", default=None, help="upload to this store instead of the run's own")
     args = parser.parse_args(argv)
+    prepare_process()
     with user_errors("leukexp-sync"):
         from leukexp.tracking.store import configure_http
 
