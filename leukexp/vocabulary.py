@@ -45,6 +45,10 @@ NOTE_TAG = "leukexp.note"
 OWNER_TAG = "leukexp.owner"
 STUDY_TAG = "leukexp.study"
 PARENT_TAG = "mlflow.parentRunId"
+# a registered model version's tags: its CV parent, the metric it was selected on and why this fold
+REGISTRY_PARENT_TAG = "leukexp.cv_parent"
+REGISTRY_METRIC_TAG = "leukexp.metric"
+REGISTRY_SELECTION_TAG = "leukexp.selection"
 CV_GROUP_TAG = "cv_group"
 DATA_HASH_TAG = "data_hash"
 FOLD_TAG = "fold"
@@ -55,15 +59,40 @@ CLASSES_TAG = "leukexp.classes"
 # a pending upload's identity (leukexp-sync logs a folder, or a copy of it, once)
 UPLOAD_TAG = "leukexp.upload_id"
 # tags that describe a configuration: shown in reports, copied from a fold run to its CV parent
-LABEL_TAGS = ("model", "head", "task", "protocol", "augmentation", "data")
-CV_TAGS = (*LABEL_TAGS, "seed", CV_GROUP_TAG, DATA_HASH_TAG, NAME_TAG, SEARCH_TAG, TRIAL_TAG)
+MODEL_TAG, HEAD_TAG, TASK_TAG, PROTOCOL_TAG, AUGMENTATION_TAG, DATA_TAG = (
+    "model", "head", "task", "protocol", "augmentation", "data")
+LABEL_TAGS = (MODEL_TAG, HEAD_TAG, TASK_TAG, PROTOCOL_TAG, AUGMENTATION_TAG, DATA_TAG)
+SEED_TAG = "seed"
+GIT_COMMIT_TAG = "git_commit"
+TTA_TAG = "tta"
+CV_TAGS = (*LABEL_TAGS, SEED_TAG, CV_GROUP_TAG, DATA_HASH_TAG, NAME_TAG, SEARCH_TAG, TRIAL_TAG)
 
 # metric prefixes
 TEST = "test/"
 BEST = "best/"
 CV = "cv/"
-TRAIN_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
-TEST_ACC = "test/acc"
+# metric names: a stage and a measure (`test/acc`, `val/loss`), per class `test/f1/<class>`; `best/` + a history
+# metric is its value at the selected epoch, `cv/` + a fold metric + `_mean` (`_std`, ...) a CV parent's aggregate
+ACC, LOSS, COUNT = "acc", "loss", "n"
+PRECISION, RECALL, F1, AUC = "precision", "recall", "f1", "auc"
+MACRO = "_macro"
+
+
+def metric_name(stage: str, measure: str) -> str:
+    """`test/acc` from `test` and `acc`."""
+    return f"{stage.rstrip('/')}/{measure}"
+
+
+TRAIN_LOSS, TRAIN_ACC = metric_name("train", LOSS), metric_name("train", ACC)
+VAL_LOSS, VAL_ACC = metric_name("val", LOSS), metric_name("val", ACC)
+TEST_ACC, TEST_LOSS, TEST_COUNT = metric_name(TEST, ACC), metric_name(TEST, LOSS), metric_name(TEST, COUNT)
+TEST_F1_MACRO, TEST_AUC_MACRO = metric_name(TEST, F1 + MACRO), metric_name(TEST, AUC + MACRO)
+# a head's per-epoch history (`Head.fit`, `history.csv`): the epoch, then any of these metrics
+EPOCH = "epoch"
+HISTORY_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
+# what selects a head's best epoch, and the search's default objective (its CV mean)
+SELECTION_METRIC = VAL_ACC
+BEST_EPOCH = f"{BEST}{EPOCH}"
 
 # MLflow allows letters, digits, `_ - . / :` and spaces in metric and param keys (no colon on Windows); a class folder
 # may be called `Band (BNE)+`. One rule maps any name to a key part; the original names travel in CLASSES_TAG.

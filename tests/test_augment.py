@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from leukexp.data.augment import OfflineViews, OnlineAugment
+from conftest import TINY_DATA
+from leukexp.data.augment import Augmentation, OfflineViews, OnlineAugment
 from leukexp.data.synthetic import generate_image
 
 
@@ -57,3 +58,50 @@ def test_online_draws_new_views() -> None:
     online = OnlineAugment(A.Compose([A.Affine(rotate=(-40, 40), p=1)]))
     image = generate_image("HLT", 3, size=64)
     assert not np.array_equal(online.apply(image, 0, "k"), online.apply(image, 0, "k"))
+
+
+class Transposed(Augmentation):
+    """A new kind written against the interface alone: the original and its transpose (2 fixed views)."""
+
+    def __init__(self, name: str = "transposed") -> None:
+        self.name = name
+
+    @property
+    def n_views(self) -> int:
+        return 2
+
+    def fingerprint(self) -> str:
+        return "transposed-v1"
+
+    def view_fingerprint(self, index: int) -> str:
+        return "original" if index == 0 else f"{self.fingerprint()}-{index}"
+
+    def apply(self, image: np.ndarray, index: int, image_key: str) -> np.ndarray:
+        return image if index == 0 else np.ascontiguousarray(image.transpose(1, 0, 2))
+
+
+def test_an_augmentation_lacking_part_of_the_interface_cannot_be_made() -> None:
+    class NoApply(Augmentation):
+        n_views = 1
+
+        def fingerprint(self) -> str:
+            return "x"
+
+        def view_fingerprint(self, index: int) -> str:
+            return "original"
+
+    with pytest.raises(TypeError, match="apply"):
+        NoApply()
+
+
+def test_a_new_augmentation_kind_is_one_class_and_a_config(compose_cfg) -> None:
+    from leukexp.data.study import build_study
+
+    plain = build_study(compose_cfg(*TINY_DATA, "task=binary", "augmentation=none"))
+    study = build_study(compose_cfg(*TINY_DATA, "task=binary", "augmentation=none",
+                                    "~augmentation.repeats", "~augmentation.seed", "~augmentation.transforms",
+                                    "~augmentation.flips", "augmentation._target_=test_augment.Transposed"))
+    assert isinstance(study.augmentation, Transposed) and not study.augmentation.online
+    assert len(study.samples.train) == 2 * len(plain.samples.train), "every training image gives both views"
+    assert sorted(study.samples.train["view"].unique()) == [0, 1]
+    assert len(study.samples.test) == len(plain.samples.test), "test images stay originals"

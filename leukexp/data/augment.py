@@ -1,10 +1,16 @@
-"""Augmentation: deterministic offline views (the study's 33 per image) or random online transforms."""
+"""Augmentation (`augmentation` group): the `Augmentation` interface, deterministic offline views (the study's 33
+per image) and random online transforms.
+
+A new kind of augmentation is one class implementing `Augmentation` and a YAML file naming it as `_target_`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import albumentations as A
 import numpy as np
@@ -30,7 +36,41 @@ class ViewKey:
         return base if self.flip is None else f"{base}+{self.flip}"
 
 
-class OfflineViews:
+class Augmentation(ABC):
+    """How a study's images become the views a backbone embeds: the contract of every `augmentation` config.
+
+    View 0 of every image is the original (validation and test use it; its features are shared by every
+    augmentation). Offline kinds give a fixed list of views, the same in every run, process and machine, so their
+    features are cached per view; online kinds (`online = True`) draw a fresh view at every epoch and are never
+    cached (the backbone runs on every training batch).
+
+    Attributes:
+        name: short name for tags, reports and the console (`paper`, `flips`).
+        online: whether views are drawn anew every epoch.
+    """
+
+    name: str
+    online: ClassVar[bool] = False
+
+    @property
+    @abstractmethod
+    def n_views(self) -> int:
+        """Views per training image, the original included (1 for online kinds: one fresh view per epoch)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides the views' pixels (part of the feature cache's keys)."""
+
+    @abstractmethod
+    def view_fingerprint(self, index: int) -> str:
+        """The cache key of view `index`: `original` for view 0, which every augmentation shares."""
+
+    @abstractmethod
+    def apply(self, image: np.ndarray, index: int, image_key: str) -> np.ndarray:
+        """View `index` of an 8-bit RGB `image` whose content hash is `image_key` (offline kinds seed with it)."""
+
+
+class OfflineViews(Augmentation):
     """A fixed list of deterministic views of every image.
 
     View 0 is the original. Then `repeats` random draws of each named transform, then every one of those
@@ -44,8 +84,6 @@ class OfflineViews:
         repeats: random draws of each transform.
         seed: base seed of the view parameters.
     """
-
-    online = False
 
     def __init__(
         self,
@@ -95,7 +133,7 @@ class OfflineViews:
         return np.ascontiguousarray(image)
 
 
-class OnlineAugment:
+class OnlineAugment(Augmentation):
     """Random transforms drawn anew at every epoch; the backbone then runs on every batch.
 
     Args:
@@ -103,7 +141,11 @@ class OnlineAugment:
     """
 
     online = True
-    n_views = 1
+
+    @property
+    def n_views(self) -> int:
+        """One fresh view per image and epoch."""
+        return 1
 
     def __init__(self, transform: A.BasicTransform, name: str = "online") -> None:
         self.name = name
@@ -122,7 +164,7 @@ class OnlineAugment:
         return np.ascontiguousarray(self.transform(image=image)["image"])
 
 
-def named_views(name: str, seed: int = 42, key: str = "views") -> OfflineViews:
+def named_views(name: str, seed: int = 42, key: str = "views") -> Augmentation:
     """The offline views of augmentation option `name` (e.g. `paper`, `flips`), seeded like a run with `seed`;
     `key` names the setting in the error line of an unknown or online option."""
     from hydra.utils import instantiate
@@ -131,7 +173,7 @@ def named_views(name: str, seed: int = 42, key: str = "views") -> OfflineViews:
     from leukexp.errors import LeukexpError
 
     views = instantiate(load_option("augmentation", name, [f"seed={seed}"], key=key), _convert_="all")
-    if not isinstance(views, OfflineViews):
+    if not isinstance(views, Augmentation) or views.online:
         raise LeukexpError(f"{key} {name}: not a fixed set of views (online augmentation cannot be averaged);"
                            " use flips or paper")
     return views

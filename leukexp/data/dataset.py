@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from leukexp.backbones.base import ImagePreprocess
-from leukexp.data.augment import OfflineViews, OnlineAugment
+from leukexp.data.augment import Augmentation
 from leukexp.data.io import read_image
 
 
@@ -27,7 +27,7 @@ class ViewDataset(Dataset):
         random: draw a fresh online view per item (training with `augmentation=online`).
     """
 
-    def __init__(self, catalog: pd.DataFrame, samples: pd.DataFrame, augmentation: OfflineViews | OnlineAugment,
+    def __init__(self, catalog: pd.DataFrame, samples: pd.DataFrame, augmentation: Augmentation,
                  preprocess: ImagePreprocess, random: bool = False) -> None:
         self.paths = catalog["path"].tolist()
         self.keys = catalog["sha1"].tolist()
@@ -66,7 +66,7 @@ class SourceViews(Dataset):
     """
 
     def __init__(self, catalog: pd.DataFrame, sources: np.ndarray, views: np.ndarray,
-                 augmentation: OfflineViews | OnlineAugment, preprocess: ImagePreprocess) -> None:
+                 augmentation: Augmentation, preprocess: ImagePreprocess) -> None:
         self.paths = catalog["path"].tolist()
         self.keys = catalog["sha1"].tolist()
         self.augmentation = augmentation

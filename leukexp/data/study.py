@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from leukexp.config.compose import build
-from leukexp.data.augment import OfflineViews, OnlineAugment
+from leukexp.data.augment import Augmentation
 from leukexp.data.protocol import Protocol, Samples
 from leukexp.data.sources import Catalog, FolderSource
 from leukexp.data.splits import FoldSpec, assign_splits, manifest, split_summary
@@ -29,7 +29,7 @@ class Study:
     catalog: Catalog
     fold: FoldSpec
     protocol: Protocol
-    augmentation: OfflineViews | OnlineAugment
+    augmentation: Augmentation
     split: pd.Series
     samples: Samples
 

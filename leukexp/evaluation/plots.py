@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import auc, roc_curve
 
+from leukexp.vocabulary import ACC, EPOCH, LOSS, metric_name
+
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,11 +72,11 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], classes: list
 def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None) -> Path:
     """Accuracy and loss per epoch for train and validation."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("acc", "loss"), strict=True):
+    for ax, metric in zip(axes, (ACC, LOSS), strict=True):
         for stage in ("train", "val"):
-            key = f"{stage}/{metric}"
+            key = metric_name(stage, metric)
             if key in history:
-                ax.plot(history["epoch"] + 1, history[key], marker="o", markersize=3, label=stage)
+                ax.plot(history[EPOCH] + 1, history[key], marker="o", markersize=3, label=stage)
         if best_epoch is not None and best_epoch >= 0:
             ax.axvline(best_epoch + 1, color="grey", linestyle="--", linewidth=0.8, label="best val acc")
         ax.set_xlabel("epoch")

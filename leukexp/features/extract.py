@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from leukexp.backbones.base import Backbone
 from leukexp.console import progress_bar
-from leukexp.data.augment import OfflineViews, OnlineAugment
+from leukexp.data.augment import Augmentation
 from leukexp.data.dataset import SourceViews, clean_worker_context, quiet_worker
 from leukexp.data.io import DECODER_VERSION
 from leukexp.errors import LeukexpError
@@ -95,7 +95,7 @@ def extract_features(
     backbone: Backbone,
     catalog: pd.DataFrame,
     samples: pd.DataFrame,
-    augmentation: OfflineViews | OnlineAugment,
+    augmentation: Augmentation,
     cache: FeatureCache | None,
     batch_size: Setting = "auto",
     num_workers: Setting = "auto",
@@ -157,7 +157,7 @@ def extract_features(
 
 
 def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame,
-                    augmentation: OfflineViews | OnlineAugment, caches: list[FeatureCache | None],
+                    augmentation: Augmentation, caches: list[FeatureCache | None],
                     batch_size: Setting = "auto", num_workers: Setting = "auto",
                     description: str = "features") -> np.ndarray:
     """Features of samples for every part of the backbone (each with its own cache, `caches[i]`), concatenated."""

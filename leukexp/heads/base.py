@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from leukexp.vocabulary import EPOCH, HISTORY_METRICS
+
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
@@ -81,7 +83,9 @@ class Head(ABC):
 
     @abstractmethod
     def fit(self, train: Split, val: Split) -> pd.DataFrame:
-        """Train on `train`, select on `val`; return the per-epoch history (`epoch`, `train/acc`, `val/acc`...)."""
+        """Train on `train`, select on `val` (setting `best_epoch`); return the per-epoch history as
+        `history_frame` makes it: `epoch`, then any of `vocabulary.HISTORY_METRICS` (`train/loss`, `val/acc`...),
+        one row per epoch. Reports, curves, `best/*` metrics and the search read these columns."""
 
     @abstractmethod
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
@@ -100,6 +104,16 @@ class Head(ABC):
         """A torch module from features (N, F) to one score per class (N, C) whose gradient follows the
         prediction, for activation maps; None for heads without one (e.g. kNN)."""
         return None
+
+
+def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
+    """A head's per-epoch history in the schema its readers expect: `epoch`, then the history metrics it has (in
+    `vocabulary.HISTORY_METRICS` order); a column outside the schema is a bug in the head (ValueError)."""
+    unknown = sorted({key for row in rows for key in row} - {EPOCH, *HISTORY_METRICS})
+    if unknown:
+        raise ValueError(f"history columns outside the schema (vocabulary.HISTORY_METRICS): {unknown}")
+    present = [name for name in HISTORY_METRICS if any(name in row for row in rows)]
+    return pd.DataFrame(rows, columns=[EPOCH, *present])
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -7,12 +7,14 @@ import math
 
 import lightning as L
 
+from leukexp.vocabulary import EPOCH, HISTORY_METRICS, SELECTION_METRIC
+
 
 class BestHeadKeeper(L.Callback):
     """Keeps a copy of the head's weights from the epoch with the best monitored value (the study's
     best-validation-accuracy checkpoint) without writing the frozen backbone to disk every epoch."""
 
-    def __init__(self, monitor: str = "val/acc", mode: str = "max") -> None:
+    def __init__(self, monitor: str = SELECTION_METRIC, mode: str = "max") -> None:
         self.monitor = monitor
         self.sign = 1.0 if mode == "max" else -1.0
         self.best_score = -math.inf
@@ -38,7 +40,6 @@ class BestHeadKeeper(L.Callback):
 class EpochHistory(L.Callback):
     """Per-epoch train/val loss and accuracy, for curves and per-step MLflow metrics."""
 
-    KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
@@ -48,6 +49,6 @@ class EpochHistory(L.Callback):
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        row = {"epoch": float(trainer.current_epoch)}
-        row.update({key: float(metrics[key]) for key in self.KEYS if key in metrics})
+        row = {EPOCH: float(trainer.current_epoch)}
+        row.update({key: float(metrics[key]) for key in HISTORY_METRICS if key in metrics})
         self.rows.append(row)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leukexp.backbones.base import Backbone
+from leukexp.vocabulary import ACC, LOSS, metric_name
 
 
 class LeukemiaClassifier(L.LightningModule):
@@ -90,8 +91,8 @@ class LeukemiaClassifier(L.LightningModule):
         if tally is None or not count:
             return
         loss_sum, correct = tally.tolist()
-        self.log(f"{stage}/loss", loss_sum / count)
-        self.log(f"{stage}/acc", correct / count, prog_bar=stage == "val")
+        self.log(metric_name(stage, LOSS), loss_sum / count)
+        self.log(metric_name(stage, ACC), correct / count, prog_bar=stage == "val")
 
     def training_step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
                       batch_idx: int) -> torch.Tensor:

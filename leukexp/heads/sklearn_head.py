@@ -14,7 +14,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.base import Head, HeadContext, Split, accuracy, head_threads
+from leukexp.heads.base import Head, HeadContext, Split, accuracy, head_threads, history_frame
+from leukexp.vocabulary import EPOCH, TRAIN_ACC, VAL_ACC
 
 WEIGHTS = "head.skops"
 # What a saved head may hold, by skops node kind: the estimators leukexp's heads write, arrays, plain containers
@@ -93,10 +94,10 @@ class SklearnHead(Head):
 
         with threadpool_limits(limits=self.cpu_threads):  # BLAS threads, as `training.head_threads` (None: as is)
             self.pipeline.fit(train.features, train.labels)
-        row = {"epoch": 0.0, "train/acc": accuracy(self.predict_proba(train.features), train.labels)}
+        row = {EPOCH: 0.0, TRAIN_ACC: accuracy(self.predict_proba(train.features), train.labels)}
         if val.features is not None and len(val.labels):
-            row["val/acc"] = accuracy(self.predict_proba(val.features), val.labels)
-        return pd.DataFrame([row])
+            row[VAL_ACC] = accuracy(self.predict_proba(val.features), val.labels)
+        return history_frame([row])
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes); a class absent from training gets probability 0."""

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.base import Head, HeadContext, Split, check_trainable_size, head_threads
+from leukexp.heads.base import Head, HeadContext, Split, check_trainable_size, head_threads, history_frame
 from leukexp.heads.mlp import MLPHead
 from leukexp.runtime.process import torch_threads
+from leukexp.vocabulary import SELECTION_METRIC
 
 WEIGHTS = "head.pt"
 # optimizer steps per Lightning training batch on in-memory features (Lightning's per-batch work is ~1 ms)
@@ -59,12 +60,13 @@ class TorchHead(Head):
                                     single_logit=self.single_logit, class_weights=context.class_weights,
                                     backbone=context.backbone)
         generator = torch.Generator().manual_seed(settings.seed)
-        keeper, history = BestHeadKeeper("val/acc", "max"), EpochHistory()
+        keeper, history = BestHeadKeeper(SELECTION_METRIC, "max"), EpochHistory()
         callbacks: list[L.Callback] = [keeper, history]
         if not quiet():
             callbacks.append(RichProgressBar(leave=False))
         if settings.early_stopping_patience:
-            callbacks.append(EarlyStopping("val/acc", mode="max", patience=int(settings.early_stopping_patience)))
+            patience = int(settings.early_stopping_patience)
+            callbacks.append(EarlyStopping(SELECTION_METRIC, mode="max", patience=patience))
         trainer = settings.trainer(callbacks=callbacks, enable_progress_bar=not quiet())
         device = trainer.strategy.root_device  # features go there once, not batch by batch
         if train.features is None:
@@ -87,7 +89,7 @@ class TorchHead(Head):
         keeper.restore(module)
         self.network = module.head.cpu().eval()
         self.best_epoch = keeper.best_epoch
-        return pd.DataFrame(history.rows)
+        return history_frame(history.rows)
 
     @torch.no_grad()
     def predict_proba(self, features: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from leukexp.config.compose import group_options
 from leukexp.console import console, progress_bar
+from leukexp.data.augment import Augmentation
 from leukexp.data.io import BadImageError, file_digest, is_image_file, read_image
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
@@ -80,7 +81,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return found
 
 
-def tta_views(name: str, seed: int = 42) -> object | None:
+def tta_views(name: str, seed: int = 42) -> Augmentation | None:
     """The offline views of `--tta NAME` (None for `none`), as the study's augmentation configs define them."""
     if name == "none":
         return None
@@ -89,7 +90,7 @@ def tta_views(name: str, seed: int = 42) -> object | None:
     return named_views(name, seed, key="--tta")
 
 
-def score(classifier: Classifier, paths: list[Path], views: object | None = None, batch_size: int = 32
+def score(classifier: Classifier, paths: list[Path], views: Augmentation | None = None, batch_size: int = 32
           ) -> tuple[pd.DataFrame, dict[Path, np.ndarray], list[str]]:
     """Probabilities per readable image (mean over the views with TTA), the images, and the unreadable ones."""
     rows, images, bad = [], {}, []

@@ -13,6 +13,7 @@ from leukexp.report.runs import load_runs, open_client
 from leukexp.report.sections import write_report
 from leukexp.runtime.process import prepare_process
 from leukexp.tracking.store import configure_http, is_sqlite_file, resolve_tracking_uri, sqlite_path
+from leukexp.vocabulary import CV_GROUP_TAG, TEST, TEST_ACC
 
 
 def check_out_folder(out: Path) -> None:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="store or server (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     parser.add_argument("--filter", default=None, help="MLflow filter, e.g. \"tags.task='binary'\"")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: reports/EXPERIMENT)")
-    parser.add_argument("--metric", default="test/acc", help="metric compared (default test/acc)")
+    parser.add_argument("--metric", default=TEST_ACC, help=f"metric compared (default {TEST_ACC})")
     parser.add_argument("--ensemble", nargs="+", action="append", metavar="CONFIG", default=None,
                         help="average the probabilities of these configurations (each named by key=value tokens,"
                              " e.g. --ensemble model=efficientnet_lite0 model=efficientnet_lite2); repeatable")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         client = open_client(uri)
         runs = load_runs(client, args.experiment, args.filter)
         if args.metric not in runs.folds.columns:
-            known = ", ".join(sorted(c for c in runs.folds.columns if c.count("/") == 1 and c.startswith("test/")))
+            known = ", ".join(sorted(c for c in runs.folds.columns if c.count("/") == 1 and c.startswith(TEST)))
             raise LeukexpError(f"--metric {args.metric}: not logged by these runs (test metrics: {known})")
         out = args.out or Path("reports") / args.experiment
         check_out_folder(out)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
             experiment_id = client.get_experiment_by_name(args.experiment).experiment_id
             version, selection = register(client, experiment_id, args.register, args.metric)
-            print(f"registered models:/{args.register}/{version}: {selection.run.data.tags.get('cv_group', '')};"
+            print(f"registered models:/{args.register}/{version}: {selection.run.data.tags.get(CV_GROUP_TAG, '')};"
                   f" {selection.reason}")
     return 0
 

@@ -28,6 +28,7 @@ from leukexp.vocabulary import (
     KIND_SEARCH,
     SEARCH_STORAGE_TAG,
     SEARCH_TAG,
+    TEST_ACC,
     kind_filter,
 )
 
@@ -40,7 +41,7 @@ class ReportContext:
 
     runs: StudyRuns
     out: Path
-    metric: str = "test/acc"
+    metric: str = TEST_ACC
     compare: list[tuple[str, str]] = field(default_factory=list)
     client: MlflowClient | None = None
     # comparisons between configuration labels already resolved (an ensemble against its best member)
@@ -222,7 +223,7 @@ def guarded(section: Section, context: ReportContext) -> list[str]:
 
 
 def write_report(runs: StudyRuns, out: Path, experiment: str, compare: list[tuple[str, str]] | None = None,
-                 metric: str = "test/acc", client: MlflowClient | None = None,
+                 metric: str = TEST_ACC, client: MlflowClient | None = None,
                  ensembles: list[list[str]] | None = None) -> Path:
     """Write report.md, one CSV per table and the PNG charts into `out` (figures from the store with `client`).
 

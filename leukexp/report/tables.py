@@ -11,12 +11,22 @@ from leukexp.errors import LeukexpError
 from leukexp.evaluation.metrics import classification_metrics
 from leukexp.evaluation.stats import paired_difference, spread, t_interval, wilson_interval
 from leukexp.vocabulary import (
+    BEST,
+    TEST_ACC,
+    TEST_AUC_MACRO,
+    TEST_COUNT,
+    TEST_F1_MACRO,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_LOSS,
     Predictions,
 )
 
 # the thesis's per-fold rows (Tables 4.1-4.3) and where each comes from
-FOLD_ROWS = {"test_acc": "test/acc", "val_acc": "best/val/acc", "trn_acc": "best/train/acc",
-             "test_loss": "test/loss", "val_loss": "best/val/loss", "trn_loss": "best/train/loss"}
+FOLD_ROWS = {"test_acc": TEST_ACC, "val_acc": BEST + VAL_ACC, "trn_acc": BEST + TRAIN_ACC,
+             "test_loss": TEST_LOSS, "val_loss": BEST + VAL_LOSS, "trn_loss": BEST + TRAIN_LOSS}
 
 
 def per_fold_tables(folds: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -45,7 +55,7 @@ def per_class_table(folds: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(folds: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
+def summary_table(folds: pd.DataFrame, metric: str = TEST_ACC) -> pd.DataFrame:
     """Every configuration: folds, mean +- std and 95% t interval of the metric over folds, macro F1, AUC, loss."""
     rows = []
     for config, runs in folds.groupby("config", sort=True):
@@ -53,9 +63,9 @@ def summary_table(folds: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame
         interval = t_interval(values)
         rows.append({"configuration": config, "folds": len(values), "mean": interval.mean, "std": spread(values),
                      "ci95_low": interval.low, "ci95_high": interval.high,
-                     "f1_macro": runs.get("test/f1_macro", pd.Series(dtype=float)).mean(),
-                     "auc_macro": runs.get("test/auc_macro", pd.Series(dtype=float)).mean(),
-                     "loss": runs.get("test/loss", pd.Series(dtype=float)).mean()})
+                     "f1_macro": runs.get(TEST_F1_MACRO, pd.Series(dtype=float)).mean(),
+                     "auc_macro": runs.get(TEST_AUC_MACRO, pd.Series(dtype=float)).mean(),
+                     "loss": runs.get(TEST_LOSS, pd.Series(dtype=float)).mean()})
     return pd.DataFrame(rows).sort_values("mean", ascending=False).reset_index(drop=True)
 
 
@@ -65,15 +75,15 @@ def pooled_accuracy_table(folds: pd.DataFrame) -> pd.DataFrame:
     The pooled count of correct predictions is recovered from each fold's accuracy and test-set size
     (`test/n`); configurations whose runs do not record the size are left out.
     """
-    if "test/n" not in folds:
+    if TEST_COUNT not in folds:
         return pd.DataFrame(columns=["configuration", "correct", "samples", "accuracy", "wilson_low", "wilson_high"])
     rows = []
     for config, runs in folds.groupby("config", sort=True):
-        known = runs.dropna(subset=["test/acc", "test/n"])
+        known = runs.dropna(subset=[TEST_ACC, TEST_COUNT])
         if known.empty:
             continue
-        correct = round(float((known["test/acc"] * known["test/n"]).sum()))
-        samples = int(known["test/n"].sum())
+        correct = round(float((known[TEST_ACC] * known[TEST_COUNT]).sum()))
+        samples = int(known[TEST_COUNT].sum())
         interval = wilson_interval(correct, samples)
         rows.append({"configuration": config, "correct": correct, "samples": samples, "accuracy": interval.mean,
                      "wilson_low": interval.low, "wilson_high": interval.high})
@@ -91,7 +101,7 @@ def pick_configuration(folds: pd.DataFrame, selector: str) -> str:
     return matches[0]
 
 
-def paired_comparison(folds: pd.DataFrame, first: str, second: str, metric: str = "test/acc") -> dict[str, object]:
+def paired_comparison(folds: pd.DataFrame, first: str, second: str, metric: str = TEST_ACC) -> dict[str, object]:
     """Difference of two configurations over their shared folds: mean, 95% CI, paired t-test, verdict."""
     a = folds[folds["config"] == first].set_index("fold")[metric]
     b = folds[folds["config"] == second].set_index("fold")[metric]

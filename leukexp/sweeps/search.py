@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from leukexp.errors import LeukexpError
 from leukexp.runtime.process import usable_cores
 from leukexp.vocabulary import (
+    BEST,
     CV,
     KIND_FOLD,
     KIND_SEARCH,
@@ -36,8 +37,10 @@ from leukexp.vocabulary import (
     PARENT_TAG,
     SEARCH_STORAGE_TAG,
     SEARCH_TAG,
+    SELECTION_METRIC,
     TRIAL_STATE_TAG,
     TRIAL_TAG,
+    cv_metric,
     quote_filter,
 )
 
@@ -226,7 +229,7 @@ class FoldSearch(Sweeper):
     """
 
     def __init__(self, params: Mapping[str, Any] | None = None, n_trials: int = 20, direction: str = "maximize",
-                 objective: str = "cv/best/val/acc_mean", sampler: str = "tpe", seed: int = 0,
+                 objective: str = cv_metric(BEST + SELECTION_METRIC, "mean"), sampler: str = "tpe", seed: int = 0,
                  pruner: str = "median", pruner_startup_trials: int = 2, study_name: str | None = None,
                  storage: str | None = None, enqueue: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.params = dict(params or {})

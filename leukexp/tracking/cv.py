@@ -27,6 +27,7 @@ from leukexp.vocabulary import (
     CV_GROUP_TAG,
     CV_TAGS,
     DATA_HASH_TAG,
+    EPOCH,
     FOLD_TAG,
     FOLDS_FINISHED_TAG,
     KIND_CV,
@@ -303,7 +304,7 @@ class FoldRun:
 
         Returns True when this fold completed the study (every fold finished).
         """
-        epochs = [(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch" and v == v})
+        epochs = [(int(row[EPOCH]), {k: v for k, v in row.items() if k != EPOCH and v == v})
                   for row in history.to_dict("records")]
         self.logger.log_steps([*epochs, (0, metrics)])
         self.logger.log_artifacts(artifacts)

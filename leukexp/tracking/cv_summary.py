@@ -9,7 +9,17 @@ import pandas as pd
 
 from leukexp.evaluation.metrics import confusion
 from leukexp.evaluation.plots import plot_confusion, plot_roc
-from leukexp.vocabulary import CV, Predictions
+from leukexp.vocabulary import (
+    BEST,
+    CV,
+    TEST_ACC,
+    TEST_AUC_MACRO,
+    TEST_F1_MACRO,
+    TEST_LOSS,
+    VAL_ACC,
+    Predictions,
+    cv_metric,
+)
 
 
 def read_predictions(path: Path) -> Predictions:
@@ -30,7 +40,7 @@ def write_cv_artifacts(out: Path, table: pd.DataFrame, predictions: dict[str, Pr
     matrices = [confusion(p.labels, p.probs, classes).astype(float) for p in predictions.values()]
     mean_matrix = sum(matrices) / len(matrices)
     mean_matrix.to_csv(out / "cv_confusion_matrix.csv")
-    accuracy = metrics.get(f"{CV}test/acc_mean", float("nan"))
+    accuracy = metrics.get(cv_metric(TEST_ACC, "mean"), float("nan"))
     return [
         *paths, out / "cv_confusion_matrix.csv",
         plot_confusion(mean_matrix.round(1), out / "cv_confusion_matrix.png",
@@ -40,13 +50,13 @@ def write_cv_artifacts(out: Path, table: pd.DataFrame, predictions: dict[str, Pr
     ]
 
 
-DESCRIPTION_COLUMNS = {"test/acc": "test acc", "test/f1_macro": "macro F1", "test/auc_macro": "macro AUC",
-                       "test/loss": "test loss", "best/val/acc": "best val acc"}
+DESCRIPTION_COLUMNS = {TEST_ACC: "test acc", TEST_F1_MACRO: "macro F1", TEST_AUC_MACRO: "macro AUC",
+                       TEST_LOSS: "test loss", BEST + VAL_ACC: "best val acc"}
 
 
 def result_summary(metrics: dict[str, float], finished: int, n_splits: int) -> str:
     """One line for a tag column: mean accuracy, its spread and how many folds it covers."""
-    mean, std = metrics.get(f"{CV}test/acc_mean"), metrics.get(f"{CV}test/acc_std")
+    mean, std = metrics.get(cv_metric(TEST_ACC, "mean")), metrics.get(cv_metric(TEST_ACC, "std"))
     if mean is None:
         return f"{finished}/{n_splits} folds"
     return f"acc {mean:.3f} ± {std or 0.0:.3f} ({finished}/{n_splits} folds)"

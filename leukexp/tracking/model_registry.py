@@ -15,7 +15,19 @@ from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
 from leukexp.tracking.cv import fold_runs
-from leukexp.vocabulary import CV_GROUP_TAG, FOLD_TAG, KIND_CV, MODEL_DIR, STUDY_TAG, cv_metric, kind_filter
+from leukexp.vocabulary import (
+    CV_GROUP_TAG,
+    FOLD_TAG,
+    KIND_CV,
+    MODEL_DIR,
+    REGISTRY_METRIC_TAG,
+    REGISTRY_PARENT_TAG,
+    REGISTRY_SELECTION_TAG,
+    STUDY_TAG,
+    TEST_ACC,
+    cv_metric,
+    kind_filter,
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class Selection:
                 f" ({self.metric} {self.value:.4f}) is the fold closest to that mean")
 
 
-def best_configuration(client: MlflowClient, experiment_id: str, metric: str = "test/acc") -> Run:
+def best_configuration(client: MlflowClient, experiment_id: str, metric: str = TEST_ACC) -> Run:
     """The CV parent with the highest mean of `metric` (complete studies preferred over partial ones)."""
     key = cv_metric(metric, "mean")
     parents = [p for p in client.search_runs([experiment_id], kind_filter(KIND_CV), max_results=10000)
@@ -51,7 +63,7 @@ def best_configuration(client: MlflowClient, experiment_id: str, metric: str = "
     return max(complete or parents, key=lambda p: (p.data.metrics[key], p.info.run_id))
 
 
-def select(client: MlflowClient, experiment_id: str, metric: str = "test/acc") -> Selection:
+def select(client: MlflowClient, experiment_id: str, metric: str = TEST_ACC) -> Selection:
     """The best configuration and its fold model closest to the configuration's mean."""
     parent = best_configuration(client, experiment_id, metric)
     mean = parent.data.metrics[cv_metric(metric, "mean")]
@@ -62,7 +74,7 @@ def select(client: MlflowClient, experiment_id: str, metric: str = "test/acc") -
     return Selection(parent, run, metric, mean, run.data.metrics[metric])
 
 
-def register(client: MlflowClient, experiment_id: str, name: str, metric: str = "test/acc") -> tuple[str, Selection]:
+def register(client: MlflowClient, experiment_id: str, name: str, metric: str = TEST_ACC) -> tuple[str, Selection]:
     """Register the selected fold model under `name`; return the new version number and the selection."""
     selection = select(client, experiment_id, metric)
     try:
@@ -70,9 +82,9 @@ def register(client: MlflowClient, experiment_id: str, name: str, metric: str = 
     except MlflowException:
         client.create_registered_model(name, description="leukexp: the best configuration of a study")
     run = selection.run
-    tags = {"leukexp.cv_parent": selection.parent.info.run_id, CV_GROUP_TAG: run.data.tags.get(CV_GROUP_TAG, ""),
-            "leukexp.metric": metric, cv_metric(metric, "mean"): f"{selection.mean:.6f}", FOLD_TAG: selection.fold,
-            "leukexp.selection": selection.reason}
+    tags = {REGISTRY_PARENT_TAG: selection.parent.info.run_id, CV_GROUP_TAG: run.data.tags.get(CV_GROUP_TAG, ""),
+            REGISTRY_METRIC_TAG: metric, cv_metric(metric, "mean"): f"{selection.mean:.6f}", FOLD_TAG: selection.fold,
+            REGISTRY_SELECTION_TAG: selection.reason}
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run.info.run_id,
                                           tags=tags, description=selection.reason)
     return str(version.version), selection

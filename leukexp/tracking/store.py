@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from leukexp.errors import LeukexpError
 from leukexp.files import file_lock
 from leukexp.runtime.secrets import redact
-from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT, mlflow_key
+from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT, PARENT_TAG, mlflow_key
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -210,7 +210,7 @@ class RunLogger:
         """Create the run and return its id."""
         all_tags = dict(tags)
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         return self.run_id
