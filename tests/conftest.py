@@ -27,6 +27,26 @@ TINY_MODEL = ["model=timm", "model.name=test_efficientnet", "model.pretrained=fa
 TINY_DATA = ["data.counts={ALL: 6, AML: 6, CLL: 6, CML: 6, HLT: 6}", "data.image_size=64"]
 
 
+def blobs(n: int = 60, classes: int = 3, width: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable Gaussian blobs around fixed centres (the seed draws the noise): features and labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n // classes)
+    centres = np.random.default_rng(1234).normal(0, 4, (classes, width))
+    return (centres[labels] + rng.normal(0, 1, (len(labels), width))).astype(np.float32), labels
+
+
+class Stub:
+    """A stand-in backbone: only the feature width matters to a head."""
+
+    num_features = 8
+
+
+class Wide(Stub):
+    """A stand-in backbone as wide as EfficientNet-Lite0."""
+
+    num_features = 1280
+
+
 def write_image(path: Path, seed: int, size: int = 32, channels: int = 3, dtype: type = np.uint8) -> Path:
     """Write a random image with OpenCV (distinct content per seed)."""
     rng = np.random.default_rng(seed)
@@ -138,3 +158,14 @@ def study_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             train(compose(root, *STUDY, f"head={head}", f"fold={fold}", output_dir=root / "outputs" / f"{head}-{fold}"))
     GlobalHydra.instance().clear()
     return root
+
+
+# fixtures that train or load a large model before a test can start: a test using one is slow, whatever it does
+SLOW_FIXTURES = {"study_store", "inception"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a slow fixture `slow`, so that `-m "not slow"` (make test-fast) skips it."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

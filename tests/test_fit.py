@@ -2,8 +2,8 @@
 
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from test_torch_head import blobs
 
+from conftest import blobs
 from leukexp.data.protocol import Samples
 from leukexp.features.extract import Features
 from leukexp.fit import fit_head

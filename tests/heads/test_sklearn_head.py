@@ -7,8 +7,8 @@ import pytest
 import skops.io
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from test_torch_head import Stub, blobs
 
+from conftest import Stub, blobs
 from leukexp.config.settings import head_from_config
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split

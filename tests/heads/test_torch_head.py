@@ -7,30 +7,11 @@ import numpy as np
 import pytest
 from torch import nn
 
+from conftest import Stub, Wide, blobs
 from leukexp.config.settings import head_from_config, train_settings
 from leukexp.heads.base import Head, HeadContext, Split
 from leukexp.heads.mlp import MLPHead
 from leukexp.heads.torch_head import TorchHead
-
-
-def blobs(n: int = 60, classes: int = 3, width: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Separable Gaussian blobs around fixed centres (the seed draws the noise): features and labels."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(classes), n // classes)
-    centres = np.random.default_rng(1234).normal(0, 4, (classes, width))
-    return (centres[labels] + rng.normal(0, 1, (len(labels), width))).astype(np.float32), labels
-
-
-class Stub:
-    """A stand-in backbone: only the feature width matters to a head."""
-
-    num_features = 8
-
-
-class Wide(Stub):
-    """A stand-in backbone as wide as EfficientNet-Lite0."""
-
-    num_features = 1280
 
 
 @pytest.mark.parametrize(("name", "widths"), [("mlp1", [128, 3]), ("mlp3", [1024, 512, 128, 3]),

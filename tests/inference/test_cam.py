@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from test_torch_head import blobs
 
+from conftest import blobs
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
 from leukexp.heads.sklearn_head import SklearnHead, knn, svm
