@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 
 from conftest import REPO_ROOT, write_image
+
+# every case starts `leukexp-train` or a script in a process of its own: `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

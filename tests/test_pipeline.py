@@ -13,6 +13,9 @@ from leukexp.data.synthetic import generate_image
 from leukexp.inference.classifier import load_classifier
 from leukexp.pipeline import train
 
+# every case trains a study cell end to end: `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 FAST = [*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=3"]
 TAGS = {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit", "cv_group"}
 ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "curves.png", "predictions.csv",
@@ -107,7 +110,6 @@ def test_class_weights_and_thesis_protocol_run(compose_cfg, tmp_path: Path) -> N
         "the thesis protocol tests every view of every test image")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model", ["inception_v3", "resnext101_32x8d", "senet154"])
 def test_study_backbones_compose_and_run(compose_cfg, tmp_path: Path, model: str) -> None:
     cfg = compose_cfg(f"model={model}", "model.pretrained=false", "model.input_size=96", *TINY_DATA,
@@ -118,7 +120,6 @@ def test_study_backbones_compose_and_run(compose_cfg, tmp_path: Path, model: str
     assert metrics["test/n"] == len(pd.read_csv(tmp_path / "outputs" / "manifest.csv").query("split == 'test'"))
 
 
-@pytest.mark.slow
 def test_keras_inception_v3_runs_the_whole_study_cell(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg("model=keras_inception_v3", "model.pretrained=false", "model.input_size=75", *TINY_DATA,
                       "augmentation=none", "head=logreg", "task=binary")

@@ -151,7 +151,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("mlflow.http_timeout", number(0, low_open=True), "seconds > 0", identity=False),
     Key("mlflow.http_max_retries", integer(0), "a whole number >= 0", identity=False),
     Key("mlflow.create_store_folder", boolean, "true or false", identity=False, default=False),
-    Key("mlflow.artifact_location", identity=False, default=None),
+    Key("mlflow.artifact_location", identity=False),
     # whole sections that never change what a run computes
     Key("mlflow", identity=False),
     Key("hydra", identity=False),

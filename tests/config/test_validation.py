@@ -35,10 +35,13 @@ def test_tta_and_the_thesis_protocol_exclude_each_other(compose_cfg) -> None:
     check_rules(compose_cfg("evaluation.tta=flips"))
 
 
-def test_the_default_and_tiny_configs_pass(compose_cfg) -> None:
-    validate(compose_cfg())
-    check_rules(compose_cfg("features.batch_size=64", "features.num_workers=2", "training.head_threads=null"))
-    validate(compose_cfg(*TINY_MODEL, "head=knn"))
+def test_validation_accepts_the_defaults_and_refuses_one_changed_key(compose_cfg) -> None:
+    """The same configs pass and fail by a single key: the checks look at values, not at which config it is."""
+    for overrides in ((), ("features.batch_size=64", "features.num_workers=2", "training.head_threads=null"),
+                      (*TINY_MODEL, "head=knn")):
+        validate(compose_cfg(*overrides))  # raises on any mistake
+        with pytest.raises(LeukexpError, match=r"^trainer\.max_epochs=0: expected a whole number of epochs"):
+            validate(compose_cfg(*overrides, "trainer.max_epochs=0"))
 
 
 def test_model_and_fusion_members_are_checked(compose_cfg, tmp_path) -> None:
