@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from omegaconf.errors import OmegaConfBaseException
 
 from leukexp.runtime.secrets import redact
+from leukexp.runtime.signals import Interrupted
 
 EXIT_USER_ERROR = 2
 
@@ -29,19 +30,6 @@ _OS_FIXES = {
 
 class LeukexpError(Exception):
     """A mistake in the user's input (data, config, files), reported as one line."""
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived: the current run ends KILLED and the process exits with 128 + the signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, as a shell reports a process ended by that signal."""
-        return 128 + self.signum
 
 
 def os_error_message(error: OSError) -> str | None:

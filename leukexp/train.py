@@ -9,8 +9,9 @@ import hydra
 from omegaconf import DictConfig
 
 from leukexp.config.compose import config_dir
-from leukexp.errors import EXIT_USER_ERROR, Interrupted, LeukexpError, user_errors
+from leukexp.errors import EXIT_USER_ERROR, LeukexpError, user_errors
 from leukexp.runtime.secrets import redact
+from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, record_failure
 
 log = logging.getLogger("leukexp")
@@ -40,7 +41,7 @@ def run_app(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from leukexp.pipeline import train  # it validates the config first, before Lightning and MLflow load
+    from leukexp.cell.pipeline import train  # it validates the config first, before Lightning and MLflow load
 
     return train(cfg).get(cfg.optimized_metric)
 

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> Result:
     overrides = [f"model={args.model}", f"model.pretrained={args.pretrained}", f"features.device={args.device}",
                  f"features.precision={args.precision}", *args.overrides]
 
-    from leukexp.config.settings import backbone_from_config
+    from leukexp.cell.settings import backbone_from_config
     from leukexp.features.extract import batch_size_for
     from leukexp.runtime.process import seed_everything
 

@@ -150,7 +150,7 @@ STUDY = ["model.input_size=64", "data.counts={ALL: 8, HLT: 8}", "data.image_size
 @pytest.fixture(scope="session")
 def study_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding a finished study: efficientnet_lite0 x {mlp1, svm} x 2 folds, run folders under outputs/."""
-    from leukexp.pipeline import train
+    from leukexp.cell.pipeline import train
 
     root = tmp_path_factory.mktemp("study")
     for head in ("mlp1", "svm"):

@@ -5,7 +5,8 @@ import signal
 
 import pytest
 
-from leukexp.errors import EXIT_USER_ERROR, Interrupted, LeukexpError, os_error_message, user_errors
+from leukexp.errors import EXIT_USER_ERROR, LeukexpError, os_error_message, user_errors
+from leukexp.runtime.signals import Interrupted
 
 
 @pytest.mark.parametrize(("code", "says"), [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only file system"),

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ALL4CLASS, MESSY_CLASSES, make_messy_folder, needs_shared_data
-from leukexp.pipeline import train
+from leukexp.cell.pipeline import train
 from leukexp.vocabulary import KIND_FOLD, kind_filter
 
 PER_CLASS = 60

@@ -1,1 +1,1 @@
-"""The Hydra config: where it lives, its key schema, validation and typed settings built from it."""
+"""The Hydra config: where it lives and composing it (`compose`), and every scalar key described once (`schema`)."""

@@ -7,8 +7,8 @@ What it sets, and why:
   sleeping, which makes a head training on two threads crawl when other processes want the cores (mlp3: 121 s under
   a two-process load, 19-22 s alone); 20,000 spins keep it as fast alone and let it share (53 s).
 - `HYDRA_FULL_ERROR=1`: Hydra re-raises composition errors, so `leukexp-train` reports them as one line itself.
-- Quiet libraries: MLflow's artifact progress bars, GitPython's refresh warning, Lightning's hardware banners and
-  tips, and warnings known to be harmless here.
+- Quiet libraries: MLflow's artifact progress bars and database set-up lines, GitPython's refresh warning,
+  Lightning's hardware banners and tips, and warnings known to be harmless here.
 - Stop signals (SIGTERM, SIGINT) raise `Interrupted` (`runtime.signals`); log records carry no credentials
   (`runtime.secrets`).
 
@@ -32,7 +32,8 @@ ENVIRONMENT = {
     "GIT_PYTHON_REFRESH": "quiet",
 }
 QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.seed")
+                 "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.seed",
+                 "mlflow.store.db.utils", "alembic")  # a new SQLite store's table creation
 HARMLESS_WARNINGS = (".*in eval mode at the start of training.*", ".*LeafSpec.*", ".*litlogger.*",
                      ".*does not have many workers.*", ".*The number of training batches.*",
                      ".*An input example was not provided.*")

@@ -12,9 +12,22 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from leukexp.errors import Interrupted
-
 log = logging.getLogger(__name__)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: the current run ends KILLED and the process exits with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process ended by that signal."""
+        return 128 + self.signum
+
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 

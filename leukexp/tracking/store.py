@@ -21,8 +21,6 @@ from leukexp.runtime.secrets import redact
 from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT, PARENT_TAG, mlflow_key
 
 log = logging.getLogger(__name__)
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
 PARAM_LIMIT = 6000
 
 

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from conftest import Stub, blobs
-from leukexp.config.settings import head_from_config
+from leukexp.cell.settings import head_from_config
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
 from leukexp.heads.sklearn_head import SklearnHead, knn, refused_types, stored_types, svm

@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from conftest import Stub, Wide, blobs
-from leukexp.config.settings import head_from_config, train_settings
+from leukexp.cell.settings import head_from_config, train_settings
 from leukexp.heads.base import Head, HeadContext, Split
 from leukexp.heads.mlp import MLPHead
 from leukexp.heads.torch_head import TorchHead

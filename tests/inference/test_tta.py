@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from leukexp.cell.pipeline import train
 from leukexp.data.augment import named_views
 from leukexp.data.io import file_digest, read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
 from leukexp.inference.tta import mean_per_source, view_samples
-from leukexp.pipeline import train
 
 
 def test_view_samples_are_source_major() -> None:

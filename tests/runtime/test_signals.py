@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from leukexp.errors import Interrupted
-from leukexp.runtime.signals import descendants, install_stop_handlers, reap
+from leukexp.runtime.signals import Interrupted, descendants, install_stop_handlers, reap
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

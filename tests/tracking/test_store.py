@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
+from leukexp.cell.pipeline import train
 from leukexp.errors import LeukexpError
-from leukexp.pipeline import train
 from leukexp.report.runs import load_runs
 from leukexp.tracking.store import RunLogger, configure_http, flatten, prepare_store
 from leukexp.tracking.sync import PENDING_FILE

@@ -9,9 +9,9 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
+from leukexp.cell.pipeline import train
 from leukexp.data.synthetic import generate_image
 from leukexp.inference.classifier import load_classifier
-from leukexp.pipeline import train
 
 # every case trains a study cell end to end: `make test-fast` leaves them out
 pytestmark = pytest.mark.slow

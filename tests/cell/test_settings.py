@@ -1,7 +1,7 @@
 """From config to objects: the backbone placed as `features.*` says, typed training settings."""
 
 from conftest import TINY_MODEL
-from leukexp.config.settings import backbone_from_config, train_settings
+from leukexp.cell.settings import backbone_from_config, train_settings
 
 
 def test_backbone_precision_follows_the_features_config(compose_cfg) -> None:

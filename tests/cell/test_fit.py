@@ -4,9 +4,9 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from conftest import blobs
+from leukexp.cell.fit import fit_head
 from leukexp.data.protocol import Samples
 from leukexp.features.extract import Features
-from leukexp.fit import fit_head
 from leukexp.heads.base import HeadContext
 from leukexp.heads.sklearn_head import SklearnHead
 

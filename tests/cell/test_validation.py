@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import TINY_MODEL
-from leukexp.config.validation import check_accelerator, check_head, check_model, check_rules, validate
+from leukexp.cell.validation import check_accelerator, check_head, check_model, check_rules, validate
 from leukexp.errors import LeukexpError
 
 

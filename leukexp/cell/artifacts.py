@@ -24,8 +24,8 @@ from leukexp.vocabulary import (
 
 if TYPE_CHECKING:
     from leukexp.backbones.base import Backbone
+    from leukexp.cell.fit import FitResult
     from leukexp.data.study import Study
-    from leukexp.fit import FitResult
 
 log = logging.getLogger("leukexp")
 

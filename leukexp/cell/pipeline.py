@@ -12,19 +12,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.backbones.base import Backbone
+from leukexp.cell.fit import FitResult, fit_head
+from leukexp.cell.settings import backbone_from_config, head_from_config
+from leukexp.cell.validation import validate
 from leukexp.config.schema import setting
-from leukexp.config.settings import backbone_from_config, head_from_config
-from leukexp.config.validation import validate
 from leukexp.console import Stopwatch, console, describe_study, print_frame
 from leukexp.data.dataset import ViewDataset
 from leukexp.data.study import Study, build_study
-from leukexp.errors import Interrupted, LeukexpError
+from leukexp.errors import LeukexpError
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.features.extract import part_caches, study_features
-from leukexp.fit import FitResult, fit_head
 from leukexp.inference.tta import score_with_views
 from leukexp.runtime.process import seed_everything, torch_threads
 from leukexp.runtime.secrets import redact
+from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
 from leukexp.tracking.sync import save_pending
@@ -161,7 +162,7 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
         metrics = classification_metrics(study.samples.test["label_index"].to_numpy(), result.test_probs,
                                          study.classes)
         metrics |= best_epoch_metrics(result.history, result.best_epoch)
-        from leukexp.artifacts import write_run_artifacts
+        from leukexp.cell.artifacts import write_run_artifacts
 
         cam = int(cfg.evaluation.cam_per_class) if cfg.evaluation.cam_panel else 0
         artifacts = write_run_artifacts(Path(cfg.paths.output_dir), redact(OmegaConf.to_yaml(cfg, resolve=True)), study,
