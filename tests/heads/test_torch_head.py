@@ -73,19 +73,6 @@ def test_train_settings_are_typed(compose_cfg) -> None:
     assert HeadContext(8, 2, single_logit=True).num_outputs == 1
 
 
-def test_cpu_threads_are_set_for_the_block_and_restored() -> None:
-    import torch
-
-    from leukexp.runtime.process import torch_threads
-
-    before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with torch_threads(None):
-        assert torch.get_num_threads() == before
-
-
 def test_head_threads_come_from_the_training_config(compose_cfg) -> None:
     assert train_settings(compose_cfg()).cpu_threads == "auto"
     assert train_settings(compose_cfg("training.head_threads=3")).cpu_threads == 3
