@@ -154,6 +154,10 @@ def cv_metric(metric: str, statistic: str) -> str:
     return f"{CV}{metric}_{statistic}"
 
 
+# a CV parent's count of finished folds (a metric; the tag FOLDS_FINISHED_TAG says the same as text)
+FOLDS_FINISHED_METRIC = cv_metric("folds", "finished")
+
+
 @dataclass(frozen=True)
 class Predictions:
     """Per-sample test predictions as `predictions.csv` holds them.

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from leukexp.vocabulary import TEST_ACC, cv_metric
+
 
 def free_port() -> int:
     """A free TCP port on localhost."""
@@ -103,7 +105,7 @@ def main() -> int:
             settle(page)
             search = page.get_by_placeholder("Search metric charts")
             if search.count():
-                search.first.fill("cv/test/acc_mean")
+                search.first.fill(cv_metric(TEST_ACC, "mean"))
                 page.wait_for_timeout(1500)
             page.screenshot(path=str(args.out / "mlflow-chart.png"))
             browser.close()

@@ -18,6 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import write_image
+from leukexp.vocabulary import KIND_TAG
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=32",
         "trainer.max_epochs=1"]
@@ -237,8 +238,8 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) 
     assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
     diverged = client.get_experiment_by_name("diverged").experiment_id
     assert [r.info.status for r in runs if r.info.experiment_id == diverged
-            and r.data.tags.get("leukexp.kind") == "fold"] == ["FAILED"], "the diverged run is FAILED"
-    started = [r for r in runs if r.data.tags.get("leukexp.kind") == "fold" and r.info.experiment_id != diverged]
+            and r.data.tags.get(KIND_TAG) == "fold"] == ["FAILED"], "the diverged run is FAILED"
+    started = [r for r in runs if r.data.tags.get(KIND_TAG) == "fold" and r.info.experiment_id != diverged]
     assert len(started) == 1, "no other bad input started a run"
     assert not Path("/nonexistent-leukexp-store").exists(), "no folder was made for a store outside the project"
     assert (workspace / "report.txt").read_text() == "my notes", "nothing already written is lost"
@@ -282,7 +283,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 def fold_statuses(root: Path) -> list[str]:
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    return sorted(r.info.status for r in runs if r.data.tags.get("leukexp.kind") == "fold")
+    return sorted(r.info.status for r in runs if r.data.tags.get(KIND_TAG) == "fold")
 
 
 @pytest.mark.slow

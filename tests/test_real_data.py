@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ALL4CLASS, MESSY_CLASSES, make_messy_folder, needs_shared_data
 from leukexp.cell.pipeline import train
-from leukexp.vocabulary import KIND_FOLD, kind_filter
+from leukexp.vocabulary import CLASSES_TAG, KIND_FOLD, TEST_ACC, kind_filter
 
 PER_CLASS = 60
 
@@ -37,7 +37,7 @@ def test_efficientnet_lite0_mlp1_on_real_all4class_subset(compose_cfg, tmp_path:
                       "head=mlp1", "model=efficientnet_lite0")
     metrics = train(cfg)
     print({k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1})
-    assert metrics["test/acc"] >= 0.85, metrics["test/acc"]
+    assert metrics[TEST_ACC] >= 0.85, metrics[TEST_ACC]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("leukexp").experiment_id
     (run,) = client.search_runs([experiment], kind_filter(KIND_FOLD))
@@ -67,7 +67,7 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     (run,) = client.search_runs([experiment], kind_filter(KIND_FOLD))
     assert run.info.status == "FINISHED"
     assert "test/f1/Band _BNE__" in run.data.metrics
-    assert json.loads(run.data.tags["leukexp.classes"]) == {"ALL": "ALL", "Band _BNE__": "Band (BNE)+"}
+    assert json.loads(run.data.tags[CLASSES_TAG]) == {"ALL": "ALL", "Band _BNE__": "Band (BNE)+"}
     (folder,) = (tmp_path / "logs" / "runs").iterdir()
     assert (folder / "cam" / "panel.png").stat().st_size > 10_000, "the panel of mixed-size images was drawn"
     assert "cam/panel.png" in {a.path for a in client.list_artifacts(run.info.run_id, "cam")}

@@ -24,6 +24,23 @@ def test_names() -> None:
     assert cv_metric("test/acc", "mean") == "cv/test/acc_mean"
 
 
+def test_the_names_users_see_are_pinned() -> None:
+    """What the MLflow UI, filters, reports and saved searches show: the rest of the suite uses the constants, so a
+    change of a name shows here, once, as the breaking change it is."""
+    from leukexp import vocabulary as v
+
+    assert (v.TEST_ACC, v.TEST_LOSS, v.TEST_COUNT, v.TEST_F1_MACRO, v.TEST_AUC_MACRO) == (
+        "test/acc", "test/loss", "test/n", "test/f1_macro", "test/auc_macro")
+    assert v.HISTORY_METRICS == ("train/loss", "train/acc", "val/loss", "val/acc") and v.EPOCH == "epoch"
+    assert (v.BEST + v.SELECTION_METRIC, v.BEST_EPOCH, v.FOLDS_FINISHED_METRIC) == (
+        "best/val/acc", "best/epoch", "cv/folds_finished")
+    assert (v.KIND_TAG, v.NAME_TAG, v.PARENT_TAG, v.CV_GROUP_TAG, v.CLASSES_TAG) == (
+        "leukexp.kind", "leukexp.name", "mlflow.parentRunId", "cv_group", "leukexp.classes")
+    assert (v.REGISTRY_PARENT_TAG, v.REGISTRY_METRIC_TAG, v.REGISTRY_SELECTION_TAG) == (
+        "leukexp.cv_parent", "leukexp.metric", "leukexp.selection")
+    assert v.LABEL_TAGS == ("model", "head", "task", "protocol", "augmentation", "data")
+
+
 def test_class_names_of_any_spelling_become_keys_mlflow_accepts() -> None:
     from mlflow.utils.validation import _validate_metric_name
 

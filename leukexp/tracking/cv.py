@@ -29,6 +29,7 @@ from leukexp.vocabulary import (
     DATA_HASH_TAG,
     EPOCH,
     FOLD_TAG,
+    FOLDS_FINISHED_METRIC,
     FOLDS_FINISHED_TAG,
     KIND_CV,
     KIND_TAG,
@@ -44,7 +45,6 @@ from leukexp.vocabulary import (
     SEARCH_RUN_TAG,
     STUDY_TAG,
     TEST,
-    cv_metric,
     quote_filter,
 )
 
@@ -203,7 +203,7 @@ def aggregate(client: MlflowClient, experiment_id: str, parent_id: str, n_splits
     complete = len(children) >= n_splits
     if children:
         table = fold_table(children)
-        metrics = aggregate_metrics(table) | {cv_metric("folds", "finished"): float(len(children))}
+        metrics = aggregate_metrics(table) | {FOLDS_FINISHED_METRIC: float(len(children))}
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             predictions = {}

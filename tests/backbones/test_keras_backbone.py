@@ -14,6 +14,7 @@ from leukexp.backbones.base import Backbone
 from leukexp.backbones.keras_backbone import KerasBackbone
 from leukexp.config.compose import build
 from leukexp.errors import LeukexpError
+from leukexp.vocabulary import TEST_ACC
 
 
 @pytest.fixture(scope="module")
@@ -67,4 +68,4 @@ def test_a_keras_run_with_a_torch_head_in_a_fresh_process(tmp_path: Path) -> Non
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "CI": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "test/acc" in result.stdout
+    assert TEST_ACC in result.stdout

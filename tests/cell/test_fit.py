@@ -9,6 +9,7 @@ from leukexp.data.protocol import Samples
 from leukexp.features.extract import Features
 from leukexp.heads.base import HeadContext
 from leukexp.heads.sklearn_head import SklearnHead
+from leukexp.vocabulary import VAL_ACC
 
 
 def test_fit_head_predicts_val_and_test() -> None:
@@ -20,5 +21,5 @@ def test_fit_head_predicts_val_and_test() -> None:
     result = fit_head(SklearnHead(HeadContext(8, 3), LogisticRegression()), samples, Features(x, vx, tx))
     assert result.val_probs.shape == (30, 3) and result.test_probs.shape == (15, 3)
     assert (result.test_probs.argmax(1) == ty).mean() > 0.85
-    assert result.history.loc[0, "val/acc"] == (result.val_probs.argmax(1) == vy).mean()
+    assert result.history.loc[0, VAL_ACC] == (result.val_probs.argmax(1) == vy).mean()
     assert result.best_epoch == 0

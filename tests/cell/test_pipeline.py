@@ -12,6 +12,17 @@ from conftest import TINY_DATA, TINY_MODEL
 from leukexp.cell.pipeline import train
 from leukexp.data.synthetic import generate_image
 from leukexp.inference.classifier import load_classifier
+from leukexp.vocabulary import (
+    FOLDS_FINISHED_METRIC,
+    PARENT_TAG,
+    STUDY_TAG,
+    TEST_ACC,
+    TEST_AUC_MACRO,
+    TEST_COUNT,
+    TEST_LOSS,
+    TRAIN_LOSS,
+    VAL_ACC,
+)
 
 # every case trains a study cell end to end: `make test-fast` leaves them out
 pytestmark = pytest.mark.slow
@@ -28,10 +39,10 @@ def only_run(root: Path):
     runs = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'fold'")
     assert len(runs) == 1
     parents = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'cv'")
-    assert [p.info.run_id for p in parents] == [runs[0].data.tags["mlflow.parentRunId"]]
+    assert [p.info.run_id for p in parents] == [runs[0].data.tags[PARENT_TAG]]
     assert parents[0].info.status == "FINISHED", "nothing runs, so the parent is not left RUNNING"
-    assert parents[0].data.tags["leukexp.study"] == "incomplete (1/5 folds)"
-    assert parents[0].data.metrics["cv/folds_finished"] == 1
+    assert parents[0].data.tags[STUDY_TAG] == "incomplete (1/5 folds)"
+    assert parents[0].data.metrics[FOLDS_FINISHED_METRIC] == 1
     return client, runs[0]
 
 
@@ -50,13 +61,13 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
     assert "fold=" not in run.data.tags["cv_group"] and f"head={head}" in run.data.tags["cv_group"]
     logged = run.data.metrics
     classes = ["ALL", "AML", "CLL", "CML", "HLT"]
-    expected = {"test/acc", "test/loss", "test/f1_macro", "test/auc_macro", "val/acc",
+    expected = {TEST_ACC, TEST_LOSS, "test/f1_macro", TEST_AUC_MACRO, VAL_ACC,
                 *(f"test/{m}/{c}" for m in ("precision", "recall", "f1", "auc") for c in classes)}
     assert expected <= set(logged)
     if TARGETS[head].startswith("torch_head"):
-        assert "train/loss" in logged
-        assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 3
-    assert logged["test/acc"] == pytest.approx(metrics["test/acc"])
+        assert TRAIN_LOSS in logged
+        assert len(client.get_metric_history(run.info.run_id, VAL_ACC)) == 3
+    assert logged[TEST_ACC] == pytest.approx(metrics[TEST_ACC])
     assert run.data.params["head._target_"] == f"leukexp.heads.{TARGETS[head]}"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts >= ARTIFACTS | {"cam"}
@@ -84,7 +95,7 @@ def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -
     assert entries, "features were cached"
     warm = train(compose_cfg(*overrides))
     assert sorted(p.name for p in cache.rglob("*.npy")) == entries, "a warm run computes nothing new"
-    assert warm["test/acc"] == cold["test/acc"] and warm["test/loss"] == pytest.approx(cold["test/loss"])
+    assert warm[TEST_ACC] == cold[TEST_ACC] and warm[TEST_LOSS] == pytest.approx(cold[TEST_LOSS])
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -93,9 +104,9 @@ def test_online_augmentation_runs_the_backbone_per_batch(compose_cfg, tmp_path: 
     metrics = train(compose_cfg(*TINY_MODEL, *TINY_DATA, "augmentation=online", "trainer.max_epochs=2",
                                 f"training.num_workers={workers}", "mlflow.enabled=false"))
     history = pd.read_csv(tmp_path / "outputs" / "history.csv")
-    assert len(history) == 2 and history["train/loss"].notna().all(), "two epochs trained on images"
+    assert len(history) == 2 and history[TRAIN_LOSS].notna().all(), "two epochs trained on images"
     manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
-    assert metrics["test/n"] == (manifest["split"] == "test").sum(), "tested on the original test images only"
+    assert metrics[TEST_COUNT] == (manifest["split"] == "test").sum(), "tested on the original test images only"
     cached = [p.name for p in (tmp_path / "cache" / "features").rglob("*.npy")]
     assert cached and all(name.endswith("_original.npy") for name in cached), "only originals are cached"
 
@@ -106,7 +117,7 @@ def test_class_weights_and_thesis_protocol_run(compose_cfg, tmp_path: Path) -> N
     metrics = train(cfg)
     views = instantiate(cfg.augmentation, _convert_="all").n_views
     manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
-    assert views > 1 and metrics["test/n"] == views * (manifest["split"] == "test").sum(), (
+    assert views > 1 and metrics[TEST_COUNT] == views * (manifest["split"] == "test").sum(), (
         "the thesis protocol tests every view of every test image")
 
 
@@ -117,7 +128,7 @@ def test_study_backbones_compose_and_run(compose_cfg, tmp_path: Path, model: str
     metrics = train(cfg)
     entries = list((tmp_path / "cache" / "features").rglob("*.npy"))
     assert len(entries) == 12 and np.load(entries[0]).shape == (2048,), "every image embedded once, 2,048 wide"
-    assert metrics["test/n"] == len(pd.read_csv(tmp_path / "outputs" / "manifest.csv").query("split == 'test'"))
+    assert metrics[TEST_COUNT] == len(pd.read_csv(tmp_path / "outputs" / "manifest.csv").query("split == 'test'"))
 
 
 def test_keras_inception_v3_runs_the_whole_study_cell(compose_cfg, tmp_path: Path) -> None:
@@ -131,4 +142,4 @@ def test_keras_inception_v3_runs_the_whole_study_cell(compose_cfg, tmp_path: Pat
     classifier = load_classifier(tmp_path / "outputs" / "model")
     probs = classifier.predict_proba([generate_image("ALL", 0, size=64)])
     assert type(classifier.backbone).__name__ == "KerasBackbone" and probs.shape == (1, 2)
-    assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
+    assert metrics[TEST_ACC] == pytest.approx(run.data.metrics[TEST_ACC])

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics, confusion
+from leukexp.vocabulary import BEST, BEST_EPOCH, TEST_ACC, TEST_AUC_MACRO, TEST_COUNT, TEST_LOSS, TRAIN_LOSS, VAL_ACC
 
 CLASSES = ["ALL", "AML", "HLT"]
 
@@ -13,16 +14,16 @@ def test_metrics_of_a_known_prediction() -> None:
     labels = np.array([0, 0, 1, 2])
     probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
     metrics = classification_metrics(labels, probs, CLASSES)
-    assert metrics["test/acc"] == 0.75 and metrics["test/n"] == 4
+    assert metrics[TEST_ACC] == 0.75 and metrics[TEST_COUNT] == 4
     assert metrics["test/recall/ALL"] == 0.5 and metrics["test/precision/AML"] == 0.5
     assert metrics["test/f1/HLT"] == 1.0
-    assert metrics["test/loss"] == pytest.approx(-np.mean(np.log([0.8, 0.2, 0.8, 0.8])))
+    assert metrics[TEST_LOSS] == pytest.approx(-np.mean(np.log([0.8, 0.2, 0.8, 0.8])))
     assert metrics["test/auc/HLT"] == 1.0
 
 
 def test_auc_of_an_absent_class_is_left_out() -> None:
     metrics = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]]), CLASSES)
-    assert "test/auc/HLT" not in metrics and metrics["test/auc_macro"] == 1.0
+    assert "test/auc/HLT" not in metrics and metrics[TEST_AUC_MACRO] == 1.0
 
 
 def test_confusion_counts() -> None:
@@ -31,6 +32,6 @@ def test_confusion_counts() -> None:
 
 
 def test_best_epoch_metrics() -> None:
-    history = pd.DataFrame({"epoch": [0, 1, 2], "val/acc": [0.5, 0.9, 0.7], "train/loss": [1.0, 0.5, 0.4]})
-    assert best_epoch_metrics(history, 1) == {"best/epoch": 1.0, "best/val/acc": 0.9, "best/train/loss": 0.5}
-    assert best_epoch_metrics(pd.DataFrame(), -1) == {"best/epoch": -1.0}
+    history = pd.DataFrame({"epoch": [0, 1, 2], VAL_ACC: [0.5, 0.9, 0.7], TRAIN_LOSS: [1.0, 0.5, 0.4]})
+    assert best_epoch_metrics(history, 1) == {BEST_EPOCH: 1.0, BEST + VAL_ACC: 0.9, "best/train/loss": 0.5}
+    assert best_epoch_metrics(pd.DataFrame(), -1) == {BEST_EPOCH: -1.0}

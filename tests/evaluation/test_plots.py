@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.evaluation.plots import bar_chart, contact_sheet, grouped_bars, plot_confusion, plot_curves, plot_roc
+from leukexp.vocabulary import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 
 
 def png(path: Path) -> np.ndarray:
@@ -18,8 +19,8 @@ def png(path: Path) -> np.ndarray:
 def test_every_figure_is_written(tmp_path: Path) -> None:
     matrix = pd.DataFrame([[5, 1], [0, 4]], index=["ALL", "HLT"], columns=["ALL", "HLT"])
     labels, probs = np.array([0, 0, 1, 1]), np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
-    history = pd.DataFrame({"epoch": [0, 1], "train/acc": [0.5, 0.7], "val/acc": [0.6, 0.8],
-                            "train/loss": [1.0, 0.6], "val/loss": [0.9, 0.7]})
+    history = pd.DataFrame({"epoch": [0, 1], TRAIN_ACC: [0.5, 0.7], VAL_ACC: [0.6, 0.8],
+                            TRAIN_LOSS: [1.0, 0.6], VAL_LOSS: [0.9, 0.7]})
     figures = [plot_confusion(matrix, tmp_path / "cm.png"), plot_roc([("f0", labels, probs)], ["ALL", "HLT"],
                                                                      tmp_path / "roc.png"),
                plot_curves(history, tmp_path / "curves.png", 1),

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from leukexp.evaluation.stats import aggregate_metrics, paired_difference, spread, t_interval, wilson_interval
+from leukexp.vocabulary import BEST, TEST_ACC, TRAIN_LOSS, VAL_ACC, cv_metric
 
 
 def test_t_interval_matches_scipy() -> None:
@@ -30,13 +31,14 @@ def test_wilson_interval_stays_inside_0_1() -> None:
 
 
 def test_aggregates_cover_test_and_best_epoch_metrics_only() -> None:
-    table = pd.DataFrame({"test/acc": [0.8, 0.9, 1.0], "best/val/acc": [0.7, 0.7, 0.7], "train/loss": [1, 2, 3]},
+    table = pd.DataFrame({TEST_ACC: [0.8, 0.9, 1.0], BEST + VAL_ACC: [0.7, 0.7, 0.7], TRAIN_LOSS: [1, 2, 3]},
                          index=["f0", "f1", "f2"])
     out = aggregate_metrics(table)
-    assert set(out) == {f"cv/{m}_{s}" for m in ("test/acc", "best/val/acc") for s in ("mean", "std", "ci95_low",
+    assert set(out) == {f"cv/{m}_{s}" for m in (TEST_ACC, BEST + VAL_ACC) for s in ("mean", "std", "ci95_low",
                                                                                         "ci95_high")}
-    assert out["cv/best/val/acc_mean"] == pytest.approx(0.7), "what a search optimizes by default"
-    assert out["cv/test/acc_mean"] == pytest.approx(0.9) and out["cv/test/acc_std"] == pytest.approx(0.1)
+    assert out[cv_metric(BEST + VAL_ACC, "mean")] == pytest.approx(0.7), "what a search optimizes by default"
+    assert out[cv_metric(TEST_ACC, "mean")] == pytest.approx(0.9)
+    assert out[cv_metric(TEST_ACC, "std")] == pytest.approx(0.1)
     assert spread(np.array([0.5])) == 0.0
 
 

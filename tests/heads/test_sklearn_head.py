@@ -13,6 +13,7 @@ from leukexp.cell.settings import head_from_config
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
 from leukexp.heads.sklearn_head import SklearnHead, knn, refused_types, stored_types, svm
+from leukexp.vocabulary import TRAIN_ACC, VAL_ACC
 
 
 @pytest.mark.parametrize("name", ["svm", "logreg", "knn"])
@@ -22,7 +23,7 @@ def test_config_heads_learn_and_give_probabilities(compose_cfg, name: str) -> No
     x, y = blobs(90)
     vx, vy = blobs(90, seed=1)
     history = head.fit(Split(y, x), Split(vy, vx))
-    assert list(history.columns) == ["epoch", "train/acc", "val/acc"] and len(history) == 1
+    assert list(history.columns) == ["epoch", TRAIN_ACC, VAL_ACC] and len(history) == 1
     probs = head.predict_proba(vx)
     assert probs.shape == (90, 3) and np.allclose(probs.sum(1), 1.0)
     assert (probs.argmax(1) == vy).mean() > 0.85

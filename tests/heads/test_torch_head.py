@@ -12,6 +12,7 @@ from leukexp.cell.settings import head_from_config, train_settings
 from leukexp.heads.base import Head, HeadContext, Split
 from leukexp.heads.mlp import MLPHead
 from leukexp.heads.torch_head import TorchHead
+from leukexp.vocabulary import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 
 
 @pytest.mark.parametrize(("name", "widths"), [("mlp1", [128, 3]), ("mlp3", [1024, 512, 128, 3]),
@@ -43,10 +44,10 @@ def test_training_keeps_the_best_validation_epoch_and_learns(compose_cfg) -> Non
     head = head_from_config(cfg, Stub(), num_classes=3, class_weights=None)
     history = head.fit(Split(y, x), Split(vy, vx))
     assert list(history["epoch"]) == [0, 1, 2, 3, 4, 5]
-    metrics = history[["train/loss", "train/acc", "val/loss", "val/acc"]]
-    assert metrics.notna().all().all() and history["train/loss"].iloc[-1] < history["train/loss"].iloc[0]
-    assert head.best_epoch == int(history["val/acc"].to_numpy().argmax())
-    assert (head.predict_proba(vx).argmax(1) == vy).mean() == pytest.approx(history["val/acc"].max())
+    metrics = history[[TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC]]
+    assert metrics.notna().all().all() and history[TRAIN_LOSS].iloc[-1] < history[TRAIN_LOSS].iloc[0]
+    assert head.best_epoch == int(history[VAL_ACC].to_numpy().argmax())
+    assert (head.predict_proba(vx).argmax(1) == vy).mean() == pytest.approx(history[VAL_ACC].max())
     assert (head.predict_proba(vx).argmax(1) == vy).mean() > 0.9
 
 

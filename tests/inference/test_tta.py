@@ -12,6 +12,7 @@ from leukexp.data.io import file_digest, read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
 from leukexp.inference.tta import mean_per_source, view_samples
+from leukexp.vocabulary import TEST_COUNT
 
 
 def test_view_samples_are_source_major() -> None:
@@ -38,7 +39,7 @@ def test_a_tta_runs_probabilities_are_the_mean_of_its_views(compose_cfg, tmp_pat
     metrics = train(compose_cfg(*STUDY, "head=logreg", "evaluation.tta=flips", "mlflow.enabled=false"))
     predictions = pd.read_csv(tmp_path / "outputs" / "predictions.csv")
     manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
-    assert len(predictions) == (manifest["split"] == "test").sum() == metrics["test/n"], "one row per test image"
+    assert len(predictions) == (manifest["split"] == "test").sum() == metrics[TEST_COUNT], "one row per test image"
     classifier = load_classifier(tmp_path / "outputs")
     views = named_views("flips", seed=42)
     (root,) = {p.parent.parent for p in (tmp_path / "cache" / "synthetic").rglob("*.png")}

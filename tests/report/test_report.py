@@ -19,15 +19,16 @@ from leukexp.report.tables import (
     summary_table,
 )
 from leukexp.tracking.store import RunLogger
+from leukexp.vocabulary import BEST, KIND_TAG, TEST_ACC, TEST_AUC_MACRO, TEST_COUNT, TEST_LOSS, VAL_ACC
 
 
 def folds() -> pd.DataFrame:
     rows = []
     for group, accuracies in {"head=mlp1 model=m": [0.8, 0.9, 0.85], "head=svm model=m": [0.9, 1.0, 0.95]}.items():
         for i, acc in enumerate(accuracies):
-            rows.append({"cv_group": group, "fold": f"f{i}", "test/acc": acc, "test/n": 20, "test/loss": 1 - acc,
-                         "test/f1_macro": acc, "test/auc_macro": acc, "test/f1/ALL": acc, "test/precision/ALL": acc,
-                         "test/recall/ALL": acc, "best/val/acc": 0.7})
+            rows.append({"cv_group": group, "fold": f"f{i}", TEST_ACC: acc, TEST_COUNT: 20, TEST_LOSS: 1 - acc,
+                         "test/f1_macro": acc, TEST_AUC_MACRO: acc, "test/f1/ALL": acc, "test/precision/ALL": acc,
+                         "test/recall/ALL": acc, BEST + VAL_ACC: 0.7})
     frame = pd.DataFrame(rows)
     return frame.assign(config=configuration_labels(frame["cv_group"]))
 
@@ -73,8 +74,8 @@ def test_cli_exits_0_and_honours_mlflow_tracking_uri(tmp_path: Path, monkeypatch
     uri = f"sqlite:///{tmp_path}/store.db"
     logger = RunLogger(uri, "demo", str(tmp_path / "artifacts"))
     for fold, acc in (("f0", 0.8), ("f1", 0.9)):
-        logger.start(fold, {"leukexp.kind": "fold", "fold": fold, "cv_group": "head=mlp1", "head": "mlp1"})
-        logger.log_metrics({"test/acc": acc, "test/n": 10.0})
+        logger.start(fold, {KIND_TAG: "fold", "fold": fold, "cv_group": "head=mlp1", "head": "mlp1"})
+        logger.log_metrics({TEST_ACC: acc, TEST_COUNT: 10.0})
         logger.end()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
@@ -104,7 +105,7 @@ def test_an_ensemble_averages_its_members_per_fold() -> None:
     rows = ensemble_folds(frame, ["head=mlp1", "head=svm"], predictions)
     assert list(rows["fold"]) == ["f0", "f1", "f2"] and rows["config"].iloc[0] == "ensemble(head=mlp1 + head=svm)"
     # mean probabilities [[.8,.2],[.4,.6],[.4,.6]] -> all three right; each member alone gets two of three
-    assert rows["test/acc"].tolist() == [1.0, 1.0, 1.0]
+    assert rows[TEST_ACC].tolist() == [1.0, 1.0, 1.0]
     both = pd.concat([frame, rows], ignore_index=True)
     assert pick_configuration(both, "head=svm") == "head=svm", "a member's selector does not match the ensemble"
 

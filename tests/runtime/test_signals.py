@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from leukexp.runtime.signals import Interrupted, descendants, install_stop_handlers, reap
+from leukexp.vocabulary import KIND_TAG
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -82,7 +83,7 @@ def stop_while_training(process: subprocess.Popen, root: Path) -> tuple[str, lis
     """SIGTERM once a fold run is RUNNING (and training); return stderr and every run of the store."""
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if any(r.info.status == "RUNNING" and r.data.tags.get("leukexp.kind") == "fold" for r in fold_runs(root)):
+        if any(r.info.status == "RUNNING" and r.data.tags.get(KIND_TAG) == "fold" for r in fold_runs(root)):
             break
         time.sleep(0.5)
     time.sleep(3)  # into the head's epochs
@@ -99,7 +100,7 @@ def test_sigterm_ends_the_run_and_its_parent_killed_and_exits_143(tmp_path: Path
     err, runs = stop_while_training(process, tmp_path)
     assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "stopped by signal 15" in err and "Traceback" not in err
-    folds = [r for r in runs if r.data.tags.get("leukexp.kind") == "fold"]
-    parents = [r for r in runs if r.data.tags.get("leukexp.kind") == "cv"]
+    folds = [r for r in runs if r.data.tags.get(KIND_TAG) == "fold"]
+    parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "cv"]
     assert [r.info.status for r in folds] == ["KILLED"], "the current run is KILLED and no next job started"
     assert [r.info.status for r in parents] == ["KILLED"]

@@ -15,6 +15,7 @@ from leukexp.report.runs import load_runs
 from leukexp.report.sections import write_report
 from leukexp.report.tables import per_fold_tables, summary_table
 from leukexp.sweeps import multirun as sweep_module
+from leukexp.vocabulary import KIND_TAG, NOTE_CONTENT, PARENT_TAG, TEST_ACC, cv_metric
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
         "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none",
@@ -60,8 +61,8 @@ def client_for(root: Path) -> tuple[MlflowClient, str]:
 def runs_by_kind(root: Path) -> tuple[list, list]:
     client, experiment = client_for(root)
     runs = client.search_runs([experiment], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("leukexp.kind") == "cv"]
-    folds = [r for r in runs if r.data.tags.get("leukexp.kind") == "fold"]
+    parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "cv"]
+    folds = [r for r in runs if r.data.tags.get(KIND_TAG) == "fold"]
     return parents, folds
 
 
@@ -72,14 +73,14 @@ def assert_complete_study(root: Path, n_configs: int = 2, n_folds: int = 2) -> N
     keys = [(r.data.tags["cv_group"], r.data.tags["fold"]) for r in finished]
     assert len(keys) == len(set(keys)) == n_configs * n_folds, "one finished run per configuration and fold"
     for parent in parents:
-        children = [r for r in finished if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        children = [r for r in finished if r.data.tags[PARENT_TAG] == parent.info.run_id]
         assert sorted(r.data.tags["fold"] for r in children) == ["f0", "f1"]
         assert {r.data.tags["cv_group"] for r in children} == {parent.data.tags["cv_group"]}
         assert "fold=" not in parent.data.tags["cv_group"]
         assert parent.info.status == "FINISHED"
-        accuracies = np.array([r.data.metrics["test/acc"] for r in children])
-        assert parent.data.metrics["cv/test/acc_mean"] == pytest.approx(accuracies.mean())
-        assert parent.data.metrics["cv/test/acc_std"] == pytest.approx(accuracies.std(ddof=1))
+        accuracies = np.array([r.data.metrics[TEST_ACC] for r in children])
+        assert parent.data.metrics[cv_metric(TEST_ACC, "mean")] == pytest.approx(accuracies.mean())
+        assert parent.data.metrics[cv_metric(TEST_ACC, "std")] == pytest.approx(accuracies.std(ddof=1))
         f1 = np.array([r.data.metrics["test/f1_macro"] for r in children])
         assert parent.data.metrics["cv/test/f1_macro_mean"] == pytest.approx(f1.mean())
         assert parent.data.metrics["cv/test/acc_ci95_low"] <= accuracies.mean() <= parent.data.metrics[
@@ -91,7 +92,7 @@ def assert_complete_study(root: Path, n_configs: int = 2, n_folds: int = 2) -> N
         name = parent.info.run_name
         assert parent.data.tags["head"] in name.split(" · "), name
         assert sorted(r.info.run_name for r in children) == [f"f0 · {name}", f"f1 · {name}"]
-        note = parent.data.tags["mlflow.note.content"]
+        note = parent.data.tags[NOTE_CONTENT]
         assert f"**{accuracies.mean():.4f}**" in note and note.count("\n| f") - note.count("\n| fold") == n_folds
     assert len({p.info.run_name for p in parents}) == len(parents), "names are unique in the experiment"
 
@@ -112,7 +113,7 @@ def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_pat
     assert sorted(summary["configuration"]) == ["head=mlp1", "head=svm"]
     for config, table in per_fold_tables(runs.folds).items():
         mine = [r for r in folds if f"head={r.data.tags['head']}" == config]
-        expected = np.mean([r.data.metrics["test/acc"] for r in mine])
+        expected = np.mean([r.data.metrics[TEST_ACC] for r in mine])
         assert table.loc["test_acc", "Average"] == pytest.approx(expected)
         assert summary.set_index("configuration").loc[config, "mean"] == pytest.approx(expected)
     report = write_report(runs, tmp_path / "report", "leukexp", compare=[("head=mlp1", "head=svm")])

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from leukexp.errors import LeukexpError
 from leukexp.sweeps.search import fold_metric, override_value, parallel_jobs, parse_space
+from leukexp.vocabulary import BEST, KIND_TAG, PARENT_TAG, TEST_ACC, TEST_LOSS, TRIAL_STATE_TAG, VAL_ACC, cv_metric
 
 CONFIG = OmegaConf.create({"hydra": {"runtime": {"choices": {"head": "logreg", "model": "efficientnet_lite0"}}},
                            "optimizer": {"lr": 0.001}, "head": {"C": None, "hidden": [128], "dropout": 0.0},
@@ -50,9 +51,10 @@ def test_an_impossible_space_is_one_line(params: dict[str, str], says: str) -> N
 
 
 def test_objectives_and_batches() -> None:
-    assert fold_metric("cv/best/val/acc_mean") == "best/val/acc" and fold_metric("cv/test/loss_mean") == "test/loss"
+    assert fold_metric(cv_metric(BEST + VAL_ACC, "mean")) == BEST + VAL_ACC
+    assert fold_metric(cv_metric(TEST_LOSS, "mean")) == TEST_LOSS
     with pytest.raises(LeukexpError, match=r"hydra\.sweeper\.objective='test/acc'"):
-        fold_metric("test/acc")
+        fold_metric(TEST_ACC)
 
     class Joblib:
         joblib = {"n_jobs": 2}
@@ -77,7 +79,7 @@ def store_runs(root: Path) -> dict[str, list]:
     experiment = client.get_experiment_by_name("search_linear").experiment_id
     runs: dict[str, list] = {"search": [], "cv": [], "fold": []}
     for run in client.search_runs([experiment], max_results=1000):
-        runs[run.data.tags["leukexp.kind"]].append(run)
+        runs[run.data.tags[KIND_TAG]].append(run)
     return runs
 
 
@@ -120,10 +122,10 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
     finished = [r for r in runs["fold"] if r.info.status == "FINISHED"]
     assert len(runs["cv"]) == 4 and len(finished) == 8, "no fold of a trial was run twice"
     for parent in runs["cv"]:
-        assert parent.data.tags["mlflow.parentRunId"] == search_run.info.run_id, "trials sit under the search run"
-        assert parent.data.tags["leukexp.trial_state"] == "complete"
+        assert parent.data.tags[PARENT_TAG] == search_run.info.run_id, "trials sit under the search run"
+        assert parent.data.tags[TRIAL_STATE_TAG] == "complete"
         assert parent.info.run_name.startswith(("logreg · C=", "svm · C=")), "named by the sampled values"
-        assert "cv/best/val/acc_mean" in parent.data.metrics
+        assert cv_metric(BEST + VAL_ACC, "mean") in parent.data.metrics
 
     report = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "search_linear", "--out",
                              str(tmp_path / "report")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -145,9 +147,9 @@ def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(tmp_path: Path) -> 
     states = [t.state.name for t in study(tmp_path).trials]
     assert states == ["COMPLETE", "PRUNED"]
     runs = store_runs(tmp_path)
-    pruned = [p for p in runs["cv"] if p.data.tags.get("leukexp.trial_state") == "pruned"]
+    pruned = [p for p in runs["cv"] if p.data.tags.get(TRIAL_STATE_TAG) == "pruned"]
     assert len(pruned) == 1
-    folds = [r for r in runs["fold"] if r.data.tags["mlflow.parentRunId"] == pruned[0].info.run_id]
+    folds = [r for r in runs["fold"] if r.data.tags[PARENT_TAG] == pruned[0].info.run_id]
     assert len(folds) == 1, "the pruned trial stopped after its first fold"
 
 

@@ -17,10 +17,22 @@ from leukexp.tracking.cv import (
     this_process,
 )
 from leukexp.tracking.store import RunLogger
-from leukexp.vocabulary import Predictions
+from leukexp.vocabulary import (
+    BEST,
+    FOLDS_FINISHED_METRIC,
+    KIND_TAG,
+    NAME_TAG,
+    OWNER_TAG,
+    STUDY_TAG,
+    TEST_ACC,
+    TEST_LOSS,
+    VAL_ACC,
+    Predictions,
+    cv_metric,
+)
 
 TAGS = {"model": "m", "head": "h", "task": "t", "cv_group": "head=h model=m", "data_hash": "abc", "n_splits": "2",
-        "fold": "f0", "leukexp.kind": "fold"}
+        "fold": "f0", KIND_TAG: "fold"}
 
 
 def store(tmp_path: Path) -> RunLogger:
@@ -29,7 +41,7 @@ def store(tmp_path: Path) -> RunLogger:
 
 def child(logger: RunLogger, parent: str, fold: str, accuracy: float, tmp_path: Path, status: str = "FINISHED") -> str:
     run_id = logger.start(fold, TAGS | {"fold": fold}, parent_run_id=parent)
-    logger.log_metrics({"test/acc": accuracy, "test/loss": 1 - accuracy, "best/val/acc": 0.5})
+    logger.log_metrics({TEST_ACC: accuracy, TEST_LOSS: 1 - accuracy, BEST + VAL_ACC: 0.5})
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     Predictions(np.array(["a", "b", "c"]), np.zeros(3, int), np.array([0, 1, 1]), probs,
                 ["ALL", "HLT"]).to_frame().to_csv(tmp_path / "predictions.csv", index=False)
@@ -45,7 +57,7 @@ def test_one_parent_per_configuration(tmp_path: Path) -> None:
     assert get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"fold": "f1"}) == first
     other = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"cv_group": "head=x model=m"})
     assert other != first
-    assert logger.client.get_run(first).data.tags["leukexp.kind"] == "cv"
+    assert logger.client.get_run(first).data.tags[KIND_TAG] == "cv"
 
 
 def test_a_partial_study_shows_what_is_known_then_completes(tmp_path: Path) -> None:
@@ -56,8 +68,8 @@ def test_a_partial_study_shows_what_is_known_then_completes(tmp_path: Path) -> N
     child(logger, parent, "f1", 0.9, tmp_path, status="FAILED")
     assert not aggregate(client, logger.experiment_id, parent, 2)
     partial = client.get_run(parent)
-    assert partial.data.metrics["cv/test/acc_mean"] == 0.5 and partial.data.metrics["cv/folds_finished"] == 1
-    assert partial.data.tags["leukexp.study"] == "incomplete (1/2 folds)"
+    assert partial.data.metrics[cv_metric(TEST_ACC, "mean")] == 0.5 and partial.data.metrics[FOLDS_FINISHED_METRIC] == 1
+    assert partial.data.tags[STUDY_TAG] == "incomplete (1/2 folds)"
     assert partial.info.status == "FINISHED", "nothing runs: the parent is not left RUNNING"
     running = child(logger, parent, "f1", 1.0, tmp_path, status="RUNNING")
     assert not aggregate(client, logger.experiment_id, parent, 2)
@@ -66,9 +78,9 @@ def test_a_partial_study_shows_what_is_known_then_completes(tmp_path: Path) -> N
     assert aggregate(client, logger.experiment_id, parent, 2)
     run = client.get_run(parent)
     assert run.info.status == "FINISHED" and run.data.tags["folds_finished"] == "2"
-    assert run.data.tags["leukexp.study"] == "complete"
-    assert run.data.metrics["cv/test/acc_mean"] == pytest.approx(0.75)
-    assert run.data.metrics["cv/test/acc_std"] == pytest.approx(np.std([0.5, 1.0], ddof=1))
+    assert run.data.tags[STUDY_TAG] == "complete"
+    assert run.data.metrics[cv_metric(TEST_ACC, "mean")] == pytest.approx(0.75)
+    assert run.data.metrics[cv_metric(TEST_ACC, "std")] == pytest.approx(np.std([0.5, 1.0], ddof=1))
     assert {a.path for a in client.list_artifacts(parent)} == {"cv_folds.csv", "cv_confusion_matrix.csv",
                                                                "cv_confusion_matrix.png", "cv_roc.png"}
 
@@ -80,10 +92,10 @@ def test_fold_table_and_stale_runs(tmp_path: Path) -> None:
     child(logger, parent, "f0", 0.7, tmp_path)
     stale = child(logger, parent, "f0", 0.1, tmp_path, status="RUNNING")
     live = child(logger, parent, "f0", 0.1, tmp_path, status="RUNNING")
-    logger.client.set_tag(stale, "leukexp.owner", this_process().rsplit(":", 1)[0] + ":999999999")
-    logger.client.set_tag(live, "leukexp.owner", this_process())
+    logger.client.set_tag(stale, OWNER_TAG, this_process().rsplit(":", 1)[0] + ":999999999")
+    logger.client.set_tag(live, OWNER_TAG, this_process())
     table = fold_table(fold_runs(logger.client, logger.experiment_id, parent))
-    assert list(table.index) == ["f0", "f1"] and list(table["test/acc"]) == [0.7, 0.6]
+    assert list(table.index) == ["f0", "f1"] and list(table[TEST_ACC]) == [0.7, 0.6]
     assert close_stale_runs(logger.client, logger.experiment_id, parent, "f0") == 1
     assert logger.client.get_run(stale).info.status == "KILLED"
     assert logger.client.get_run(live).info.status == "RUNNING", "a live process keeps its claim"
@@ -100,7 +112,7 @@ def test_a_second_claim_of_a_running_fold_is_refused_and_a_finished_fold_is_reus
     assert first.open(resume=True, params={"a": "1"}) is None
     second = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
     assert second.open(resume=True, params={"a": "1"}) == this_process(), "the fold runs in this process"
-    first.logger.log_metrics({"test/acc": 0.5})
+    first.logger.log_metrics({TEST_ACC: 0.5})
     first.logger.end("FINISHED")
     third = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
     done = third.open(resume=True, params={"a": "1"})
@@ -111,9 +123,9 @@ def test_names_stay_unique_within_an_experiment(tmp_path: Path) -> None:
     from leukexp.tracking.cv import unique_name
 
     logger = store(tmp_path)
-    first = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"leukexp.name": "svm"})
+    first = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {NAME_TAG: "svm"})
     other = get_or_create_parent(logger.client, logger.experiment_id,
-                                 TAGS | {"leukexp.name": "svm", "cv_group": "head=svm model=x"})
+                                 TAGS | {NAME_TAG: "svm", "cv_group": "head=svm model=x"})
     names = [logger.client.get_run(r).info.run_name for r in (first, other)]
     assert names[0] == "svm" and names[1].startswith("svm #") and len(set(names)) == 2
     assert unique_name(logger.client, logger.experiment_id, "svm", TAGS["cv_group"]) == "svm"
@@ -133,9 +145,9 @@ def test_a_claim_written_after_an_earlier_one_steps_back(tmp_path: Path) -> None
     from leukexp.tracking.cv import earlier_claim
 
     logger = store(tmp_path)
-    parent = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {"leukexp.name": "n"})
-    first = logger.start("f0", TAGS | {"leukexp.owner": this_process()}, parent_run_id=parent)
-    second = logger.start("f0", TAGS | {"leukexp.owner": this_process()}, parent_run_id=parent)
+    parent = get_or_create_parent(logger.client, logger.experiment_id, TAGS | {NAME_TAG: "n"})
+    first = logger.start("f0", TAGS | {OWNER_TAG: this_process()}, parent_run_id=parent)
+    second = logger.start("f0", TAGS | {OWNER_TAG: this_process()}, parent_run_id=parent)
     assert earlier_claim(logger.client, logger.experiment_id, parent, "f0", second) == this_process()
     assert earlier_claim(logger.client, logger.experiment_id, parent, "f0", first) is None, "the oldest claim wins"
     logger.client.set_terminated(first, "FAILED")

@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
 from leukexp.tracking.model_registry import register, select
+from leukexp.vocabulary import REGISTRY_METRIC_TAG, REGISTRY_PARENT_TAG, TEST_ACC, cv_metric
 
 
 def store(root: Path) -> tuple[MlflowClient, str]:
@@ -17,11 +18,11 @@ def store(root: Path) -> tuple[MlflowClient, str]:
 def test_the_best_configuration_and_its_fold_closest_to_the_mean(study_store: Path) -> None:
     client, experiment = store(study_store)
     parents = client.search_runs([experiment], "tags.`leukexp.kind` = 'cv'")
-    best = max(parents, key=lambda p: p.data.metrics["cv/test/acc_mean"])
+    best = max(parents, key=lambda p: p.data.metrics[cv_metric(TEST_ACC, "mean")])
     selection = select(client, experiment)
     assert selection.parent.info.run_id == best.info.run_id
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{best.info.run_id}'")
-    gaps = {r.data.tags["fold"]: abs(r.data.metrics["test/acc"] - selection.mean) for r in children}
+    gaps = {r.data.tags["fold"]: abs(r.data.metrics[TEST_ACC] - selection.mean) for r in children}
     assert gaps[selection.fold] == min(gaps.values())
     assert "closest to that mean" in selection.reason
 
@@ -32,8 +33,8 @@ def test_register_links_the_version_back_to_its_study(study_store: Path) -> None
     assert version == "1"
     stored = client.get_model_version("unit-best", "1")
     assert stored.run_id == selection.run.info.run_id
-    assert stored.tags["leukexp.cv_parent"] == selection.parent.info.run_id
-    assert stored.tags["fold"] == selection.fold and stored.tags["leukexp.metric"] == "test/acc"
+    assert stored.tags[REGISTRY_PARENT_TAG] == selection.parent.info.run_id
+    assert stored.tags["fold"] == selection.fold and stored.tags[REGISTRY_METRIC_TAG] == TEST_ACC
     assert register(client, experiment, "unit-best")[0] == "2", "registering again adds a version"
 
 

@@ -20,6 +20,7 @@ from leukexp.errors import LeukexpError
 from leukexp.report.runs import load_runs
 from leukexp.tracking.store import RunLogger, configure_http, flatten, prepare_store
 from leukexp.tracking.sync import PENDING_FILE
+from leukexp.vocabulary import FOLDS_FINISHED_METRIC, TEST_ACC, VAL_ACC
 
 
 def test_flatten_nested_config() -> None:
@@ -102,7 +103,7 @@ def test_training_and_report_against_a_tracking_server(compose_cfg, tmp_path: Pa
         client = MlflowClient(uri)
         runs = load_runs(client, "remote")
         assert len(runs.folds) == 1
-        assert runs.folds.loc[0, "test/acc"] == pytest.approx(metrics["test/acc"])
+        assert runs.folds.loc[0, TEST_ACC] == pytest.approx(metrics[TEST_ACC])
         run_id = runs.folds.loc[0, "run_id"]
         assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run_id)}
         assert list((tmp_path / "server-artifacts").rglob("confusion_matrix.png"))
@@ -141,11 +142,11 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
     (line,) = [x for x in err.splitlines() if x.startswith("leukexp-train: error:")]
     assert "the store stopped answering" in line and "leukexp-sync" in line
     assert time.time() - started < 60, "the failure is reported quickly"
-    assert "test/acc" in out, "the metrics are printed before the upload is tried"
+    assert TEST_ACC in out, "the metrics are printed before the upload is tried"
     (pending,) = list((tmp_path / "logs").rglob(PENDING_FILE))
     run_dir = pending.parent
     assert (run_dir / "predictions.csv").is_file() and (run_dir / "model" / "MLmodel").is_file()
-    expected = json.loads(pending.read_text())["metrics"]["test/acc"]
+    expected = json.loads(pending.read_text())["metrics"][TEST_ACC]
 
     server = start_server(tmp_path, port)
     try:
@@ -154,11 +155,11 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
         assert sync.returncode == 0, sync.stderr[-2000:]
         experiment = client.get_experiment_by_name("fault").experiment_id
         (run,) = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold'")
-        assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] == pytest.approx(expected)
+        assert run.info.status == "FINISHED" and run.data.metrics[TEST_ACC] == pytest.approx(expected)
         assert "predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert len(client.get_metric_history(run.info.run_id, "val/acc")) > 1, "the per-epoch history too"
+        assert len(client.get_metric_history(run.info.run_id, VAL_ACC)) > 1, "the per-epoch history too"
         (parent,) = client.search_runs([experiment], "tags.`leukexp.kind` = 'cv'")
-        assert parent.data.metrics["cv/folds_finished"] == 1
+        assert parent.data.metrics[FOLDS_FINISHED_METRIC] == 1
         assert not pending.exists()
     finally:
         stop(server)

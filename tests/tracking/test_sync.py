@@ -9,9 +9,10 @@ from mlflow.tracking import MlflowClient
 from leukexp.tracking.cv import FoldRun
 from leukexp.tracking.store import RunLogger
 from leukexp.tracking.sync import PENDING_FILE, main, save_pending, upload
+from leukexp.vocabulary import KIND_TAG, NAME_TAG, TEST_ACC, VAL_ACC
 
 TAGS = {"model": "m", "head": "h", "task": "t", "cv_group": "head=h", "data_hash": "abc", "n_splits": "1",
-        "fold": "f0", "leukexp.kind": "fold", "leukexp.name": "h"}
+        "fold": "f0", KIND_TAG: "fold", NAME_TAG: "h"}
 
 
 def kept_run(tmp_path: Path, uri: str) -> tuple[Path, FoldRun]:
@@ -20,9 +21,9 @@ def kept_run(tmp_path: Path, uri: str) -> tuple[Path, FoldRun]:
     fold_run.open(resume=False, params={"head.C": "1.0"})
     out = tmp_path / "run"
     out.mkdir()
-    pd.DataFrame({"epoch": [0.0, 1.0], "val/acc": [0.5, 0.75]}).to_csv(out / "history.csv", index=False)
+    pd.DataFrame({"epoch": [0.0, 1.0], VAL_ACC: [0.5, 0.75]}).to_csv(out / "history.csv", index=False)
     (out / "notes.txt").write_text("kept")
-    save_pending(out, fold_run, {"test/acc": 0.8}, [out / "notes.txt"])
+    save_pending(out, fold_run, {TEST_ACC: 0.8}, [out / "notes.txt"])
     return out, fold_run
 
 
@@ -32,8 +33,8 @@ def test_upload_finishes_the_same_run(tmp_path: Path) -> None:
     assert upload(out) == fold_run.logger.run_id
     client = MlflowClient(uri)
     run = client.get_run(fold_run.logger.run_id)
-    assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] == 0.8
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0.5, 0.75]
+    assert run.info.status == "FINISHED" and run.data.metrics[TEST_ACC] == 0.8
+    assert [m.value for m in client.get_metric_history(run.info.run_id, VAL_ACC)] == [0.5, 0.75]
     assert "notes.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not (out / PENDING_FILE).exists()
 
@@ -84,7 +85,7 @@ def test_credentials_are_never_saved_and_come_back_from_the_environment(tmp_path
 
     out, fold_run = kept_run(tmp_path, f"sqlite:///{tmp_path}/store.db")
     fold_run.logger.tracking_uri = "http://alice:hunter2@host:5000"
-    save_pending(out, fold_run, {"test/acc": 0.8}, [])
+    save_pending(out, fold_run, {TEST_ACC: 0.8}, [])
     text = (out / PENDING_FILE).read_text()
     assert "hunter2" not in text and "http://***@host:5000" in text
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:hunter2@host:5000")
