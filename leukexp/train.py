@@ -41,9 +41,12 @@ def run_app(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from leukexp.cell.pipeline import train  # it validates the config first, before Lightning and MLflow load
+    from leukexp.cell.validation import validate
 
-    return train(cfg).get(cfg.optimized_metric)
+    validate(cfg)  # once per run, before torch, Lightning and MLflow load: a config mistake is reported in a second
+    from leukexp.cell.pipeline import train_validated
+
+    return train_validated(cfg).get(cfg.optimized_metric)
 
 
 def one_line(error: BaseException) -> str:

@@ -49,6 +49,8 @@ def binary(root: str, own: list[str] | None = None) -> list[str]:
 
 
 REPORT, SYNC = "leukexp.report.cli", "leukexp.tracking.sync"
+# the module each case runs, and the command name its error line starts with
+COMMANDS = {"leukexp.train": "leukexp-train", REPORT: "leukexp-report", SYNC: "leukexp-sync"}
 CASES = {
     # hyperparameters, checked before anything is built or logged
     "dropout": Case(["head.dropout=1.5"], "head.dropout=1.5"),
@@ -226,7 +228,7 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) 
     problems = []
     for name, result in results.items():
         case = CASES[name]
-        program = case.program.replace("leukexp.", "leukexp-")
+        program = COMMANDS[case.program]
         lines = [line for line in result.stderr.splitlines() if line.startswith(f"{program}: error:")]
         if result.returncode != 2 or len(lines) != 1 or "Traceback" in result.stderr + result.stdout:
             problems.append(f"{name}: exit {result.returncode}, {len(lines)} error line(s)\n{result.stderr[-1500:]}")

@@ -172,17 +172,21 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one study cell: data, frozen backbone, features, head, test metrics, MLflow run.
-
-    The config is validated first (once per run); torch uses the job's threads while the cell runs.
-    """
+    """Run one study cell: data, frozen backbone, features, head, test metrics, MLflow run (the config is
+    validated first)."""
     validate(cfg)
+    return train_validated(cfg)
+
+
+def train_validated(cfg: DictConfig) -> dict[str, float]:
+    """`train` on a config `validate` has passed (`leukexp-train` checks it before this module loads), with the
+    job's torch threads while the cell runs."""
     with torch_threads(job_threads(setting(cfg, "training.torch_threads"))):
         return run_cell(cfg)
 
 
 def run_cell(cfg: DictConfig) -> dict[str, float]:
-    """`train` on a validated config."""
+    """The cell's steps, timed per phase."""
     clock = Stopwatch()
     with clock.phase("data"):
         study = build_study(cfg)
