@@ -76,6 +76,8 @@ CV = "cv/"
 ACC, LOSS, COUNT = "acc", "loss", "n"
 PRECISION, RECALL, F1, AUC = "precision", "recall", "f1", "auc"
 MACRO = "_macro"
+# calibration: top-label expected calibration error and Brier score; `_raw` before temperature scaling
+ECE, BRIER, RAW = "ece", "brier", "_raw"
 
 
 def metric_name(stage: str, measure: str) -> str:
@@ -87,6 +89,9 @@ TRAIN_LOSS, TRAIN_ACC = metric_name("train", LOSS), metric_name("train", ACC)
 VAL_LOSS, VAL_ACC = metric_name("val", LOSS), metric_name("val", ACC)
 TEST_ACC, TEST_LOSS, TEST_COUNT = metric_name(TEST, ACC), metric_name(TEST, LOSS), metric_name(TEST, COUNT)
 TEST_F1_MACRO, TEST_AUC_MACRO = metric_name(TEST, F1 + MACRO), metric_name(TEST, AUC + MACRO)
+TEST_ECE, TEST_BRIER = metric_name(TEST, ECE), metric_name(TEST, BRIER)
+# the temperature fitted on validation (`evaluation.calibration=temperature`)
+TEMPERATURE = metric_name("calibration", "temperature")
 # a head's per-epoch history (`Head.fit`, `history.csv`): the epoch, then any of these metrics
 EPOCH = "epoch"
 HISTORY_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
@@ -129,6 +134,7 @@ MANIFEST_FILE = "manifest.csv"
 PREDICTIONS_FILE = "predictions.csv"
 HISTORY_FILE = "history.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
+RELIABILITY_FILE = "calibration.png"
 MODEL_DIR = "model"
 # the run's MLflow model: the pyfunc loader module and the folder of its data inside the model
 LOADER_MODULE = "leukexp.inference.serving"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from leukexp.evaluation.metrics import confusion
-from leukexp.evaluation.plots import plot_confusion, plot_curves, plot_roc
+from leukexp.evaluation.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from leukexp.vocabulary import (
     CAM_DIR,
     CONFIG_FILE,
@@ -18,6 +18,7 @@ from leukexp.vocabulary import (
     MANIFEST_FILE,
     MODEL_DIR,
     PREDICTIONS_FILE,
+    RELIABILITY_FILE,
     TEST_ACC,
     Predictions,
 )
@@ -78,6 +79,8 @@ def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Bac
         optional("roc.png", figures, lambda: plot_roc([("test", predictions.labels, predictions.probs)],
                                                       study.classes, out / "roc.png")),
         optional("curves.png", figures, lambda: plot_curves(result.history, out / "curves.png", result.best_epoch)),
+        optional(RELIABILITY_FILE, figures, lambda: plot_reliability(predictions.labels, predictions.probs,
+                                                                     out / RELIABILITY_FILE, title)),
         optional("the MLflow model (model/)", rerun,
                  lambda: write_model(out / MODEL_DIR, result, backbone, model_config, study.classes)),
     ]
@@ -102,7 +105,7 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
     originals = test.drop_duplicates("source")  # one row per test image (its first view: the original)
     paths = study.catalog.frame["path"].to_numpy()[originals["source"].to_numpy()]
     try:
-        cam_panel(Classifier(backbone, result.head, study.classes), lambda i: read_image(paths[i]),
+        cam_panel(Classifier(backbone, result.head, study.classes, result.temperature), lambda i: read_image(paths[i]),
                   originals["label_index"].to_numpy(), folder / "panel.png", per_class,
                   probs=result.test_probs[originals.index.to_numpy()])
     except LeukexpError as error:
@@ -116,5 +119,6 @@ def write_model(path: Path, result: FitResult, backbone: Backbone, model_config:
     from leukexp.inference.serving import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes)
+        classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes,
+                                     result.temperature)
         return save_model(path, classifier, classes)

@@ -22,6 +22,7 @@ class FitResult:
     test_probs: np.ndarray
     history: pd.DataFrame
     best_epoch: int
+    temperature: float = 1.0  # scales the probabilities above (and the saved model's), 1: as the head gives them
 
 
 def fit_head(head: Head, samples: Samples, features: Features, train_images: Dataset | None = None) -> FitResult:

@@ -20,6 +20,12 @@ from leukexp.console import Stopwatch, console, describe_study, print_frame
 from leukexp.data.dataset import ViewDataset
 from leukexp.data.study import Study, build_study
 from leukexp.errors import LeukexpError
+from leukexp.evaluation.calibration import (
+    apply_temperature,
+    brier_score,
+    expected_calibration_error,
+    fit_temperature,
+)
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.features.extract import part_caches, study_features
 from leukexp.inference.tta import score_with_views
@@ -29,7 +35,7 @@ from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
 from leukexp.tracking.sync import save_pending
-from leukexp.vocabulary import MANIFEST_FILE, TEST
+from leukexp.vocabulary import MANIFEST_FILE, RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE
 
 if TYPE_CHECKING:
     from leukexp.tracking.cv import FoldRun
@@ -115,6 +121,14 @@ def log_to_mlflow(fold_run: FoldRun, out: Path, result: FitResult, metrics: dict
     console.print(f"MLflow run {fold_run.logger.run_id}; open the UI with: {fold_run.logger.ui_hint()}")
 
 
+def calibrated(result: FitResult, val_labels: np.ndarray) -> FitResult:
+    """The result with one temperature fitted on the validation predictions (never on test) and applied to the
+    validation and test probabilities; the saved model and `leukexp-predict` apply it too."""
+    temperature = fit_temperature(val_labels, result.val_probs)
+    return dataclasses.replace(result, val_probs=apply_temperature(result.val_probs, temperature),
+                               test_probs=apply_temperature(result.test_probs, temperature), temperature=temperature)
+
+
 def check_finite(result: FitResult, cfg: DictConfig) -> None:
     """Training that diverged (NaN or infinite outputs) is one line naming the cause and the fix."""
     if np.isfinite(result.val_probs).all() and np.isfinite(result.test_probs).all():
@@ -152,15 +166,26 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
                               random=True) if features.train is None else None)
         result = fit_head(head, study.samples, features, images)
         check_finite(result, cfg)
+        raw_test_probs = result.test_probs
+        if setting(cfg, "evaluation.calibration") == "temperature":
+            result = calibrated(result, study.samples.val["label_index"].to_numpy())
     if (tta := str(cfg.evaluation.tta)) != "none":
         with clock.phase("test views"):
-            study, probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
-                                            part_caches(backbone, cache_dir), cfg.features.batch_size,
-                                            cfg.features.num_workers)
+            def views(temperature: float) -> tuple[Study, np.ndarray]:
+                return score_with_views(study, backbone, head, tta, int(cfg.seed), part_caches(backbone, cache_dir),
+                                        cfg.features.batch_size, cfg.features.num_workers, temperature)
+
+            study_views, probs = views(result.temperature)
+            raw_test_probs = views(1.0)[1] if result.temperature != 1.0 else probs
+            study = study_views
         result = dataclasses.replace(result, test_probs=probs)
     with clock.phase("artifacts"):
-        metrics = classification_metrics(study.samples.test["label_index"].to_numpy(), result.test_probs,
-                                         study.classes)
+        labels = study.samples.test["label_index"].to_numpy()
+        metrics = classification_metrics(labels, result.test_probs, study.classes)
+        if setting(cfg, "evaluation.calibration") == "temperature":  # raw and calibrated, for a sweep to compare
+            metrics |= {TEMPERATURE: result.temperature, TEST_ECE + RAW: expected_calibration_error(labels,
+                                                                                                  raw_test_probs),
+                        TEST_BRIER + RAW: brier_score(labels, raw_test_probs)}
         metrics |= best_epoch_metrics(result.history, result.best_epoch)
         from leukexp.cell.artifacts import write_run_artifacts
 

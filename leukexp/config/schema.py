@@ -143,9 +143,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("evaluation.cam_panel", boolean, "true or false", identity=False),
     Key("evaluation.tta", lambda v: isinstance(v, str), "none or the name of an offline augmentation config"
         " (paper, flips, ...)", default="none", implicit=True),
-    # implicit tokens are written in this order: evaluation.tta, model.stages, model.pooling
+    # implicit tokens are written in this order: evaluation.tta, model.stages, model.pooling, evaluation.calibration
     Key("model.stages", default=None, implicit=True),
     Key("model.pooling", default="avg", implicit=True),
+    Key("evaluation.calibration", one_of("none", "temperature"), "none or temperature", default="none",
+        implicit=True),
     Key("evaluation.cam_per_class", integer(1), "a whole number of images >= 1", identity=False),
     Key("mlflow.enabled", boolean, "true or false", identity=False),
     Key("mlflow.http_timeout", number(0, low_open=True), "seconds > 0", identity=False),

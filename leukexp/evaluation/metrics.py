@@ -14,12 +14,15 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from leukexp.evaluation.calibration import brier_score, expected_calibration_error
 from leukexp.vocabulary import (
     ACC,
     AUC,
     BEST,
     BEST_EPOCH,
+    BRIER,
     COUNT,
+    ECE,
     EPOCH,
     F1,
     LOSS,
@@ -34,7 +37,8 @@ from leukexp.vocabulary import (
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str],
                            prefix: str = TEST) -> dict[str, float]:
-    """Accuracy, loss, sample count, macro and per-class precision/recall/F1 and one-vs-rest ROC-AUC.
+    """Accuracy, loss, sample count, calibration (top-label ECE in 15 bins, Brier score), macro and per-class
+    precision/recall/F1 and one-vs-rest ROC-AUC.
 
     AUC of a class absent from `labels` is left out (and out of the macro mean). Per-class keys use the class's
     MLflow-safe name (`vocabulary.class_key_parts`).
@@ -49,6 +53,8 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
         key(ACC): float(accuracy_score(labels, predicted)),
         key(LOSS): float(log_loss(labels, clipped / clipped.sum(1, keepdims=True), labels=indices)),
         key(COUNT): float(len(labels)),
+        key(ECE): expected_calibration_error(labels, probs),
+        key(BRIER): brier_score(labels, probs),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -69,6 +69,28 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], classes: list
     return _save(fig, path)
 
 
+def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: Path, title: str = "Reliability") -> Path:
+    """Accuracy against confidence of the predicted class per bin (the diagonal is perfect calibration), with the
+    share of samples per bin below."""
+    from leukexp.evaluation.calibration import expected_calibration_error, reliability_bins
+
+    table = reliability_bins(labels, probs)
+    centres = (table.edges[:-1] + table.edges[1:]) / 2
+    width = table.edges[1] - table.edges[0]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    used = table.count > 0
+    top.bar(centres[used], table.accuracy[used], width=width * 0.9, color="tab:blue", label="accuracy")
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    top.set_ylabel("accuracy")
+    top.set_title(f"{title}: ECE {expected_calibration_error(labels, probs):.3f}")
+    top.legend(loc="upper left")
+    bottom.bar(centres, table.count / max(1, len(labels)), width=width * 0.9, color="grey")
+    bottom.set_xlabel("confidence of the predicted class")
+    bottom.set_ylabel("share")
+    bottom.set_xlim(0, 1)
+    return _save(fig, path)
+
+
 def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None) -> Path:
     """Accuracy and loss per epoch for train and validation."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

@@ -24,6 +24,7 @@ from leukexp.backbones.base import Backbone
 from leukexp.backbones.loading import build_backbone
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
+from leukexp.evaluation.calibration import apply_temperature
 from leukexp.heads.base import Head
 from leukexp.heads.kinds import load_head
 from leukexp.vocabulary import LOADER_MODULES, MODEL_DATA_DIR
@@ -33,21 +34,26 @@ MANIFEST = "classifier.json"
 
 
 def save_classifier(folder: Path, head: Head, backbone: Backbone, model_config: dict[str, Any],
-                    classes: list[str]) -> Path:
-    """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint)."""
+                    classes: list[str], temperature: float = 1.0) -> Path:
+    """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint, and the
+    temperature its probabilities are scaled with)."""
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"classes": classes, "head": head.save(folder), "model": model_config, "backbone": backbone.reference()}
+    meta = {"classes": classes, "head": head.save(folder), "model": model_config, "backbone": backbone.reference(),
+            "temperature": float(temperature)}
     (folder / MANIFEST).write_text(json.dumps(meta, indent=2, default=str))
     return folder
 
 
 @dataclass
 class Classifier:
-    """A frozen backbone and a trained head, ready to classify images."""
+    """A frozen backbone and a trained head, ready to classify images (probabilities scaled by `temperature`,
+    fitted on the run's validation split with `evaluation.calibration=temperature`; 1 leaves them as the head
+    gives them)."""
 
     backbone: Backbone
     head: Head
     classes: list[str]
+    temperature: float = 1.0
 
     def embed(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Backbone features of 8-bit RGB images, computed in batches (per part of a fused backbone)."""
@@ -64,7 +70,7 @@ class Classifier:
         """Class probabilities (images, classes) for 8-bit RGB images."""
         if not images:
             return np.zeros((0, len(self.classes)))
-        return self.head.predict_proba(self.embed(images))
+        return apply_temperature(self.head.predict_proba(self.embed(images)), self.temperature)
 
     def predict_files(self, paths: list[str | Path]) -> list[str]:
         """Predicted class names for image files."""
@@ -107,4 +113,7 @@ def load_classifier(folder: str | Path) -> Classifier:
     if expected and backbone.fingerprint != expected:
         log.warning("backbone weights differ from those the head was trained on (%s != %s)",
                     backbone.fingerprint, expected)
-    return Classifier(backbone, load_head(folder, head_spec), classes)
+    temperature = meta.get("temperature", 1.0)
+    if not isinstance(temperature, int | float) or not 0 < temperature < float("inf"):
+        raise LeukexpError(f"{manifest}: temperature {temperature!r} is not a positive number")
+    return Classifier(backbone, load_head(folder, head_spec), classes, float(temperature))

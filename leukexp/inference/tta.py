@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.data.augment import named_views
+from leukexp.evaluation.calibration import apply_temperature
 from leukexp.features.extract import Setting, sample_features
 
 if TYPE_CHECKING:
@@ -38,13 +39,14 @@ def mean_per_source(probs: np.ndarray, n_views: int) -> np.ndarray:
 
 def score_with_views(study: Study, backbone: Backbone, head: Head, name: str, seed: int,
                      caches: list[FeatureCache | None], batch_size: Setting = "auto",
-                     num_workers: Setting = "auto"
+                     num_workers: Setting = "auto", temperature: float = 1.0
                      ) -> tuple[Study, np.ndarray]:
-    """The study with one test sample per source image, and those images' view-averaged probabilities."""
+    """The study with one test sample per source image, and those images' view-averaged probabilities (each view's
+    scaled by `temperature` before the mean, as `leukexp-predict --tta` does)."""
     views = named_views(name, seed)
     samples = view_samples(study.samples.test, views.n_views)
     features = sample_features(backbone, study.catalog.frame, samples, views, caches, batch_size, num_workers,
                                f"test views ({name})")
-    probs = mean_per_source(head.predict_proba(features), views.n_views)
+    probs = mean_per_source(apply_temperature(head.predict_proba(features), temperature), views.n_views)
     originals = samples[samples["view"] == 0].reset_index(drop=True)
     return dataclasses.replace(study, samples=dataclasses.replace(study.samples, test=originals)), probs

@@ -15,10 +15,14 @@ from leukexp.inference.classifier import load_classifier
 from leukexp.vocabulary import (
     FOLDS_FINISHED_METRIC,
     PARENT_TAG,
+    RAW,
     STUDY_TAG,
+    TEMPERATURE,
     TEST_ACC,
     TEST_AUC_MACRO,
+    TEST_BRIER,
     TEST_COUNT,
+    TEST_ECE,
     TEST_LOSS,
     TRAIN_LOSS,
     VAL_ACC,
@@ -29,7 +33,8 @@ pytestmark = pytest.mark.slow
 
 FAST = [*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=3"]
 TAGS = {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit", "cv_group"}
-ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "curves.png", "predictions.csv",
+ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "curves.png", "calibration.png",
+             "predictions.csv",
              "model"}
 
 
@@ -61,7 +66,7 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
     assert "fold=" not in run.data.tags["cv_group"] and f"head={head}" in run.data.tags["cv_group"]
     logged = run.data.metrics
     classes = ["ALL", "AML", "CLL", "CML", "HLT"]
-    expected = {TEST_ACC, TEST_LOSS, "test/f1_macro", TEST_AUC_MACRO, VAL_ACC,
+    expected = {TEST_ACC, TEST_LOSS, "test/f1_macro", TEST_AUC_MACRO, VAL_ACC, TEST_ECE, TEST_BRIER,
                 *(f"test/{m}/{c}" for m in ("precision", "recall", "f1", "auc") for c in classes)}
     assert expected <= set(logged)
     if TARGETS[head].startswith("torch_head"):
@@ -85,6 +90,27 @@ def test_binary_task_logits_and_reloadable_head(compose_cfg, tmp_path: Path, out
     assert classifier.head.network[-1].out_features == outputs
     probs = classifier.predict_proba([generate_image("ALL", 0, size=64), generate_image("HLT", 0, size=64)])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
+
+
+def test_temperature_scaling_is_fitted_on_validation_and_travels_with_the_model(compose_cfg, tmp_path: Path
+                                                                              ) -> None:
+    metrics = train(compose_cfg(*FAST, "task=binary", "evaluation.calibration=temperature", "evaluation.tta=flips",
+                                "evaluation.cam_panel=false"))
+    temperature = metrics[TEMPERATURE]
+    assert temperature != 1.0 and 0.05 <= temperature <= 20
+    assert {TEST_ECE, TEST_ECE + RAW, TEST_BRIER, TEST_BRIER + RAW} <= set(metrics), "raw and calibrated, to compare"
+    _, run = only_run(tmp_path)
+    assert "calibration=temperature" in run.data.tags["cv_group"]
+    classifier = load_classifier(tmp_path / "outputs" / "model")
+    assert classifier.temperature == pytest.approx(temperature)
+    predictions = pd.read_csv(tmp_path / "outputs" / "predictions.csv")
+    (root,) = {png.parent.parent for png in (tmp_path / "cache" / "synthetic").rglob("*.png")}
+    from leukexp.data.augment import named_views
+    from leukexp.inference.cli import score
+
+    first = root / predictions["file"][0]
+    frame, _, _ = score(classifier, [first], named_views("flips", 42))
+    assert frame["p_ALL"][0] == pytest.approx(predictions["p_ALL"][0], abs=1e-5), "leukexp-predict --tta agrees"
 
 
 def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -> None:
