@@ -49,6 +49,11 @@ PARENT_TAG = "mlflow.parentRunId"
 REGISTRY_PARENT_TAG = "leukexp.cv_parent"
 REGISTRY_METRIC_TAG = "leukexp.metric"
 REGISTRY_SELECTION_TAG = "leukexp.selection"
+# the alias `leukexp-report --register` moves to the version it registers (`models:/NAME@champion`)
+CHAMPION_ALIAS = "champion"
+# a fold run's data as an MLflow dataset input (the UI's Datasets column): MLflow's context tag and leukexp's value
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+TRAINING_CONTEXT = "training"
 CV_GROUP_TAG = "cv_group"
 DATA_HASH_TAG = "data_hash"
 FOLD_TAG = "fold"

@@ -35,7 +35,7 @@ from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
 from leukexp.tracking.sync import save_pending
-from leukexp.vocabulary import MANIFEST_FILE, RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE
+from leukexp.vocabulary import DATA_TAG, MANIFEST_FILE, RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE
 
 if TYPE_CHECKING:
     from leukexp.tracking.cv import FoldRun
@@ -73,6 +73,9 @@ def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[s
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     try:
         claimed = fold_run.open(resume=bool(cfg.sweep.resume) and is_multirun(), params=params)
+        if claimed is None:
+            fold_run.logger.log_dataset(study.manifest(), f"{fold_run.tags[DATA_TAG]} · {study.task.name}",
+                                        str(study.catalog.root), study.data_fingerprint())
     except Exception as error:  # the server went away, or refused what was logged, while the run was set up
         fold_run.abandon()
         raise LeukexpError(f"mlflow.tracking_uri={logger.tracking_uri}: {store_failure(error)} while the run was"

@@ -13,7 +13,7 @@ from leukexp.report.runs import load_runs, open_client
 from leukexp.report.sections import write_report
 from leukexp.runtime.process import prepare_process
 from leukexp.tracking.store import configure_http, is_sqlite_file, resolve_tracking_uri, sqlite_path
-from leukexp.vocabulary import CV_GROUP_TAG, TEST, TEST_ACC
+from leukexp.vocabulary import CHAMPION_ALIAS, CV_GROUP_TAG, TEST, TEST_ACC
 
 
 def check_out_folder(out: Path) -> None:
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
             experiment_id = client.get_experiment_by_name(args.experiment).experiment_id
             version, selection = register(client, experiment_id, args.register, args.metric)
-            print(f"registered models:/{args.register}/{version}: {selection.run.data.tags.get(CV_GROUP_TAG, '')};"
-                  f" {selection.reason}")
+            print(f"registered models:/{args.register}/{version} (also models:/{args.register}@{CHAMPION_ALIAS}):"
+                  f" {selection.run.data.tags.get(CV_GROUP_TAG, '')}; {selection.reason}")
     return 0
 
 

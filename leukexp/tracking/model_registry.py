@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from leukexp.errors import LeukexpError
 from leukexp.tracking.cv import fold_runs
 from leukexp.vocabulary import (
+    CHAMPION_ALIAS,
     CV_GROUP_TAG,
     FOLD_TAG,
     KIND_CV,
@@ -75,7 +76,8 @@ def select(client: MlflowClient, experiment_id: str, metric: str = TEST_ACC) -> 
 
 
 def register(client: MlflowClient, experiment_id: str, name: str, metric: str = TEST_ACC) -> tuple[str, Selection]:
-    """Register the selected fold model under `name`; return the new version number and the selection."""
+    """Register the selected fold model under `name` and move the alias `champion` to it; return the new version
+    number and the selection."""
     selection = select(client, experiment_id, metric)
     try:
         client.get_registered_model(name)
@@ -87,4 +89,5 @@ def register(client: MlflowClient, experiment_id: str, name: str, metric: str = 
             REGISTRY_SELECTION_TAG: selection.reason}
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run.info.run_id,
                                           tags=tags, description=selection.reason)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version.version))
     return str(version.version), selection

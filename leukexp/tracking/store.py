@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -18,7 +18,18 @@ from mlflow.tracking import MlflowClient
 from leukexp.errors import LeukexpError
 from leukexp.files import file_lock
 from leukexp.runtime.secrets import redact
-from leukexp.vocabulary import EXPERIMENT_KIND_TAG, MODEL_TRAINING, NOTE_CONTENT, PARENT_TAG, mlflow_key
+from leukexp.vocabulary import (
+    DATASET_CONTEXT_TAG,
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING,
+    NOTE_CONTENT,
+    PARENT_TAG,
+    TRAINING_CONTEXT,
+    mlflow_key,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 PARAM_LIMIT = 6000
@@ -212,6 +223,16 @@ class RunLogger:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, digest: str) -> None:
+        """The run's data as an MLflow dataset input (training context): `frame` is its profile and schema (the
+        manifest), `digest` what identifies it (the data hash), `source` where it lives (the data root)."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+            dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT_TAG, TRAINING_CONTEXT)])])
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log params in batches of 100 (MLflow's limit)."""

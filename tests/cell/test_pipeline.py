@@ -74,6 +74,10 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
         assert len(client.get_metric_history(run.info.run_id, VAL_ACC)) == 3
     assert logged[TEST_ACC] == pytest.approx(metrics[TEST_ACC])
     assert run.data.params["head._target_"] == f"leukexp.heads.{TARGETS[head]}"
+    (data,) = run.inputs.dataset_inputs  # the UI's Datasets column: what this run saw
+    assert data.dataset.digest == run.data.tags["data_hash"] and data.dataset.name == "synthetic · multiclass"
+    assert {(tag.key, tag.value) for tag in data.tags} == {("mlflow.data.context", "training")}
+    assert '"num_rows": 30' in data.dataset.profile, "the manifest: one row per source image"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts >= ARTIFACTS | {"cam"}
     panel = {a.path for a in client.list_artifacts(run.info.run_id, "cam")}

@@ -35,7 +35,9 @@ def test_register_links_the_version_back_to_its_study(study_store: Path) -> None
     assert stored.run_id == selection.run.info.run_id
     assert stored.tags[REGISTRY_PARENT_TAG] == selection.parent.info.run_id
     assert stored.tags["fold"] == selection.fold and stored.tags[REGISTRY_METRIC_TAG] == TEST_ACC
+    assert str(client.get_model_version_by_alias("unit-best", "champion").version) == "1"
     assert register(client, experiment, "unit-best")[0] == "2", "registering again adds a version"
+    assert str(client.get_model_version_by_alias("unit-best", "champion").version) == "2", "the alias moves to it"
 
 
 def test_an_experiment_without_aggregates_is_one_clear_error(tmp_path: Path) -> None:
