@@ -83,6 +83,10 @@ PRECISION, RECALL, F1, AUC = "precision", "recall", "f1", "auc"
 MACRO = "_macro"
 # calibration: top-label expected calibration error and Brier score; `_raw` before temperature scaling
 ECE, BRIER, RAW = "ece", "brier", "_raw"
+# agreement beyond accuracy (every task), and a screening decision's measures at its operating point
+BALANCED_ACC, KAPPA, MCC = "balanced_acc", "kappa", "mcc"
+OPERATING_MEASURES = ("sensitivity", "specificity", "ppv", "npv")
+CI_LOW, CI_HIGH = "_ci95_low", "_ci95_high"
 
 
 def metric_name(stage: str, measure: str) -> str:
@@ -97,6 +101,8 @@ TEST_F1_MACRO, TEST_AUC_MACRO = metric_name(TEST, F1 + MACRO), metric_name(TEST,
 TEST_ECE, TEST_BRIER = metric_name(TEST, ECE), metric_name(TEST, BRIER)
 # the temperature fitted on validation (`evaluation.calibration=temperature`)
 TEMPERATURE = metric_name("calibration", "temperature")
+# the probability of the positive class chosen on validation for `evaluation.target_sensitivity`
+THRESHOLD = metric_name("operating", "threshold")
 # a head's per-epoch history (`Head.fit`, `history.csv`): the epoch, then any of these metrics
 EPOCH = "epoch"
 HISTORY_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
@@ -148,6 +154,8 @@ LOADER_MODULES = (LOADER_MODULE, "leukexp.serving")
 MODEL_DATA_DIR = "classifier"
 CAM_DIR = "cam"
 PROBABILITY_PREFIX = "p_"
+# the screening decision at a model's operating point (`leukexp-predict` and the served model, when it has one)
+DECISION_COLUMN = "decision"
 
 
 def quote_filter(value: str) -> str:

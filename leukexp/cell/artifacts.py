@@ -105,8 +105,9 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
     originals = test.drop_duplicates("source")  # one row per test image (its first view: the original)
     paths = study.catalog.frame["path"].to_numpy()[originals["source"].to_numpy()]
     try:
-        cam_panel(Classifier(backbone, result.head, study.classes, result.temperature), lambda i: read_image(paths[i]),
-                  originals["label_index"].to_numpy(), folder / "panel.png", per_class,
+        classifier = Classifier(backbone, result.head, study.classes, result.temperature, result.operating_point)
+        cam_panel(classifier, lambda i: read_image(paths[i]), originals["label_index"].to_numpy(), folder / "panel.png",
+                  per_class,
                   probs=result.test_probs[originals.index.to_numpy()])
     except LeukexpError as error:
         (folder / "no_panel.txt").write_text(f"{error}\n")
@@ -120,5 +121,5 @@ def write_model(path: Path, result: FitResult, backbone: Backbone, model_config:
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes,
-                                     result.temperature)
-        return save_model(path, classifier, classes)
+                                     result.temperature, result.operating_point)
+        return save_model(path, classifier, classes, decision=result.operating_point is not None)

@@ -9,6 +9,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from leukexp.data.protocol import Samples
+from leukexp.evaluation.operating import OperatingPoint
 from leukexp.features.extract import Features
 from leukexp.heads.base import Head, Split
 
@@ -23,6 +24,7 @@ class FitResult:
     history: pd.DataFrame
     best_epoch: int
     temperature: float = 1.0  # scales the probabilities above (and the saved model's), 1: as the head gives them
+    operating_point: OperatingPoint | None = None  # the decision threshold chosen on validation (positive class)
 
 
 def fit_head(head: Head, samples: Samples, features: Features, train_images: Dataset | None = None) -> FitResult:

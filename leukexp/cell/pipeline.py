@@ -27,6 +27,7 @@ from leukexp.evaluation.calibration import (
     fit_temperature,
 )
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
+from leukexp.evaluation.operating import choose, operating_metrics
 from leukexp.features.extract import part_caches, study_features
 from leukexp.inference.tta import score_with_views
 from leukexp.runtime.process import seed_everything, torch_threads
@@ -35,7 +36,7 @@ from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
 from leukexp.tracking.sync import save_pending
-from leukexp.vocabulary import DATA_TAG, MANIFEST_FILE, RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE
+from leukexp.vocabulary import DATA_TAG, MANIFEST_FILE, RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE, THRESHOLD
 
 if TYPE_CHECKING:
     from leukexp.tracking.cv import FoldRun
@@ -170,8 +171,12 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
         result = fit_head(head, study.samples, features, images)
         check_finite(result, cfg)
         raw_test_probs = result.test_probs
+        val_labels = study.samples.val["label_index"].to_numpy()
         if setting(cfg, "evaluation.calibration") == "temperature":
-            result = calibrated(result, study.samples.val["label_index"].to_numpy())
+            result = calibrated(result, val_labels)
+        point = choose(study.classes, study.task.positive_class, val_labels, result.val_probs,
+                       float(setting(cfg, "evaluation.target_sensitivity")))
+        result = dataclasses.replace(result, operating_point=point)
     if (tta := str(cfg.evaluation.tta)) != "none":
         with clock.phase("test views"):
             def views(temperature: float) -> tuple[Study, np.ndarray]:
@@ -189,6 +194,9 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
             metrics |= {TEMPERATURE: result.temperature, TEST_ECE + RAW: expected_calibration_error(labels,
                                                                                                   raw_test_probs),
                         TEST_BRIER + RAW: brier_score(labels, raw_test_probs)}
+        if result.operating_point is not None:
+            metrics |= operating_metrics(result.operating_point, study.classes, labels, result.test_probs, TEST)
+            metrics[THRESHOLD] = result.operating_point.threshold
         metrics |= best_epoch_metrics(result.history, result.best_epoch)
         from leukexp.cell.artifacts import write_run_artifacts
 

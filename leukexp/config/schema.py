@@ -148,6 +148,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.pooling", default="avg", implicit=True),
     Key("evaluation.calibration", one_of("none", "temperature"), "none or temperature", default="none",
         implicit=True),
+    Key("evaluation.target_sensitivity", number(0, 1, low_open=True), "a sensitivity above 0 and at most 1, e.g."
+        " 0.95", default=0.95, implicit=True),
     Key("evaluation.cam_per_class", integer(1), "a whole number of images >= 1", identity=False),
     Key("mlflow.enabled", boolean, "true or false", identity=False),
     Key("mlflow.http_timeout", number(0, low_open=True), "seconds > 0", identity=False),

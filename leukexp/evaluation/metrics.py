@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
     confusion_matrix,
     log_loss,
+    matthews_corrcoef,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -18,6 +22,7 @@ from leukexp.evaluation.calibration import brier_score, expected_calibration_err
 from leukexp.vocabulary import (
     ACC,
     AUC,
+    BALANCED_ACC,
     BEST,
     BEST_EPOCH,
     BRIER,
@@ -25,8 +30,10 @@ from leukexp.vocabulary import (
     ECE,
     EPOCH,
     F1,
+    KAPPA,
     LOSS,
     MACRO,
+    MCC,
     PRECISION,
     RECALL,
     TEST,
@@ -37,8 +44,8 @@ from leukexp.vocabulary import (
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str],
                            prefix: str = TEST) -> dict[str, float]:
-    """Accuracy, loss, sample count, calibration (top-label ECE in 15 bins, Brier score), macro and per-class
-    precision/recall/F1 and one-vs-rest ROC-AUC.
+    """Accuracy, balanced accuracy, Cohen's kappa, MCC, loss, sample count, calibration (top-label ECE in 15 bins,
+    Brier score), macro and per-class precision/recall/F1 and one-vs-rest ROC-AUC.
 
     AUC of a class absent from `labels` is left out (and out of the macro mean). Per-class keys use the class's
     MLflow-safe name (`vocabulary.class_key_parts`).
@@ -53,6 +60,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
         key(ACC): float(accuracy_score(labels, predicted)),
         key(LOSS): float(log_loss(labels, clipped / clipped.sum(1, keepdims=True), labels=indices)),
         key(COUNT): float(len(labels)),
+        **_agreement(labels, predicted, indices, key),
         key(ECE): expected_calibration_error(labels, probs),
         key(BRIER): brier_score(labels, probs),
     }
@@ -77,6 +85,24 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     if aucs:
         metrics[key(AUC + MACRO)] = float(np.mean(aucs))
     return metrics
+
+
+def _agreement(labels: np.ndarray, predicted: np.ndarray, indices: list[int], key: Callable[[str], str]
+               ) -> dict[str, float]:
+    """Balanced accuracy, Cohen's kappa and MCC (NaN where a test set of one class leaves them undefined)."""
+    if not len(labels):
+        return {key(BALANCED_ACC): float("nan"), key(KAPPA): float("nan"), key(MCC): float("nan")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {key(BALANCED_ACC): _finite_or_nan(balanced_accuracy_score(labels, predicted)),
+                key(KAPPA): _finite_or_nan(cohen_kappa_score(labels, predicted, labels=indices)),
+                key(MCC): _finite_or_nan(matthews_corrcoef(labels, predicted))}
+
+
+def _finite_or_nan(value: float) -> float:
+    """A score scikit-learn may leave undefined (one class only) as NaN, never a warning or an error."""
+    value = float(value)
+    return value if np.isfinite(value) else float("nan")
 
 
 def confusion(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from leukexp.backbones.loading import build_backbone
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.evaluation.calibration import apply_temperature
+from leukexp.evaluation.operating import OperatingPoint
 from leukexp.heads.base import Head
 from leukexp.heads.kinds import load_head
 from leukexp.vocabulary import LOADER_MODULES, MODEL_DATA_DIR
@@ -34,12 +35,14 @@ MANIFEST = "classifier.json"
 
 
 def save_classifier(folder: Path, head: Head, backbone: Backbone, model_config: dict[str, Any],
-                    classes: list[str], temperature: float = 1.0) -> Path:
+                    classes: list[str], temperature: float = 1.0, operating_point: OperatingPoint | None = None
+                    ) -> Path:
     """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint, and the
     temperature its probabilities are scaled with)."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"classes": classes, "head": head.save(folder), "model": model_config, "backbone": backbone.reference(),
-            "temperature": float(temperature)}
+            "temperature": float(temperature),
+            "operating_point": operating_point.to_dict() if operating_point is not None else None}
     (folder / MANIFEST).write_text(json.dumps(meta, indent=2, default=str))
     return folder
 
@@ -54,6 +57,7 @@ class Classifier:
     head: Head
     classes: list[str]
     temperature: float = 1.0
+    operating_point: OperatingPoint | None = None  # the screening decision's threshold, chosen on validation
 
     def embed(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Backbone features of 8-bit RGB images, computed in batches (per part of a fused backbone)."""
@@ -71,6 +75,12 @@ class Classifier:
         if not images:
             return np.zeros((0, len(self.classes)))
         return apply_temperature(self.head.predict_proba(self.embed(images)), self.temperature)
+
+    def decisions(self, probs: np.ndarray) -> list[str] | None:
+        """The screening decision per row of `probs` at the operating point (None without one)."""
+        if self.operating_point is None:
+            return None
+        return self.operating_point.decide(probs[:, self.classes.index(self.operating_point.positive)])
 
     def predict_files(self, paths: list[str | Path]) -> list[str]:
         """Predicted class names for image files."""
@@ -116,4 +126,10 @@ def load_classifier(folder: str | Path) -> Classifier:
     temperature = meta.get("temperature", 1.0)
     if not isinstance(temperature, int | float) or not 0 < temperature < float("inf"):
         raise LeukexpError(f"{manifest}: temperature {temperature!r} is not a positive number")
-    return Classifier(backbone, load_head(folder, head_spec), classes, float(temperature))
+    try:
+        point = OperatingPoint.from_dict(meta["operating_point"]) if meta.get("operating_point") else None
+    except (KeyError, TypeError, ValueError) as error:
+        raise LeukexpError(f"{manifest}: operating_point is damaged ({type(error).__name__}: {error})") from error
+    if point is not None and point.positive not in classes:
+        raise LeukexpError(f"{manifest}: operating_point names {point.positive!r}, not one of {classes}")
+    return Classifier(backbone, load_head(folder, head_spec), classes, float(temperature), point)

@@ -21,7 +21,7 @@ from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
 from leukexp.inference.classifier import Classifier, load_classifier
 from leukexp.runtime.process import prepare_process
-from leukexp.vocabulary import PROBABILITY_PREFIX
+from leukexp.vocabulary import DECISION_COLUMN, PROBABILITY_PREFIX
 
 
 def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
@@ -110,9 +110,11 @@ def score(classifier: Classifier, paths: list[Path], views: Augmentation | None 
                 variants = [image] if views is None else [
                     image if v == 0 else views.apply(image, v, key) for v in range(views.n_views)]
                 probs = classifier.predict_proba(variants).mean(axis=0)
+                decision = classifier.decisions(probs[None])
                 rows.append({"file": str(path), "predicted": classifier.classes[int(probs.argmax())],
                              **{f"{PROBABILITY_PREFIX}{c}": float(p) for c, p in zip(classifier.classes, probs,
-                                                                                      strict=True)}})
+                                                                                      strict=True)},
+                             **({DECISION_COLUMN: decision[0]} if decision else {})})
             progress.update(task, advance=len(paths[start:start + batch_size]))
     return pd.DataFrame(rows), images, bad
 

@@ -23,21 +23,23 @@ import pandas as pd
 from leukexp.data.io import decode_image, read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import Classifier, load_classifier
-from leukexp.vocabulary import LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX
+from leukexp.vocabulary import DECISION_COLUMN, LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX
 
 
-def signature(classes: list[str]) -> Any:
-    """Input: `path` or `image` (base64) per row; output: `predicted` and one probability per class."""
+def signature(classes: list[str], decision: bool = False) -> Any:
+    """Input: `path` or `image` (base64) per row; output: `predicted`, one probability per class and (a model with
+    an operating point) the screening `decision`."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     inputs = Schema([ColSpec("string", "path", required=False), ColSpec("string", "image", required=False)])
     outputs = Schema([ColSpec("string", "predicted"),
-                      *(ColSpec("double", f"{PROBABILITY_PREFIX}{c}") for c in classes)])
+                      *(ColSpec("double", f"{PROBABILITY_PREFIX}{c}") for c in classes),
+                      *([ColSpec("string", DECISION_COLUMN)] if decision else [])])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def save_model(path: Path, classifier_dir: Path, classes: list[str]) -> Path:
+def save_model(path: Path, classifier_dir: Path, classes: list[str], decision: bool = False) -> Path:
     """Write an MLflow pyfunc model at `path` holding the classifier folder as its data."""
     import mlflow.pyfunc
 
@@ -49,14 +51,17 @@ def save_model(path: Path, classifier_dir: Path, classes: list[str]) -> Path:
         data = Path(tmp) / MODEL_DATA_DIR  # the folder's name inside the model: `data/classifier`
         shutil.copytree(classifier_dir, data)
         mlflow.pyfunc.save_model(path=str(path), loader_module=LOADER_MODULE, data_path=str(data),
-                                 signature=signature(classes), pip_requirements=[f"leukexp=={__version__}"])
+                                 signature=signature(classes, decision), pip_requirements=[f"leukexp=={__version__}"])
     return path
 
 
-def probability_frame(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """`predicted` and `p_<class>` columns for class probabilities."""
-    return pd.DataFrame({"predicted": [classes[i] for i in probs.argmax(1)],
-                         **{f"{PROBABILITY_PREFIX}{c}": probs[:, i] for i, c in enumerate(classes)}})
+def probability_frame(probs: np.ndarray, classes: list[str], decisions: list[str] | None = None) -> pd.DataFrame:
+    """`predicted` and `p_<class>` columns for class probabilities, and `decision` when given."""
+    frame = pd.DataFrame({"predicted": [classes[i] for i in probs.argmax(1)],
+                          **{f"{PROBABILITY_PREFIX}{c}": probs[:, i] for i, c in enumerate(classes)}})
+    if decisions is not None:
+        frame[DECISION_COLUMN] = decisions
+    return frame
 
 
 class LeukexpModel:
@@ -68,7 +73,8 @@ class LeukexpModel:
     def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """One row per input row: the predicted class and a probability per class."""
         images = [self._image(row) for row in pd.DataFrame(model_input).to_dict("records")]
-        return probability_frame(self.classifier.predict_proba(images), self.classifier.classes)
+        probs = self.classifier.predict_proba(images)
+        return probability_frame(probs, self.classifier.classes, self.classifier.decisions(probs))
 
     @staticmethod
     def _image(row: dict[str, Any]) -> np.ndarray:

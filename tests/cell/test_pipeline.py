@@ -13,19 +13,25 @@ from leukexp.cell.pipeline import train
 from leukexp.data.synthetic import generate_image
 from leukexp.inference.classifier import load_classifier
 from leukexp.vocabulary import (
+    CI_HIGH,
+    CI_LOW,
+    DECISION_COLUMN,
     FOLDS_FINISHED_METRIC,
     PARENT_TAG,
     RAW,
     STUDY_TAG,
     TEMPERATURE,
+    TEST,
     TEST_ACC,
     TEST_AUC_MACRO,
     TEST_BRIER,
     TEST_COUNT,
     TEST_ECE,
     TEST_LOSS,
+    THRESHOLD,
     TRAIN_LOSS,
     VAL_ACC,
+    metric_name,
 )
 
 # every case trains a study cell end to end: `make test-fast` leaves them out
@@ -115,6 +121,15 @@ def test_temperature_scaling_is_fitted_on_validation_and_travels_with_the_model(
     first = root / predictions["file"][0]
     frame, _, _ = score(classifier, [first], named_views("flips", 42))
     assert frame["p_ALL"][0] == pytest.approx(predictions["p_ALL"][0], abs=1e-5), "leukexp-predict --tta agrees"
+    point = classifier.operating_point  # the binary task screens for ALL at a threshold chosen on validation
+    assert point is not None and point.positive == "ALL" and point.negative == "HLT"
+    assert point.threshold == pytest.approx(metrics[THRESHOLD]) and point.target_sensitivity == 0.95
+    assert frame[DECISION_COLUMN][0] == ("ALL" if frame["p_ALL"][0] >= point.threshold else "HLT")
+    for measure in ("sensitivity", "specificity", "ppv", "npv"):
+        assert 0.0 <= metrics[metric_name(TEST, measure) + CI_LOW] <= metrics[metric_name(TEST, measure) + CI_HIGH] <= 1
+    labels = (predictions["label"] == "ALL").to_numpy()
+    called = (predictions["p_ALL"] >= point.threshold).to_numpy()
+    assert metrics[metric_name(TEST, "sensitivity")] == pytest.approx((called & labels).sum() / labels.sum())
 
 
 def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from leukexp.errors import LeukexpError
     ("training.head_threads=many", "training.head_threads='many': expected auto, null or"),
     ("evaluation.tta=online", "evaluation.tta='online'"),
     ("evaluation.cam_per_class=0", "evaluation.cam_per_class=0"),
+    ("evaluation.target_sensitivity=1.5", "evaluation.target_sensitivity=1.5: expected a sensitivity above 0"),
+    ("evaluation.calibration=platt", "evaluation.calibration='platt': expected none or temperature"),
 ])
 def test_rules_name_the_key_and_what_it_expects(compose_cfg, override: str, message: str) -> None:
     with pytest.raises(LeukexpError, match=message.replace("[", r"\[").replace(".", r"\.")):

@@ -58,7 +58,8 @@ def test_a_missing_key_falls_back_to_its_schema_default_only(compose_cfg) -> Non
 
 def test_implicit_keys_keep_their_naming_order() -> None:
     assert list(implicit_keys().items()) == [("evaluation.tta", "none"), ("model.stages", None),
-                                             ("model.pooling", "avg"), ("evaluation.calibration", "none")]
+                                             ("model.pooling", "avg"), ("evaluation.calibration", "none"),
+                                             ("evaluation.target_sensitivity", 0.95)]
 
 
 def test_lookup_returns_plain_containers(compose_cfg) -> None:

@@ -5,7 +5,21 @@ import pandas as pd
 import pytest
 
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics, confusion
-from leukexp.vocabulary import BEST, BEST_EPOCH, TEST_ACC, TEST_AUC_MACRO, TEST_COUNT, TEST_LOSS, TRAIN_LOSS, VAL_ACC
+from leukexp.vocabulary import (
+    BALANCED_ACC,
+    BEST,
+    BEST_EPOCH,
+    KAPPA,
+    MCC,
+    TEST,
+    TEST_ACC,
+    TEST_AUC_MACRO,
+    TEST_COUNT,
+    TEST_LOSS,
+    TRAIN_LOSS,
+    VAL_ACC,
+    metric_name,
+)
 
 CLASSES = ["ALL", "AML", "HLT"]
 
@@ -35,3 +49,14 @@ def test_best_epoch_metrics() -> None:
     history = pd.DataFrame({"epoch": [0, 1, 2], VAL_ACC: [0.5, 0.9, 0.7], TRAIN_LOSS: [1.0, 0.5, 0.4]})
     assert best_epoch_metrics(history, 1) == {BEST_EPOCH: 1.0, BEST + VAL_ACC: 0.9, "best/train/loss": 0.5}
     assert best_epoch_metrics(pd.DataFrame(), -1) == {BEST_EPOCH: -1.0}
+
+
+def test_agreement_beyond_accuracy() -> None:
+    labels = np.array([0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    metrics = classification_metrics(labels, probs, ["a", "b"])
+    assert metrics[metric_name(TEST, BALANCED_ACC)] == pytest.approx(0.75)  # class a 1/1, class b 1/2
+    assert metrics[metric_name(TEST, KAPPA)] == pytest.approx(0.4)
+    assert metrics[metric_name(TEST, MCC)] == pytest.approx(0.5)
+    one_class = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.8, 0.2]]), ["a", "b"])
+    assert np.isnan(one_class[metric_name(TEST, KAPPA)]), "undefined on a test set of one class: NaN, not an error"

@@ -54,7 +54,8 @@ def test_cli_writes_predictions_maps_and_names_bad_images(study_store: Path, tmp
     assert exit_info.value.code == 2
     assert "broken.png" in capsys.readouterr().err
     frame = pd.read_csv(out)
-    assert len(frame) == 3 and list(frame.columns) == ["file", "predicted", "p_ALL", "p_HLT"], "good ones written"
+    assert len(frame) == 3, "good ones written"
+    assert list(frame.columns) == ["file", "predicted", "p_ALL", "p_HLT", "decision"], "the binary model decides too"
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
         "00000_cell0.cam.png", "00001_cell1.cam.png", "00002_cell2.cam.png"]
     expected = load_classifier(model).predict_proba([read_image(f) for f in frame["file"]])

@@ -75,7 +75,7 @@ def test_the_model_loads_leukexps_code_and_holds_no_pickle(study_store: Path) ->
     inputs = json.loads(meta["signature"]["inputs"])
     assert {c["name"] for c in inputs} == {"path", "image"}
     outputs = {c["name"] for c in json.loads(meta["signature"]["outputs"])}
-    assert outputs == {"predicted", "p_ALL", "p_HLT"}
+    assert outputs == {"predicted", "p_ALL", "p_HLT", "decision"}, "a binary study's model decides at its threshold"
     suffixes = {p.suffix for p in model_dir.rglob("*") if p.is_file()}
     assert not suffixes & {".pkl", ".pickle", ".joblib", ".cloudpickle"}, suffixes
 
