@@ -107,11 +107,11 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
     try:
         classifier = Classifier(backbone, result.head, study.classes, result.temperature, result.operating_point)
         cam_panel(classifier, lambda i: read_image(paths[i]), originals["label_index"].to_numpy(), folder / "panel.png",
-                  per_class,
-                  probs=result.test_probs[originals.index.to_numpy()])
+                  per_class, probs=result.test_probs[originals.index.to_numpy()])
     except LeukexpError as error:
         (folder / "no_panel.txt").write_text(f"{error}\n")
     return folder
+
 
 def write_model(path: Path, result: FitResult, backbone: Backbone, model_config: dict[str, Any],
                 classes: list[str]) -> Path:

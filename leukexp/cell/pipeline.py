@@ -29,7 +29,7 @@ from leukexp.evaluation.calibration import (
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.evaluation.operating import choose, operating_metrics
 from leukexp.features.extract import part_caches, study_features
-from leukexp.inference.tta import score_with_views
+from leukexp.inference.tta import score_with_views, view_mean
 from leukexp.runtime.process import seed_everything, torch_threads
 from leukexp.runtime.secrets import redact
 from leukexp.runtime.signals import Interrupted
@@ -172,25 +172,23 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
         check_finite(result, cfg)
         raw_test_probs = result.test_probs
         val_labels = study.samples.val["label_index"].to_numpy()
-        if setting(cfg, "evaluation.calibration") == "temperature":
+        calibrate = setting(cfg, "evaluation.calibration") == "temperature"
+        if calibrate:
             result = calibrated(result, val_labels)
         point = choose(study.classes, study.task.positive_class, val_labels, result.val_probs,
                        float(setting(cfg, "evaluation.target_sensitivity")))
         result = dataclasses.replace(result, operating_point=point)
     if (tta := str(cfg.evaluation.tta)) != "none":
         with clock.phase("test views"):
-            def views(temperature: float) -> tuple[Study, np.ndarray]:
-                return score_with_views(study, backbone, head, tta, int(cfg.seed), part_caches(backbone, cache_dir),
-                                        cfg.features.batch_size, cfg.features.num_workers, temperature)
-
-            study_views, probs = views(result.temperature)
-            raw_test_probs = views(1.0)[1] if result.temperature != 1.0 else probs
-            study = study_views
-        result = dataclasses.replace(result, test_probs=probs)
+            study, view_probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
+                                                 part_caches(backbone, cache_dir), cfg.features.batch_size,
+                                                 cfg.features.num_workers)
+        raw_test_probs = view_mean(view_probs)
+        result = dataclasses.replace(result, test_probs=view_mean(view_probs, result.temperature))
     with clock.phase("artifacts"):
         labels = study.samples.test["label_index"].to_numpy()
         metrics = classification_metrics(labels, result.test_probs, study.classes)
-        if setting(cfg, "evaluation.calibration") == "temperature":  # raw and calibrated, for a sweep to compare
+        if calibrate:  # raw and calibrated, for a sweep to compare
             metrics |= {TEMPERATURE: result.temperature, TEST_ECE + RAW: expected_calibration_error(labels,
                                                                                                   raw_test_probs),
                         TEST_BRIER + RAW: brier_score(labels, raw_test_probs)}

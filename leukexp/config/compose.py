@@ -3,6 +3,8 @@ building objects from them."""
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,9 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
         raise LeukexpError(f"config '{key}': {detail.splitlines()[0][:300]}") from error
 
 
-def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
-    """`train.yaml` composed with `overrides` by Hydra, as `leukexp-train` would compose it (not resolved).
+def compose_train(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """`train.yaml` composed with `overrides` by Hydra, as `leukexp-train` would compose it (not resolved; with
+    `return_hydra_config`, its `hydra` node too).
 
     Inside a running Hydra app its own Hydra composes (same search path, plugins included); elsewhere (the
     predict CLI, tests) a Hydra is set up on `config_dir()` for the call.
@@ -51,9 +54,9 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="leukexp"):
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def group_options(group: str) -> list[str]:
@@ -67,23 +70,27 @@ def load_option(group: str, name: str, overrides: Sequence[str] = (), key: str |
 
     An unknown name is one line naming `key` (default: the group) and the known options.
     """
-    from omegaconf import OmegaConf
-
     known = group_options(group)
     if name not in known:
         raise LeukexpError(f"{key or group}: '{name}' is not a {group} config (known: {', '.join(known)})")
-    node = compose_train([f"{group}={name}", *overrides])[group]
-    return OmegaConf.to_container(node, resolve=True)
+    return copy.deepcopy(_composed_option(group, name, tuple(overrides)))  # callers may change their copy
+
+
+@functools.cache
+def _composed_option(group: str, name: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """`load_option`'s composition, once per process (validation and building ask for the same members)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose_train([f"{group}={name}", *overrides])[group], resolve=True)
 
 
 def default_choices() -> dict[str, str]:
     """The option each config group takes when nothing is chosen (the defaults list of `train.yaml`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    return dict(_default_choices())
 
-    if GlobalHydra.instance().is_initialized():
-        hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
-    else:
-        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="leukexp"):
-            hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
-    return {str(k): str(v) for k, v in hydra_cfg.runtime.choices.items() if v is not None and "/" not in str(k)}
+
+@functools.cache
+def _default_choices() -> dict[str, str]:
+    """`default_choices`, composed once per process (each run's tags ask for it)."""
+    choices = compose_train(return_hydra_config=True).hydra.runtime.choices
+    return {str(k): str(v) for k, v in choices.items() if v is not None and "/" not in str(k)}

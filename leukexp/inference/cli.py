@@ -20,8 +20,8 @@ from leukexp.data.io import BadImageError, file_digest, is_image_file, read_imag
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
 from leukexp.inference.classifier import Classifier, load_classifier
+from leukexp.inference.serving import probability_frame
 from leukexp.runtime.process import prepare_process
-from leukexp.vocabulary import DECISION_COLUMN, PROBABILITY_PREFIX
 
 
 def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
@@ -93,7 +93,7 @@ def tta_views(name: str, seed: int = 42) -> Augmentation | None:
 def score(classifier: Classifier, paths: list[Path], views: Augmentation | None = None, batch_size: int = 32
           ) -> tuple[pd.DataFrame, dict[Path, np.ndarray], list[str]]:
     """Probabilities per readable image (mean over the views with TTA), the images, and the unreadable ones."""
-    rows, images, bad = [], {}, []
+    files, rows, images, bad = [], [], {}, []
     with progress_bar() as progress:
         task = progress.add_task("scoring", total=len(paths))
         for start in range(0, len(paths), batch_size):
@@ -109,14 +109,15 @@ def score(classifier: Classifier, paths: list[Path], views: Augmentation | None 
                 image = images[path]
                 variants = [image] if views is None else [
                     image if v == 0 else views.apply(image, v, key) for v in range(views.n_views)]
-                probs = classifier.predict_proba(variants).mean(axis=0)
-                decision = classifier.decisions(probs[None])
-                rows.append({"file": str(path), "predicted": classifier.classes[int(probs.argmax())],
-                             **{f"{PROBABILITY_PREFIX}{c}": float(p) for c, p in zip(classifier.classes, probs,
-                                                                                      strict=True)},
-                             **({DECISION_COLUMN: decision[0]} if decision else {})})
+                files.append(str(path))
+                rows.append(classifier.predict_proba(variants).mean(axis=0))
             progress.update(task, advance=len(paths[start:start + batch_size]))
-    return pd.DataFrame(rows), images, bad
+    if not rows:
+        return pd.DataFrame(), images, bad
+    probs = np.stack(rows)
+    frame = probability_frame(probs, classifier.classes, classifier.decisions(probs))  # as the served model
+    frame.insert(0, "file", files)
+    return frame, images, bad
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,21 +32,23 @@ def view_samples(test: pd.DataFrame, n_views: int) -> pd.DataFrame:
     return rows
 
 
-def mean_per_source(probs: np.ndarray, n_views: int) -> np.ndarray:
-    """(sources * views, classes) probabilities, source-major -> (sources, classes) means."""
-    return probs.reshape(-1, n_views, probs.shape[1]).mean(axis=1)
+def view_mean(view_probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(sources, views, classes) probabilities -> (sources, classes): each view's scaled by `temperature` (1: as
+    given), then their mean, as `leukexp-predict --tta` scores an image."""
+    sources, views, classes = view_probs.shape
+    scaled = apply_temperature(view_probs.reshape(-1, classes), temperature)
+    return scaled.reshape(sources, views, classes).mean(axis=1)
 
 
 def score_with_views(study: Study, backbone: Backbone, head: Head, name: str, seed: int,
                      caches: list[FeatureCache | None], batch_size: Setting = "auto",
-                     num_workers: Setting = "auto", temperature: float = 1.0
-                     ) -> tuple[Study, np.ndarray]:
-    """The study with one test sample per source image, and those images' view-averaged probabilities (each view's
-    scaled by `temperature` before the mean, as `leukexp-predict --tta` does)."""
+                     num_workers: Setting = "auto") -> tuple[Study, np.ndarray]:
+    """The study with one test sample per source image, and the head's probabilities of every view of those images
+    (sources, views, classes): `view_mean` scores each image from them."""
     views = named_views(name, seed)
     samples = view_samples(study.samples.test, views.n_views)
     features = sample_features(backbone, study.catalog.frame, samples, views, caches, batch_size, num_workers,
                                f"test views ({name})")
-    probs = mean_per_source(apply_temperature(head.predict_proba(features), temperature), views.n_views)
+    probs = head.predict_proba(features).reshape(-1, views.n_views, len(study.classes))
     originals = samples[samples["view"] == 0].reset_index(drop=True)
     return dataclasses.replace(study, samples=dataclasses.replace(study.samples, test=originals)), probs

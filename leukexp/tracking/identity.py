@@ -140,6 +140,7 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
     """The tags every fold run carries, for filtering and grouping in MLflow and reports."""
     choices = group_choices()
     defaults = {group: str(cfg[group].get("name", "?")) for group in CONFIG_GROUPS}
+    overrides = task_overrides() + implicit_tokens(cfg, task_overrides())
     return {
         MODEL_TAG: choices.get("model", str(cfg.model.get("label") or cfg.model.get("name"))),
         HEAD_TAG: choices.get("head", "custom"),
@@ -150,11 +151,9 @@ def run_tags(cfg: DictConfig, study: Study) -> dict[str, str]:
         PROTOCOL_TAG: study.protocol.name,
         SEED_TAG: str(cfg.seed),
         GIT_COMMIT_TAG: git_commit(Path(__file__).parent),
-        CV_GROUP_TAG: cv_group(choices, task_overrides() + implicit_tokens(cfg, task_overrides()), defaults, cfg.seed),
+        CV_GROUP_TAG: cv_group(choices, overrides, defaults, cfg.seed),
         TTA_TAG: str(schema.setting(cfg, "evaluation.tta")),
-        NAME_TAG: configuration_name(choices, task_overrides() + implicit_tokens(cfg, task_overrides()),
-                                     default_choices(), cfg.seed,
-                                     swept_keys()),
+        NAME_TAG: configuration_name(choices, overrides, default_choices(), cfg.seed, swept_keys()),
         DATA_HASH_TAG: study.data_fingerprint(),
         N_SPLITS_TAG: str(study.fold.n_splits),
         KIND_TAG: KIND_FOLD,

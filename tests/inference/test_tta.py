@@ -11,7 +11,7 @@ from leukexp.data.augment import named_views
 from leukexp.data.io import file_digest, read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
-from leukexp.inference.tta import mean_per_source, view_samples
+from leukexp.inference.tta import view_mean, view_samples
 from leukexp.vocabulary import TEST_COUNT
 
 
@@ -22,9 +22,11 @@ def test_view_samples_are_source_major() -> None:
     assert list(rows["label_index"]) == [1, 1, 1, 0, 0, 0]
 
 
-def test_mean_per_source() -> None:
-    probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.2, 0.8]])
-    assert np.allclose(mean_per_source(probs, 2), [[0.75, 0.25], [0.1, 0.9]])
+def test_view_mean() -> None:
+    probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.2, 0.8]]).reshape(2, 2, 2)
+    assert np.allclose(view_mean(probs), [[0.75, 0.25], [0.1, 0.9]])
+    softened = view_mean(probs, temperature=2.0)  # each view softened before the mean
+    assert np.allclose(softened[0], [0.75, 0.25]) and 0.1 < softened[1][0] < 0.2
 
 
 def test_named_views() -> None:
