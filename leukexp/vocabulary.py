@@ -74,6 +74,8 @@ CV_TAGS = (*LABEL_TAGS, SEED_TAG, CV_GROUP_TAG, DATA_HASH_TAG, NAME_TAG, SEARCH_
 
 # metric prefixes
 TEST = "test/"
+# metrics of the external validation set (`evaluation.external`): the test metrics' names under this stage
+EXTERNAL = "external/"
 BEST = "best/"
 CV = "cv/"
 # metric names: a stage and a measure (`test/acc`, `val/loss`), per class `test/f1/<class>`; `best/` + a history
@@ -143,6 +145,8 @@ def mlflow_key(key: str) -> str:
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.csv"
 PREDICTIONS_FILE = "predictions.csv"
+# the external validation set's predictions (one row per image, the predictions.csv schema)
+EXTERNAL_PREDICTIONS_FILE = "external_predictions.csv"
 HISTORY_FILE = "history.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 RELIABILITY_FILE = "calibration.png"

@@ -14,6 +14,7 @@ from leukexp.vocabulary import (
     CAM_DIR,
     CONFIG_FILE,
     CONFUSION_FILE,
+    EXTERNAL_PREDICTIONS_FILE,
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_DIR,
@@ -26,6 +27,7 @@ from leukexp.vocabulary import (
 if TYPE_CHECKING:
     from leukexp.backbones.base import Backbone
     from leukexp.cell.fit import FitResult
+    from leukexp.data.stain import StainNormalizer
     from leukexp.data.study import Study
 
 log = logging.getLogger("leukexp")
@@ -61,9 +63,10 @@ def prediction_table(study: Study, result: FitResult) -> Predictions:
 
 
 def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Backbone, model_config: dict[str, Any],
-                        result: FitResult, metrics: dict[str, float], cam_per_class: int = 0) -> list[Path]:
-    """Config, manifest, confusion matrix, predictions, history, figures, the trained model and (with
-    `cam_per_class`) a panel of activation maps, in `out`."""
+                        result: FitResult, metrics: dict[str, float], cam_per_class: int = 0,
+                        external: Predictions | None = None) -> list[Path]:
+    """Config, manifest, confusion matrix, predictions (and the external set's), history, figures, the trained model
+    and (with `cam_per_class`) a panel of activation maps, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config_yaml)
     predictions = prediction_table(study, result)
@@ -82,7 +85,7 @@ def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Bac
         optional(RELIABILITY_FILE, figures, lambda: plot_reliability(predictions.labels, predictions.probs,
                                                                      out / RELIABILITY_FILE, title)),
         optional("the MLflow model (model/)", rerun,
-                 lambda: write_model(out / MODEL_DIR, result, backbone, model_config, study.classes)),
+                 lambda: write_model(out / MODEL_DIR, result, backbone, model_config, study.classes, study.stain)),
     ]
     if cam_per_class:
         optional_files.append(optional(
@@ -90,6 +93,9 @@ def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Bac
             f"Make maps later with: leukexp-predict {out} IMAGES --cam DIR",
             lambda: write_cam_panel(out / CAM_DIR, study, backbone, result, cam_per_class)))
     required = [out / name for name in (CONFIG_FILE, MANIFEST_FILE, CONFUSION_FILE, PREDICTIONS_FILE, HISTORY_FILE)]
+    if external is not None:
+        external.to_frame().to_csv(out / EXTERNAL_PREDICTIONS_FILE, index=False)
+        required.append(out / EXTERNAL_PREDICTIONS_FILE)
     return required + [path for path in optional_files if path is not None]
 
 
@@ -105,7 +111,8 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
     originals = test.drop_duplicates("source")  # one row per test image (its first view: the original)
     paths = study.catalog.frame["path"].to_numpy()[originals["source"].to_numpy()]
     try:
-        classifier = Classifier(backbone, result.head, study.classes, result.temperature, result.operating_point)
+        classifier = Classifier(backbone, result.head, study.classes, result.temperature, result.operating_point,
+                                study.stain)
         cam_panel(classifier, lambda i: read_image(paths[i]), originals["label_index"].to_numpy(), folder / "panel.png",
                   per_class, probs=result.test_probs[originals.index.to_numpy()])
     except LeukexpError as error:
@@ -114,12 +121,12 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
 
 
 def write_model(path: Path, result: FitResult, backbone: Backbone, model_config: dict[str, Any],
-                classes: list[str]) -> Path:
+                classes: list[str], stain: StainNormalizer | None = None) -> Path:
     """The run's MLflow model: the trained head and its backbone reference, loadable by `mlflow.pyfunc`."""
     from leukexp.inference.classifier import save_classifier
     from leukexp.inference.serving import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes,
-                                     result.temperature, result.operating_point)
+                                     result.temperature, result.operating_point, stain)
         return save_model(path, classifier, classes, decision=result.operating_point is not None)

@@ -12,12 +12,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.backbones.base import Backbone
+from leukexp.cell.external import external_views, score_external
 from leukexp.cell.fit import FitResult, fit_head
 from leukexp.cell.settings import backbone_from_config, head_from_config
 from leukexp.cell.validation import validate
 from leukexp.config.schema import setting
 from leukexp.console import Stopwatch, console, describe_study, print_frame
 from leukexp.data.dataset import ViewDataset
+from leukexp.data.external import scan_external
+from leukexp.data.sources import Catalog
 from leukexp.data.study import Study, build_study
 from leukexp.errors import LeukexpError
 from leukexp.evaluation.calibration import (
@@ -28,6 +31,7 @@ from leukexp.evaluation.calibration import (
 )
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.evaluation.operating import choose, operating_metrics
+from leukexp.features.extract import cache_note as cache_note_of
 from leukexp.features.extract import part_caches, study_features
 from leukexp.inference.tta import score_with_views, view_mean
 from leukexp.runtime.process import seed_everything, torch_threads
@@ -36,7 +40,17 @@ from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
 from leukexp.tracking.sync import save_pending
-from leukexp.vocabulary import DATA_TAG, MANIFEST_FILE, RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE, THRESHOLD
+from leukexp.vocabulary import (
+    DATA_TAG,
+    EXTERNAL,
+    MANIFEST_FILE,
+    RAW,
+    TEMPERATURE,
+    TEST,
+    TEST_BRIER,
+    TEST_ECE,
+    THRESHOLD,
+)
 
 if TYPE_CHECKING:
     from leukexp.tracking.cv import FoldRun
@@ -75,8 +89,8 @@ def open_fold_run(cfg: DictConfig, study: Study) -> tuple[FoldRun | None, dict[s
     try:
         claimed = fold_run.open(resume=bool(cfg.sweep.resume) and is_multirun(), params=params)
         if claimed is None:
-            fold_run.logger.log_dataset(study.manifest(), f"{fold_run.tags[DATA_TAG]} · {study.task.name}",
-                                        str(study.catalog.root), study.data_fingerprint())
+            fold_run.log_dataset(study.manifest(), f"{fold_run.tags[DATA_TAG]} · {study.task.name}",
+                                 str(study.catalog.root), study.data_fingerprint())
     except Exception as error:  # the server went away, or refused what was logged, while the run was set up
         fold_run.abandon()
         raise LeukexpError(f"mlflow.tracking_uri={logger.tracking_uri}: {store_failure(error)} while the run was"
@@ -156,9 +170,9 @@ def check_sizes(cfg: DictConfig, backbone: Backbone, num_classes: int) -> None:
         head_from_config(cfg, backbone, num_classes, None)
 
 
-def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: Stopwatch
-                     ) -> tuple[FitResult, dict[str, float], list[Path], str]:
-    """Features (cached), the trained head, its test metrics and the run's artifacts."""
+def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: Stopwatch,
+                     external: Catalog | None = None) -> tuple[FitResult, dict[str, float], list[Path], str]:
+    """Features (cached), the trained head, its test (and external) metrics and the run's artifacts."""
     cache_dir = cfg.features.dir if cfg.features.cache else None
     with clock.phase("features"):
         features, cache_note = study_features(study, backbone, cache_dir, cfg.features.batch_size,
@@ -167,7 +181,8 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
         seed_everything(int(cfg.seed))  # after extraction: warm and cold runs agree
         head = head_from_config(cfg, backbone, len(study.classes), study.samples.class_weights)
         images = (ViewDataset(study.catalog.frame, study.samples.train, study.augmentation, backbone.preprocess,
-                              random=True) if features.train is None else None)
+                              random=True, stain=study.stain if study.stain.active else None)
+                  if features.train is None else None)
         result = fit_head(head, study.samples, features, images)
         check_finite(result, cfg)
         raw_test_probs = result.test_probs
@@ -181,7 +196,8 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
     if (tta := str(cfg.evaluation.tta)) != "none":
         with clock.phase("test views"):
             study, view_probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
-                                                 part_caches(backbone, cache_dir), cfg.features.batch_size,
+                                                 part_caches(backbone, cache_dir, study.stain),
+                                                 cfg.features.batch_size,
                                                  cfg.features.num_workers)
         raw_test_probs = view_mean(view_probs)
         result = dataclasses.replace(result, test_probs=view_mean(view_probs, result.temperature))
@@ -196,12 +212,22 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
             metrics |= operating_metrics(result.operating_point, study.classes, labels, result.test_probs, TEST)
             metrics[THRESHOLD] = result.operating_point.threshold
         metrics |= best_epoch_metrics(result.history, result.best_epoch)
+    scores = None
+    if external is not None:
+        with clock.phase("external"):
+            views = external_views(tta, int(cfg.seed))
+            caches = part_caches(backbone, cache_dir, study.stain)
+            scores = score_external(external, backbone, result, views, caches, study.stain, cfg.features.batch_size,
+                                    cfg.features.num_workers)
+            metrics |= scores.metrics
+            cache_note = "; ".join(filter(None, [cache_note, cache_note_of(caches, "external images' features")]))
+    with clock.phase("artifacts"):
         from leukexp.cell.artifacts import write_run_artifacts
 
         cam = int(cfg.evaluation.cam_per_class) if cfg.evaluation.cam_panel else 0
         artifacts = write_run_artifacts(Path(cfg.paths.output_dir), redact(OmegaConf.to_yaml(cfg, resolve=True)), study,
                                         backbone, OmegaConf.to_container(cfg.model, resolve=True), result, metrics,
-                                        cam)
+                                        cam, scores.predictions if scores is not None else None)
     return result, metrics, artifacts, cache_note
 
 
@@ -228,6 +254,11 @@ def run_cell(cfg: DictConfig) -> dict[str, float]:
         out = Path(cfg.paths.output_dir)
         scrub_secrets(out)
         study.write_manifest(out / MANIFEST_FILE)
+        if study.stain.active:
+            console.print(study.stain.describe())
+        external = scan_external(cfg, study.task, study.classes)
+        if external is not None:
+            console.print(f"external validation: {len(external)} images of {external.root}")
     with clock.phase("backbone"):
         seed_everything(int(cfg.seed))  # random-init backbones are reproducible too
         backbone = backbone_from_config(cfg)
@@ -237,7 +268,7 @@ def run_cell(cfg: DictConfig) -> dict[str, float]:
     if earlier is not None:
         return earlier
     try:
-        result, metrics, artifacts, cache_note = fit_and_evaluate(cfg, study, backbone, clock)
+        result, metrics, artifacts, cache_note = fit_and_evaluate(cfg, study, backbone, clock, external)
     except Interrupted:
         if fold_run:
             fold_run.kill()
@@ -246,7 +277,7 @@ def run_cell(cfg: DictConfig) -> dict[str, float]:
         if fold_run:
             fold_run.fail()
         raise
-    summary = {k: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith(TEST)}
+    summary = {k: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith((TEST, EXTERNAL))}
     print_frame(pd.DataFrame({"value": summary}), "test metrics", "metric")
     if cache_note:
         console.print(cache_note)

@@ -131,9 +131,31 @@ def check_accelerator(cfg: DictConfig) -> None:
                                " CPU) or trainer.accelerator=auto")
 
 
+def check_stain(cfg: DictConfig) -> None:
+    """`stain.reference`, when given, is an image file (read once here, before any work)."""
+    from leukexp.data.stain import read_reference
+
+    reference = lookup(cfg, "stain.reference")
+    if isinstance(reference, str) and reference:
+        read_reference(reference)
+
+
+def check_external(cfg: DictConfig) -> None:
+    """`evaluation.external`: a data config, folder or mapping whose class folders map onto the task's classes."""
+    from leukexp.config.compose import build
+    from leukexp.data.external import check_external as check_folders
+    from leukexp.data.external import external_setting
+
+    if external_setting(cfg) is None or "task" not in cfg:
+        return
+    check_folders(cfg, build(cfg.task, "task", _convert_="all"))
+
+
 def validate(cfg: DictConfig) -> None:
     """Every check of the composed config, in the order a user would fix them."""
     check_rules(cfg)
     check_accelerator(cfg)
     check_model(cfg)
     check_head(cfg)
+    check_stain(cfg)
+    check_external(cfg)

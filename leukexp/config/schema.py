@@ -150,6 +150,11 @@ SCHEMA: tuple[Key, ...] = (
         implicit=True),
     Key("evaluation.target_sensitivity", number(0, 1, low_open=True), "a sensitivity above 0 and at most 1, e.g."
         " 0.95", default=0.95, implicit=True),
+    Key("evaluation.external", lambda v: v is None or isinstance(v, str | dict), "null, a data config name (e.g."
+        " synthetic_b), a folder of class folders, or {root: PATH}", default=None),
+    Key("stain.reference", lambda v: v is None or isinstance(v, str), "null or the path of an image file",
+        default=None),
+    Key("stain.fit_images", integer(1), "a whole number of training images >= 1", default=32),
     Key("evaluation.cam_per_class", integer(1), "a whole number of images >= 1", identity=False),
     Key("mlflow.enabled", boolean, "true or false", identity=False),
     Key("mlflow.http_timeout", number(0, low_open=True), "seconds > 0", identity=False),

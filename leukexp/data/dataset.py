@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -15,6 +15,15 @@ from leukexp.backbones.base import ImagePreprocess
 from leukexp.data.augment import Augmentation
 from leukexp.data.io import read_image
 
+# an image-to-image step applied right after decoding (stain normalization)
+ImageStep = Callable[[np.ndarray], np.ndarray]
+
+
+def read_normalized(path: str, stain: ImageStep | None) -> np.ndarray:
+    """An image decoded, then (with `stain`) normalized: what views and the backbone start from."""
+    image = read_image(path)
+    return image if stain is None else stain(image)
+
 
 class ViewDataset(Dataset):
     """Samples `(source, view, label_index)` of a catalog as backbone-ready image tensors.
@@ -25,10 +34,11 @@ class ViewDataset(Dataset):
         augmentation: the offline views or the online transform.
         preprocess: the backbone's resize and normalization.
         random: draw a fresh online view per item (training with `augmentation=online`).
+        stain: the stain normalization applied to each image before its views (None: images as they are).
     """
 
     def __init__(self, catalog: pd.DataFrame, samples: pd.DataFrame, augmentation: Augmentation,
-                 preprocess: ImagePreprocess, random: bool = False) -> None:
+                 preprocess: ImagePreprocess, random: bool = False, stain: ImageStep | None = None) -> None:
         self.paths = catalog["path"].tolist()
         self.keys = catalog["sha1"].tolist()
         self.sources = samples["source"].to_numpy()
@@ -37,6 +47,7 @@ class ViewDataset(Dataset):
         self.augmentation = augmentation
         self.preprocess = preprocess
         self.random = random
+        self.stain = stain
         self._last: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -45,7 +56,7 @@ class ViewDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         source, view = int(self.sources[index]), int(self.views[index])
         if self._last is None or self._last[0] != source:
-            self._last = (source, read_image(self.paths[source]))
+            self._last = (source, read_normalized(self.paths[source], self.stain))
         image = self._last[1]
         if self.random or view > 0:
             image = self.augmentation.apply(image, view, self.keys[source])
@@ -63,14 +74,16 @@ class SourceViews(Dataset):
         views: view index of each wanted row.
         augmentation: the offline views.
         preprocess: the backbone's resize and normalization.
+        stain: the stain normalization applied to each image before its views (None: images as they are).
     """
 
     def __init__(self, catalog: pd.DataFrame, sources: np.ndarray, views: np.ndarray,
-                 augmentation: Augmentation, preprocess: ImagePreprocess) -> None:
+                 augmentation: Augmentation, preprocess: ImagePreprocess, stain: ImageStep | None = None) -> None:
         self.paths = catalog["path"].tolist()
         self.keys = catalog["sha1"].tolist()
         self.augmentation = augmentation
         self.preprocess = preprocess
+        self.stain = stain
         groups: dict[int, list[int]] = {}
         for row, source in enumerate(np.asarray(sources).tolist()):
             groups.setdefault(int(source), []).append(row)
@@ -82,7 +95,7 @@ class SourceViews(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         source, rows = self.groups[index]
-        image = read_image(self.paths[source])
+        image = read_normalized(self.paths[source], self.stain)
         views = [self.preprocess.resize(self.augmentation.apply(image, int(self.views[row]), self.keys[source])
                                         if self.views[row] else image) for row in rows]
         return {"image": torch.from_numpy(np.stack(views)), "row": torch.as_tensor(rows, dtype=torch.long)}

@@ -76,7 +76,7 @@ class FolderSource:
         if self.on_bad_image not in ("error", "skip"):
             raise LeukexpError(f"data.on_bad_image={self.on_bad_image!r}: use 'error' or 'skip'")
         root = self.prepare().resolve()
-        class_dirs = _class_folders(root)
+        class_dirs = class_folders(root)
         task.check_mapping_found(folder.name for folder in class_dirs)
         rows: list[dict[str, object]] = []
         notes: list[str] = []
@@ -166,14 +166,15 @@ class FolderSource:
         return groups.astype(str)
 
 
-def _class_folders(root: Path) -> list[Path]:
+def class_folders(root: Path, key: str = "data.root") -> list[Path]:
+    """The class folders under `root` (hidden ones left out); a missing or empty root is one line naming `key`."""
     if not root.exists():
-        raise LeukexpError(f"data.root={root}: no such folder; point data.root at a folder of class folders")
+        raise LeukexpError(f"{key}={root}: no such folder; point {key} at a folder of class folders")
     if not root.is_dir():
-        raise LeukexpError(f"data.root={root}: is a file, not a folder of class folders")
+        raise LeukexpError(f"{key}={root}: is a file, not a folder of class folders")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise LeukexpError(f"data.root={root}: has no class sub-folders; put each class's images in its own folder")
+        raise LeukexpError(f"{key}={root}: has no class sub-folders; put each class's images in its own folder")
     return folders
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from leukexp.data.augment import Augmentation
 from leukexp.data.protocol import Protocol, Samples
 from leukexp.data.sources import Catalog, FolderSource
 from leukexp.data.splits import FoldSpec, assign_splits, manifest, split_summary
+from leukexp.data.stain import NoStain, StainNormalizer
 from leukexp.data.tasks import Task
 from leukexp.files import atomic_path
 
@@ -32,6 +34,7 @@ class Study:
     augmentation: Augmentation
     split: pd.Series
     samples: Samples
+    stain: StainNormalizer = dataclasses.field(default_factory=NoStain)
 
     @property
     def classes(self) -> list[str]:
@@ -59,7 +62,8 @@ class Study:
 
 
 def build_study(cfg: DictConfig) -> Study:
-    """Instantiate the data, task, fold, protocol and augmentation groups and build the split."""
+    """Instantiate the data, task, fold, protocol, augmentation and stain groups, build the split and fit the stain
+    normalizer to the fold's training images (or its reference)."""
     task: Task = build(cfg.task, "task", _convert_="all")
     source: FolderSource = build(cfg.data, "data", _convert_="all")
     fold: FoldSpec = build(cfg.fold, "fold")
@@ -68,4 +72,7 @@ def build_study(cfg: DictConfig) -> Study:
     catalog = source.scan(task)
     split = assign_splits(catalog.frame, fold)
     samples = protocol.build(catalog.frame, split, augmentation.n_views, len(catalog.classes))
-    return Study(task, catalog, fold, protocol, augmentation, split, samples)
+    stain: StainNormalizer = build(cfg.stain, "stain") if "stain" in cfg else NoStain()
+    train = catalog.frame.iloc[samples.train["source"].unique()]
+    stain.fit_to_study(train["path"].tolist(), train["sha1"].tolist())
+    return Study(task, catalog, fold, protocol, augmentation, split, samples, stain)

@@ -14,6 +14,10 @@ whose look depends on the class, the way the real classes differ:
 
 Stain colour, illumination, focus and noise vary per image, so the classes overlap and a model has
 real work to do. Images are written once as PNG under a cache folder and reused.
+
+Domain `B` is a second lab: other patients (other cells), another stain batch (the haematoxylin and eosin mix
+shifted in optical density), warmer and dimmer illumination, and a softer scanner focus; same classes. Trained on
+domain `A` (the default) and tested on `B`, a model shows the drop that moving to another lab costs.
 """
 
 from __future__ import annotations
@@ -231,29 +235,47 @@ def _draw_hlt(s: _Smear) -> None:
             s.nucleus(c, (r * 0.86, r * 0.82), s.rng.uniform(0, 180), "clumped", color=(75, 32, 105))
 
 
+# domain B's stain batch: optical densities (rows: R, G, B absorbance) remixed, a warm dim light, a soft focus
+DOMAIN_B_STAIN = np.array([[1.15, 0.1, 0.0], [0.03, 0.88, 0.06], [0.0, 0.15, 1.1]], np.float32)
+DOMAIN_B_LIGHT = np.array([1.0, 0.95, 0.86], np.float32)
+DOMAIN_B_BLUR = 1.1
+DOMAINS = ("A", "B")
+
+
+def to_domain_b(image: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB smear as the second lab would show it: remixed stain, warm dim light, softer focus."""
+    density = -np.log((image.astype(np.float32) + 1.0) / 256.0)
+    remixed = 256.0 * np.exp(-density @ DOMAIN_B_STAIN.T) - 1.0
+    lit = remixed * DOMAIN_B_LIGHT * 0.94
+    return np.clip(cv2.GaussianBlur(lit, (0, 0), DOMAIN_B_BLUR), 0, 255).astype(np.uint8)
+
+
 DRAWERS = {"ALL": _draw_all, "AML": _draw_aml, "CLL": _draw_cll, "CML": _draw_cml, "HLT": _draw_hlt}
 
 
-def generate_image(label: str, index: int, seed: int = 0, size: int = 224) -> np.ndarray:
-    """One deterministic RGB smear of class `label` (ALL, AML, CLL, CML or HLT)."""
+def generate_image(label: str, index: int, seed: int = 0, size: int = 224, domain: str = "A") -> np.ndarray:
+    """One deterministic RGB smear of class `label` (ALL, AML, CLL, CML or HLT) from lab `domain` (A or B: other
+    cells, stain, light and focus)."""
     if label not in DRAWERS:
         raise LeukexpError(f"synthetic class {label!r} is unknown; use {', '.join(DRAWERS)}")
     class_id = list(DRAWERS).index(label)
-    smear = _Smear(np.random.default_rng([seed, class_id, index]), size)
+    seeds = [seed, class_id, index] + ([DOMAINS.index(domain)] if domain != "A" else [])
+    smear = _Smear(np.random.default_rng(seeds), size)
     DRAWERS[label](smear)
-    return smear.finish()
+    image = smear.finish()
+    return to_domain_b(image) if domain == "B" else image
 
 
-def generate_folder(target: Path, counts: dict[str, int], seed: int, size: int) -> None:
+def generate_folder(target: Path, counts: dict[str, int], seed: int, size: int, domain: str = "A") -> None:
     """Write the images into `target/<label>/<label>_NNN.png`, atomically (a whole folder or nothing)."""
     with atomic_path(target, folder=True) as staging:
         for label, count in counts.items():
             (staging / label).mkdir()
             for index in range(count):
-                bgr = cv2.cvtColor(generate_image(label, index, seed, size), cv2.COLOR_RGB2BGR)
+                bgr = cv2.cvtColor(generate_image(label, index, seed, size, domain), cv2.COLOR_RGB2BGR)
                 cv2.imwrite(str(staging / label / f"{label}_{index:03d}.png"), bgr)
         (staging / "generator.json").write_text(json.dumps(
-            {"version": GENERATOR_VERSION, "seed": seed, "size": size, "counts": counts}, indent=2))
+            {"version": GENERATOR_VERSION, "seed": seed, "size": size, "counts": counts, "domain": domain}, indent=2))
 
 
 @dataclass
@@ -265,6 +287,7 @@ class SyntheticSource(FolderSource):
         seed: generator seed.
         image_size: side of the square images in pixels.
         cache_dir: where generated sets are kept (one sub-folder per parameter set).
+        domain: `A` (the default lab) or `B` (a second lab: other cells, stain, light and focus).
     """
 
     counts: dict[str, int] = field(default_factory=lambda: dict(STUDY_COUNTS))
@@ -272,14 +295,17 @@ class SyntheticSource(FolderSource):
     image_size: int = 224
     cache_dir: str | Path = "cache/synthetic"
     name: str = "synthetic"
+    domain: str = "A"
 
     def prepare(self) -> Path:
         """Generate the images if they are not cached yet and return their folder."""
+        if self.domain not in DOMAINS:
+            raise LeukexpError(f"data.domain={self.domain}: not a synthetic lab; use data.domain=A or data.domain=B")
         counts = {str(k): int(v) for k, v in dict(self.counts).items()}
-        key = hashlib.sha1(json.dumps([GENERATOR_VERSION, self.seed, self.image_size, counts],
-                                      sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:10]
+        spec = [GENERATOR_VERSION, self.seed, self.image_size, counts] + ([self.domain] if self.domain != "A" else [])
+        key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:10]
         target = Path(self.cache_dir).expanduser() / f"smears-{key}"
         if not target.is_dir():
-            generate_folder(target, counts, self.seed, self.image_size)
+            generate_folder(target, counts, self.seed, self.image_size, self.domain)
         self.root = target
         return target

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from leukexp.vocabulary import BEST, TEST, cv_metric
+from leukexp.vocabulary import BEST, EXTERNAL, TEST, cv_metric
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,10 @@ def spread(values: np.ndarray) -> float:
 
 
 def aggregate_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """`cv/<metric>_mean`, `_std`, `_ci95_low`, `_ci95_high` for every test and best-epoch metric column of a per-fold
-    table (`cv/best/val/acc_mean` is what a search optimizes by default)."""
+    """`cv/<metric>_mean`, `_std`, `_ci95_low`, `_ci95_high` for every test, external and best-epoch metric column of
+    a per-fold table (`cv/best/val/acc_mean` is what a search optimizes by default)."""
     out: dict[str, float] = {}
-    for metric in (c for c in table.columns if str(c).startswith((TEST, BEST))):
+    for metric in (c for c in table.columns if str(c).startswith((TEST, EXTERNAL, BEST))):
         values = table[metric].dropna().to_numpy(dtype=float)
         if not len(values):
             continue
@@ -96,3 +96,50 @@ def paired_difference(first: pd.Series, second: pd.Series) -> PairedResult:
     constant_p = 0.0 if diffs[0] != 0 else 1.0
     p_value = float(stats.ttest_rel(a, b).pvalue) if np.any(diffs != diffs[0]) else constant_p
     return PairedResult(shared, interval.mean, interval.low, interval.high, p_value)
+
+
+# the measures a cluster bootstrap recomputes from resampled confusion counts
+BOOTSTRAP_MEASURES = ("acc", "balanced_acc", "f1_macro")
+
+
+def _confusion_measures(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro F1 of (..., classes, classes) confusion counts (true x predicted)."""
+    diagonal = np.diagonal(counts, axis1=-2, axis2=-1)
+    actual, called = counts.sum(axis=-1), counts.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(actual > 0, diagonal / actual, np.nan)
+        f1 = np.where(actual + called > 0, 2 * diagonal / (actual + called), 0.0)
+        return {"acc": diagonal.sum(-1) / counts.sum(axis=(-2, -1)),
+                "balanced_acc": np.nanmean(recall, axis=-1),
+                "f1_macro": np.where(actual > 0, f1, np.nan).mean(axis=-1, where=actual > 0)}
+
+
+def cluster_bootstrap(labels: np.ndarray, predicted: np.ndarray, clusters: np.ndarray, n_classes: int,
+                      resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Interval]:
+    """Percentile bootstrap intervals of accuracy, balanced accuracy and macro F1, resampling whole clusters
+    (patients, or images when each is its own cluster) with replacement; the point estimate is the full sample's.
+
+    Each cluster's confusion counts are computed once; a resample weights them by how often it drew each cluster
+    (a multinomial draw), so the cost grows with clusters x resamples, not with the samples behind them.
+    """
+    _, cluster_index = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters = int(cluster_index.max()) + 1
+    cell = (cluster_index * n_classes + np.asarray(labels)) * n_classes + np.asarray(predicted)
+    counts = np.bincount(cell, minlength=n_clusters * n_classes * n_classes).reshape(
+        n_clusters, n_classes, n_classes).astype(float)
+    point = _confusion_measures(counts.sum(axis=0))
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[np.ndarray]] = {m: [] for m in BOOTSTRAP_MEASURES}
+    chunk = max(1, min(resamples, 20_000_000 // max(1, n_clusters * n_classes * n_classes)))
+    for start in range(0, resamples, chunk):
+        weights = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=min(chunk, resamples - start))
+        measures = _confusion_measures(np.einsum("bk,kij->bij", weights.astype(float), counts))
+        for name in BOOTSTRAP_MEASURES:
+            draws[name].append(measures[name])
+    tail = (1 - level) / 2 * 100
+    result = {}
+    for name in BOOTSTRAP_MEASURES:
+        values = np.concatenate(draws[name])
+        low, high = np.nanpercentile(values, [tail, 100 - tail])
+        result[name] = Interval(float(point[name]), float(low), float(high))
+    return result

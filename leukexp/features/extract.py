@@ -23,6 +23,7 @@ from leukexp.features.cache import FeatureCache
 from leukexp.runtime.process import usable_cores
 
 if TYPE_CHECKING:
+    from leukexp.data.stain import StainNormalizer
     from leukexp.data.study import Study
 
 log = logging.getLogger("leukexp")
@@ -100,6 +101,7 @@ def extract_features(
     batch_size: Setting = "auto",
     num_workers: Setting = "auto",
     description: str = "features",
+    stain: StainNormalizer | None = None,
 ) -> np.ndarray:
     """Features (len(samples), backbone.num_features) in sample order; only cache misses run the backbone.
 
@@ -119,7 +121,8 @@ def extract_features(
         return features
     device = backbone.device
     size, workers = batch_size_for(batch_size, device), workers_for(num_workers, device, len(missing))
-    dataset = SourceViews(catalog, sources[missing], views[missing], augmentation, backbone.preprocess)
+    dataset = SourceViews(catalog, sources[missing], views[missing], augmentation, backbone.preprocess,
+                          stain if stain is not None and stain.active else None)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
                         worker_init_fn=quiet_worker if workers else None,
@@ -159,18 +162,22 @@ def extract_features(
 def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame,
                     augmentation: Augmentation, caches: list[FeatureCache | None],
                     batch_size: Setting = "auto", num_workers: Setting = "auto",
-                    description: str = "features") -> np.ndarray:
-    """Features of samples for every part of the backbone (each with its own cache, `caches[i]`), concatenated."""
-    blocks = [extract_features(part, catalog, samples, augmentation, cache, batch_size, num_workers, description)
+                    description: str = "features", stain: StainNormalizer | None = None) -> np.ndarray:
+    """Features of samples for every part of the backbone (each with its own cache, `caches[i]`, keyed for the
+    stain normalization the caches were opened with), concatenated."""
+    blocks = [extract_features(part, catalog, samples, augmentation, cache, batch_size, num_workers, description,
+                               stain)
               for part, cache in zip(backbone.parts(), caches, strict=True)]
     return np.concatenate(blocks, axis=1)
 
 
-def part_caches(backbone: Backbone, cache_dir: str | Path | None) -> list[FeatureCache | None]:
-    """One cache per part of the backbone, keyed by that part's fingerprint and the image decoder's version (None
-    everywhere without a cache)."""
-    return [FeatureCache(cache_dir, f"{part.fingerprint}-d{DECODER_VERSION}") if cache_dir is not None else None
-            for part in backbone.parts()]
+def part_caches(backbone: Backbone, cache_dir: str | Path | None, stain: StainNormalizer | None = None
+                ) -> list[FeatureCache | None]:
+    """One cache per part of the backbone, keyed by that part's fingerprint, the image decoder's version and the
+    fitted stain target, if any (None everywhere without a cache)."""
+    suffix = f"-s{stain.fingerprint()}" if stain is not None and stain.active else ""
+    return [FeatureCache(cache_dir, f"{part.fingerprint}-d{DECODER_VERSION}{suffix}") if cache_dir is not None
+            else None for part in backbone.parts()]
 
 
 def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | None, batch_size: Setting = "auto",
@@ -178,13 +185,17 @@ def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | Non
     """Features of every split of a study (train left out with online views: it sees new views every epoch),
     and a line saying how the cache did."""
     samples = study.samples
-    caches = part_caches(backbone, cache_dir)
+    caches = part_caches(backbone, cache_dir, study.stain)
     splits = ([] if study.augmentation.online else [samples.train]) + [samples.val, samples.test]
     # one pass over every split: one set of worker processes, full batches
     every = sample_features(backbone, study.catalog.frame, pd.concat(splits, ignore_index=True),
-                            study.augmentation, caches, batch_size, num_workers)
+                            study.augmentation, caches, batch_size, num_workers, stain=study.stain)
     *train, val, test = np.split(every, np.cumsum([len(split) for split in splits])[:-1])
     features = Features(train=train[0] if train else None, val=val, test=test)
-    note = "; ".join(f"feature cache: {c.hits} hits, {c.misses} misses ({c.folder})"
+    return features, cache_note(caches)
+
+
+def cache_note(caches: list[FeatureCache | None], what: str = "feature cache") -> str:
+    """How the caches did, in one line: `feature cache: H hits, M misses (folder)`."""
+    return "; ".join(f"{what}: {c.hits} hits, {c.misses} misses ({c.folder})"
                      + (f"; not written: {c.unwritable}" if c.unwritable else "") for c in caches if c)
-    return features, note

@@ -72,7 +72,7 @@ def activation_maps(classifier: Classifier, images: Sequence[np.ndarray],
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     scorer, layer = cam_model(classifier)
-    batch = torch.stack([classifier.backbone.preprocess(image) for image in images])
+    batch = torch.stack([classifier.prepare(image) for image in images])
     if targets is None:
         targets = classifier.predict_proba(list(images)).argmax(1).tolist()
     with GradCAM(model=scorer, target_layers=[layer], reshape_transform=_tokens_to_grid) as cam:

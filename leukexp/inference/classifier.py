@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from leukexp.backbones.base import Backbone
 from leukexp.backbones.loading import build_backbone
 from leukexp.data.io import read_image
+from leukexp.data.stain import NoStain, StainNormalizer, stain_from_state, to_state
 from leukexp.errors import LeukexpError
 from leukexp.evaluation.calibration import apply_temperature
 from leukexp.evaluation.operating import OperatingPoint
@@ -35,14 +36,15 @@ MANIFEST = "classifier.json"
 
 
 def save_classifier(folder: Path, head: Head, backbone: Backbone, model_config: dict[str, Any],
-                    classes: list[str], temperature: float = 1.0, operating_point: OperatingPoint | None = None
-                    ) -> Path:
-    """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint, and the
-    temperature its probabilities are scaled with)."""
+                    classes: list[str], temperature: float = 1.0, operating_point: OperatingPoint | None = None,
+                    stain: StainNormalizer | None = None) -> Path:
+    """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint, the
+    temperature its probabilities are scaled with, the decision threshold and the fitted stain normalization)."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"classes": classes, "head": head.save(folder), "model": model_config, "backbone": backbone.reference(),
             "temperature": float(temperature),
-            "operating_point": operating_point.to_dict() if operating_point is not None else None}
+            "operating_point": operating_point.to_dict() if operating_point is not None else None,
+            "stain": to_state(stain) if stain is not None and stain.active else None}
     (folder / MANIFEST).write_text(json.dumps(meta, indent=2, default=str))
     return folder
 
@@ -58,14 +60,20 @@ class Classifier:
     classes: list[str]
     temperature: float = 1.0
     operating_point: OperatingPoint | None = None  # the screening decision's threshold, chosen on validation
+    stain: StainNormalizer = field(default_factory=NoStain)  # applied to every image first, as in training
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """An 8-bit RGB image as the backbone takes it: stain-normalized (as in training), resized, normalized."""
+        return self.backbone.preprocess(self.stain(image) if self.stain.active else image)
 
     def embed(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Backbone features of 8-bit RGB images, computed in batches (per part of a fused backbone)."""
         if not images:
             return np.zeros((0, self.backbone.num_features), np.float32)
         features = []
+        prepared = [self.stain(image) for image in images] if self.stain.active else images
         for part in self.backbone.parts():
-            batches = [part.embed(torch.stack([part.preprocess(image) for image in images[start:start + batch_size]]))
+            batches = [part.embed(torch.stack([part.preprocess(image) for image in prepared[start:start + batch_size]]))
                        for start in range(0, len(images), batch_size)]
             features.append(torch.cat(batches).numpy())
         return np.concatenate(features, axis=1)
@@ -132,4 +140,8 @@ def load_classifier(folder: str | Path) -> Classifier:
         raise LeukexpError(f"{manifest}: operating_point is damaged ({type(error).__name__}: {error})") from error
     if point is not None and point.positive not in classes:
         raise LeukexpError(f"{manifest}: operating_point names {point.positive!r}, not one of {classes}")
-    return Classifier(backbone, load_head(folder, head_spec), classes, float(temperature), point)
+    try:
+        stain = stain_from_state(meta.get("stain"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise LeukexpError(f"{manifest}: stain is damaged ({type(error).__name__}: {error})") from error
+    return Classifier(backbone, load_head(folder, head_spec), classes, float(temperature), point, stain)

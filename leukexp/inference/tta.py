@@ -48,7 +48,7 @@ def score_with_views(study: Study, backbone: Backbone, head: Head, name: str, se
     views = named_views(name, seed)
     samples = view_samples(study.samples.test, views.n_views)
     features = sample_features(backbone, study.catalog.frame, samples, views, caches, batch_size, num_workers,
-                               f"test views ({name})")
+                               f"test views ({name})", study.stain)
     probs = head.predict_proba(features).reshape(-1, views.n_views, len(study.classes))
     originals = samples[samples["view"] == 0].reset_index(drop=True)
     return dataclasses.replace(study, samples=dataclasses.replace(study.samples, test=originals)), probs

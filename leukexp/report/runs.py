@@ -85,9 +85,14 @@ def load_runs(client: MlflowClient, experiment: str, filter_string: str | None =
                      unfinished.reset_index(drop=True), classes)
 
 
-def download_predictions(client: MlflowClient, run_id: str, out: Path) -> Predictions:
-    """A fold run's `predictions.csv`, fetched from the store through a temporary folder in `out`."""
+def download_table(client: MlflowClient, run_id: str, name: str, out: Path) -> pd.DataFrame:
+    """A fold run's CSV artifact `name`, fetched from the store through a temporary folder in `out`."""
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        return Predictions.from_frame(pd.read_csv(client.download_artifacts(run_id, PREDICTIONS_FILE, tmp)))
+        return pd.read_csv(client.download_artifacts(run_id, name, tmp))
+
+
+def download_predictions(client: MlflowClient, run_id: str, out: Path) -> Predictions:
+    """A fold run's `predictions.csv`, fetched from the store through a temporary folder in `out`."""
+    return Predictions.from_frame(download_table(client, run_id, PREDICTIONS_FILE, out))

@@ -12,9 +12,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
-from leukexp.report.runs import StudyRuns, download_predictions
+from leukexp.report.runs import StudyRuns, download_predictions, download_table
 from leukexp.report.tables import (
+    bootstrap_table,
     ensemble_folds,
+    external_table,
     markdown,
     paired_comparison,
     per_class_table,
@@ -26,6 +28,7 @@ from leukexp.report.tables import (
 from leukexp.vocabulary import (
     CAM_DIR,
     KIND_SEARCH,
+    MANIFEST_FILE,
     SEARCH_STORAGE_TAG,
     SEARCH_TAG,
     TEST_ACC,
@@ -79,6 +82,41 @@ def pooled_section(context: ReportContext) -> list[str]:
     return ["## Accuracy over the pooled test predictions", "",
             "All folds' test samples together; 95% Wilson interval (it stays inside [0, 1], unlike the t interval"
             " over a few folds).", "", markdown(pooled, ("accuracy", "wilson"), index=False), ""]
+
+
+def bootstrap_section(context: ReportContext) -> list[str]:
+    """Bootstrap intervals over the pooled test predictions (patients resampled where known), beside the t interval."""
+    if context.client is None or context.folds.empty:
+        return []
+    client, out = context.client, context.out
+    table = bootstrap_table(context.folds, lambda run_id: download_predictions(client, run_id, out),
+                            lambda run_id: download_table(client, run_id, MANIFEST_FILE, out))
+    if table.empty:
+        return []
+    table.to_csv(out / "bootstrap.csv", index=False)
+    shown = pd.DataFrame({
+        "configuration": table["configuration"], "resampled": table["resampled"], "units": table["units"],
+        **{measure: [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
+                     zip(table[measure], table[f"{measure}_boot_low"], table[f"{measure}_boot_high"], strict=True)]
+           for measure in ("acc", "balanced_acc", "f1_macro")},
+        "acc t interval (folds)": [f"[{lo:.4f}, {hi:.4f}]" for lo, hi in
+                                   zip(table["acc_t_low"], table["acc_t_high"], strict=True)]})
+    return ["## Bootstrap intervals over the pooled test predictions", "",
+            "Every fold's test images together; 95% percentile bootstrap (2,000 resamples) of whole patients where"
+            " `data.groups_csv` named them, of images otherwise. The Student t interval over folds is beside it.", "",
+            markdown(shown, index=False), ""]
+
+
+def external_section(context: ReportContext) -> list[str]:
+    """Internal test split against the external validation set (`evaluation.external`), paired over folds."""
+    table = external_table(context.folds, context.metric)
+    if table.empty:
+        return []
+    table.to_csv(context.out / "external.csv", index=False)
+    return ["## External validation", "",
+            f"`{context.metric}` on each fold's internal test split and on the external set, scored by the same"
+            " fold model; difference = external - internal, paired over folds (t interval, paired t-test).", "",
+            markdown(table, ("internal", "external", "difference", "ci95"), index=False), ""]
 
 
 def per_fold_section(context: ReportContext) -> list[str]:
@@ -205,8 +243,9 @@ def unfinished_section(context: ReportContext) -> list[str]:
 
 
 # the report, in order: a new table is one function here
-SECTIONS: list[Section] = [summary_section, pooled_section, per_fold_section, per_class_section, comparison_section,
-                           activation_map_section, search_section, unfinished_section]
+SECTIONS: list[Section] = [summary_section, pooled_section, bootstrap_section, external_section, per_fold_section,
+                           per_class_section, comparison_section, activation_map_section, search_section,
+                           unfinished_section]
 
 
 def guarded(section: Section, context: ReportContext) -> list[str]:

@@ -9,9 +9,18 @@ import pandas as pd
 
 from leukexp.errors import LeukexpError
 from leukexp.evaluation.metrics import classification_metrics
-from leukexp.evaluation.stats import paired_difference, spread, t_interval, wilson_interval
+from leukexp.evaluation.stats import (
+    BOOTSTRAP_MEASURES,
+    cluster_bootstrap,
+    paired_difference,
+    spread,
+    t_interval,
+    wilson_interval,
+)
 from leukexp.vocabulary import (
     BEST,
+    EXTERNAL,
+    TEST,
     TEST_ACC,
     TEST_AUC_MACRO,
     TEST_COUNT,
@@ -155,3 +164,57 @@ def _cell(value: object, as_percent: bool) -> str:
             return "-"
         return f"{value * 100:.2f}%" if as_percent else f"{value:.4f}"
     return str(value)
+
+
+def bootstrap_table(folds: pd.DataFrame, predictions: Callable[[str], Predictions],
+                    manifest: Callable[[str], pd.DataFrame], resamples: int = 2000) -> pd.DataFrame:
+    """Per configuration: accuracy, balanced accuracy and macro F1 over all folds' pooled test predictions with
+    percentile bootstrap intervals, resampling patients where the data named them (`data.groups_csv`: the
+    manifest's groups differ from its files) and images otherwise; the t interval over folds beside them.
+
+    `predictions(run_id)` and `manifest(run_id)` read a fold run's `predictions.csv` and `manifest.csv`.
+    """
+    rows = []
+    for config, runs in folds.groupby("config", sort=True):
+        if not all(runs["run_id"].astype(str).str.len() > 0):  # an ensemble row has no run of its own
+            continue
+        labels, predicted, clusters, by_patient = [], [], [], False
+        for run_id in runs["run_id"]:
+            table, split = predictions(str(run_id)), manifest(str(run_id))
+            groups = dict(zip(split["file"], split["group"].astype(str), strict=True))
+            by_patient |= bool((split["group"].astype(str) != split["file"]).any())
+            labels.append(table.labels)
+            predicted.append(table.probs.argmax(1))
+            clusters.extend(groups.get(f, f) for f in table.files)
+            n_classes = len(table.classes)
+        intervals = cluster_bootstrap(np.concatenate(labels), np.concatenate(predicted), np.asarray(clusters),
+                                      n_classes, resamples)
+        t = t_interval(runs[TEST_ACC].dropna().to_numpy(dtype=float))
+        row: dict[str, object] = {"configuration": config, "folds": len(runs),
+                                  "resampled": "patients" if by_patient else "images",
+                                  "units": len(set(clusters))}
+        for measure in BOOTSTRAP_MEASURES:
+            interval = intervals[measure]
+            row |= {measure: interval.mean, f"{measure}_boot_low": interval.low, f"{measure}_boot_high": interval.high}
+        row |= {"acc_t_low": t.low, "acc_t_high": t.high}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def external_table(folds: pd.DataFrame, metric: str = TEST_ACC) -> pd.DataFrame:
+    """Per configuration with an external set (`evaluation.external`): the metric on the internal test split and on
+    the external set, and their difference paired over folds (external - internal, t interval, paired t-test)."""
+    external = EXTERNAL + metric.removeprefix(TEST)
+    if external not in folds:
+        return pd.DataFrame()
+    rows = []
+    for config, runs in folds.groupby("config", sort=True):
+        known = runs.dropna(subset=[metric, external]).set_index("fold")
+        if known.empty:
+            continue
+        result = paired_difference(known[external], known[metric])
+        rows.append({"configuration": config, "folds": len(known), "internal": known[metric].mean(),
+                     "external": known[external].mean(), "difference": result.mean_difference,
+                     "ci95_low": result.ci95_low, "ci95_high": result.ci95_high, "p_value": result.p_value,
+                     "verdict": result.verdict})
+    return pd.DataFrame(rows)

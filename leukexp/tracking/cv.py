@@ -28,6 +28,7 @@ from leukexp.vocabulary import (
     CV_TAGS,
     DATA_HASH_TAG,
     EPOCH,
+    EXTERNAL,
     FOLD_TAG,
     FOLDS_FINISHED_METRIC,
     FOLDS_FINISHED_TAG,
@@ -187,8 +188,8 @@ def earlier_claim(client: MlflowClient, experiment_id: str, parent_id: str, fold
 
 
 def fold_table(children: dict[str, Run]) -> pd.DataFrame:
-    """Test (and best-epoch) metrics, one row per fold, folds in order."""
-    rows = {fold: {k: v for k, v in run.data.metrics.items() if k.startswith((TEST, BEST))}
+    """Test, external and best-epoch metrics, one row per fold, folds in order."""
+    rows = {fold: {k: v for k, v in run.data.metrics.items() if k.startswith((TEST, BEST, EXTERNAL))}
             for fold, run in sorted(children.items())}
     return pd.DataFrame.from_dict(rows, orient="index").sort_index(axis=1)
 
@@ -260,6 +261,13 @@ class FoldRun:
         self.n_splits = int(tags[N_SPLITS_TAG])
         self.parent_id: str | None = None
         self.params: dict[str, str] = {}
+        # the run's dataset input (name, source, digest; the manifest is its profile), kept for `leukexp-sync`
+        self.dataset: dict[str, str] | None = None
+
+    def log_dataset(self, manifest: pd.DataFrame, name: str, source: str, digest: str) -> None:
+        """Record the run's data as its MLflow dataset input (and keep what it was for a later upload)."""
+        self.dataset = {"name": name, "source": source, "digest": digest}
+        self.logger.log_dataset(manifest, name, source, digest)
 
     def _locked(self) -> AbstractContextManager[None]:
         return store_lock(self.lock_dir, self.logger.tracking_uri, self.logger.experiment_id)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,7 +231,9 @@ class RunLogger:
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+        with warnings.catch_warnings():  # a local folder matches two of MLflow's source kinds; it says so
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(
             dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT_TAG, TRAINING_CONTEXT)])])
 

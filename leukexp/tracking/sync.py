@@ -19,7 +19,7 @@ import pandas as pd
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.runtime.process import prepare_process
 from leukexp.runtime.secrets import REDACTED, redact
-from leukexp.vocabulary import HISTORY_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
+from leukexp.vocabulary import HISTORY_FILE, MANIFEST_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
 
 if TYPE_CHECKING:
     from leukexp.tracking.cv import FoldRun
@@ -36,7 +36,7 @@ def save_pending(out: Path, fold_run: FoldRun, metrics: dict[str, float], artifa
         "tracking_uri": redact(logger.tracking_uri), "experiment_name": logger.experiment_name,
         "artifact_location": logger.artifact_location, "run_id": logger.run_id, "tags": fold_run.tags,
         "params": fold_run.params, "metrics": metrics, "lock_dir": str(fold_run.lock_dir),
-        "artifacts": [str(Path(a).resolve()) for a in artifacts],
+        "artifacts": [str(Path(a).resolve()) for a in artifacts], "dataset": fold_run.dataset,
     }
     path = out / PENDING_FILE
     path.write_text(json.dumps(pending, indent=2))
@@ -98,6 +98,9 @@ def upload(folder: Path, tracking_uri: str | None = None) -> str:
             logger.set_tags({UPLOAD_TAG: upload_id})
     else:
         fold_run.open(resume=False, params=pending["params"])
+        dataset, manifest = pending.get("dataset"), folder / MANIFEST_FILE
+        if isinstance(dataset, dict) and manifest.is_file():  # the new run says what data it saw, as the first did
+            fold_run.log_dataset(pd.read_csv(manifest), **{k: str(dataset[k]) for k in ("name", "source", "digest")})
     history_file = folder / HISTORY_FILE
     history = pd.read_csv(history_file) if history_file.is_file() else pd.DataFrame()
     fold_run.finish(history, pending["metrics"], [Path(a) for a in pending["artifacts"]])

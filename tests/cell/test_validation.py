@@ -25,10 +25,11 @@ from leukexp.errors import LeukexpError
     ("evaluation.cam_per_class=0", "evaluation.cam_per_class=0"),
     ("evaluation.target_sensitivity=1.5", "evaluation.target_sensitivity=1.5: expected a sensitivity above 0"),
     ("evaluation.calibration=platt", "evaluation.calibration='platt': expected none or temperature"),
+    ("stain=macenko stain.fit_images=0", "stain.fit_images=0: expected a whole number of training images"),
 ])
 def test_rules_name_the_key_and_what_it_expects(compose_cfg, override: str, message: str) -> None:
     with pytest.raises(LeukexpError, match=message.replace("[", r"\[").replace(".", r"\.")):
-        check_rules(compose_cfg(override))
+        check_rules(compose_cfg(*override.split()))
 
 
 def test_tta_and_the_thesis_protocol_exclude_each_other(compose_cfg) -> None:
@@ -90,3 +91,14 @@ def test_a_head_larger_than_memory_is_refused_without_allocating_it(compose_cfg,
     check_head(compose_cfg("head.hidden=[100000000]"))  # 1e9 stand-in parameters: checked on the meta device
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown < 500_000, f"peak memory grew by {grown} KiB: the stand-in head was allocated"
+
+
+def test_a_stain_reference_and_an_external_set_are_checked_before_any_work(compose_cfg, tmp_path,
+                                                                             make_folder) -> None:
+    (tmp_path / "ref.png").write_text("no pixels here")
+    with pytest.raises(LeukexpError, match=r"^stain\.reference=.*ref\.png: not an image"):
+        validate(compose_cfg("stain=macenko", f"stain.reference={tmp_path / 'ref.png'}"))
+    other = make_folder({"Benign": 1, "Pre": 1}, tmp_path / "lab")
+    with pytest.raises(LeukexpError, match=r"^evaluation\.external: class folder 'Benign' is not a class"):
+        validate(compose_cfg(f"evaluation.external={other}"))
+    validate(compose_cfg("stain=reinhard", "evaluation.external=synthetic_b"))

@@ -29,7 +29,9 @@ def test_default_choices_are_the_defaults_list_of_train_yaml() -> None:
     choices = default_choices()
     assert choices["model"] == "efficientnet_lite0" and choices["head"] == "mlp1" and choices["fold"] == "f0"
     assert "experiment" not in choices, "null defaults are no choice"
-    assert set(group_options("augmentation")) == {"flips", "none", "online", "paper"}
+    assert set(group_options("augmentation")) == {"flips", "none", "online", "paper", "stain_jitter",
+                                                  "stain_jitter_online"}
+    assert choices["stain"] == "none"
 
 
 def test_inside_a_running_app_its_own_hydra_composes() -> None:

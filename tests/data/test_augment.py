@@ -105,3 +105,19 @@ def test_a_new_augmentation_kind_is_one_class_and_a_config(compose_cfg) -> None:
     assert len(study.samples.train) == 2 * len(plain.samples.train), "every training image gives both views"
     assert sorted(study.samples.train["view"].unique()) == [0, 1]
     assert len(study.samples.test) == len(plain.samples.test), "test images stay originals"
+
+
+def test_stain_jitter_views_change_the_stain_not_the_cells_and_repeat_exactly() -> None:
+    from leukexp.data.augment import named_views
+    from leukexp.data.synthetic import generate_image
+
+    views = named_views("stain_jitter", seed=3)
+    image = generate_image("AML", 0, size=64)
+    assert views.n_views == 5 and views.view_fingerprint(0) == "original"
+    jittered = [views.apply(image, index, "key") for index in range(1, 5)]
+    assert all(view.shape == image.shape for view in jittered)
+    assert all(np.abs(view.astype(int) - image.astype(int)).mean() > 2 for view in jittered), "another stain"
+    assert not np.array_equal(jittered[0], jittered[1]), "each draw its own"
+    assert np.array_equal(views.apply(image, 2, "key"), jittered[1]), "the same view in every run"
+    dark = image.min(axis=2) < 120  # the cells' outline stays where it was
+    assert np.mean(dark == (jittered[0].min(axis=2) < 120)) > 0.9

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -11,6 +12,7 @@ from sklearn.preprocessing import StandardScaler
 
 from leukexp.data.synthetic import STUDY_COUNTS, SyntheticSource, generate_image
 from leukexp.data.tasks import Task
+from leukexp.errors import LeukexpError
 
 
 def test_generator_is_deterministic() -> None:
@@ -52,3 +54,24 @@ def test_classes_are_separable_by_simple_statistics_but_not_trivially() -> None:
     mean_colour = np.array(features)[:, :3]
     colour_only = cross_val_score(model, mean_colour, np.array(labels), cv=4).mean()
     assert colour_only < 0.9, f"mean colour alone should not solve the task, got {colour_only:.2f}"
+
+
+def test_the_second_lab_has_other_cells_another_stain_and_a_softer_focus(tmp_path: Path) -> None:
+    first, second = generate_image("CLL", 2, size=96), generate_image("CLL", 2, size=96, domain="B")
+    assert np.array_equal(second, generate_image("CLL", 2, size=96, domain="B")), "deterministic"
+    assert np.abs(first.astype(int) - second.astype(int)).mean() > 10
+    a = [generate_image(label, i, size=96) for label in STUDY_COUNTS for i in range(3)]
+    b = [generate_image(label, i, size=96, domain="B") for label in STUDY_COUNTS for i in range(3)]
+    mean_a, mean_b = (np.mean([i.reshape(-1, 3).mean(0) for i in s], 0) for s in (a, b))
+    assert mean_b[2] < mean_a[2] - 15, "warmer: less blue"
+    sharpness = [np.mean([cv2.Laplacian(cv2.cvtColor(i, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for i in s])
+                 for s in (a, b)]
+    assert sharpness[1] < 0.7 * sharpness[0], "softer focus"
+    source = SyntheticSource(counts={"ALL": 2, "HLT": 2}, image_size=48, cache_dir=tmp_path, domain="B")
+    other = SyntheticSource(counts={"ALL": 2, "HLT": 2}, image_size=48, cache_dir=tmp_path)
+    assert source.prepare() != other.prepare(), "each lab its own folder"
+
+
+def test_an_unknown_lab_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(LeukexpError, match=r"data\.domain=C: not a synthetic lab"):
+        SyntheticSource(counts={"ALL": 2, "HLT": 2}, cache_dir=tmp_path, domain="C").prepare()

@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from leukexp.evaluation.stats import aggregate_metrics, paired_difference, spread, t_interval, wilson_interval
+from leukexp.evaluation.stats import (
+    aggregate_metrics,
+    cluster_bootstrap,
+    paired_difference,
+    spread,
+    t_interval,
+    wilson_interval,
+)
 from leukexp.vocabulary import BEST, TEST_ACC, TRAIN_LOSS, VAL_ACC, cv_metric
 
 
@@ -30,12 +37,13 @@ def test_wilson_interval_stays_inside_0_1() -> None:
     assert t_interval([1.0, 0.9, 1.0]).high > 1.0
 
 
-def test_aggregates_cover_test_and_best_epoch_metrics_only() -> None:
-    table = pd.DataFrame({TEST_ACC: [0.8, 0.9, 1.0], BEST + VAL_ACC: [0.7, 0.7, 0.7], TRAIN_LOSS: [1, 2, 3]},
-                         index=["f0", "f1", "f2"])
+def test_aggregates_cover_test_external_and_best_epoch_metrics_only() -> None:
+    table = pd.DataFrame({TEST_ACC: [0.8, 0.9, 1.0], BEST + VAL_ACC: [0.7, 0.7, 0.7], TRAIN_LOSS: [1, 2, 3],
+                          "external/acc": [0.5, 0.6, 0.7]}, index=["f0", "f1", "f2"])
     out = aggregate_metrics(table)
-    assert set(out) == {f"cv/{m}_{s}" for m in (TEST_ACC, BEST + VAL_ACC) for s in ("mean", "std", "ci95_low",
-                                                                                        "ci95_high")}
+    assert set(out) == {f"cv/{m}_{s}" for m in (TEST_ACC, BEST + VAL_ACC, "external/acc")
+                        for s in ("mean", "std", "ci95_low", "ci95_high")}
+    assert out["cv/external/acc_mean"] == pytest.approx(0.6)
     assert out[cv_metric(BEST + VAL_ACC, "mean")] == pytest.approx(0.7), "what a search optimizes by default"
     assert out[cv_metric(TEST_ACC, "mean")] == pytest.approx(0.9)
     assert out[cv_metric(TEST_ACC, "std")] == pytest.approx(0.1)
@@ -55,3 +63,25 @@ def test_paired_difference_over_shared_folds_only() -> None:
     constant = paired_difference(pd.Series({"f0": 0.75, "f1": 0.5}), pd.Series({"f0": 0.5, "f1": 0.25}))
     assert constant.p_value == 0.0
     assert paired_difference(pd.Series({"f0": 1.0}), pd.Series({"f0": 0.5})).verdict.startswith("too few")
+
+
+def test_cluster_bootstrap_point_estimates_are_sklearns_and_clusters_widen_the_interval() -> None:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 600)
+    predicted = np.where(rng.random(600) < 0.7, labels, rng.integers(0, 3, 600))
+    by_image = cluster_bootstrap(labels, predicted, np.arange(600), 3, resamples=800)
+    assert by_image["acc"].mean == pytest.approx(accuracy_score(labels, predicted))
+    assert by_image["balanced_acc"].mean == pytest.approx(balanced_accuracy_score(labels, predicted))
+    assert by_image["f1_macro"].mean == pytest.approx(f1_score(labels, predicted, average="macro"))
+    low, high = by_image["acc"].low, by_image["acc"].high
+    assert low < by_image["acc"].mean < high
+    assert high - low == pytest.approx(2 * 1.96 * math.sqrt(0.8 * 0.2 / 600), rel=0.35), "near the normal width"
+    # 30 patients of 20 images whose predictions are right or wrong together: 30 units, a much wider interval
+    patients = np.repeat(np.arange(30), 20)
+    together = np.where(np.repeat(rng.random(30) < 0.8, 20), labels, (labels + 1) % 3)
+    by_patient = cluster_bootstrap(labels, together, patients, 3, resamples=800)
+    by_image_again = cluster_bootstrap(labels, together, np.arange(600), 3, resamples=800)
+    assert (by_patient["acc"].high - by_patient["acc"].low) > 2.5 * (by_image_again["acc"].high
+                                                                   - by_image_again["acc"].low)

@@ -13,7 +13,7 @@ from leukexp.data.augment import OfflineViews
 from leukexp.data.io import file_digest
 from leukexp.errors import LeukexpError
 from leukexp.features.cache import FeatureCache
-from leukexp.features.extract import batch_size_for, extract_features, workers_for
+from leukexp.features.extract import batch_size_for, extract_features, part_caches, workers_for
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -115,3 +115,20 @@ def test_non_finite_backbone_features_are_one_line_naming_an_image(backbone, stu
     monkeypatch.setattr(backbone, "embed", lambda batch: torch.full((len(batch), backbone.num_features), float("nan")))
     with pytest.raises(LeukexpError, match=r"gave NaN or infinite features for .* e\.g\. of .*png"):
         extract_features(backbone, catalog, samples, views, None, 4, 0)
+
+
+def test_stain_normalized_features_are_cached_apart_and_computed_from_normalized_images(backbone, study,
+                                                                                         tmp_path: Path) -> None:
+    from leukexp.data.stain import NoStain, Reinhard
+
+    catalog, samples, views = study
+    reinhard = Reinhard()
+    reinhard.fit([np.full((8, 8, 3), (200, 120, 150), np.uint8) + np.arange(64, dtype=np.uint8).reshape(8, 8, 1)])
+    plain, = part_caches(backbone, tmp_path, NoStain())
+    normalized, = part_caches(backbone, tmp_path, reinhard)
+    assert plain.folder.name == part_caches(backbone, tmp_path)[0].folder.name, "no normalization: keys unchanged"
+    assert normalized.folder != plain.folder and normalized.folder.name.endswith(reinhard.fingerprint())
+    raw = extract_features(backbone, catalog, samples, views, plain, num_workers=0)
+    stained = extract_features(backbone, catalog, samples, views, normalized, num_workers=0, stain=reinhard)
+    assert not np.allclose(raw, stained), "the backbone saw the normalized images"
+    assert (plain.misses, normalized.misses) == (12, 12)

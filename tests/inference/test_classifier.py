@@ -43,6 +43,35 @@ def test_round_trip_gives_the_same_probabilities(tmp_path: Path) -> None:
     assert classifier.classes == ["A", "B", "C"]
 
 
+def test_the_stain_normalization_travels_with_the_model(tmp_path: Path) -> None:
+    import torch
+
+    from leukexp.data.stain import Macenko
+    from leukexp.data.synthetic import generate_image
+
+    torch.manual_seed(0)
+    backbone = TimmBackbone("test_efficientnet", pretrained=False, input_size=32)
+    head = mlp(HeadContext(backbone.num_features, 3), hidden=[8])
+    head.best_epoch = 0
+    head.network.eval()
+    stain = Macenko()
+    stain.fit([generate_image("AML", 0, size=64)])
+    save_classifier(tmp_path / "m", head, backbone, MODEL, ["A", "B", "C"], stain=stain)
+    assert json.loads((tmp_path / "m" / MANIFEST).read_text())["stain"]["name"] == "macenko"
+    torch.manual_seed(0)
+    classifier = load_classifier(tmp_path / "m")
+    assert classifier.stain.fingerprint() == stain.fingerprint()
+    image = generate_image("CLL", 1, size=64, domain="B")
+    features = backbone.embed(torch.stack([backbone.preprocess(stain(image))])).numpy()
+    assert np.allclose(classifier.predict_proba([image]), head.predict_proba(features), atol=1e-6)
+    assert torch.equal(classifier.prepare(image), backbone.preprocess(stain(image)))
+    meta = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    meta["stain"] = {"name": "macenko", "target": {"stain_matrix": "x"}}
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(meta))
+    with pytest.raises(LeukexpError, match="stain is damaged"):
+        load_classifier(tmp_path / "m")
+
+
 def test_a_manifest_naming_foreign_code_is_refused(tmp_path: Path) -> None:
     folder, _ = saved(tmp_path / "model")
     meta = json.loads((folder / MANIFEST).read_text())

@@ -11,6 +11,8 @@ from leukexp.report.cli import main
 from leukexp.report.runs import StudyRuns, configuration_labels
 from leukexp.report.sections import SECTIONS, write_report
 from leukexp.report.tables import (
+    bootstrap_table,
+    external_table,
     paired_comparison,
     per_class_table,
     per_fold_tables,
@@ -19,7 +21,17 @@ from leukexp.report.tables import (
     summary_table,
 )
 from leukexp.tracking.store import RunLogger
-from leukexp.vocabulary import BEST, KIND_TAG, TEST_ACC, TEST_AUC_MACRO, TEST_COUNT, TEST_LOSS, VAL_ACC
+from leukexp.vocabulary import (
+    BEST,
+    EXTERNAL,
+    KIND_TAG,
+    TEST_ACC,
+    TEST_AUC_MACRO,
+    TEST_COUNT,
+    TEST_LOSS,
+    VAL_ACC,
+    Predictions,
+)
 
 
 def folds() -> pd.DataFrame:
@@ -49,6 +61,47 @@ def test_summary_pooled_and_per_fold_tables() -> None:
     assert per_class_table(folds()).set_index("configuration").loc["head=svm", "f1"] == pytest.approx(0.95)
 
 
+def test_external_table_pairs_internal_and_external_over_folds() -> None:
+    table = folds()
+    table[EXTERNAL + "acc"] = table[TEST_ACC] - np.array([0.2, 0.25, 0.3] * 2)
+    rows = external_table(table).set_index("configuration")
+    assert rows.loc["head=svm", "internal"] == pytest.approx(0.95)
+    assert rows.loc["head=svm", "external"] == pytest.approx(0.7)
+    assert rows.loc["head=svm", "difference"] == pytest.approx(-0.25)
+    assert rows.loc["head=svm", "ci95_high"] < 0 and rows.loc["head=svm", "p_value"] < 0.05
+    assert external_table(folds()).empty, "runs without an external set have no such table"
+
+
+def bootstrap_runs(groups: dict[str, str] | None) -> tuple[pd.DataFrame, dict[str, Predictions], pd.DataFrame]:
+    """Two folds of 40 test images, 30 right; with `groups`, images belong to 8 patients."""
+    rng = np.random.default_rng(0)
+    predictions, files = {}, []
+    for fold in ("a", "b"):
+        names = [f"{fold}{i}.png" for i in range(40)]
+        files += names
+        labels = rng.integers(0, 2, 40)
+        called = np.where(np.arange(40) < 30, labels, 1 - labels)
+        predictions[fold] = Predictions(np.array(names), np.zeros(40, int), labels, np.eye(2)[called], ["x", "y"])
+    manifest = pd.DataFrame({"file": files, "group": [groups.get(f, f) for f in files] if groups else files})
+    table = pd.DataFrame({"config": ["c", "c"], "fold": ["f0", "f1"], "run_id": ["a", "b"], TEST_ACC: [0.75, 0.75]})
+    return table, predictions, manifest
+
+
+def test_bootstrap_table_resamples_images_or_patients() -> None:
+    table, predictions, manifest = bootstrap_runs(None)
+    by_image = bootstrap_table(table, predictions.__getitem__, lambda run_id: manifest, resamples=500).iloc[0]
+    assert by_image["acc"] == pytest.approx(0.75) and by_image["resampled"] == "images" and by_image["units"] == 80
+    assert by_image["acc_boot_low"] < 0.75 < by_image["acc_boot_high"]
+    # 8 patients of 10 images each, each patient all right or all wrong: far fewer independent units, wider interval
+    files = list(manifest["file"])
+    patients = {f: f"p{i // 10}" for i, f in enumerate(files[:30] + files[40:70] + files[30:40] + files[70:])}
+    table, predictions, manifest = bootstrap_runs(patients)
+    by_patient = bootstrap_table(table, predictions.__getitem__, lambda run_id: manifest, resamples=500).iloc[0]
+    assert by_patient["resampled"] == "patients" and by_patient["units"] == 8
+    width = by_patient["acc_boot_high"] - by_patient["acc_boot_low"]
+    assert width > 1.5 * (by_image["acc_boot_high"] - by_image["acc_boot_low"])
+
+
 def test_comparison_and_selection() -> None:
     result = paired_comparison(folds(), "head=svm", "head=mlp1")
     assert result["mean_difference"] == pytest.approx(0.1) and result["shared_folds"] == 3
@@ -64,7 +117,7 @@ def test_report_has_every_section(tmp_path: Path) -> None:
     for heading in ("## Summary", "## Accuracy over the pooled", "## Accuracy and loss per fold",
                     "## Average precision", "## Paired comparisons"):
         assert heading in text
-    assert len(SECTIONS) == 8  # the search section shows only for experiments that hold a search
+    assert len(SECTIONS) == 10  # the search section shows only for experiments that hold a search
     assert {"summary.csv", "pooled_accuracy.csv", "comparisons.csv", "comparison.png"} <= {
         p.name for p in tmp_path.iterdir()}
 

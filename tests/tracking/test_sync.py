@@ -21,6 +21,9 @@ def kept_run(tmp_path: Path, uri: str) -> tuple[Path, FoldRun]:
     fold_run.open(resume=False, params={"head.C": "1.0"})
     out = tmp_path / "run"
     out.mkdir()
+    manifest = pd.DataFrame({"file": ["a/1.png", "b/2.png"], "label": ["a", "b"], "split": ["train", "test"]})
+    manifest.to_csv(out / "manifest.csv", index=False)
+    fold_run.log_dataset(manifest, "demo · t", str(tmp_path / "images"), "abc")
     pd.DataFrame({"epoch": [0.0, 1.0], VAL_ACC: [0.5, 0.75]}).to_csv(out / "history.csv", index=False)
     (out / "notes.txt").write_text("kept")
     save_pending(out, fold_run, {TEST_ACC: 0.8}, [out / "notes.txt"])
@@ -45,6 +48,8 @@ def test_upload_to_another_store_makes_a_new_run(tmp_path: Path) -> None:
     run_id = upload(out, other)
     run = MlflowClient(other).get_run(run_id)
     assert run.data.params["head.C"] == "1.0" and run.data.tags["fold"] == "f0"
+    (dataset,) = run.inputs.dataset_inputs  # the new run says what data it saw, as the first one did
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("demo · t", "abc")
 
 
 def test_nothing_to_upload_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
