@@ -175,8 +175,9 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
     """Features (cached), the trained head, its test (and external) metrics and the run's artifacts."""
     cache_dir = cfg.features.dir if cfg.features.cache else None
     with clock.phase("features"):
+        storage = str(setting(cfg, "features.storage"))
         features, cache_note = study_features(study, backbone, cache_dir, cfg.features.batch_size,
-                                              cfg.features.num_workers)
+                                              cfg.features.num_workers, storage)
     with clock.phase("head"):
         seed_everything(int(cfg.seed))  # after extraction: warm and cold runs agree
         head = head_from_config(cfg, backbone, len(study.classes), study.samples.class_weights)
@@ -196,7 +197,7 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
     if (tta := str(cfg.evaluation.tta)) != "none":
         with clock.phase("test views"):
             study, view_probs = score_with_views(study, backbone, head, tta, int(cfg.seed),
-                                                 part_caches(backbone, cache_dir, study.stain),
+                                                 part_caches(backbone, cache_dir, study.stain, storage),
                                                  cfg.features.batch_size,
                                                  cfg.features.num_workers)
         raw_test_probs = view_mean(view_probs)
@@ -216,7 +217,7 @@ def fit_and_evaluate(cfg: DictConfig, study: Study, backbone: Backbone, clock: S
     if external is not None:
         with clock.phase("external"):
             views = external_views(tta, int(cfg.seed))
-            caches = part_caches(backbone, cache_dir, study.stain)
+            caches = part_caches(backbone, cache_dir, study.stain, storage)
             scores = score_external(external, backbone, result, views, caches, study.stain, cfg.features.batch_size,
                                     cfg.features.num_workers)
             metrics |= scores.metrics

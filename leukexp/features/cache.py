@@ -1,112 +1,287 @@
-"""On-disk cache of backbone embeddings, keyed by (backbone weights, image content, view).
+"""The feature store: backbone embeddings keyed by (backbone weights, image content, view), for millions of entries.
 
-One `.npy` file per entry under `<root>/<backbone fingerprint>/<hash prefix>/`. Writes go to a unique
-temporary file that is renamed into place, so a killed run never leaves a partial entry and two
-processes writing the same entry at once both succeed with identical content.
+Entries live in shard files under `<root>/<backbone key>/`, each a safetensors file holding one (n, width) `values`
+tensor (float32, or float16 with `features.storage=float16`) and, in its header, the n entry keys in row order.
+A pass writes one shard per `SHARD_ENTRIES` new entries (about 10 files per 100,000 entries), atomically (a
+staging file renamed into place): several processes and machines write side by side without coordination, a
+killed writer leaves no partial shard, and an entry written twice is harmless. Readers index the shards' headers
+once per process (new shards are picked up on the next read) and gather rows through memory maps.
+
+Two processes that would compute the same entries take turns through lock buckets (`claim`): the embeddings are
+spread over `LOCK_BUCKETS` buckets by image hash; a process claims a free bucket, re-reads it, computes what is
+still missing and writes it before the next one, so parallel jobs split a cold extraction between them and each
+embedding is computed once. The locks are the kernel's (`flock`): a killed holder releases them.
+
+safetensors (already a dependency for weights) was chosen over zarr and LMDB: one self-describing file per shard
+that any tool reads, plain offsets that NumPy maps directly, no database lock on a network disk, and no package
+more to install; measured numbers are in the README ("Outgrowing one machine").
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+import json
+import logging
+import os
+import struct
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from leukexp.files import atomic_path
 
+log = logging.getLogger("leukexp")
+SHARD_SUFFIX = ".safetensors"
+SHARD_ENTRIES = 16_384  # entries per shard a pass writes (the last one of a pass may be smaller)
+LOCK_BUCKETS = 16  # extraction lock buckets per backbone folder, by image hash
+STORAGE_DTYPES = {"float32": (np.float32, "F32"), "float16": (np.float16, "F16")}
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16}
+
+
+def bucket_of(image_key: str) -> int:
+    """The lock bucket of an image content hash (hex)."""
+    return int(image_key[:8], 16) % LOCK_BUCKETS if image_key[:8].isalnum() else hash(image_key) % LOCK_BUCKETS
+
+
+def entry_key(image_key: str, view_key: str) -> str:
+    """The store's key of one embedding."""
+    return f"{image_key}_{view_key}"
+
+
+class Shard:
+    """One shard file: its entry keys (from the header) and its values, mapped on first use."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        meta = header["values"]
+        self.path = path
+        self.keys: list[str] = json.loads(header["__metadata__"]["keys"])
+        self.dtype = _SAFETENSORS_DTYPES[meta["dtype"]]
+        self.shape = tuple(meta["shape"])
+        self.offset = 8 + length + int(meta["data_offsets"][0])
+        self._values: np.ndarray | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """The (n, width) values, memory-mapped (read only)."""
+        if self._values is None:
+            self._values = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        return self._values
+
 
 class FeatureCache:
-    """Embeddings of one backbone, stored as one small file each.
+    """Embeddings of one backbone (and preprocessing, decoder and stain target): shard files in one folder.
 
     Args:
-        root: the cache folder shared by all backbones (`paths.cache_dir/features`).
-        backbone_key: the backbone's fingerprint (weights and preprocessing).
+        root: the cache folder shared by all backbones (`features.dir`).
+        backbone_key: the backbone's cache key (its fingerprint, decoder version, stain target).
+        storage: `float32` or `float16` (half the disk and memory; entries of the two never mix: other folders).
     """
 
-    def __init__(self, root: str | Path, backbone_key: str) -> None:
-        self.folder = Path(root) / backbone_key
+    def __init__(self, root: str | Path, backbone_key: str, storage: str = "float32") -> None:
+        if storage not in STORAGE_DTYPES:
+            raise ValueError(f"features.storage={storage}: use float32 or float16")
+        suffix = "" if storage == "float32" else f"-{storage}"
+        self.folder = Path(root) / f"{backbone_key}{suffix}"
+        self.storage = storage
         self.hits = 0
         self.misses = 0
         self.unwritable = ""  # why entries could not be written (then this run keeps them in memory only)
+        self._index: dict[str, tuple[int, int]] = {}
+        self._shards: list[Shard] = []
+        self._seen: set[str] = set()
+        self._pending_keys: list[str] = []
+        self._pending_values: list[np.ndarray] = []
+        self._pending_lock = threading.Lock()
+        self._warned_legacy = False
 
-    def path(self, image_key: str, view_key: str) -> Path:
-        """Where the entry for this image content hash and view lives."""
-        return Path(self._file(image_key, view_key))
+    # reading
 
-    def _file(self, image_key: str, view_key: str) -> str:
-        """`path` as a string (the many reads of `get_many` skip building Path objects)."""
-        return f"{self.folder}/{image_key[:2]}/{image_key}_{view_key}.npy"
-
-    def get(self, image_key: str, view_key: str) -> np.ndarray | None:
-        """The cached embedding, or None (a missing or unreadable entry counts as a miss)."""
-        path = self.path(image_key, view_key)
+    def refresh(self) -> None:
+        """Index shards written since the last look (by this or any other process)."""
         try:
-            value = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            self.misses += 1
-            return None
-        self.hits += 1
-        return value
+            names = sorted(entry.name for entry in os.scandir(self.folder)
+                           if entry.name.endswith(SHARD_SUFFIX) and not entry.name.startswith("."))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name in self._seen:
+                continue
+            self._seen.add(name)
+            try:
+                shard = Shard(self.folder / name)
+            except (OSError, ValueError, KeyError, struct.error) as error:
+                log.warning("feature cache %s: shard %s is unreadable (%s); its entries are computed again",
+                            self.folder, name, type(error).__name__)
+                continue
+            number = len(self._shards)
+            self._shards.append(shard)
+            for row, key in enumerate(shard.keys):
+                self._index.setdefault(key, (number, row))
+        self._warn_legacy()
 
-    def get_many(self, keys: Sequence[tuple[str, str]], width: int, threads: int = 8
+    def __len__(self) -> int:
+        """Entries stored (after `refresh`)."""
+        self.refresh()
+        return len(self._index)
+
+    def entry_keys(self) -> list[str]:
+        """Every stored entry's key (`<image hash>_<view key>`)."""
+        self.refresh()
+        return sorted(self._index)
+
+    def get_many(self, keys: Sequence[tuple[str, str]], width: int, count: bool = True
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Entries of many `(image_key, view_key)` pairs as one (len(keys), width) float32 array, and a mask of
-        those found (an absent, unreadable, other-width or non-finite entry is a miss, and so computed again).
-
-        Files are read by a few threads and entries written by `put` are decoded from their known header,
-        without parsing it: a warm run reads thousands of entries in a fraction of a second.
-        """
+        those found (an absent, other-width or non-finite entry is a miss, and so computed again). Rows are
+        gathered shard by shard from memory maps, in storage order."""
+        self.refresh()
         values = np.zeros((len(keys), width), np.float32)
         found = np.zeros(len(keys), bool)
-        header = _npy_header(width)
-        expected = len(header) + 4 * width
-
-        def read(indices: range) -> None:
-            for index in indices:
-                try:
-                    with open(self._file(*keys[index]), "rb") as handle:
-                        data = handle.read()
-                except OSError:
-                    continue
-                if len(data) == expected and data.startswith(header):
-                    values[index] = np.frombuffer(data, np.float32, offset=len(header))
-                    found[index] = True
-                    continue
-                try:
-                    value = np.load(io.BytesIO(data), allow_pickle=False)
-                except (OSError, ValueError, EOFError):
-                    continue
-                if value.shape == (width,):
-                    values[index] = value
-                    found[index] = True
-
-        chunk = -(-len(keys) // max(1, threads)) or 1
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            list(pool.map(read, [range(i, min(i + chunk, len(keys))) for i in range(0, len(keys), chunk)]))
+        located = [self._index.get(entry_key(*pair)) for pair in keys]
+        by_shard: dict[int, tuple[list[int], list[int]]] = {}
+        for position, place in enumerate(located):
+            if place is not None:
+                rows = by_shard.setdefault(place[0], ([], []))
+                rows[0].append(position)
+                rows[1].append(place[1])
+        for number, (positions, rows) in by_shard.items():
+            shard = self._shards[number]
+            if shard.shape[1:] != (width,):
+                continue
+            order = np.argsort(rows)
+            positions_sorted = np.asarray(positions)[order]
+            try:
+                values[positions_sorted] = shard.values[np.asarray(rows)[order]]
+            except (OSError, ValueError) as error:  # a shard cut short on disk: its entries are computed again
+                log.warning("feature cache %s: shard %s is damaged (%s)", self.folder, shard.path.name, error)
+                continue
+            found[positions_sorted] = True
         if found.any() and not (finite := np.isfinite(values).all(axis=1))[found].all():
-            found &= finite  # a damaged entry (NaN, inf) is recomputed and overwritten
+            found &= finite  # a damaged entry (NaN, inf) is recomputed and written again
             values[~found] = 0.0
-        self.hits += int(found.sum())
-        self.misses += int(len(keys) - found.sum())
+        if count:
+            self.hits += int(found.sum())
+            self.misses += int(len(keys) - found.sum())
         return values, found
 
+    def recheck(self, keys: Sequence[tuple[str, str]], width: int) -> tuple[np.ndarray, np.ndarray]:
+        """`get_many` again for entries just counted as misses (under `claim`): those another process wrote in
+        the meantime count as hits instead, so every process's misses are the entries it computed."""
+        values, found = self.get_many(keys, width, count=False)
+        self.hits += int(found.sum())
+        self.misses -= int(found.sum())
+        return values, found
+
+    # writing
+
+    def put_many(self, keys: Sequence[tuple[str, str]], values: np.ndarray) -> None:
+        """Queue entries; a full shard's worth is written at once (`flush` writes the rest)."""
+        with self._pending_lock:
+            self._pending_keys.extend(entry_key(*pair) for pair in keys)
+            self._pending_values.append(np.asarray(values, np.float32))
+            full = len(self._pending_keys) >= SHARD_ENTRIES
+        if full:
+            self.flush(whole_shards_only=True)
+
     def put(self, image_key: str, view_key: str, value: np.ndarray) -> None:
-        """Store an embedding atomically."""
-        vector = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
-        with atomic_path(self.path(image_key, view_key)) as staging, open(staging, "wb") as handle:
-            handle.write(_npy_header(len(vector)) + vector.tobytes())  # the bytes np.save writes
+        """Store one embedding (written with the next shard; `flush` to write it now)."""
+        self.put_many([(image_key, view_key)], np.asarray(value, np.float32).reshape(1, -1))
+
+    def flush(self, whole_shards_only: bool = False) -> None:
+        """Write the queued entries as shard files (atomically: a killed writer leaves none half-written); with
+        `whole_shards_only`, only full shards, the rest stays queued."""
+        with self._pending_lock:
+            keys, blocks = self._pending_keys, self._pending_values
+            values = np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
+            keep = len(keys) % SHARD_ENTRIES if whole_shards_only else 0
+            self._pending_keys = keys[len(keys) - keep:]
+            self._pending_values = [values[len(keys) - keep:]] if keep else []
+            keys, values = keys[:len(keys) - keep], values[:len(keys) - keep]
+        if not keys:
+            return
+        for start in range(0, len(keys), SHARD_ENTRIES):
+            self._write_shard(keys[start:start + SHARD_ENTRIES], values[start:start + SHARD_ENTRIES])
+
+    def _write_shard(self, keys: list[str], values: np.ndarray) -> None:
+        from safetensors.numpy import save_file
+
+        dtype, _ = STORAGE_DTYPES[self.storage]
+        path = self.folder / f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
+        with atomic_path(path) as staging:
+            save_file({"values": np.ascontiguousarray(values, dtype)}, str(staging),
+                      metadata={"keys": json.dumps(keys)})
+
+    # coordination
+
+    @contextmanager
+    def claim(self, buckets: Sequence[int] | None = None, wait: bool = True, limit: int | None = None
+              ) -> Iterator[list[int]]:
+        """Hold the extraction locks of lock buckets (all by default) for the block; yields the buckets held.
+
+        With `wait=False` only the buckets free now are taken (possibly none; at most `limit`): a process takes
+        what no other is computing. With `wait=True` every bucket is taken, waiting for each held one. A folder that
+        cannot hold lock files (read-only) is not locked: every bucket is yielded.
+        """
+        import fcntl
+
+        wanted = list(range(LOCK_BUCKETS)) if buckets is None else list(buckets)
+        handles: list[IO[str]] = []
+        held: list[int] = []
+        said = False
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for bucket in wanted:
+                if limit is not None and len(held) >= limit:
+                    break
+                handle = open(self.folder / f".extract-{bucket:02d}.lock", "a")  # noqa: SIM115 - held for the block
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not wait:
+                        handle.close()
+                        continue
+                    if not said:
+                        log.info("feature cache %s: another process is extracting; waiting for its entries",
+                                 self.folder)
+                        said = True
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                handles.append(handle)
+                held.append(bucket)
+        except OSError:
+            for handle in handles:
+                handle.close()
+            handles, held = [], wanted
+        try:
+            yield held
+        finally:
+            for handle in handles:
+                handle.close()  # closing the file releases its lock
+
+    # housekeeping
 
     def size_bytes(self) -> int:
-        """Disk used by this backbone's entries."""
-        return sum(p.stat().st_size for p in self.folder.rglob("*.npy")) if self.folder.exists() else 0
+        """Disk used by this backbone's shards."""
+        return sum(p.stat().st_size for p in self.folder.glob(f"*{SHARD_SUFFIX}")) if self.folder.exists() else 0
 
+    def files(self) -> int:
+        """Shard files on disk."""
+        return len(list(self.folder.glob(f"*{SHARD_SUFFIX}"))) if self.folder.exists() else 0
 
-@cache
-def _npy_header(width: int) -> bytes:
-    """The bytes `np.save` writes before the data of a float32 vector of `width` values."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.zeros(width, np.float32), allow_pickle=False)
-    return buffer.getvalue()[: -4 * width]
+    def _warn_legacy(self) -> None:
+        """One line for a folder still holding the one-file-per-entry layout of earlier versions."""
+        if self._warned_legacy or not self.folder.is_dir():
+            return
+        self._warned_legacy = True
+        legacy = next((d for d in self.folder.iterdir() if d.is_dir() and len(d.name) == 2
+                       and next(d.glob("*.npy"), None) is not None), None)
+        if legacy is not None:
+            log.warning("feature cache %s holds entries of the older one-file-per-entry layout (%s/*.npy), which"
+                        " this version does not read: they are computed again into shards; free the space with"
+                        " `make clean-cache` or rm -r %s/??", self.folder, legacy.name, self.folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from leukexp.data.augment import Augmentation
 from leukexp.data.dataset import SourceViews, clean_worker_context, quiet_worker
 from leukexp.data.io import DECODER_VERSION
 from leukexp.errors import LeukexpError
-from leukexp.features.cache import FeatureCache
+from leukexp.features.cache import LOCK_BUCKETS, FeatureCache, bucket_of
 from leukexp.runtime.process import usable_cores
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ CPU_BATCH = 16  # fastest measured for EfficientNet-Lite0 on a 2-core CPU (chann
 ACCELERATOR_BATCH = 256
 MAX_WORKERS = 16
 CPU_WORKER_VIEWS = 512
+# lock buckets a process claims per pass: two jobs starting together each take a share of a cold extraction
+CLAIM_BUCKETS = LOCK_BUCKETS // 4
 
 
 def batch_size_for(setting: Setting, device: torch.device) -> int:
@@ -66,8 +69,9 @@ def workers_for(setting: Setting, device: torch.device, views: int = CPU_WORKER_
     return max(1, min(MAX_WORKERS, cores - 1))
 
 
-def put_many(cache: FeatureCache, keys: list[tuple[str, str]], values: np.ndarray) -> None:
-    """Store a batch of embeddings (run in a writer thread while the backbone computes the next batch).
+def put_many(cache: FeatureCache, keys: list[tuple[str, str]], values: np.ndarray | None = None) -> None:
+    """Store a batch of embeddings (run in a writer thread while the backbone computes the next batch); with no
+    values, write what is queued (`flush`).
 
     A cache that cannot be written (read-only, full disk, no permission) costs only the reuse: the features stay in
     this run's memory, one warning names the folder and why, and no half-written entry is left.
@@ -75,8 +79,10 @@ def put_many(cache: FeatureCache, keys: list[tuple[str, str]], values: np.ndarra
     if cache.unwritable:
         return
     try:
-        for (image_key, view_key), value in zip(keys, values, strict=True):
-            cache.put(image_key, view_key, value)
+        if values is None:
+            cache.flush()
+        else:
+            cache.put_many(keys, values)
     except OSError as error:
         cache.unwritable = f"{error.strerror or type(error).__name__} ({error.filename or cache.folder})"
         log.warning("feature cache %s cannot be written: %s; this run keeps its features in memory (free space or"
@@ -119,6 +125,42 @@ def extract_features(
     missing = np.flatnonzero(~found)
     if len(missing) == 0:
         return features
+    if cache is None:
+        compute_missing(backbone, catalog, samples, augmentation, None, features, missing, pairs, batch_size,
+                        num_workers, description, stain)
+        return features
+    buckets = np.array([bucket_of(pairs[i][0]) for i in missing])
+    pending = sorted(set(buckets.tolist()))
+    start = os.getpid() % len(pending)  # parallel jobs start at different buckets
+    pending = pending[start:] + pending[:start]
+
+    def fill(held: list[int]) -> None:
+        """Under the locks of `held` buckets: read what others wrote meanwhile, compute and write the rest."""
+        rows = missing[np.isin(buckets, held)]
+        again, now = cache.recheck([pairs[i] for i in rows], width)
+        features[rows[now]] = again[now]
+        if (~now).any():
+            compute_missing(backbone, catalog, samples, augmentation, cache, features, rows[~now], pairs, batch_size,
+                            num_workers, description, stain)
+            put_many(cache, [])  # written before the locks go: whoever waited finds every entry
+
+    while pending:  # free buckets a few at a time, so parallel jobs split a cold pass; else wait for a held one
+        with cache.claim(pending, wait=False, limit=CLAIM_BUCKETS) as held:
+            if held:
+                fill(held)
+        if not held:
+            with cache.claim(pending[:1]) as held:
+                fill(held)
+        pending = [bucket for bucket in pending if bucket not in held]
+    return features
+
+
+def compute_missing(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame, augmentation: Augmentation,
+                    cache: FeatureCache | None, features: np.ndarray, missing: np.ndarray,
+                    pairs: list[tuple[str, str]], batch_size: Setting, num_workers: Setting, description: str,
+                    stain: StainNormalizer | None) -> None:
+    """Run the backbone on the `missing` rows of `samples` (filling `features` and the cache)."""
+    sources, views = samples["source"].to_numpy(), samples["view"].to_numpy()
     device = backbone.device
     size, workers = batch_size_for(batch_size, device), workers_for(num_workers, device, len(missing))
     dataset = SourceViews(catalog, sources[missing], views[missing], augmentation, backbone.preprocess,
@@ -156,7 +198,6 @@ def extract_features(
             store(torch.cat(images), torch.cat(rows))
         for write in writes:
             write.result()
-    return features
 
 
 def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame,
@@ -171,21 +212,21 @@ def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataF
     return np.concatenate(blocks, axis=1)
 
 
-def part_caches(backbone: Backbone, cache_dir: str | Path | None, stain: StainNormalizer | None = None
-                ) -> list[FeatureCache | None]:
-    """One cache per part of the backbone, keyed by that part's fingerprint, the image decoder's version and the
-    fitted stain target, if any (None everywhere without a cache)."""
+def part_caches(backbone: Backbone, cache_dir: str | Path | None, stain: StainNormalizer | None = None,
+                storage: str = "float32") -> list[FeatureCache | None]:
+    """One cache per part of the backbone, keyed by that part's fingerprint, the image decoder's version, the
+    fitted stain target, if any, and the storage precision (None everywhere without a cache)."""
     suffix = f"-s{stain.fingerprint()}" if stain is not None and stain.active else ""
-    return [FeatureCache(cache_dir, f"{part.fingerprint}-d{DECODER_VERSION}{suffix}") if cache_dir is not None
-            else None for part in backbone.parts()]
+    return [FeatureCache(cache_dir, f"{part.fingerprint}-d{DECODER_VERSION}{suffix}", storage)
+            if cache_dir is not None else None for part in backbone.parts()]
 
 
 def study_features(study: Study, backbone: Backbone, cache_dir: str | Path | None, batch_size: Setting = "auto",
-                   num_workers: Setting = "auto") -> tuple[Features, str]:
+                   num_workers: Setting = "auto", storage: str = "float32") -> tuple[Features, str]:
     """Features of every split of a study (train left out with online views: it sees new views every epoch),
     and a line saying how the cache did."""
     samples = study.samples
-    caches = part_caches(backbone, cache_dir, study.stain)
+    caches = part_caches(backbone, cache_dir, study.stain, storage)
     splits = ([] if study.augmentation.online else [samples.train]) + [samples.val, samples.test]
     # one pass over every split: one set of worker processes, full batches
     every = sample_features(backbone, study.catalog.frame, pd.concat(splits, ignore_index=True),

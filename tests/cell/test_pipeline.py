@@ -44,6 +44,17 @@ ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "
              "model"}
 
 
+def stored(root: Path) -> dict[str, tuple[int, ...]]:
+    """Every cached embedding under `root/cache/features`: its key and its width, over every backbone folder."""
+    from leukexp.features.cache import Shard
+
+    entries: dict[str, tuple[int, ...]] = {}
+    for path in (root / "cache" / "features").rglob("*.safetensors"):
+        shard = Shard(path)
+        entries |= {key: shard.shape[1:] for key in shard.keys}
+    return entries
+
+
 def only_run(root: Path):
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("leukexp")
@@ -135,11 +146,12 @@ def test_temperature_scaling_is_fitted_on_validation_and_travels_with_the_model(
 def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -> None:
     overrides = [*TINY_MODEL, *TINY_DATA, "trainer.max_epochs=2", "augmentation.repeats=1", "mlflow.enabled=false"]
     cold = train(compose_cfg(*overrides))
-    cache = tmp_path / "cache" / "features"
-    entries = sorted(p.name for p in cache.rglob("*.npy"))
+    entries = stored(tmp_path)
+    files = sorted((tmp_path / "cache" / "features").rglob("*.safetensors"))
     assert entries, "features were cached"
     warm = train(compose_cfg(*overrides))
-    assert sorted(p.name for p in cache.rglob("*.npy")) == entries, "a warm run computes nothing new"
+    assert stored(tmp_path) == entries, "a warm run computes nothing new"
+    assert sorted((tmp_path / "cache" / "features").rglob("*.safetensors")) == files, "and writes no shard"
     assert warm[TEST_ACC] == cold[TEST_ACC] and warm[TEST_LOSS] == pytest.approx(cold[TEST_LOSS])
 
 
@@ -152,8 +164,8 @@ def test_online_augmentation_runs_the_backbone_per_batch(compose_cfg, tmp_path: 
     assert len(history) == 2 and history[TRAIN_LOSS].notna().all(), "two epochs trained on images"
     manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
     assert metrics[TEST_COUNT] == (manifest["split"] == "test").sum(), "tested on the original test images only"
-    cached = [p.name for p in (tmp_path / "cache" / "features").rglob("*.npy")]
-    assert cached and all(name.endswith("_original.npy") for name in cached), "only originals are cached"
+    cached = list(stored(tmp_path))
+    assert cached and all(name.endswith("_original") for name in cached), "only originals are cached"
 
 
 def test_class_weights_and_thesis_protocol_run(compose_cfg, tmp_path: Path) -> None:
@@ -171,8 +183,8 @@ def test_study_backbones_compose_and_run(compose_cfg, tmp_path: Path, model: str
     cfg = compose_cfg(f"model={model}", "model.pretrained=false", "model.input_size=96", *TINY_DATA,
                       "augmentation=none", "trainer.max_epochs=1", "mlflow.enabled=false", "task=binary")
     metrics = train(cfg)
-    entries = list((tmp_path / "cache" / "features").rglob("*.npy"))
-    assert len(entries) == 12 and np.load(entries[0]).shape == (2048,), "every image embedded once, 2,048 wide"
+    entries = stored(tmp_path)
+    assert len(entries) == 12 and set(entries.values()) == {(2048,)}, "every image embedded once, 2,048 wide"
     assert metrics[TEST_COUNT] == len(pd.read_csv(tmp_path / "outputs" / "manifest.csv").query("split == 'test'"))
 
 
@@ -182,8 +194,8 @@ def test_keras_inception_v3_runs_the_whole_study_cell(compose_cfg, tmp_path: Pat
     metrics = train(cfg)
     _, run = only_run(tmp_path)
     assert run.data.tags["model"] == "keras_inception_v3" and run.info.status == "FINISHED"
-    entries = list((tmp_path / "cache" / "features").rglob("*.npy"))
-    assert len(entries) == 12 and np.load(entries[0]).shape == (2048,)
+    entries = stored(tmp_path)
+    assert len(entries) == 12 and set(entries.values()) == {(2048,)}
     classifier = load_classifier(tmp_path / "outputs" / "model")
     probs = classifier.predict_proba([generate_image("ALL", 0, size=64)])
     assert type(classifier.backbone).__name__ == "KerasBackbone" and probs.shape == (1, 2)

@@ -101,7 +101,7 @@ def test_a_cache_that_cannot_be_written_keeps_the_features_in_memory(backbone, s
     def read_only(*args: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "bb"))
 
-    monkeypatch.setattr(cache, "put", read_only)
+    monkeypatch.setattr(cache, "_write_shard", read_only)
     features = extract_features(backbone, catalog, samples, views, cache, 4, 0)
     alone = extract_features(backbone, catalog, samples, views, None, 4, 0)
     assert np.allclose(features, alone, atol=1e-5)
@@ -132,3 +132,41 @@ def test_stain_normalized_features_are_cached_apart_and_computed_from_normalized
     stained = extract_features(backbone, catalog, samples, views, normalized, num_workers=0, stain=reinhard)
     assert not np.allclose(raw, stained), "the backbone saw the normalized images"
     assert (plain.misses, normalized.misses) == (12, 12)
+
+
+def test_a_process_that_finds_another_extracting_waits_and_computes_nothing(backbone, study, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    catalog, samples, views = study
+    held, looked = threading.Event(), threading.Event()
+    other = FeatureCache(tmp_path, "bb")  # "another process": its own lock handle on the same folder
+
+    def extract_elsewhere() -> None:
+        with other.claim():
+            held.set()
+            looked.wait(30)  # the main extraction has read the cache (all misses) and now asks for the lock
+            values = extract_features(backbone, catalog, samples, views, None, 4, 0)
+            keys = catalog["sha1"].to_numpy()
+            for (source, view), value in zip(samples[["source", "view"]].to_numpy(), values, strict=True):
+                other.put(keys[source], views.view_fingerprint(int(view)), value)
+            other.flush()
+
+    worker = threading.Thread(target=extract_elsewhere)
+    worker.start()
+    held.wait(30)
+    mine = FeatureCache(tmp_path, "bb")
+    real_claim = mine.claim
+    monkeypatch.setattr(mine, "claim", lambda *args, **kwargs: looked.set() or real_claim(*args, **kwargs))
+    original = dataset_module.read_image
+    main = threading.current_thread()
+
+    def read(path: str):
+        assert threading.current_thread() is not main, "the waiting process decoded an image"
+        return original(path)
+
+    monkeypatch.setattr(dataset_module, "read_image", read)
+    features = extract_features(backbone, catalog, samples, views, mine, 4, 0)
+    worker.join()
+    assert (mine.hits, mine.misses) == (12, 0), "misses count only what this process computed"
+    assert features.shape == (12, backbone.num_features) and np.isfinite(features).all() and features.any()
