@@ -32,6 +32,13 @@ class LeukexpError(Exception):
     """A mistake in the user's input (data, config, files), reported as one line."""
 
 
+def one_line(error: BaseException) -> str:
+    """A Hydra composition error (`Could not find 'model/nope'`, its options on further lines) as one line."""
+    text = str(error).split("Config search path:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines)[:2000] or type(error).__name__
+
+
 def os_error_message(error: OSError) -> str | None:
     """One line for a file-system fault the user can fix (None for other OS errors)."""
     fix = _OS_FIXES.get(error.errno or -1)

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from leukexp.config.compose import config_dir
-from leukexp.errors import EXIT_USER_ERROR, LeukexpError, user_errors
+from leukexp.errors import EXIT_USER_ERROR, LeukexpError, one_line, user_errors
 from leukexp.runtime.secrets import redact
 from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, record_failure
@@ -47,13 +47,6 @@ def _run(cfg: DictConfig) -> float | None:
     from leukexp.cell.pipeline import train_validated
 
     return train_validated(cfg).get(cfg.optimized_metric)
-
-
-def one_line(error: BaseException) -> str:
-    """A Hydra composition error (`Could not find 'model/nope'`, its options on further lines) as one line."""
-    text = str(error).split("Config search path:")[0]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines)[:2000] or type(error).__name__
 
 
 def main() -> None:

@@ -13,6 +13,16 @@ Each measure runs in this process or as the CLI a user types, under `--root` (de
 - load: the same jobs while two busy-loop processes compete for the CPU, and the slow-down;
 - sweep: the warm quickstart sweep (`-m experiment=quickstart`, 4 heads x 5 folds) and its ratio to one pass;
 - cold_sweep: the same sweep with an empty feature cache, against (one pass + the warm sweep).
+
+    python scripts/benchmark.py --scale                 # the framework at 5 k, 50 k and 500 k views (~25 min here)
+    python scripts/benchmark.py --scale --sizes 2000 20000
+
+`--scale` measures the framework, not the model: a tiny random-weight timm model (test_efficientnet at 32 px) on
+synthetic 48 px smears with the study's 33 views, at sizes spanning 100x. Per size: cold extraction views/s (and
+its ratio to the model's bare forward), the files the store created, and a warm job in a fresh process: the time to
+read its features (fold 0's training views, validation and test originals) against `np.load` of one contiguous
+array of the same bytes, and its peak RSS against those bytes; then how each time grows (the exponent of time vs
+views, from a log-log fit).
 """
 
 from __future__ import annotations
@@ -178,6 +188,127 @@ def table(result: Result) -> str:
     return "\n".join(lines)
 
 
+SCALE_SIZES = (5_000, 50_000, 500_000)
+SCALE_MODEL = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=32",
+               "augmentation=paper", "data.image_size=48", "features.batch_size=256"]
+SCALE_CLASSES = ("ALL", "AML", "CLL", "CML", "HLT")
+
+WARM_JOB = """
+import json, resource, sys, time
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {script_dir!r})
+from benchmark import compose_config
+from leukexp.cell.settings import backbone_from_config
+from leukexp.data.study import build_study
+from leukexp.features.extract import study_features
+from leukexp.runtime.process import seed_everything
+cfg = compose_config(Path({root!r}), {overrides!r})
+study = build_study(cfg)
+seed_everything(int(cfg.seed))  # the random-init model of the cold pass, so the same cache key
+backbone = backbone_from_config(cfg)
+start = time.perf_counter()
+features, note = study_features(study, backbone, cfg.features.dir, cfg.features.batch_size, 0)
+read = time.perf_counter() - start
+every = np.concatenate([features.train, features.val, features.test])
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+baseline = Path({root!r}) / "contiguous.npy"
+np.save(baseline, every)
+np.load(baseline)  # in the page cache, as the store's shards are
+start = time.perf_counter()
+np.load(baseline)
+contiguous = time.perf_counter() - start
+baseline.unlink()
+assert "0 misses" in note, note
+print(json.dumps({{"read_s": read, "np_load_s": contiguous, "bytes": every.nbytes, "rows": len(every),
+                  "peak_rss_bytes": rss, "note": note}}))
+"""
+
+
+def scale_counts(views: int, per_image: int = 33) -> dict[str, int]:
+    """Images per class for about `views` views of `per_image` each, spread over the five classes."""
+    images = -(-views // per_image)
+    per_class = -(-images // len(SCALE_CLASSES))
+    return dict.fromkeys(SCALE_CLASSES, per_class)
+
+
+def growth_exponent(sizes: list[float], seconds: list[float]) -> float:
+    """The slope of log(time) against log(size): 1 is linear growth."""
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
+    """One size: cold extraction, files created, and a warm job's read time, baseline and peak RSS."""
+    from leukexp.cell.settings import backbone_from_config
+    from leukexp.data.study import build_study
+    from leukexp.features.extract import part_caches, sample_features
+    from leukexp.runtime.process import seed_everything
+
+    counts = scale_counts(views)
+    overrides = [*SCALE_MODEL, "data.counts={" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "}", *extra]
+    cfg = compose_config(root, overrides)
+    seed_everything(int(cfg.seed))
+    backbone = backbone_from_config(cfg)
+    started = time.perf_counter()
+    study = build_study(cfg)
+    data_s = time.perf_counter() - started
+    samples = all_views(len(study.catalog.frame), study.augmentation.n_views)
+    shutil.rmtree(Path(cfg.features.dir), ignore_errors=True)
+    raw = measure_raw(backbone, 256, 5.0)["images_per_s"]
+    start = time.perf_counter()
+    caches = part_caches(backbone, cfg.features.dir)
+    sample_features(backbone, study.catalog.frame, samples, study.augmentation, caches, 256,
+                    cfg.features.num_workers, "scale pass")
+    cold = time.perf_counter() - start
+    folder = caches[0].folder
+    files = sum(1 for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors")
+    job = subprocess.run([sys.executable, "-c", WARM_JOB.format(script_dir=str(Path(__file__).parent),
+                                                                root=str(root), overrides=overrides)],
+                         capture_output=True, text=True, timeout=3600)
+    if job.returncode:
+        raise RuntimeError(job.stderr[-2000:])
+    warm = json.loads(job.stdout.strip().splitlines()[-1])
+    return {"views": float(len(samples)), "images": float(len(study.catalog.frame)), "data_s": data_s,
+            "cold_s": cold, "cold_views_per_s": len(samples) / cold, "raw_views_per_s": raw,
+            "cold_to_raw": len(samples) / cold / raw, "files": float(files),
+            "files_per_100k": files / len(samples) * 100_000, "store_bytes": float(caches[0].size_bytes()),
+            "job_rows": float(warm["rows"]), "job_bytes": float(warm["bytes"]), "job_read_s": warm["read_s"],
+            "np_load_s": warm["np_load_s"], "read_speed_vs_np_load": warm["np_load_s"] / warm["read_s"],
+            "job_peak_rss_bytes": float(warm["peak_rss_bytes"]),
+            "rss_over_bytes_gb": (warm["peak_rss_bytes"] - warm["bytes"]) / 2**30}
+
+
+def scale_table(rows: list[dict[str, float]]) -> str:
+    """The scale results as a markdown table, with the growth exponents."""
+    lines = ["| views | images | cold views/s (x raw) | files (per 100 k) | job reads | job read s | np.load s |"
+             " read speed vs np.load | job peak RSS - bytes |", "|" + "---|" * 9]
+    for row in rows:
+        lines.append(
+            f"| {row['views']:,.0f} | {row['images']:,.0f} | {row['cold_views_per_s']:,.0f}"
+            f" ({row['cold_to_raw']:.2f}) | {row['files']:.0f} ({row['files_per_100k']:.1f}) |"
+            f" {row['job_rows']:,.0f} rows, {row['job_bytes'] / 2**20:,.0f} MiB | {row['job_read_s']:.3f} |"
+            f" {row['np_load_s']:.3f} | {row['read_speed_vs_np_load']:.2f}x | {row['rss_over_bytes_gb']:.2f} GiB |")
+    views = [row["views"] for row in rows]
+    if len(rows) > 1:
+        lines.append("")
+        lines.append(f"time vs views, exponent (1 = linear): cold extraction"
+                     f" {growth_exponent(views, [r['cold_s'] for r in rows]):.2f}, warm job read"
+                     f" {growth_exponent(views, [r['job_read_s'] for r in rows]):.2f}")
+    return "\n".join(lines)
+
+
+def scale_main(root: Path, sizes: list[int], extra: list[str], target: Path | None) -> list[dict[str, float]]:
+    """`--scale`: every size in turn, a table, the JSON."""
+    rows = []
+    for views in sizes:
+        rows.append(measure_scale(root / f"scale-{views}", views, extra))
+        print(json.dumps(rows[-1]), flush=True)
+    print(scale_table(rows))
+    (target or root / "scale.json").write_text(json.dumps({"machine": machine(torch.device("cpu")), "rows": rows},
+                                                          indent=2) + "\n")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> Result:
     """Run the chosen measures, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -192,8 +323,13 @@ def main(argv: list[str] | None = None) -> Result:
     parser.add_argument("--skip", nargs="+", choices=MEASURES, default=[], help="leave these measures out")
     parser.add_argument("--raw-seconds", type=float, default=15.0, help="how long the raw forward is timed")
     parser.add_argument("--load", type=int, default=2, help="busy-loop processes of the load measure")
+    parser.add_argument("--scale", action="store_true", help="the framework at several sizes (see above)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SCALE_SIZES), help="views per --scale size")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for every measure (e.g. trainer=gpu)")
     args = parser.parse_args(argv)
+    if args.scale:
+        scale_main(args.root.resolve(), args.sizes, args.overrides, args.json)
+        return Result()
     chosen = [m for m in (args.only or MEASURES) if m not in args.skip]
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)

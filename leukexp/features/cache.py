@@ -19,9 +19,11 @@ more to install; measured numbers are in the README ("Outgrowing one machine").
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import struct
 import threading
 import uuid
@@ -126,8 +128,8 @@ class FeatureCache:
                 self._index.setdefault(key, (number, row))
         self._warn_legacy()
 
-    def __len__(self) -> int:
-        """Entries stored (after `refresh`)."""
+    def entry_count(self) -> int:
+        """Entries stored (after `refresh`). Not `__len__`: an empty store must not read as a missing one."""
         self.refresh()
         return len(self._index)
 
@@ -210,13 +212,19 @@ class FeatureCache:
             self._write_shard(keys[start:start + SHARD_ENTRIES], values[start:start + SHARD_ENTRIES])
 
     def _write_shard(self, keys: list[str], values: np.ndarray) -> None:
+        from safetensors import SafetensorError
         from safetensors.numpy import save_file
 
         dtype, _ = STORAGE_DTYPES[self.storage]
         path = self.folder / f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
         with atomic_path(path) as staging:
-            save_file({"values": np.ascontiguousarray(values, dtype)}, str(staging),
-                      metadata={"keys": json.dumps(keys)})
+            try:
+                save_file({"values": np.ascontiguousarray(values, dtype)}, str(staging),
+                          metadata={"keys": json.dumps(keys)})
+            except SafetensorError as error:  # the file system's refusal (full, read-only), as the OSError it is
+                found = re.search(r"os error (\d+)", str(error))
+                code = int(found.group(1)) if found else errno.EIO
+                raise OSError(code, os.strerror(code), str(path)) from error
 
     # coordination
 

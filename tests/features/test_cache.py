@@ -23,7 +23,7 @@ def test_miss_then_hit_after_the_shard_is_written(tmp_path: Path) -> None:
     cache.flush()
     assert np.array_equal(get(cache, "ab12", "original", 4), np.arange(4))
     assert (cache.hits, cache.misses) == (1, 1)
-    assert cache.size_bytes() > 0 and cache.files() == 1 and len(cache) == 1
+    assert cache.size_bytes() > 0 and cache.files() == 1 and cache.entry_count() == 1
 
 
 def test_keys_separate_backbones_views_and_storage(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from conftest import free_port
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
@@ -109,12 +109,6 @@ def test_a_row_without_an_image_is_one_clear_error(study_store: Path) -> None:
         model.predict(pd.DataFrame({"path": [None]}))
     with pytest.raises(LeukexpError, match="not base64"):
         model.predict(pd.DataFrame({"image": ["***"]}))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Multiruns as a user launches them: parent/child runs, aggregates, parallel launchers, resume, failures."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from leukexp.report.runs import load_runs
 from leukexp.report.sections import write_report
 from leukexp.report.tables import per_fold_tables, summary_table
 from leukexp.sweeps import multirun as sweep_module
-from leukexp.vocabulary import KIND_TAG, NOTE_CONTENT, PARENT_TAG, TEST_ACC, cv_metric
+from leukexp.vocabulary import KIND_TAG, NOTE_CONTENT, PARENT_TAG, STUDY_TAG, TEST_ACC, cv_metric
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
         "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none",
@@ -143,10 +144,40 @@ def test_joblib_launcher_with_two_parallel_jobs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher(tmp_path: Path) -> None:
-    result = sweep(tmp_path, "head=svm", "fold=f0,f1", "hydra/launcher=submitit_local")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_complete_study(tmp_path, n_configs=1)
+def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_once(tmp_path: Path) -> None:
+    """The distributed path: submitit's local executor (Slurm's code path) runs the folds as parallel processes that
+    log to a real `mlflow server` over HTTP and share one feature cache folder."""
+    from conftest import free_port, start_server, stop
+    from leukexp.features.cache import FeatureCache
+
+    port = free_port()
+    server = start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "leukexp.train", "-m", *TINY, "head=svm", "fold=f0,f1",
+             "augmentation=flips", "hydra/launcher=submitit_local", "evaluation.cam_panel=false"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "CI": "true", "MLFLOW_TRACKING_URI": uri})
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("leukexp").experiment_id
+        runs = client.search_runs([experiment], max_results=100)
+        folds = [r for r in runs if r.data.tags.get(KIND_TAG) == "fold"]
+        parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "cv"]
+        assert sorted((r.data.tags["head"], r.data.tags["fold"], r.info.status) for r in folds) == [
+            ("svm", "f0", "FINISHED"), ("svm", "f1", "FINISHED")], "every fold once"
+        (parent,) = parents
+        mean = np.mean([r.data.metrics[TEST_ACC] for r in folds if r.data.tags[PARENT_TAG] == parent.info.run_id])
+        assert parent.info.status == "FINISHED" and parent.data.tags[STUDY_TAG] == "complete"
+        assert parent.data.metrics[cv_metric(TEST_ACC, "mean")] == pytest.approx(mean), "aggregated over both"
+        logs = "".join(p.read_text() for p in (tmp_path / "logs" / "multiruns").rglob("*_log.out"))
+        misses = [int(m) for m in re.findall(r"feature cache: \d+ hits, (\d+) misses", logs)]
+        (folder,) = [f for f in (tmp_path / "cache" / "features").iterdir() if f.is_dir()]
+        entries = FeatureCache(folder.parent, folder.name).entry_count()
+        assert len(misses) == 2 and sum(misses) == entries > 16, "each (image, view) embedded once in all"
+    finally:
+        stop(server)
 
 
 @pytest.mark.slow

@@ -1,20 +1,17 @@
 """MLflow tracking helpers, and a real tracking server on localhost in place of the SQLite file."""
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_DATA, TINY_MODEL
+from conftest import TINY_DATA, TINY_MODEL, free_port, start_server, stop
 from leukexp.cell.pipeline import train
 from leukexp.errors import LeukexpError
 from leukexp.report.runs import load_runs
@@ -39,38 +36,6 @@ def test_experiment_creation_is_idempotent_and_artifacts_stay_in_the_store(tmp_p
     stored = list((tmp_path / "mlruns" / "artifacts").rglob("note.txt"))
     assert len(stored) == 1 and stored[0].read_text() == "hello"
     assert MlflowClient(uri).get_run(first.run_id).info.status == "FINISHED"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    """A real MLflow tracking server on localhost, answering /health."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination",
-         str(root / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return server
-        except OSError:
-            time.sleep(0.5)
-    stop(server)
-    raise AssertionError("the MLflow server did not start")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """Kill the server and its workers (its whole process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait(30)
 
 
 def test_http_budget_is_short_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
