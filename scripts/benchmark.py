@@ -197,31 +197,35 @@ WARM_JOB = """
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np
+mode, root, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+baseline = root / "contiguous.npy"
+if mode == "np_load":  # the first large array of a fresh process, as the store's read below
+    start = time.perf_counter()
+    array = np.load(baseline)
+    print(json.dumps({{"np_load_s": time.perf_counter() - start, "bytes": array.nbytes}}))
+    sys.exit()
 sys.path.insert(0, {script_dir!r})
 from benchmark import compose_config
 from leukexp.cell.settings import backbone_from_config
 from leukexp.data.study import build_study
 from leukexp.features.extract import study_features
 from leukexp.runtime.process import seed_everything
-cfg = compose_config(Path({root!r}), {overrides!r})
+cfg = compose_config(root, overrides)
 study = build_study(cfg)
 seed_everything(int(cfg.seed))  # the random-init model of the cold pass, so the same cache key
 backbone = backbone_from_config(cfg)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
 features, note = study_features(study, backbone, cfg.features.dir, cfg.features.batch_size, 0)
 read = time.perf_counter() - start
-every = np.concatenate([features.train, features.val, features.test])
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-baseline = Path({root!r}) / "contiguous.npy"
-np.save(baseline, every)
-np.load(baseline)  # in the page cache, as the store's shards are
-start = time.perf_counter()
-np.load(baseline)
-contiguous = time.perf_counter() - start
-baseline.unlink()
 assert "0 misses" in note, note
-print(json.dumps({{"read_s": read, "np_load_s": contiguous, "bytes": every.nbytes, "rows": len(every),
-                  "peak_rss_bytes": rss, "note": note}}))
+parts = [features.train, features.val, features.test]
+if mode == "write_baseline":
+    np.save(baseline, np.concatenate(parts))
+    sys.exit()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"read_s": read, "bytes": sum(p.nbytes for p in parts), "rows": sum(len(p) for p in parts),
+                  "peak_rss_bytes": rss, "rss_before_read": before}}))
 """
 
 
@@ -262,12 +266,18 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     cold = time.perf_counter() - start
     folder = caches[0].folder
     files = sum(1 for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors")
-    job = subprocess.run([sys.executable, "-c", WARM_JOB.format(script_dir=str(Path(__file__).parent),
-                                                                root=str(root), overrides=overrides)],
-                         capture_output=True, text=True, timeout=3600)
-    if job.returncode:
-        raise RuntimeError(job.stderr[-2000:])
-    warm = json.loads(job.stdout.strip().splitlines()[-1])
+    def job(mode: str) -> dict[str, float]:
+        code = WARM_JOB.format(script_dir=str(Path(__file__).parent))
+        done = subprocess.run([sys.executable, "-c", code, mode, str(root), json.dumps(overrides)],
+                              capture_output=True, text=True, timeout=3600)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-2000:])
+        lines = done.stdout.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+
+    job("write_baseline")
+    warm = job("store") | job("np_load")
+    (root / "contiguous.npy").unlink()
     return {"views": float(len(samples)), "images": float(len(study.catalog.frame)), "data_s": data_s,
             "cold_s": cold, "cold_views_per_s": len(samples) / cold, "raw_views_per_s": raw,
             "cold_to_raw": len(samples) / cold / raw, "files": float(files),

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import pandas as pd
 
 from leukexp.files import atomic_path
 
@@ -95,7 +96,10 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.unwritable = ""  # why entries could not be written (then this run keeps them in memory only)
-        self._index: dict[str, tuple[int, int]] = {}
+        self._keys: list[str] = []  # every indexed entry, in shard order (an entry written twice: first wins)
+        self._places: list[np.ndarray] = []  # per shard: (shard number, row) of its entries
+        self._lookup: pd.Index | None = None  # built on demand from the two above
+        self._first = np.zeros((0, 2), np.int64)  # (shard, row) of each key of `_lookup`
         self._shards: list[Shard] = []
         self._seen: set[str] = set()
         self._pending_keys: list[str] = []
@@ -124,19 +128,30 @@ class FeatureCache:
                 continue
             number = len(self._shards)
             self._shards.append(shard)
-            for row, key in enumerate(shard.keys):
-                self._index.setdefault(key, (number, row))
+            self._keys.extend(shard.keys)
+            rows = np.arange(len(shard.keys))
+            self._places.append(np.stack([np.full_like(rows, number), rows], axis=1))
+            self._lookup = None
         self._warn_legacy()
+
+    def _index(self) -> tuple[pd.Index, np.ndarray]:
+        """Entry keys as a hashed index (C-speed lookups) and the (shard, row) of each."""
+        if self._lookup is None:
+            places = np.concatenate(self._places) if self._places else np.zeros((0, 2), np.int64)
+            keys = pd.Index(self._keys)
+            first = ~keys.duplicated()
+            self._lookup, self._first = keys[first], places[first]
+        return self._lookup, self._first
 
     def entry_count(self) -> int:
         """Entries stored (after `refresh`). Not `__len__`: an empty store must not read as a missing one."""
         self.refresh()
-        return len(self._index)
+        return len(self._index()[0])
 
     def entry_keys(self) -> list[str]:
         """Every stored entry's key (`<image hash>_<view key>`)."""
         self.refresh()
-        return sorted(self._index)
+        return sorted(self._index()[0])
 
     def get_many(self, keys: Sequence[tuple[str, str]], width: int, count: bool = True
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -146,28 +161,32 @@ class FeatureCache:
         self.refresh()
         values = np.zeros((len(keys), width), np.float32)
         found = np.zeros(len(keys), bool)
-        located = [self._index.get(entry_key(*pair)) for pair in keys]
-        by_shard: dict[int, tuple[list[int], list[int]]] = {}
-        for position, place in enumerate(located):
-            if place is not None:
-                rows = by_shard.setdefault(place[0], ([], []))
-                rows[0].append(position)
-                rows[1].append(place[1])
-        for number, (positions, rows) in by_shard.items():
-            shard = self._shards[number]
+        lookup, places = self._index()
+        at = lookup.get_indexer([f"{image}_{view}" for image, view in keys]) if len(lookup) else np.full(len(keys), -1)
+        wanted = np.flatnonzero(at >= 0)
+        shard_of, row_of = places[at[wanted], 0], places[at[wanted], 1]
+        order = np.lexsort((row_of, shard_of))  # shard by shard, rows in storage order
+        wanted, shard_of, row_of = wanted[order], shard_of[order], row_of[order]
+        bounds = np.flatnonzero(np.diff(shard_of)) + 1
+        for positions, shards, rows in zip(np.split(wanted, bounds), np.split(shard_of, bounds),
+                                           np.split(row_of, bounds), strict=True):
+            if not len(positions):
+                continue
+            shard = self._shards[int(shards[0])]
             if shard.shape[1:] != (width,):
                 continue
-            order = np.argsort(rows)
-            positions_sorted = np.asarray(positions)[order]
             try:
-                values[positions_sorted] = shard.values[np.asarray(rows)[order]]
+                block = np.asarray(shard.values[rows], np.float32)
             except (OSError, ValueError) as error:  # a shard cut short on disk: its entries are computed again
                 log.warning("feature cache %s: shard %s is damaged (%s)", self.folder, shard.path.name, error)
                 continue
-            found[positions_sorted] = True
-        if found.any() and not (finite := np.isfinite(values).all(axis=1))[found].all():
-            found &= finite  # a damaged entry (NaN, inf) is recomputed and written again
-            values[~found] = 0.0
+            finite = np.isfinite(block).all(axis=1)  # a damaged entry (NaN, inf) is a miss: computed, written again
+            if finite.all():
+                values[positions] = block
+                found[positions] = True
+            else:
+                values[positions[finite]] = block[finite]
+                found[positions[finite]] = True
         if count:
             self.hits += int(found.sum())
             self.misses += int(len(keys) - found.sum())

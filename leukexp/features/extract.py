@@ -116,7 +116,8 @@ def extract_features(
     """
     keys = catalog["sha1"].to_numpy()
     sources, views = samples["source"].to_numpy(), samples["view"].to_numpy()
-    pairs = [(keys[s], augmentation.view_fingerprint(int(v))) for s, v in zip(sources, views, strict=True)]
+    view_keys = {int(v): augmentation.view_fingerprint(int(v)) for v in np.unique(views)}
+    pairs = list(zip(keys[sources].tolist(), [view_keys[v] for v in views.tolist()], strict=True))
     width = backbone.num_features
     if cache is not None:
         features, found = cache.get_many(pairs, width)
@@ -209,7 +210,7 @@ def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataF
     blocks = [extract_features(part, catalog, samples, augmentation, cache, batch_size, num_workers, description,
                                stain)
               for part, cache in zip(backbone.parts(), caches, strict=True)]
-    return np.concatenate(blocks, axis=1)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
 def part_caches(backbone: Backbone, cache_dir: str | Path | None, stain: StainNormalizer | None = None,
