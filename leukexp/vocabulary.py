@@ -145,6 +145,8 @@ def mlflow_key(key: str) -> str:
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.csv"
 PREDICTIONS_FILE = "predictions.csv"
+# the run param that names a run's patients (its data.groups_csv): reports resample patients when it is set
+GROUPS_PARAM = "data.groups_csv"
 # the external validation set's predictions (one row per image, the predictions.csv schema)
 EXTERNAL_PREDICTIONS_FILE = "external_predictions.csv"
 HISTORY_FILE = "history.csv"

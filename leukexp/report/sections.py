@@ -27,6 +27,7 @@ from leukexp.report.tables import (
 )
 from leukexp.vocabulary import (
     CAM_DIR,
+    GROUPS_PARAM,
     KIND_SEARCH,
     MANIFEST_FILE,
     SEARCH_STORAGE_TAG,
@@ -90,7 +91,9 @@ def bootstrap_section(context: ReportContext) -> list[str]:
         return []
     client, out = context.client, context.out
     table = bootstrap_table(context.folds, lambda run_id: download_predictions(client, run_id, out),
-                            lambda run_id: download_table(client, run_id, MANIFEST_FILE, out))
+                            lambda run_id: download_table(client, run_id, MANIFEST_FILE, out),
+                            lambda run_id: client.get_run(run_id).data.params.get(GROUPS_PARAM, "None")
+                            not in ("", "None", "null"))
     if table.empty:
         return []
     table.to_csv(out / "bootstrap.csv", index=False)

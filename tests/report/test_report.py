@@ -89,14 +89,16 @@ def bootstrap_runs(groups: dict[str, str] | None) -> tuple[pd.DataFrame, dict[st
 
 def test_bootstrap_table_resamples_images_or_patients() -> None:
     table, predictions, manifest = bootstrap_runs(None)
-    by_image = bootstrap_table(table, predictions.__getitem__, lambda run_id: manifest, resamples=500).iloc[0]
+    by_image = bootstrap_table(table, predictions.__getitem__, lambda run_id: manifest, lambda run_id: False,
+                               resamples=500).iloc[0]
     assert by_image["acc"] == pytest.approx(0.75) and by_image["resampled"] == "images" and by_image["units"] == 80
     assert by_image["acc_boot_low"] < 0.75 < by_image["acc_boot_high"]
     # 8 patients of 10 images each, each patient all right or all wrong: far fewer independent units, wider interval
     files = list(manifest["file"])
     patients = {f: f"p{i // 10}" for i, f in enumerate(files[:30] + files[40:70] + files[30:40] + files[70:])}
     table, predictions, manifest = bootstrap_runs(patients)
-    by_patient = bootstrap_table(table, predictions.__getitem__, lambda run_id: manifest, resamples=500).iloc[0]
+    by_patient = bootstrap_table(table, predictions.__getitem__, lambda run_id: manifest, lambda run_id: True,
+                                 resamples=500).iloc[0]
     assert by_patient["resampled"] == "patients" and by_patient["units"] == 8
     width = by_patient["acc_boot_high"] - by_patient["acc_boot_low"]
     assert width > 1.5 * (by_image["acc_boot_high"] - by_image["acc_boot_low"])
