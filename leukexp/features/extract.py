@@ -45,8 +45,11 @@ CPU_BATCH = 16  # fastest measured for EfficientNet-Lite0 on a 2-core CPU (chann
 ACCELERATOR_BATCH = 256
 MAX_WORKERS = 16
 CPU_WORKER_VIEWS = 512
-# lock buckets a process claims per pass: two jobs starting together each take a share of a cold extraction
+# lock buckets a process claims per pass of a large extraction: two jobs starting together each take a share
 CLAIM_BUCKETS = LOCK_BUCKETS // 4
+# below this many missing views a process claims every free bucket at once: one pass (one set of worker processes)
+# costs less than sharing the work would save
+SPLIT_MIN_VIEWS = 8192
 
 
 def batch_size_for(setting: Setting, device: torch.device) -> int:
@@ -145,8 +148,9 @@ def extract_features(
                             num_workers, description, stain)
             put_many(cache, [])  # written before the locks go: whoever waited finds every entry
 
-    while pending:  # free buckets a few at a time, so parallel jobs split a cold pass; else wait for a held one
-        with cache.claim(pending, wait=False, limit=CLAIM_BUCKETS) as held:
+    per_pass = CLAIM_BUCKETS if len(missing) >= SPLIT_MIN_VIEWS else None
+    while pending:  # free buckets (a few at a time in a large pass, so parallel jobs split it); else wait for one
+        with cache.claim(pending, wait=False, limit=per_pass) as held:
             if held:
                 fill(held)
         if not held:
