@@ -21,10 +21,10 @@ run: install
 lint: install
 	$(BIN)/ruff check leukexp tests scripts hydra_plugins
 
-# three pytest workers on two cores: the slow cases spend much of their time waiting on subprocesses, servers and
-# file locks (one worker: 16 min; two: 13.4 min of pytest)
+# two pytest workers: the slow cases spend much of their time waiting on subprocesses and servers (14 min instead
+# of 16 for the whole suite on this project's 2-core machine)
 test: lint
-	$(BIN)/python -m pytest -n 3 $(ARGS)
+	$(BIN)/python -m pytest -n 2 $(ARGS)
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
