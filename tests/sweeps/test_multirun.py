@@ -156,7 +156,7 @@ def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_onc
     try:
         result = subprocess.run(
             [sys.executable, "-m", "leukexp.train", "-m", *TINY, "head=svm", "fold=f0,f1",
-             "augmentation=flips", "hydra/launcher=submitit_local", "evaluation.cam_panel=false"],
+             "hydra/launcher=submitit_local", "evaluation.cam_panel=false"],
             cwd=tmp_path, capture_output=True, text=True, timeout=600,
             env={**os.environ, "CI": "true", "MLFLOW_TRACKING_URI": uri})
         assert result.returncode == 0, result.stderr[-3000:]
@@ -175,7 +175,7 @@ def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_onc
         misses = [int(m) for m in re.findall(r"feature cache: \d+ hits, (\d+) misses", logs)]
         (folder,) = [f for f in (tmp_path / "cache" / "features").iterdir() if f.is_dir()]
         entries = FeatureCache(folder.parent, folder.name).entry_count()
-        assert len(misses) == 2 and sum(misses) == entries > 16, "each (image, view) embedded once in all"
+        assert len(misses) == 2 and sum(misses) == entries == 16, "each image embedded once in all"
     finally:
         stop(server)
 
