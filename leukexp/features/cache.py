@@ -27,6 +27,7 @@ import re
 import struct
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +47,12 @@ _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16}
 
 
 def bucket_of(image_key: str) -> int:
-    """The lock bucket of an image content hash (hex)."""
-    return int(image_key[:8], 16) % LOCK_BUCKETS if image_key[:8].isalnum() else hash(image_key) % LOCK_BUCKETS
+    """The lock bucket of an image content hash (hex; any other key by its CRC-32, the same in every process, unlike
+    Python's salted `hash`)."""
+    try:
+        return int(image_key[:8], 16) % LOCK_BUCKETS
+    except ValueError:
+        return zlib.crc32(image_key.encode()) % LOCK_BUCKETS
 
 
 def entry_key(image_key: str, view_key: str) -> str:
