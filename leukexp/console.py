@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from leukexp.data.study import Study
+    from leukexp.data.fold_data import FoldData
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -47,16 +47,16 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def describe_study(study: Study) -> None:
+def describe_fold(fold_data: FoldData) -> None:
     """Print the fold's split (source images), the samples the protocol makes of it, skipped and duplicate images."""
-    catalog = study.catalog
+    catalog = fold_data.catalog
     console.print(
-        f"[bold]data[/] {catalog.root}  [bold]task[/] {study.task.name} ({', '.join(study.classes)})"
-        f"  [bold]fold[/] {study.fold.index + 1}/{study.fold.n_splits}  [bold]protocol[/] {study.protocol.name}"
-        f"  [bold]augmentation[/] {study.augmentation.name} ({study.augmentation.n_views} views)"
+        f"[bold]data[/] {catalog.root}  [bold]task[/] {fold_data.task.name} ({', '.join(fold_data.classes)})"
+        f"  [bold]fold[/] {fold_data.fold.index + 1}/{fold_data.fold.n_splits}  [bold]protocol[/] {fold_data.protocol.name}"
+        f"  [bold]augmentation[/] {fold_data.augmentation.name} ({fold_data.augmentation.n_views} views)"
     )
-    print_frame(study.split_summary(), "source images per split", "class")
-    print_frame(study.samples.counts(study.classes), "samples per split (views, after balancing)", "class")
+    print_frame(fold_data.split_summary(), "source images per split", "class")
+    print_frame(fold_data.samples.counts(fold_data.classes), "samples per split (views, after balancing)", "class")
     if catalog.skipped:
         console.print(f"[yellow]left out {len(catalog.skipped)} bad image(s) or folder(s):[/]")
         for message in catalog.skipped:

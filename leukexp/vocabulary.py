@@ -12,14 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# config groups whose choice identifies a configuration (the fold does not: its runs form one CV group)
-CONFIG_GROUPS = ("data", "task", "augmentation", "protocol", "model", "head")
-# every group a user picks on the command line, in the order `--help` and the README list them
-ALL_GROUPS = ("data", "task", "fold", "augmentation", "protocol", "model", "head", "trainer")
-# overrides of these groups' choices never change what a run computes (keys: `config.schema`, `identity`)
-NON_IDENTITY_GROUPS = ("fold", "experiment")
+# config groups whose choice never changes what a run computes: every other group of `conf/` identifies a
+# configuration (`config.identity.identity_groups`); the fold does not: its runs form one CV group
+NON_IDENTITY_GROUPS = ("fold", "experiment", "paths", "hydra")
 # run names: what varies, most telling first (`senet154 · svm`; a fold run `f0 · senet154 · svm`)
-NAME_ORDER = ("model", "head", "task", "data", "augmentation", "protocol")
+NAME_ORDER = ("model", "head", "task", "data", "augmentation", "stain", "protocol")
 RUN_NAME_SEPARATOR = " · "
 # set by a sweep for its jobs: the keys it varies (comma-separated), which its run names lead with
 SWEPT_KEYS_ENV = "LEUKEXP_SWEPT_KEYS"

@@ -117,15 +117,15 @@ def measure_raw(backbone, batch_size: int, seconds: float) -> dict[str, float]:
 
 
 def measure_extraction(cfg, backbone, cache_dir: Path) -> dict[str, float]:
-    """One cold pass of leukexp's extraction over every view of every image of the study."""
-    from leukexp.data.study import build_study
-    from leukexp.features.extract import part_caches, sample_features
+    """One cold pass of leukexp's extraction over every view of every image of the fold_data."""
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.features.embed import part_caches, sample_features
 
-    study = build_study(cfg)
-    samples = all_views(len(study.catalog.frame), study.augmentation.n_views)
+    fold_data = build_fold_data(cfg)
+    samples = all_views(len(fold_data.catalog.frame), fold_data.augmentation.n_views)
     shutil.rmtree(cache_dir, ignore_errors=True)
     start = time.perf_counter()
-    sample_features(backbone, study.catalog.frame, samples, study.augmentation, part_caches(backbone, cache_dir),
+    sample_features(backbone, fold_data.catalog.frame, samples, fold_data.augmentation, part_caches(backbone, cache_dir),
                     cfg.features.batch_size, cfg.features.num_workers, "benchmark pass")
     elapsed = time.perf_counter() - start
     return {"views": float(len(samples)), "seconds": elapsed, "images_per_s": len(samples) / elapsed,
@@ -139,7 +139,7 @@ def run_cli(args: list[str], root: Path, load: int = 0) -> dict[str, float]:
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
     try:
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "leukexp.train", *args], cwd=root, env=env,
+        done = subprocess.run([sys.executable, "-m", "leukexp.commands.train", *args], cwd=root, env=env,
                               capture_output=True, text=True)
         wall = time.perf_counter() - start
     finally:
@@ -206,17 +206,17 @@ if mode == "np_load":  # the first large array of a fresh process, as the store'
     sys.exit()
 sys.path.insert(0, {script_dir!r})
 from benchmark import compose_config
-from leukexp.cell.settings import backbone_from_config
-from leukexp.data.study import build_study
-from leukexp.features.extract import study_features
+from leukexp.run.settings import backbone_from_config
+from leukexp.data.fold_data import build_fold_data
+from leukexp.features.embed import fold_features
 from leukexp.runtime.process import seed_everything
 cfg = compose_config(root, overrides)
-study = build_study(cfg)
+fold_data = build_fold_data(cfg)
 seed_everything(int(cfg.seed))  # the random-init model of the cold pass, so the same cache key
 backbone = backbone_from_config(cfg)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
-features, note = study_features(study, backbone, cfg.features.dir, cfg.features.batch_size, 0)
+features, note = fold_features(fold_data, backbone, cfg.features.dir, cfg.features.batch_size, 0)
 read = time.perf_counter() - start
 assert "0 misses" in note, note
 parts = [features.train, features.val, features.test]
@@ -243,9 +243,9 @@ def growth_exponent(sizes: list[float], seconds: list[float]) -> float:
 
 def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     """One size: cold extraction, files created, and a warm job's read time, baseline and peak RSS."""
-    from leukexp.cell.settings import backbone_from_config
-    from leukexp.data.study import build_study
-    from leukexp.features.extract import part_caches, sample_features
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.features.embed import part_caches, sample_features
+    from leukexp.run.settings import backbone_from_config
     from leukexp.runtime.process import seed_everything
 
     counts = scale_counts(views)
@@ -254,14 +254,14 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     seed_everything(int(cfg.seed))
     backbone = backbone_from_config(cfg)
     started = time.perf_counter()
-    study = build_study(cfg)
+    fold_data = build_fold_data(cfg)
     data_s = time.perf_counter() - started
-    samples = all_views(len(study.catalog.frame), study.augmentation.n_views)
+    samples = all_views(len(fold_data.catalog.frame), fold_data.augmentation.n_views)
     shutil.rmtree(Path(cfg.features.dir), ignore_errors=True)
     raw = measure_raw(backbone, 256, 5.0)["images_per_s"]
     start = time.perf_counter()
     caches = part_caches(backbone, cfg.features.dir)
-    sample_features(backbone, study.catalog.frame, samples, study.augmentation, caches, 256,
+    sample_features(backbone, fold_data.catalog.frame, samples, fold_data.augmentation, caches, 256,
                     cfg.features.num_workers, "scale pass")
     cold = time.perf_counter() - start
     folder = caches[0].folder
@@ -278,7 +278,7 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     job("write_baseline")
     warm = job("store") | job("np_load")
     (root / "contiguous.npy").unlink()
-    return {"views": float(len(samples)), "images": float(len(study.catalog.frame)), "data_s": data_s,
+    return {"views": float(len(samples)), "images": float(len(fold_data.catalog.frame)), "data_s": data_s,
             "cold_s": cold, "cold_views_per_s": len(samples) / cold, "raw_views_per_s": raw,
             "cold_to_raw": len(samples) / cold / raw, "files": float(files),
             "files_per_100k": files / len(samples) * 100_000, "store_bytes": float(caches[0].size_bytes()),
@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> Result:
     overrides = [f"model={args.model}", f"model.pretrained={args.pretrained}", f"features.device={args.device}",
                  f"features.precision={args.precision}", *args.overrides]
 
-    from leukexp.cell.settings import backbone_from_config
-    from leukexp.features.extract import batch_size_for
+    from leukexp.features.embed import batch_size_for
+    from leukexp.run.settings import backbone_from_config
     from leukexp.runtime.process import seed_everything
 
     cfg = compose_config(root, overrides)

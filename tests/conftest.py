@@ -158,7 +158,7 @@ STUDY = ["model.input_size=64", "data.counts={ALL: 8, HLT: 8}", "data.image_size
 @pytest.fixture(scope="session")
 def study_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding a finished study: efficientnet_lite0 x {mlp1, svm} x 2 folds, run folders under outputs/."""
-    from leukexp.cell.pipeline import train
+    from leukexp.run.pipeline import train
 
     root = tmp_path_factory.mktemp("study")
     for head in ("mlp1", "svm"):
@@ -210,3 +210,21 @@ def stop(server: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
     server.wait(30)
+
+
+def plan_of(cfg: DictConfig):
+    from leukexp.config.plan import RunPlan
+    from leukexp.run.validation import validate
+
+    validate(cfg)
+    return RunPlan.from_config(cfg)
+
+
+@pytest.fixture
+def compose_plan(compose_cfg: Callable[..., DictConfig]) -> Callable[..., object]:
+    """Compose `train.yaml` with overrides (as `compose_cfg`) and read it into the run plan, as a run's door does."""
+
+    def build(*overrides: str, root: Path | None = None) -> object:
+        return plan_of(compose_cfg(*overrides, root=root))
+
+    return build

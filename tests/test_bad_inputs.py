@@ -30,7 +30,7 @@ class Case:
 
     args: list[str]
     expect: str
-    program: str = "leukexp.train"
+    program: str = "leukexp.commands.train"
     data: str = "binary"  # which data set the case runs on (built in `workspace`)
     extra: list[str] = field(default_factory=list)
 
@@ -48,9 +48,9 @@ def binary(root: str, own: list[str] | None = None) -> list[str]:
     return args
 
 
-REPORT, SYNC = "leukexp.report.cli", "leukexp.tracking.sync"
+REPORT, SYNC = "leukexp.commands.report", "leukexp.commands.sync"
 # the module each case runs, and the command name its error line starts with
-COMMANDS = {"leukexp.train": "leukexp-train", REPORT: "leukexp-report", SYNC: "leukexp-sync"}
+COMMANDS = {"leukexp.commands.train": "leukexp-train", REPORT: "leukexp-report", SYNC: "leukexp-sync"}
 CASES = {
     # hyperparameters, checked before anything is built or logged
     "dropout": Case(["head.dropout=1.5"], "head.dropout=1.5"),
@@ -159,7 +159,7 @@ def make_data(root: Path, kind: str) -> Path:
 def command(case: Case, root: Path) -> list[str]:
     """The full command line of a case, with its files made."""
     args = list(case.args)
-    if case.program == "leukexp.train" and case.data != "none":
+    if case.program == "leukexp.commands.train" and case.data != "none":
         args = binary(str(make_data(root, case.data)), args) + args
     for extra in case.extra:
         if extra == "junk_weights":
@@ -169,7 +169,7 @@ def command(case: Case, root: Path) -> list[str]:
         elif extra == "not_sqlite":
             fake = root / "notes.db"
             fake.write_text("these are my notes, not a database\n")
-            args.append(f"mlflow.tracking_uri=sqlite:///{fake}" if case.program == "leukexp.train"
+            args.append(f"mlflow.tracking_uri=sqlite:///{fake}" if case.program == "leukexp.commands.train"
                         else f"--tracking-uri=sqlite:///{fake}")
         elif extra in ("few_groups", "groups_missing"):
             csv = root / f"{extra}.csv"
@@ -202,7 +202,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a real store holding one finished run (for the report cases)."""
     root = tmp_path_factory.mktemp("bad-inputs")
     data = make_data(root, "binary")
-    result = subprocess.run([sys.executable, "-m", "leukexp.train", *binary(str(data))], cwd=root,
+    result = subprocess.run([sys.executable, "-m", "leukexp.commands.train", *binary(str(data))], cwd=root,
                             capture_output=True, text=True, timeout=300, env={"CI": "true", **_env()})
     assert result.returncode == 0, result.stderr[-2000:]
     return root
@@ -271,7 +271,7 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[..., Path]]:
 
 def run_train(root: Path, *args: str) -> subprocess.CompletedProcess:
     data = make_data(root, "binary")
-    return subprocess.run([sys.executable, "-m", "leukexp.train", *binary(str(data)), *args], cwd=root,
+    return subprocess.run([sys.executable, "-m", "leukexp.commands.train", *binary(str(data)), *args], cwd=root,
                           capture_output=True, text=True, timeout=300, env={**_env(), "CI": "true"})
 
 

@@ -3,8 +3,8 @@
 import pandas as pd
 
 from conftest import TINY_DATA
-from leukexp.console import Stopwatch, console, describe_study, print_frame
-from leukexp.data.study import build_study
+from leukexp.console import Stopwatch, console, describe_fold, print_frame
+from leukexp.data.fold_data import build_fold_data
 
 
 def test_print_frame_shows_rows_and_formats_floats() -> None:
@@ -14,10 +14,10 @@ def test_print_frame_shows_rows_and_formats_floats() -> None:
     assert "metrics" in text and "0.1235" in text and "acc" in text
 
 
-def test_describe_study_prints_the_split(compose_cfg) -> None:
-    study = build_study(compose_cfg(*TINY_DATA, "task=binary", "augmentation=none"))
+def test_describe_study_prints_the_split(compose_plan) -> None:
+    fold_data = build_fold_data(compose_plan(*TINY_DATA, "task=binary", "augmentation=none"))
     with console.capture() as captured:
-        describe_study(study)
+        describe_fold(fold_data)
     text = captured.get()
     assert "task binary (ALL, HLT)" in text and "fold 1/5" in text and "source images per split" in text
 

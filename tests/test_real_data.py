@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ALL4CLASS, MESSY_CLASSES, make_messy_folder, needs_shared_data
-from leukexp.cell.pipeline import train
+from leukexp.run.pipeline import train
 from leukexp.vocabulary import CLASSES_TAG, KIND_FOLD, TEST_ACC, kind_filter
 
 PER_CLASS = 60
@@ -57,7 +57,7 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     """Mixed sizes, 16-bit, RGBA, TIFF, a GIF named .png, an EXIF JPEG, a duplicate and a class folder `Band (BNE)+`:
     the default run (activation-map panel on) with test-time views, then predict with maps and views, then a report."""
     data = make_messy_folder(tmp_path / "archive")
-    train_run = cli("leukexp.train", "data=folder", f"data.root={data}", "task=folders", "fold.n_splits=3",
+    train_run = cli("leukexp.commands.train", "data=folder", f"data.root={data}", "task=folders", "fold.n_splits=3",
                     "model.input_size=64", "trainer.max_epochs=3", "evaluation.tta=flips", cwd=tmp_path)
     assert train_run.returncode == 0, train_run.stderr[-3000:]
     log = train_run.stdout + train_run.stderr
@@ -72,7 +72,7 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     assert (folder / "cam" / "panel.png").stat().st_size > 10_000, "the panel of mixed-size images was drawn"
     assert "cam/panel.png" in {a.path for a in client.list_artifacts(run.info.run_id, "cam")}
 
-    predicted = cli("leukexp.inference.cli", str(folder), str(data), "--cam", str(tmp_path / "maps"), "--tta", "flips",
+    predicted = cli("leukexp.commands.predict", str(folder), str(data), "--cam", str(tmp_path / "maps"), "--tta", "flips",
                     "--out", str(tmp_path / "scores.csv"), cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     images = sorted(p for p in data.rglob("*") if p.is_file())
@@ -80,7 +80,7 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     assert len(scores) == len(images) == 28 and set(scores["predicted"]) <= set(MESSY_CLASSES)
     assert len(list((tmp_path / "maps").glob("*.cam.png"))) == len(images)
 
-    report = cli("leukexp.report.cli", "--experiment", "leukexp", "--out", str(tmp_path / "report"), cwd=tmp_path)
+    report = cli("leukexp.commands.report", "--experiment", "leukexp", "--out", str(tmp_path / "report"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Band _BNE__" in text and "Left out" not in text

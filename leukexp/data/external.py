@@ -9,77 +9,28 @@ the same classes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from leukexp.config.schema import MISSING, lookup
+from leukexp.config.external import KEY
 from leukexp.data.sources import Catalog, FolderSource, class_folders
 from leukexp.data.tasks import Task
 from leukexp.errors import LeukexpError
 
-KEY = "evaluation.external"
 
-
-def external_setting(cfg: DictConfig) -> Any:
-    """The raw `evaluation.external` value (None when absent or `none`)."""
-    value = lookup(cfg, KEY)
-    return None if value is MISSING or value in (None, "none", "") else value
-
-
-def _path_overrides(cfg: DictConfig) -> list[str]:
-    """The run's own folders, so an option's `${paths...}` resolve as the run's do."""
-    paths = OmegaConf.to_container(cfg.paths, resolve=False) if "paths" in cfg else {}
-    keys = [k for k in ("root_dir", "cache_dir", "shared_data_dir") if k in paths]
-    return [f"paths.{k}='{OmegaConf.select(cfg, f'paths.{k}')}'" for k in keys]
-
-
-def external_config(cfg: DictConfig) -> dict[str, Any] | None:
-    """The `data` config of the external set (a plain dict with `_target_`), or None without one."""
-    from leukexp.config.compose import group_options, load_option
-
-    value = external_setting(cfg)
-    if value is None:
-        return None
-    if isinstance(value, str) and value in group_options("data"):
-        return load_option("data", value, _path_overrides(cfg), key=KEY)
-    if isinstance(value, str):
-        folder = Path(value).expanduser()
-        if not folder.is_dir():
-            raise LeukexpError(f"{KEY}={value}: neither a data config ({', '.join(group_options('data'))}) nor a"
-                               " folder; give a folder of class folders or a data config name")
-        value = {"root": str(folder), "name": folder.name}
-    if not isinstance(value, dict):
-        raise LeukexpError(f"{KEY}={value!r}: expected none, a data config name, a folder, or {{root: PATH}}")
-    if "_target_" in value:
-        return dict(value)
-    value = dict(value)
-    option = str(value.pop("config", "folder"))
-    base = load_option("data", option, [*_path_overrides(cfg), "data.root=unset"] if option == "folder"
-                       else _path_overrides(cfg), key=f"{KEY}.config")
-    unknown = sorted(set(value) - set(base))
-    if unknown:
-        raise LeukexpError(f"{KEY}.{unknown[0]}: not a key of data config {option} (keys:"
-                           f" {', '.join(sorted(base))})")
-    config = base | value
-    if "name" not in value and config.get("root"):
-        config["name"] = Path(str(config["root"])).name
-    return config
-
-
-def external_source(cfg: DictConfig) -> FolderSource | None:
-    """The external set's data source (not scanned yet), or None without one."""
+def external_source(config: Mapping[str, Any] | None) -> FolderSource | None:
+    """The external set's data source (not scanned yet) from its resolved data config (`RunPlan.evaluation.external`),
+    or None without one."""
     from leukexp.config.compose import build
 
-    config = external_config(cfg)
-    return None if config is None else build(config, KEY, _convert_="all")
+    return None if config is None else build(dict(config), KEY, _convert_="all")
 
 
-def check_external(cfg: DictConfig, task: Task) -> None:
+def check_external(config: Mapping[str, Any] | None, task: Task) -> None:
     """Cheap checks before any work: the folder exists and its class folders map onto the task's classes (folder
     names only; the images are read when the run scores them)."""
-    source = external_source(cfg)
+    source = external_source(config)
     if source is None or source.root in (None, ""):  # a generated set (synthetic) makes its own folder
         return
     root = Path(str(source.root)).expanduser()
@@ -92,10 +43,10 @@ def check_external(cfg: DictConfig, task: Task) -> None:
         raise LeukexpError(f"{KEY}: {error}") from None
 
 
-def scan_external(cfg: DictConfig, task: Task, classes: list[str]) -> Catalog | None:
+def scan_external(config: Mapping[str, Any] | None, task: Task, classes: list[str]) -> Catalog | None:
     """The external set's catalog (images verified and labelled like the training data's), or None without one;
     its classes must be the study's."""
-    source = external_source(cfg)
+    source = external_source(config)
     if source is None:
         return None
     try:

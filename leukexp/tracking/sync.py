@@ -7,7 +7,6 @@ to the same run when it still exists, else to a new run under the configuration'
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import uuid
@@ -16,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from leukexp.errors import LeukexpError, user_errors
-from leukexp.runtime.process import prepare_process
+from leukexp.errors import LeukexpError
 from leukexp.runtime.secrets import REDACTED, redact
 from leukexp.vocabulary import HISTORY_FILE, MANIFEST_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
 
@@ -122,24 +120,3 @@ def _existing_run(logger: object, run_id: str | None) -> object | None:
         return logger.client.get_run(run_id)  # type: ignore[attr-defined]
     except Exception:  # not on this store (e.g. uploading to another server)
         return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry of `leukexp-sync`: 0 when every folder was uploaded."""
-    parser = argparse.ArgumentParser(prog="leukexp-sync", description=__doc__.splitlines()[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="run folders holding mlflow_pending.json")
-    parser.add_argument("--tracking-uri", default=None, help="upload to this store instead of the run's own")
-    args = parser.parse_args(argv)
-    prepare_process()
-    with user_errors("leukexp-sync"):
-        from leukexp.tracking.store import configure_http
-
-        configure_http()  # the deadline and retries of leukexp-train: a dead server is one line in about 10 s
-        for folder in args.folders:
-            run_id = upload(folder, args.tracking_uri)
-            print(f"uploaded {folder} to MLflow run {run_id}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

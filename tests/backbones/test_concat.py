@@ -12,7 +12,7 @@ from leukexp.backbones.concat import ConcatBackbone, member_config
 from leukexp.data.augment import OfflineViews
 from leukexp.data.io import DECODER_VERSION
 from leukexp.errors import LeukexpError
-from leukexp.features.extract import part_caches, sample_features
+from leukexp.features.embed import part_caches, sample_features
 
 
 def test_member_configs_resolve_their_defaults() -> None:

@@ -62,7 +62,7 @@ def test_config_presets_and_errors(compose_cfg, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_keras_run_with_a_torch_head_in_a_fresh_process(tmp_path: Path) -> None:
     """TensorFlow loaded before torch's compiler stack crashed the process (Lightning imports it for torch heads)."""
-    command = [sys.executable, "-m", "leukexp.train", "model=keras_inception_v3", "model.pretrained=false",
+    command = [sys.executable, "-m", "leukexp.commands.train", "model=keras_inception_v3", "model.pretrained=false",
                "model.input_size=75", *TINY_DATA, "task=binary", "augmentation=none", "head=mlp1",
                "trainer.max_epochs=1", "mlflow.enabled=false"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,

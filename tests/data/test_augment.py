@@ -94,17 +94,17 @@ def test_an_augmentation_lacking_part_of_the_interface_cannot_be_made() -> None:
         NoApply()
 
 
-def test_a_new_augmentation_kind_is_one_class_and_a_config(compose_cfg) -> None:
-    from leukexp.data.study import build_study
+def test_a_new_augmentation_kind_is_one_class_and_a_config(compose_plan) -> None:
+    from leukexp.data.fold_data import build_fold_data
 
-    plain = build_study(compose_cfg(*TINY_DATA, "task=binary", "augmentation=none"))
-    study = build_study(compose_cfg(*TINY_DATA, "task=binary", "augmentation=none",
+    plain = build_fold_data(compose_plan(*TINY_DATA, "task=binary", "augmentation=none"))
+    fold_data = build_fold_data(compose_plan(*TINY_DATA, "task=binary", "augmentation=none",
                                     "~augmentation.repeats", "~augmentation.seed", "~augmentation.transforms",
                                     "~augmentation.flips", "augmentation._target_=test_augment.Transposed"))
-    assert isinstance(study.augmentation, Transposed) and not study.augmentation.online
-    assert len(study.samples.train) == 2 * len(plain.samples.train), "every training image gives both views"
-    assert sorted(study.samples.train["view"].unique()) == [0, 1]
-    assert len(study.samples.test) == len(plain.samples.test), "test images stay originals"
+    assert isinstance(fold_data.augmentation, Transposed) and not fold_data.augmentation.online
+    assert len(fold_data.samples.train) == 2 * len(plain.samples.train), "every training image gives both views"
+    assert sorted(fold_data.samples.train["view"].unique()) == [0, 1]
+    assert len(fold_data.samples.test) == len(plain.samples.test), "test images stay originals"
 
 
 def test_stain_jitter_views_change_the_stain_not_the_cells_and_repeat_exactly() -> None:

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from leukexp.config.compose import build
-from leukexp.data.external import check_external, external_config, scan_external
+from leukexp.config.external import external_config
+from leukexp.data.external import check_external, scan_external
 from leukexp.data.synthetic import SyntheticSource
 from leukexp.errors import LeukexpError
 
@@ -16,7 +17,7 @@ def task_of(cfg):
 
 def test_no_external_set_by_default(compose_cfg) -> None:
     cfg = compose_cfg()
-    assert external_config(cfg) is None and scan_external(cfg, task_of(cfg), ["ALL"]) is None
+    assert external_config(cfg) is None and scan_external(external_config(cfg), task_of(cfg), ["ALL"]) is None
 
 
 def test_a_data_config_name_resolves_against_the_runs_folders(compose_cfg, tmp_path: Path) -> None:
@@ -38,8 +39,8 @@ def test_a_changed_data_config_and_its_unknown_keys(compose_cfg) -> None:
 def test_a_folder_whose_classes_map_is_accepted(compose_cfg, make_folder, tmp_path: Path) -> None:
     root = make_folder({"ALL": 2, "normal": 2}, tmp_path / "lab_b")  # `normal` is an alias of HLT
     cfg = compose_cfg("task=binary", f"evaluation.external={root}")
-    check_external(cfg, task_of(cfg))
-    catalog = scan_external(cfg, task_of(cfg), ["ALL", "HLT"])
+    check_external(external_config(cfg), task_of(cfg))
+    catalog = scan_external(external_config(cfg), task_of(cfg), ["ALL", "HLT"])
     assert catalog.class_counts() == {"ALL": 2, "HLT": 2}
     mapped = compose_cfg("task=binary", f"evaluation.external={{root: {root}, on_bad_image: skip}}")
     assert external_config(mapped)["on_bad_image"] == "skip" and external_config(mapped)["name"] == "lab_b"
@@ -49,11 +50,11 @@ def test_a_folder_whose_classes_do_not_match_is_one_line(compose_cfg, make_folde
     root = make_folder({"Benign": 2, "Early": 2}, tmp_path / "other")
     cfg = compose_cfg("task=binary", f"evaluation.external={root}")
     with pytest.raises(LeukexpError, match=r"^evaluation\.external: class folder 'Benign' is not a class"):
-        check_external(cfg, task_of(cfg))
+        check_external(external_config(cfg), task_of(cfg))
     partial = make_folder({"ALL": 2}, tmp_path / "partial")
     cfg = compose_cfg("task=binary", f"evaluation.external={partial}")
     with pytest.raises(LeukexpError, match=r"^evaluation\.external: task 'binary' needs class HLT"):
-        check_external(cfg, task_of(cfg))
+        check_external(external_config(cfg), task_of(cfg))
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -64,4 +65,4 @@ def test_a_folder_whose_classes_do_not_match_is_one_line(compose_cfg, make_folde
 def test_bad_external_values_are_one_line(compose_cfg, value: str, message: str) -> None:
     cfg = compose_cfg(f"evaluation.external={value}")
     with pytest.raises(LeukexpError, match=message):
-        check_external(cfg, task_of(cfg))
+        check_external(external_config(cfg), task_of(cfg))

@@ -9,16 +9,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from conftest import Stub, blobs
-from leukexp.cell.settings import head_from_config
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import HeadContext, Split
 from leukexp.heads.sklearn_head import SklearnHead, knn, refused_types, stored_types, svm
+from leukexp.run.settings import head_from_plan
 from leukexp.vocabulary import TRAIN_ACC, VAL_ACC
 
 
 @pytest.mark.parametrize("name", ["svm", "logreg", "knn"])
-def test_config_heads_learn_and_give_probabilities(compose_cfg, name: str) -> None:
-    head = head_from_config(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
+def test_config_heads_learn_and_give_probabilities(compose_plan, name: str) -> None:
+    head = head_from_plan(compose_plan(f"head={name}"), Stub(), num_classes=3, class_weights=None)
     assert isinstance(head, SklearnHead)
     x, y = blobs(90)
     vx, vy = blobs(90, seed=1)
@@ -29,8 +29,8 @@ def test_config_heads_learn_and_give_probabilities(compose_cfg, name: str) -> No
     assert (probs.argmax(1) == vy).mean() > 0.85
 
 
-def test_knn_k_is_config_and_capped_at_the_training_size(compose_cfg) -> None:
-    head = head_from_config(compose_cfg("head=knn", "head.k=50"), Stub(), num_classes=3, class_weights=None)
+def test_knn_k_is_config_and_capped_at_the_training_size(compose_plan) -> None:
+    head = head_from_plan(compose_plan("head=knn", "head.k=50"), Stub(), num_classes=3, class_weights=None)
     x, y = blobs(30)
     head.fit(Split(y, x), Split(y, x))
     assert head.pipeline.n_neighbors == 30
@@ -49,8 +49,8 @@ def test_online_views_are_refused_with_a_clear_error() -> None:
         SklearnHead(HeadContext(8, 3), LogisticRegression()).fit(Split(np.zeros(3)), Split(np.zeros(3)))
 
 
-def test_save_and_load_round_trip(compose_cfg, tmp_path: Path) -> None:
-    head = head_from_config(compose_cfg("head=svm"), Stub(), 3, None)
+def test_save_and_load_round_trip(compose_plan, tmp_path: Path) -> None:
+    head = head_from_plan(compose_plan("head=svm"), Stub(), 3, None)
     x, y = blobs(90)
     head.fit(Split(y, x), Split(y, x))
     spec = head.save(tmp_path)

@@ -8,25 +8,25 @@ import pytest
 from torch import nn
 
 from conftest import Stub, Wide, blobs
-from leukexp.cell.settings import head_from_config, train_settings
 from leukexp.heads.base import Head, HeadContext, Split
 from leukexp.heads.mlp import MLPHead
 from leukexp.heads.torch_head import TorchHead
+from leukexp.run.settings import head_from_plan, train_settings
 from leukexp.vocabulary import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 
 
 @pytest.mark.parametrize(("name", "widths"), [("mlp1", [128, 3]), ("mlp3", [1024, 512, 128, 3]),
                                               ("mlp3_dropout", [1024, 512, 128, 3])])
-def test_head_configs_build_torch_heads(compose_cfg, name: str, widths: list[int]) -> None:
-    head = head_from_config(compose_cfg(f"head={name}"), Stub(), num_classes=3, class_weights=None)
+def test_head_configs_build_torch_heads(compose_plan, name: str, widths: list[int]) -> None:
+    head = head_from_plan(compose_plan(f"head={name}"), Stub(), num_classes=3, class_weights=None)
     assert isinstance(head, TorchHead) and isinstance(head, Head)
     assert [m.out_features for m in head.network.modules() if isinstance(m, nn.Linear)] == widths
     assert head.network_config["dropout"] == (0.5 if name == "mlp3_dropout" else 0.0)
 
 
-def test_binary_task_has_one_logit_unless_asked_for_two(compose_cfg) -> None:
-    one = head_from_config(compose_cfg("head=mlp1"), Stub(), num_classes=2, class_weights=None)
-    two = head_from_config(compose_cfg("head=mlp1", "training.binary_outputs=2"), Stub(), num_classes=2,
+def test_binary_task_has_one_logit_unless_asked_for_two(compose_plan) -> None:
+    one = head_from_plan(compose_plan("head=mlp1"), Stub(), num_classes=2, class_weights=None)
+    two = head_from_plan(compose_plan("head=mlp1", "training.binary_outputs=2"), Stub(), num_classes=2,
                            class_weights=None)
     assert one.network[-1].out_features == 1 and one.single_logit
     assert two.network[-1].out_features == 2 and not two.single_logit
@@ -34,14 +34,14 @@ def test_binary_task_has_one_logit_unless_asked_for_two(compose_cfg) -> None:
     assert probs.shape == (4, 2) and np.allclose(probs.sum(1), 1)
 
 
-def test_training_keeps_the_best_validation_epoch_and_learns(compose_cfg) -> None:
+def test_training_keeps_the_best_validation_epoch_and_learns(compose_plan) -> None:
     import torch
 
     torch.manual_seed(0)
-    cfg = compose_cfg("head=mlp1", "trainer.max_epochs=6")
+    plan = compose_plan("head=mlp1", "trainer.max_epochs=6")
     x, y = blobs()
     vx, vy = blobs(seed=1)
-    head = head_from_config(cfg, Stub(), num_classes=3, class_weights=None)
+    head = head_from_plan(plan, Stub(), num_classes=3, class_weights=None)
     history = head.fit(Split(y, x), Split(vy, vx))
     assert list(history["epoch"]) == [0, 1, 2, 3, 4, 5]
     metrics = history[[TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC]]
@@ -51,16 +51,16 @@ def test_training_keeps_the_best_validation_epoch_and_learns(compose_cfg) -> Non
     assert (head.predict_proba(vx).argmax(1) == vy).mean() > 0.9
 
 
-def test_early_stopping_stops_early(compose_cfg) -> None:
-    cfg = compose_cfg("head=mlp1", "trainer.max_epochs=40", "training.early_stopping_patience=2")
+def test_early_stopping_stops_early(compose_plan) -> None:
+    plan = compose_plan("head=mlp1", "trainer.max_epochs=40", "training.early_stopping_patience=2")
     x, y = blobs()
-    history = head_from_config(cfg, Stub(), 3, None).fit(Split(y, x), Split(y, x))
+    history = head_from_plan(plan, Stub(), 3, None).fit(Split(y, x), Split(y, x))
     assert len(history) < 40
 
 
-def test_save_and_load_give_the_same_probabilities(compose_cfg, tmp_path: Path) -> None:
+def test_save_and_load_give_the_same_probabilities(compose_plan, tmp_path: Path) -> None:
     x, y = blobs()
-    head = head_from_config(compose_cfg("head=mlp3_dropout", "trainer.max_epochs=2"), Stub(), 3, None)
+    head = head_from_plan(compose_plan("head=mlp3_dropout", "trainer.max_epochs=2"), Stub(), 3, None)
     head.fit(Split(y, x), Split(y, x))
     spec = head.save(tmp_path)
     assert spec["kind"] == "torch" and (tmp_path / spec["weights"]).is_file()
@@ -68,16 +68,16 @@ def test_save_and_load_give_the_same_probabilities(compose_cfg, tmp_path: Path) 
     assert np.allclose(again.predict_proba(x), head.predict_proba(x))
 
 
-def test_train_settings_are_typed(compose_cfg) -> None:
-    settings = train_settings(compose_cfg("training.batch_size=16", "training.early_stopping_patience=3"))
+def test_train_settings_are_typed(compose_plan) -> None:
+    settings = train_settings(compose_plan("training.batch_size=16", "training.early_stopping_patience=3"))
     assert (settings.batch_size, settings.early_stopping_patience, settings.seed) == (16, 3, 42)
     assert HeadContext(8, 2, single_logit=True).num_outputs == 1
 
 
-def test_head_threads_come_from_the_training_config(compose_cfg) -> None:
-    assert train_settings(compose_cfg()).cpu_threads == "auto"
-    assert train_settings(compose_cfg("training.head_threads=3")).cpu_threads == 3
-    assert train_settings(compose_cfg("training.head_threads=null")).cpu_threads is None
+def test_head_threads_come_from_the_training_config(compose_plan) -> None:
+    assert train_settings(compose_plan()).cpu_threads == "auto"
+    assert train_settings(compose_plan("training.head_threads=3")).cpu_threads == 3
+    assert train_settings(compose_plan("training.head_threads=null")).cpu_threads is None
 
 
 def test_auto_head_threads_give_wide_heads_every_job_thread_and_small_heads_one() -> None:
@@ -93,7 +93,7 @@ def test_auto_head_threads_give_wide_heads_every_job_thread_and_small_heads_one(
     assert head_threads(None, mlp3, job_threads=2) is None
 
 
-def test_a_wide_head_trains_on_the_job_threads_and_restores_them(compose_cfg, monkeypatch) -> None:
+def test_a_wide_head_trains_on_the_job_threads_and_restores_them(compose_plan, monkeypatch) -> None:
     import torch
 
     from leukexp.heads import torch_head
@@ -109,7 +109,7 @@ def test_a_wide_head_trains_on_the_job_threads_and_restores_them(compose_cfg, mo
     features, labels = blobs(n=60, width=1280)
     before = torch.get_num_threads()
     for hidden in ([4], [1024, 512]):
-        head = head_from_config(compose_cfg("head=mlp3", f"head.hidden={hidden}", "trainer.max_epochs=1"), Wide(),
+        head = head_from_plan(compose_plan("head=mlp3", f"head.hidden={hidden}", "trainer.max_epochs=1"), Wide(),
                           num_classes=3, class_weights=None)
         head.fit(Split(labels, features), Split(labels, features))
     assert seen == [1, before]
@@ -117,7 +117,7 @@ def test_a_wide_head_trains_on_the_job_threads_and_restores_them(compose_cfg, mo
 
 
 
-def test_in_memory_training_counts_gpus_without_nvml_and_restores_the_setting(compose_cfg, monkeypatch) -> None:
+def test_in_memory_training_counts_gpus_without_nvml_and_restores_the_setting(compose_plan, monkeypatch) -> None:
     from lightning.pytorch.callbacks import Callback
 
     from leukexp.heads import torch_head
@@ -129,7 +129,7 @@ def test_in_memory_training_counts_gpus_without_nvml_and_restores_the_setting(co
         def on_train_batch_start(self, *args: object, **kwargs: object) -> None:
             seen.append(os.environ.get(torch_head.NVML_CUDA_CHECK))
 
-    head = head_from_config(compose_cfg("head=mlp1", "trainer.max_epochs=2"), Stub(), num_classes=3, class_weights=None)
+    head = head_from_plan(compose_plan("head=mlp1", "trainer.max_epochs=2"), Stub(), num_classes=3, class_weights=None)
     make_trainer = head.context.training.trainer
     head.context.training.trainer = lambda callbacks, **kwargs: make_trainer(callbacks=[*callbacks, Record()],
                                                                              **kwargs)

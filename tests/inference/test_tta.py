@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukexp.cell.pipeline import train
 from leukexp.data.augment import named_views
 from leukexp.data.io import file_digest, read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
 from leukexp.inference.tta import view_mean, view_samples
+from leukexp.run.pipeline import train
 from leukexp.vocabulary import TEST_COUNT
 
 

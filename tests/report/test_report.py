@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from leukexp.commands.report import main
 from leukexp.errors import LeukexpError
-from leukexp.report.cli import main
 from leukexp.report.runs import StudyRuns, configuration_labels
 from leukexp.report.sections import SECTIONS, write_report
 from leukexp.report.tables import (
@@ -174,7 +174,7 @@ def test_an_ensemble_averages_its_members_per_fold() -> None:
 
 @pytest.mark.parametrize("where", ["file", "under_file"])
 def test_out_naming_a_file_is_one_line(tmp_path: Path, where: str) -> None:
-    from leukexp.report.cli import check_out_folder
+    from leukexp.commands.report import check_out_folder
 
     (tmp_path / "notes.txt").write_text("mine")
     out = tmp_path / "notes.txt" if where == "file" else tmp_path / "notes.txt" / "report"

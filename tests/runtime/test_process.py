@@ -18,7 +18,7 @@ def run_python(code: str, **env: str) -> str:
 
 
 def test_importing_leukexp_changes_nothing_and_prepare_process_sets_everything() -> None:
-    code = ("import os, signal, leukexp, leukexp.cell.pipeline, leukexp.train\n"
+    code = ("import os, signal, leukexp, leukexp.run.pipeline, leukexp.commands.train\n"
             "keys = " + repr(sorted(ENVIRONMENT)) + "\n"
             "print(sum(k in os.environ for k in keys), signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
             "from leukexp.runtime.process import prepare_process\n"

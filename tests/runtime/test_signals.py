@@ -61,7 +61,7 @@ TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", 
 
 
 def start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "leukexp.train", *args, *TINY], cwd=root, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "leukexp.commands.train", *args, *TINY], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
 
 

@@ -50,7 +50,7 @@ def test_swept_keys_from_the_command_line_and_the_sweeper() -> None:
 
 
 def sweep(root: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukexp.train", "-m", *TINY, *overrides], cwd=root,
+    return subprocess.run([sys.executable, "-m", "leukexp.commands.train", "-m", *TINY, *overrides], cwd=root,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "CI": "true"})
 
 
@@ -122,12 +122,12 @@ def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_pat
     assert "## Summary of every configuration" in text and "fold noise" in text
     assert (tmp_path / "report" / "comparison.png").is_file() and (tmp_path / "report" / "per_class_f1.png").is_file()
 
-    cli = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "leukexp", "--out",
+    cli = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "leukexp", "--out",
                           str(tmp_path / "cli-report"), "--filter", "tags.head='svm'"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert "1 configurations, 2 fold runs" in cli.stdout
-    missing = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "nope"], cwd=tmp_path,
+    missing = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "nope"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "leukexp-report: error: --experiment nope: not in this store" in missing.stderr
@@ -155,7 +155,7 @@ def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_onc
     uri = f"http://127.0.0.1:{port}"
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "leukexp.train", "-m", *TINY, "head=svm", "fold=f0,f1",
+            [sys.executable, "-m", "leukexp.commands.train", "-m", *TINY, "head=svm", "fold=f0,f1",
              "hydra/launcher=submitit_local", "evaluation.cam_panel=false"],
             cwd=tmp_path, capture_output=True, text=True, timeout=600,
             env={**os.environ, "CI": "true", "MLFLOW_TRACKING_URI": uri})
@@ -183,7 +183,7 @@ def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_onc
 @pytest.mark.slow
 def test_resume_after_the_sweep_is_killed(tmp_path: Path) -> None:
     longer = [*SWEEP, "trainer.max_epochs=60"]  # long enough jobs to kill one mid-way
-    command = [sys.executable, "-m", "leukexp.train", "-m", *TINY, *longer]
+    command = [sys.executable, "-m", "leukexp.commands.train", "-m", *TINY, *longer]
     log = tmp_path / "first-sweep.log"
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
@@ -222,7 +222,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
 def test_two_identical_sweeps_from_two_roots_started_together_on_one_new_store(tmp_path: Path) -> None:
     # two users (two project roots, each with its own cache and run folders) sharing one store: one lock, beside it
     (tmp_path / "mlruns").mkdir()
-    command = [sys.executable, "-m", "leukexp.train", "-m", *TINY, "head=svm", "fold=f0,f1",
+    command = [sys.executable, "-m", "leukexp.commands.train", "-m", *TINY, "head=svm", "fold=f0,f1",
                f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db"]
     env = {**os.environ, "CI": "true"}
     roots = [tmp_path / "alice", tmp_path / "bob"]

@@ -70,7 +70,7 @@ TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", 
 
 
 def search(root: Path, *overrides: str, space: str = "experiment=search_linear") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukexp.train", "-m", space, *TINY, *overrides],
+    return subprocess.run([sys.executable, "-m", "leukexp.commands.train", "-m", space, *TINY, *overrides],
                           cwd=root, capture_output=True, text=True, timeout=600, env={**os.environ, "CI": "true"})
 
 
@@ -94,7 +94,7 @@ def study(root: Path):
 
 @pytest.mark.slow
 def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_report(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "leukexp.train", "-m", "experiment=search_linear", *TINY,
+    command = [sys.executable, "-m", "leukexp.commands.train", "-m", "experiment=search_linear", *TINY,
                "hydra.sweeper.n_trials=3"]
     log = tmp_path / "first.log"
     with open(log, "w") as output:
@@ -127,7 +127,7 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
         assert parent.info.run_name.startswith(("logreg · C=", "svm · C=")), "named by the sampled values"
         assert cv_metric(BEST + VAL_ACC, "mean") in parent.data.metrics
 
-    report = subprocess.run([sys.executable, "-m", "leukexp.report.cli", "--experiment", "search_linear", "--out",
+    report = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "search_linear", "--out",
                              str(tmp_path / "report")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
@@ -155,7 +155,7 @@ def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(tmp_path: Path) -> 
 
 def test_a_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
     # a dimension on the command line (as a user sweeps any key), whose key does not exist
-    command = [sys.executable, "-m", "leukexp.train", "-m", "hydra/sweeper=optuna", "head.nope=interval(0,1)", *TINY]
+    command = [sys.executable, "-m", "leukexp.commands.train", "-m", "hydra/sweeper=optuna", "head.nope=interval(0,1)", *TINY]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "CI": "true"})
     assert result.returncode == 2, result.stderr[-2000:]

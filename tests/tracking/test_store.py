@@ -12,9 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL, free_port, start_server, stop
-from leukexp.cell.pipeline import train
 from leukexp.errors import LeukexpError
 from leukexp.report.runs import load_runs
+from leukexp.run.pipeline import train
 from leukexp.tracking.store import RunLogger, configure_http, flatten, prepare_store
 from leukexp.tracking.sync import PENDING_FILE
 from leukexp.vocabulary import FOLDS_FINISHED_METRIC, TEST_ACC, VAL_ACC
@@ -81,7 +81,7 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
-    command = [sys.executable, "-m", "leukexp.train", *TINY_MODEL, *TINY_DATA, "augmentation=none",
+    command = [sys.executable, "-m", "leukexp.commands.train", *TINY_MODEL, *TINY_DATA, "augmentation=none",
                "trainer.max_epochs=300", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=fault"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP")} | {"CI": "true"}
     job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -115,7 +115,7 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
 
     server = start_server(tmp_path, port)
     try:
-        sync = subprocess.run([sys.executable, "-m", "leukexp.tracking.sync", str(run_dir)], capture_output=True,
+        sync = subprocess.run([sys.executable, "-m", "leukexp.commands.sync", str(run_dir)], capture_output=True,
                               text=True, timeout=120, env=env)
         assert sync.returncode == 0, sync.stderr[-2000:]
         experiment = client.get_experiment_by_name("fault").experiment_id
@@ -178,7 +178,7 @@ def test_credentials_in_the_tracking_uri_are_found_nowhere(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"CI": "true"}
     try:
         # a sweep, with the URI on the command line: Hydra's copies of it (overrides.yaml, multirun.yaml) are scrubbed
-        job = subprocess.run([sys.executable, "-m", "leukexp.train", "-m", "fold=f0,f1", f"mlflow.tracking_uri={uri}",
+        job = subprocess.run([sys.executable, "-m", "leukexp.commands.train", "-m", "fold=f0,f1", f"mlflow.tracking_uri={uri}",
                               *TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=1", "fold.n_splits=2",
                               "task=binary", "data.counts={ALL: 10, HLT: 10}", "mlflow.experiment_name=secret"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from leukexp.commands.sync import main
 from leukexp.tracking.cv import FoldRun
 from leukexp.tracking.store import RunLogger
-from leukexp.tracking.sync import PENDING_FILE, main, save_pending, upload
+from leukexp.tracking.sync import PENDING_FILE, save_pending, upload
 from leukexp.vocabulary import KIND_TAG, NAME_TAG, TEST_ACC, VAL_ACC
 
 TAGS = {"model": "m", "head": "h", "task": "t", "cv_group": "head=h", "data_hash": "abc", "n_splits": "1",

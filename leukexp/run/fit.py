@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from leukexp.data.protocol import Samples
 from leukexp.evaluation.operating import OperatingPoint
-from leukexp.features.extract import Features
+from leukexp.features.embed import Features
 from leukexp.heads.base import Head, Split
 
 

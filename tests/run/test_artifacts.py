@@ -8,7 +8,7 @@ def test_an_optional_artifact_that_fails_is_one_warning(tmp_path: Path, caplog) 
 
     import pytest
 
-    from leukexp.cell.artifacts import optional
+    from leukexp.run.artifacts import optional
 
     def broken() -> Path:
         raise ValueError("all input arrays must have the same shape")

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from conftest import write_image
+from leukexp.commands.predict import collect_images, main, resolve_model, tta_views
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
-from leukexp.inference.cli import collect_images, main, resolve_model, tta_views
 
 
 def images(folder: Path, n: int = 3) -> Path:

@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import TINY_MODEL
-from leukexp.cell.validation import check_accelerator, check_head, check_model, check_rules, validate
 from leukexp.errors import LeukexpError
+from leukexp.run.validation import check_accelerator, check_head, check_model, check_rules, validate
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -7,8 +7,8 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import TINY_MODEL
+from leukexp.commands.extract import ShardSpec, main
 from leukexp.errors import LeukexpError
-from leukexp.extract import ShardSpec, main
 from leukexp.features.cache import FeatureCache
 
 SMALL = [*TINY_MODEL, "data.counts={ALL: 6, AML: 6, CLL: 6, CML: 6, HLT: 6}", "data.image_size=48",
@@ -33,14 +33,14 @@ def entries(root: Path) -> set[str]:
 def needed(root: Path) -> set[str]:
     """What the folds' runs ask the cache for: training views, validation and test originals, per fold."""
     from conftest import compose
-    from leukexp.data.study import build_study
+    from leukexp.data.fold_data import build_fold_data
 
     wanted = set()
     for fold in range(3):
-        study = build_study(compose(root, *SMALL, f"fold.index={fold}"))
-        keys = study.catalog.frame["sha1"].to_numpy()
-        for split in (study.samples.train, study.samples.val, study.samples.test):
-            wanted |= {f"{keys[s]}_{study.augmentation.view_fingerprint(int(v))}"
+        fold_data = build_fold_data(compose(root, *SMALL, f"fold.index={fold}"))
+        keys = fold_data.catalog.frame["sha1"].to_numpy()
+        for split in (fold_data.samples.train, fold_data.samples.val, fold_data.samples.test):
+            wanted |= {f"{keys[s]}_{fold_data.augmentation.view_fingerprint(int(v))}"
                        for s, v in zip(split["source"], split["view"], strict=True)}
     return wanted
 

@@ -15,14 +15,20 @@ embedding cached (`feature cache: H hits, 0 misses`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, open_dict
 
 from leukexp.errors import LeukexpError, one_line, user_errors
+
+if TYPE_CHECKING:
+    from leukexp.config.plan import RunPlan
+    from leukexp.run.embeds import Embeds
 
 PROGRAM = "leukexp-extract"
 
@@ -67,101 +73,55 @@ def compose(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-@dataclass
-class Needs:
-    """The (source, view) rows one stain target's cache must hold, over a catalog."""
-
-    catalog: pd.DataFrame
-    rows: pd.DataFrame
+def fold_plans(plan: RunPlan) -> list[RunPlan]:
+    """The plan of every fold of the study."""
+    n_splits = int(plan.fold.get("n_splits"))
+    return [plan.for_fold(index) for index in range(n_splits)]
 
 
-def study_needs(cfg: DictConfig) -> list[tuple[object, object, Needs]]:
-    """Per fold: its study's stain normalizer, augmentation and the rows its run embeds (training views,
-    validation and test originals, test-time views); folds that share a stain target are merged."""
-    from leukexp.data.augment import named_views
-    from leukexp.data.study import build_study
-
-    n_splits = int(cfg.fold.n_splits)
-    merged: dict[str, tuple[object, object, list[pd.DataFrame], pd.DataFrame]] = {}
-    tta = str(cfg.evaluation.tta)
-    for index in range(n_splits):
-        fold_cfg = cfg.copy()
-        with open_dict(fold_cfg):
-            fold_cfg.fold.index = index
-        study = build_study(fold_cfg)
-        samples = study.samples
-        train = [] if study.augmentation.online else [samples.train]
-        parts = [*train, samples.val, samples.test]
-        if tta != "none":
-            views = named_views(tta, int(cfg.seed), "evaluation.tta")
-            originals = samples.test.drop_duplicates("source")
-            parts.append(pd.DataFrame({"source": np.repeat(originals["source"].to_numpy(), views.n_views),
-                                       "view": np.tile(np.arange(views.n_views), len(originals)),
-                                       "views": tta}))
-        key = study.stain.fingerprint()
-        rows = pd.concat([p[["source", "view"]].assign(views=p.get("views", "study")) for p in parts])
-        if key in merged:
-            merged[key][2].append(rows)
-        else:
-            merged[key] = (study.stain, study.augmentation, [rows], study.catalog.frame)
-    return [(stain, augmentation, Needs(frame, pd.concat(parts).drop_duplicates(ignore_index=True)))
-            for stain, augmentation, parts, frame in merged.values()]
-
-
-def extract(cfg: DictConfig, shard: ShardSpec) -> dict[str, float]:
-    """Embed what every fold needs (this shard's images only); return views, misses and seconds."""
-    from leukexp.cell.settings import backbone_from_config
-    from leukexp.config.schema import setting
-    from leukexp.console import console
-    from leukexp.data.augment import named_views
+def study_embeds(plan: RunPlan) -> list[Embeds]:
+    """What every fold's run embeds (`run.embeds.fold_embeds`, the same derivation a run uses), with the rows of
+    sets that share a catalog, views and stain target merged (each embedding asked for once)."""
     from leukexp.data.external import scan_external
-    from leukexp.features.extract import cache_note, part_caches, sample_features
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.run.embeds import fold_embeds
+
+    merged: dict[tuple[str, str, str], tuple[Embeds, list[pd.DataFrame]]] = {}
+    external = None
+    for fold_plan in fold_plans(plan):
+        fold_data = build_fold_data(fold_plan)
+        if external is None:
+            external = scan_external(plan.evaluation.external, fold_data.task, fold_data.classes)
+        for embeds in fold_embeds(fold_plan, fold_data, external):
+            key = (embeds.purpose, embeds.views.name, embeds.stain.fingerprint() if embeds.stain.active else "")
+            merged.setdefault(key, (embeds, []))[1].append(embeds.samples[["source", "view"]])
+    return [dataclasses.replace(first, samples=pd.concat(rows).drop_duplicates(ignore_index=True))
+            for first, rows in merged.values()]
+
+
+def extract(plan: RunPlan, shard: ShardSpec) -> dict[str, float]:
+    """Embed what every fold needs (this shard's images only); return views, misses and seconds."""
+    from leukexp.console import console
+    from leukexp.run.embeds import cache_note, caches_for
+    from leukexp.run.settings import backbone_from_plan
     from leukexp.runtime.process import seed_everything
 
-    if not cfg.features.cache:
+    if not plan.features.cache:
         raise LeukexpError("features.cache=false: leukexp-extract fills the feature cache; leave features.cache=true")
-    seed_everything(int(cfg.seed))
-    backbone = backbone_from_config(cfg)
-    storage = str(setting(cfg, "features.storage"))
-    needs = study_needs(cfg)
+    seed_everything(plan.seed)
+    backbone = backbone_from_plan(plan)
     views, misses, started = 0, 0, time.perf_counter()
-    for stain, augmentation, need in needs:
-        caches = part_caches(backbone, cfg.features.dir, stain, storage)
-        keys = need.catalog["sha1"].to_numpy()
-        groups = [(augmentation, need.rows[need.rows["views"] == "study"])]
-        groups += [(named_views(name, int(cfg.seed), "evaluation.tta"), rows)
-                   for name, rows in need.rows[need.rows["views"] != "study"].groupby("views")]
-        for views_of, rows in groups:
-            mine = rows[shard.keeps(keys[rows["source"].to_numpy()])]
-            if len(mine):
-                sample_features(backbone, need.catalog, mine.reset_index(drop=True), views_of, caches,
-                                cfg.features.batch_size, cfg.features.num_workers, "embedding", stain)
-                views += len(mine)
-        external = scan_external(cfg, build_task(cfg), sorted_classes(need.catalog))
-        if external is not None:
-            frame = external.frame
-            mine = frame[shard.keeps(frame["sha1"].to_numpy())]
-            rows = pd.DataFrame({"source": mine.index.to_numpy(), "view": 0})
-            if len(rows):
-                sample_features(backbone, frame, rows, augmentation, caches, cfg.features.batch_size,
-                                cfg.features.num_workers, "external images", stain)
-                views += len(rows)
+    for embeds in study_embeds(plan):
+        caches = caches_for(plan, backbone, embeds.stain)
+        keys = embeds.catalog["sha1"].to_numpy()
+        mine = embeds.samples[shard.keeps(keys[embeds.samples["source"].to_numpy()])].reset_index(drop=True)
+        if len(mine):
+            dataclasses.replace(embeds, samples=mine).features(backbone, caches, plan.features,
+                                                                f"embedding {embeds.purpose}")
+            views += len(mine)
         misses += sum(cache.misses for cache in caches if cache)
         console.print(cache_note(caches))
     return {"views": views, "misses": misses, "seconds": time.perf_counter() - started}
-
-
-def build_task(cfg: DictConfig) -> object:
-    """The task of the composed config."""
-    from leukexp.config.compose import build
-
-    return build(cfg.task, "task", _convert_="all")
-
-
-def sorted_classes(frame: pd.DataFrame) -> list[str]:
-    """The study's classes in label-index order, from a catalog frame."""
-    pairs = frame[["label_index", "label"]].drop_duplicates().sort_values("label_index")
-    return pairs["label"].tolist()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(PROGRAM):
         shard = ShardSpec.parse(args.shard)
         cfg = compose_hydra_errors(args.overrides)
-        from leukexp.cell.validation import validate
+        from leukexp.config.plan import RunPlan
+        from leukexp.run.validation import validate
 
         validate(cfg)
+        plan = RunPlan.from_config(cfg)
         from leukexp.console import console
 
-        result = extract(cfg, shard)
+        result = extract(plan, shard)
         rate = result["misses"] / result["seconds"] if result["seconds"] else 0.0
         console.print(f"{PROGRAM}: shard {shard.index}/{shard.count}: {result['views']:,} views needed,"
                       f" {result['misses']:,} computed in {result['seconds']:.1f} s ({rate:.1f} views/s)")

@@ -26,9 +26,9 @@ from leukexp.vocabulary import (
 
 if TYPE_CHECKING:
     from leukexp.backbones.base import Backbone
-    from leukexp.cell.fit import FitResult
+    from leukexp.data.fold_data import FoldData
     from leukexp.data.stain import StainNormalizer
-    from leukexp.data.study import Study
+    from leukexp.run.fit import FitResult
 
 log = logging.getLogger("leukexp")
 
@@ -50,48 +50,48 @@ def optional(name: str, redo: str, write: Callable[[], Path | None]) -> Path | N
         return None
 
 
-def prediction_table(study: Study, result: FitResult) -> Predictions:
+def prediction_table(fold_data: FoldData, result: FitResult) -> Predictions:
     """The test samples' predictions in the `predictions.csv` schema."""
-    test = study.samples.test
+    test = fold_data.samples.test
     return Predictions(
-        files=study.catalog.frame["file"].to_numpy()[test["source"].to_numpy()],
+        files=fold_data.catalog.frame["file"].to_numpy()[test["source"].to_numpy()],
         views=test["view"].to_numpy(),
         labels=test["label_index"].to_numpy(),
         probs=result.test_probs,
-        classes=study.classes,
+        classes=fold_data.classes,
     )
 
 
-def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Backbone, model_config: dict[str, Any],
+def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbone: Backbone, model_config: dict[str, Any],
                         result: FitResult, metrics: dict[str, float], cam_per_class: int = 0,
                         external: Predictions | None = None) -> list[Path]:
     """Config, manifest, confusion matrix, predictions (and the external set's), history, figures, the trained model
     and (with `cam_per_class`) a panel of activation maps, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config_yaml)
-    predictions = prediction_table(study, result)
-    matrix = confusion(predictions.labels, predictions.probs, study.classes)
+    predictions = prediction_table(fold_data, result)
+    matrix = confusion(predictions.labels, predictions.probs, fold_data.classes)
     matrix.to_csv(out / CONFUSION_FILE)
     predictions.to_frame().to_csv(out / PREDICTIONS_FILE, index=False)
     result.history.to_csv(out / HISTORY_FILE, index=False)
-    title = f"{study.task.name} {study.fold.name}: acc {metrics[TEST_ACC]:.3f}"
+    title = f"{fold_data.task.name} {fold_data.fold.name}: acc {metrics[TEST_ACC]:.3f}"
     rerun = "Re-run the same command to make it (finished folds are kept)."
     figures = "Every figure can be redrawn from predictions.csv and history.csv in the run folder."
     optional_files = [
         optional("confusion_matrix.png", figures, lambda: plot_confusion(matrix, out / "confusion_matrix.png", title)),
         optional("roc.png", figures, lambda: plot_roc([("test", predictions.labels, predictions.probs)],
-                                                      study.classes, out / "roc.png")),
+                                                      fold_data.classes, out / "roc.png")),
         optional("curves.png", figures, lambda: plot_curves(result.history, out / "curves.png", result.best_epoch)),
         optional(RELIABILITY_FILE, figures, lambda: plot_reliability(predictions.labels, predictions.probs,
                                                                      out / RELIABILITY_FILE, title)),
         optional("the MLflow model (model/)", rerun,
-                 lambda: write_model(out / MODEL_DIR, result, backbone, model_config, study.classes, study.stain)),
+                 lambda: write_model(out / MODEL_DIR, result, backbone, model_config, fold_data.classes, fold_data.stain)),
     ]
     if cam_per_class:
         optional_files.append(optional(
             "the activation-map panel (cam/panel.png)",
             f"Make maps later with: leukexp-predict {out} IMAGES --cam DIR",
-            lambda: write_cam_panel(out / CAM_DIR, study, backbone, result, cam_per_class)))
+            lambda: write_cam_panel(out / CAM_DIR, fold_data, backbone, result, cam_per_class)))
     required = [out / name for name in (CONFIG_FILE, MANIFEST_FILE, CONFUSION_FILE, PREDICTIONS_FILE, HISTORY_FILE)]
     if external is not None:
         external.to_frame().to_csv(out / EXTERNAL_PREDICTIONS_FILE, index=False)
@@ -99,7 +99,7 @@ def write_run_artifacts(out: Path, config_yaml: str, study: Study, backbone: Bac
     return required + [path for path in optional_files if path is not None]
 
 
-def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitResult, per_class: int) -> Path:
+def write_cam_panel(folder: Path, fold_data: FoldData, backbone: Backbone, result: FitResult, per_class: int) -> Path:
     """`cam/panel.png`: activation maps of a few correct and wrong test images per class (or a note why not)."""
     from leukexp.data.io import read_image
     from leukexp.errors import LeukexpError
@@ -107,12 +107,12 @@ def write_cam_panel(folder: Path, study: Study, backbone: Backbone, result: FitR
     from leukexp.inference.classifier import Classifier
 
     folder.mkdir(parents=True, exist_ok=True)
-    test = study.samples.test.reset_index(drop=True)
+    test = fold_data.samples.test.reset_index(drop=True)
     originals = test.drop_duplicates("source")  # one row per test image (its first view: the original)
-    paths = study.catalog.frame["path"].to_numpy()[originals["source"].to_numpy()]
+    paths = fold_data.catalog.frame["path"].to_numpy()[originals["source"].to_numpy()]
     try:
-        classifier = Classifier(backbone, result.head, study.classes, result.temperature, result.operating_point,
-                                study.stain)
+        classifier = Classifier(backbone, result.head, fold_data.classes, result.temperature, result.operating_point,
+                                fold_data.stain)
         cam_panel(classifier, lambda i: read_image(paths[i]), originals["label_index"].to_numpy(), folder / "panel.png",
                   per_class, probs=result.test_probs[originals.index.to_numpy()])
     except LeukexpError as error:

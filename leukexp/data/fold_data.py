@@ -1,4 +1,4 @@
-"""The data side of one run: catalog, fold split, manifest and samples, built from the config."""
+"""The data side of one fold: catalog, fold split, manifest, samples and stain normalizer, built from the run plan."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
 
-from leukexp.config.compose import build
+from leukexp.config.plan import RunPlan
 from leukexp.data.augment import Augmentation
 from leukexp.data.protocol import Protocol, Samples
 from leukexp.data.sources import Catalog, FolderSource
@@ -24,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Study:
-    """Everything about the data that a model needs: images, labels, split and samples."""
+class FoldData:
+    """Everything about one fold's data that a model needs: images, labels, split, samples and stain."""
 
     task: Task
     catalog: Catalog
@@ -61,18 +60,18 @@ class Study:
         return path
 
 
-def build_study(cfg: DictConfig) -> Study:
-    """Instantiate the data, task, fold, protocol, augmentation and stain groups, build the split and fit the stain
+def build_fold_data(plan: RunPlan) -> FoldData:
+    """Instantiate the plan's data, task, fold, protocol, augmentation and stain, build the split and fit the stain
     normalizer to the fold's training images (or its reference)."""
-    task: Task = build(cfg.task, "task", _convert_="all")
-    source: FolderSource = build(cfg.data, "data", _convert_="all")
-    fold: FoldSpec = build(cfg.fold, "fold")
-    protocol: Protocol = build(cfg.protocol, "protocol")
-    augmentation = build(cfg.augmentation, "augmentation", _convert_="all")
+    task: Task = plan.task.build(_convert_="all")
+    source: FolderSource = plan.data.build(_convert_="all")
+    fold: FoldSpec = plan.fold.build()
+    protocol: Protocol = plan.protocol.build()
+    augmentation = plan.augmentation.build(_convert_="all")
     catalog = source.scan(task)
     split = assign_splits(catalog.frame, fold)
     samples = protocol.build(catalog.frame, split, augmentation.n_views, len(catalog.classes))
-    stain: StainNormalizer = build(cfg.stain, "stain") if "stain" in cfg else NoStain()
+    stain: StainNormalizer = plan.stain.build()
     train = catalog.frame.iloc[samples.train["source"].unique()]
     stain.fit_to_study(train["path"].tolist(), train["sha1"].tolist())
-    return Study(task, catalog, fold, protocol, augmentation, split, samples, stain)
+    return FoldData(task, catalog, fold, protocol, augmentation, split, samples, stain)

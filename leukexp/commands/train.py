@@ -1,4 +1,4 @@
-"""`leukexp-train`: the Hydra entry point. Composes the config, runs one study cell, returns its metric."""
+"""`leukexp-train`: the Hydra entry point. Composes the config, reads it into a run plan, runs it, returns its metric."""
 
 from __future__ import annotations
 
@@ -41,12 +41,14 @@ def run_app(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from leukexp.cell.validation import validate
+    from leukexp.config.plan import RunPlan
+    from leukexp.run.validation import validate
 
     validate(cfg)  # once per run, before torch, Lightning and MLflow load: a config mistake is reported in a second
-    from leukexp.cell.pipeline import train_validated
+    plan = RunPlan.from_config(cfg)  # the door: nothing below reads the composed config
+    from leukexp.run.pipeline import train_plan
 
-    return train_validated(cfg).get(cfg.optimized_metric)
+    return train_plan(plan).get(plan.optimized_metric)
 
 
 def main() -> None:

@@ -143,12 +143,13 @@ def check_stain(cfg: DictConfig) -> None:
 def check_external(cfg: DictConfig) -> None:
     """`evaluation.external`: a data config, folder or mapping whose class folders map onto the task's classes."""
     from leukexp.config.compose import build
+    from leukexp.config.external import external_config
     from leukexp.data.external import check_external as check_folders
-    from leukexp.data.external import external_setting
 
-    if external_setting(cfg) is None or "task" not in cfg:
+    config = external_config(cfg)
+    if config is None or "task" not in cfg:
         return
-    check_folders(cfg, build(cfg.task, "task", _convert_="all"))
+    check_folders(config, build(cfg.task, "task", _convert_="all"))
 
 
 def validate(cfg: DictConfig) -> None:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukexp.train", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "leukexp.commands.train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 

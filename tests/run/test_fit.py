@@ -4,11 +4,11 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from conftest import blobs
-from leukexp.cell.fit import fit_head
 from leukexp.data.protocol import Samples
-from leukexp.features.extract import Features
+from leukexp.features.embed import Features
 from leukexp.heads.base import HeadContext
 from leukexp.heads.sklearn_head import SklearnHead
+from leukexp.run.fit import fit_head
 from leukexp.vocabulary import VAL_ACC
 
 

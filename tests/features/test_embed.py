@@ -13,7 +13,7 @@ from leukexp.data.augment import OfflineViews
 from leukexp.data.io import file_digest
 from leukexp.errors import LeukexpError
 from leukexp.features.cache import FeatureCache
-from leukexp.features.extract import batch_size_for, extract_features, part_caches, workers_for
+from leukexp.features.embed import batch_size_for, extract_features, part_caches, workers_for
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -3,7 +3,8 @@
 import pytest
 
 from leukexp.config.compose import default_choices
-from leukexp.tracking.identity import changes_the_result, configuration_name, cv_group, git_commit
+from leukexp.config.identity import changes_the_result, configuration_name, cv_group
+from leukexp.tracking.identity import git_commit
 
 
 @pytest.mark.parametrize(("key", "counts"), [
@@ -70,7 +71,7 @@ def test_default_choices_come_from_train_yaml() -> None:
 
 
 def test_settings_an_experiment_file_changes_count_in_the_identity(compose_cfg) -> None:
-    from leukexp.tracking.identity import implicit_tokens
+    from leukexp.config.identity import implicit_tokens
 
     strong = compose_cfg("experiment=strong_baseline")
     assert implicit_tokens(strong, []) == ["evaluation.tta=flips", "model.stages=all"]
@@ -78,3 +79,37 @@ def test_settings_an_experiment_file_changes_count_in_the_identity(compose_cfg) 
     assert implicit_tokens(compose_cfg("model.stages=[2,4]", "model.pooling=gem"), []) == [
         "model.stages=[2,4]", "model.pooling=gem"]
     assert implicit_tokens(compose_cfg(), []) == []
+
+
+def test_a_stain_chosen_in_an_experiment_file_gets_its_own_configuration(compose_plan, tmp_path) -> None:
+    extra = tmp_path / "extra"
+    (extra / "experiment").mkdir(parents=True)
+    (extra / "experiment" / "stained.yaml").write_text("# @package _global_\ndefaults:\n  - override /stain: macenko\n")
+    search = f"hydra.searchpath=[file://{extra}]"
+    stained = compose_plan(search, "experiment=stained").identity
+    plain = compose_plan(search).identity
+    assert "stain=macenko" in stained.cv_group.split() and "stain=none" in plain.cv_group.split()
+    assert stained.cv_group != plain.cv_group, "its own CV parent, resume state and finished folds"
+    assert not any(part.startswith("experiment") for part in stained.cv_group.split())
+
+
+def test_a_group_added_through_a_search_path_counts_in_the_identity(compose_plan, tmp_path) -> None:
+    extra = tmp_path / "extra"
+    (extra / "lens").mkdir(parents=True)
+    for name, zoom in (("wide", 1), ("close", 4)):
+        (extra / "lens" / f"{name}.yaml").write_text(f"zoom: {zoom}\n")
+    search = f"hydra.searchpath=[file://{extra}]"
+    wide, close = compose_plan(search, "+lens=wide").identity, compose_plan(search, "+lens=close").identity
+    assert "lens=wide" in wide.cv_group.split() and "lens=close" in close.cv_group.split()
+    assert wide.cv_group != close.cv_group
+    assert "+lens=wide" not in wide.cv_group.split(), "a group's choice is counted once"
+
+
+def test_every_group_of_conf_but_the_non_identity_ones_identifies_a_configuration(compose_plan) -> None:
+    from leukexp.config.identity import config_groups
+    from leukexp.vocabulary import NON_IDENTITY_GROUPS
+
+    groups = {part.split("=")[0].split("@")[0] for part in compose_plan().identity.cv_group.split()} - {"seed"}
+    composed = {"data", "task", "aliases", "augmentation", "stain", "protocol", "model", "head", "trainer"}
+    assert groups == composed, "every chosen group of conf/ but the fold, paths, Hydra and the experiment file"
+    assert composed <= config_groups() and not groups & set(NON_IDENTITY_GROUPS)

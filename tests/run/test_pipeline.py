@@ -9,9 +9,9 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
-from leukexp.cell.pipeline import train
 from leukexp.data.synthetic import generate_image
 from leukexp.inference.classifier import load_classifier
+from leukexp.run.pipeline import train
 from leukexp.vocabulary import (
     CI_HIGH,
     CI_LOW,
@@ -126,8 +126,8 @@ def test_temperature_scaling_is_fitted_on_validation_and_travels_with_the_model(
     assert classifier.temperature == pytest.approx(temperature)
     predictions = pd.read_csv(tmp_path / "outputs" / "predictions.csv")
     (root,) = {png.parent.parent for png in (tmp_path / "cache" / "synthetic").rglob("*.png")}
+    from leukexp.commands.predict import score
     from leukexp.data.augment import named_views
-    from leukexp.inference.cli import score
 
     first = root / predictions["file"][0]
     frame, _, _ = score(classifier, [first], named_views("flips", 42))

@@ -1,0 +1,138 @@
+"""A configuration's identity, read once at the run's door: the group choices of the Hydra job, the overrides that
+change what a run computes, its `cv_group` and its short name.
+
+The groups that identify a configuration are not listed by hand: they are every config group the job composed
+(`conf/` folders, and groups a config search path adds) but those that never change a result
+(`vocabulary.NON_IDENTITY_GROUPS`). A group added later counts without an edit here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from leukexp.config import schema
+from leukexp.config.compose import config_dir
+from leukexp.vocabulary import NAME_ORDER, NON_IDENTITY_GROUPS, RUN_NAME_SEPARATOR, SWEPT_KEYS_ENV
+
+if TYPE_CHECKING:
+    from leukexp.config.plan import Identity
+
+
+@functools.cache
+def config_groups() -> frozenset[str]:
+    """Every top-level config group: the folders of `conf/` holding options (`data`, `stain`, ...)."""
+    return frozenset(path.name for path in config_dir().iterdir() if path.is_dir() and any(path.glob("*.yaml")))
+
+
+def identity_groups(choices: dict[str, str], defaults: dict[str, str] | None = None) -> list[str]:
+    """The groups whose choice identifies a configuration, sorted: every group chosen in this job (or given a
+    default), top-level, except those that never change a result (the fold, the experiment file, paths, Hydra)."""
+    named = set(choices) | set(defaults or {})
+    return sorted(group for group in named if "/" not in group and group not in NON_IDENTITY_GROUPS)
+
+
+def group_choices() -> dict[str, str]:
+    """The option chosen in each config group (empty outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def task_overrides() -> list[str]:
+    """The job's command-line overrides (empty outside a Hydra run)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def changes_the_result(key: str) -> bool:
+    """Whether overriding `key` (a dotted key or a group path) can change what a run computes."""
+    key = key.replace("/", ".")
+    if key in NON_IDENTITY_GROUPS or ("." not in key and key in config_groups()):
+        return False  # the fold varies within a configuration; group choices are counted on their own
+    return schema.changes_the_result(key)
+
+
+def cv_group(choices: dict[str, str], overrides: list[str], defaults: dict[str, str], seed: object) -> str:
+    """The configuration's identity without the fold: group choices, the overrides that matter, the seed.
+
+    Args:
+        choices: group -> chosen option (`group_choices()`).
+        overrides: the job's command-line overrides (`task_overrides()`).
+        defaults: a name per group to use where `choices` has none (configs composed without Hydra's runtime).
+        seed: the run's seed.
+    """
+    groups = identity_groups(choices, defaults)
+    parts = [f"{group}={choices.get(group, defaults.get(group, '?'))}" for group in groups]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    parts += [text for override, text in zip(parsed, overrides, strict=True)
+              if override.key_or_group not in groups and changes_the_result(override.key_or_group)]
+    parts.append(f"seed={seed}")
+    return " ".join(sorted(set(parts)))
+
+
+def configuration_name(choices: dict[str, str], overrides: list[str], defaults: dict[str, str], seed: object,
+                       swept: tuple[str, ...] = (), default_seed: object = 42) -> str:
+    """A short name saying what varies, e.g. `senet154 · svm` or `mlp3 · dropout=0.2`.
+
+    Parts: chosen options that were asked for or differ from the defaults, then the other overrides that matter
+    (their last key part); what the sweep varies (`swept`) comes first, so it shows in the UI's name column.
+    """
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    asked = {o.key_or_group for o in parsed}
+    parts: list[tuple[str, str]] = [(group, choices[group]) for group in NAME_ORDER
+                                    if group in choices and (group in asked or choices[group] != defaults.get(group))]
+    for override, text in zip(parsed, overrides, strict=True):
+        key = override.key_or_group
+        if "." in key and changes_the_result(key) and key != "seed":
+            last = key.rsplit(".", 1)[-1]
+            parts.append((key, f"{last}={text.split('=', 1)[1]}" if "=" in text else f"~{last}"))  # ~key: deleted
+    if str(seed) != str(default_seed):
+        parts.append(("seed", f"seed={seed}"))
+    ordered = [p for k, p in parts if k in swept] + [p for k, p in parts if k not in swept]
+    return RUN_NAME_SEPARATOR.join(ordered) or "default"
+
+
+def swept_keys() -> tuple[str, ...]:
+    """The keys the running sweep varies (empty outside a sweep)."""
+    return tuple(k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k)
+
+
+def implicit_tokens(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """`key=value` for each implicit key of the schema (settings an experiment file may change without a command-line
+    override) that differs from its default and is not overridden on the command line (e.g. `evaluation.tta=flips`
+    and `model.stages=all` from `experiment=strong_baseline`): tokens of the identity and name all the same."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    tokens = []
+    for key, default in schema.implicit_keys().items():
+        value = OmegaConf.select(cfg, key, default=default)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if value != default and key not in given:
+            text = "null" if value is None else str(value).replace(" ", "") if isinstance(value, list) else value
+            tokens.append(f"{key}={text}")
+    return tokens
+
+
+def run_identity(cfg: DictConfig) -> Identity:
+    """The identity of a composed config (the job's Hydra choices; outside a Hydra job, each group's `name`)."""
+    from types import MappingProxyType
+
+    from leukexp.config.compose import default_choices
+    from leukexp.config.plan import Identity
+
+    choices = group_choices()
+    if not choices:
+        choices = {group: str(cfg[group].get("name", "?")) for group in config_groups()
+                   if group in cfg and OmegaConf.is_dict(cfg[group])}
+    given = task_overrides()
+    overrides = tuple(given + implicit_tokens(cfg, given))
+    return Identity(
+        choices=MappingProxyType(dict(choices)),
+        overrides=overrides,
+        cv_group=cv_group(choices, list(overrides), {}, cfg.seed),
+        name=configuration_name(choices, list(overrides), default_choices(), cfg.seed, swept_keys()),
+    )

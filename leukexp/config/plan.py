@@ -1,0 +1,265 @@
+"""The run plan: the composed config read once at the run's door into frozen, typed settings.
+
+`RunPlan.from_config` is the only place that reads a composed `DictConfig` for a run (after `validate` has checked
+it); below the entry points every module takes the plan or one of its parts. The plan is also what a run writes
+about itself: its MLflow params (`params`), its `config.yaml` (`config_yaml`) and its identity (`identity`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from leukexp.config.compose import build
+from leukexp.config.schema import setting
+
+# the groups a run builds objects from, in the order a run builds them
+COMPONENT_GROUPS = ("data", "task", "fold", "protocol", "augmentation", "stain", "model", "head", "optimizer",
+                    "trainer")
+NO_STAIN = {"_target_": "leukexp.data.stain.NoStain"}
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only view of a plain container (mappings as `MappingProxyType`, lists as tuples)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    """A plain, mutable copy of a frozen container (what Hydra's `instantiate` and YAML writers take)."""
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return copy.copy(value)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One config group's choice: the option's name and its resolved node (`_target_` and its arguments)."""
+
+    group: str
+    choice: str
+    node: Mapping[str, Any]
+
+    def build(self, **kwargs: Any) -> Any:
+        """The object the node describes (`config.compose.build`: a failure is one line naming the group)."""
+        return build(self.values(), self.group, **kwargs)
+
+    def values(self) -> dict[str, Any]:
+        """The node as a plain dict."""
+        return _thawed(self.node)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """One key of the node (a plain value)."""
+        return _thawed(self.node.get(key, default))
+
+    def with_values(self, **values: Any) -> Component:
+        """The same choice with some keys set (`fold.with_values(index=3)`)."""
+        return dataclasses.replace(self, node=_frozen(self.values() | values))
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a head trains: the `training` section."""
+
+    batch_size: int
+    binary_outputs: int
+    early_stopping_patience: int | None
+    num_workers: int
+    torch_threads: int | None
+    head_threads: int | str | None
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Where and how the backbone embeds, and where embeddings are kept: the `features` section."""
+
+    cache: bool
+    dir: str
+    device: str
+    precision: str
+    storage: str
+    batch_size: int | str
+    num_workers: int | str
+
+    @property
+    def cache_dir(self) -> str | None:
+        """The feature store's folder, None when `features.cache=false`."""
+        return self.dir if self.cache else None
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What is measured after fitting: the `evaluation` section (`external`: the external set's resolved data
+    config, or None)."""
+
+    tta: str
+    cam_panel: bool
+    cam_per_class: int
+    calibration: str
+    target_sensitivity: float
+    external: Mapping[str, Any] | None
+
+    @property
+    def calibrate(self) -> bool:
+        """Whether a temperature is fitted on validation."""
+        return self.calibration == "temperature"
+
+    @property
+    def cam_images(self) -> int:
+        """Images per class in the activation-map panel (0: no panel)."""
+        return self.cam_per_class if self.cam_panel else 0
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Where the run is logged: the `mlflow` section and `sweep.resume`."""
+
+    enabled: bool
+    tracking_uri: str
+    experiment_name: str
+    artifact_location: str
+    http_timeout: float
+    http_max_retries: int
+    create_store_folder: bool
+    resume: bool
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The run's folders."""
+
+    root_dir: Path
+    cache_dir: Path
+    output_dir: Path
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What identifies the run's configuration: the group choices, the overrides that count, `cv_group`, the name.
+
+    `choices` holds every group the job composed; `overrides` the command line's plus the implicit tokens of an
+    experiment file (`config.identity.implicit_tokens`).
+    """
+
+    choices: Mapping[str, str]
+    overrides: tuple[str, ...]
+    cv_group: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, typed and frozen: its components, settings, folders and identity."""
+
+    seed: int
+    components: Mapping[str, Component]
+    training: TrainingSettings
+    features: FeatureSettings
+    evaluation: EvaluationSettings
+    tracking: TrackingSettings
+    paths: Paths
+    identity: Identity
+    search: Mapping[str, Any]
+    optimized_metric: str
+    resolved: Mapping[str, Any]  # the composed config, resolved: params and config.yaml are written from it
+
+    def __getattr__(self, group: str) -> Component:
+        """A component by its group (`plan.model`, `plan.head`, ...)."""
+        components = self.__dict__.get("components", {})
+        if group in components:
+            return components[group]
+        raise AttributeError(group)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RunPlan:
+        """The plan of a composed (and validated) config; the job's Hydra runtime gives its group choices."""
+        from leukexp.config.identity import run_identity
+
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        identity = run_identity(cfg)
+        components = {group: Component(group, identity.choices.get(group, str(resolved[group].get("name", "?"))),
+                                       _frozen(resolved[group]))
+                      for group in COMPONENT_GROUPS if group in resolved}
+        if "stain" not in components:
+            components["stain"] = Component("stain", "none", _frozen(NO_STAIN))
+        return cls(
+            seed=int(cfg.seed),
+            components=MappingProxyType(components),
+            training=TrainingSettings(
+                batch_size=int(cfg.training.batch_size), binary_outputs=int(cfg.training.binary_outputs),
+                early_stopping_patience=_optional_int(setting(cfg, "training.early_stopping_patience")),
+                num_workers=int(cfg.training.num_workers),
+                torch_threads=_optional_int(setting(cfg, "training.torch_threads")),
+                head_threads=_head_threads(setting(cfg, "training.head_threads"))),
+            features=FeatureSettings(
+                cache=bool(cfg.features.cache), dir=str(cfg.features.dir), device=str(setting(cfg, "features.device")),
+                precision=str(setting(cfg, "features.precision")), storage=str(setting(cfg, "features.storage")),
+                batch_size=_auto_or_int(cfg.features.batch_size), num_workers=_auto_or_int(cfg.features.num_workers)),
+            evaluation=EvaluationSettings(
+                tta=str(setting(cfg, "evaluation.tta")), cam_panel=bool(cfg.evaluation.cam_panel),
+                cam_per_class=int(cfg.evaluation.cam_per_class),
+                calibration=str(setting(cfg, "evaluation.calibration")),
+                target_sensitivity=float(setting(cfg, "evaluation.target_sensitivity")),
+                external=_frozen(_external(cfg))),
+            tracking=TrackingSettings(
+                enabled=bool(cfg.mlflow.enabled), tracking_uri=str(cfg.mlflow.tracking_uri),
+                experiment_name=str(cfg.mlflow.experiment_name),
+                artifact_location=str(cfg.mlflow.artifact_location), http_timeout=float(cfg.mlflow.http_timeout),
+                http_max_retries=int(cfg.mlflow.http_max_retries),
+                create_store_folder=bool(setting(cfg, "mlflow.create_store_folder")),
+                resume=bool(cfg.sweep.resume)),
+            paths=Paths(Path(cfg.paths.root_dir), Path(cfg.paths.cache_dir), Path(cfg.paths.output_dir)),
+            identity=identity,
+            search=_frozen({k: v for k, v in (resolved.get("search") or {}).items() if v is not None}),
+            optimized_metric=str(cfg.optimized_metric),
+            resolved=_frozen(resolved),
+        )
+
+    def for_fold(self, index: int) -> RunPlan:
+        """The same plan with fold `index` held out (`leukexp-extract` walks every fold)."""
+        fold = self.components["fold"]
+        name = fold.get("name")
+        folded = fold.with_values(index=index, name=f"f{index}" if name == f"f{fold.get('index')}" else name)
+        return dataclasses.replace(self, components=MappingProxyType({**self.components, "fold": folded}))
+
+    def plain(self) -> dict[str, Any]:
+        """The resolved config as a plain dict (what the run's MLflow params are flattened from)."""
+        return _thawed(self.resolved)
+
+    def config_yaml(self) -> str:
+        """The run's `config.yaml`: the resolved config, credentials redacted."""
+        from leukexp.runtime.secrets import redact
+
+        return redact(OmegaConf.to_yaml(OmegaConf.create(_thawed(self.resolved))))
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _auto_or_int(value: Any) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def _head_threads(value: Any) -> int | str | None:
+    """`training.head_threads`: `auto`, a number or null (as is)."""
+    return value if value == "auto" or value is None else int(value)
+
+
+def _external(cfg: DictConfig) -> dict[str, Any] | None:
+    """`evaluation.external` resolved to a data config once, here (the data wing composes nothing)."""
+    from leukexp.config.external import external_config
+
+    return external_config(cfg)

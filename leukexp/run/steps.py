@@ -1,0 +1,178 @@
+"""The steps after a head is fitted, as an ordered list: calibrate, choose the operating point, score the test-time
+views, measure the test set, score the external set, write the artifacts (the MLflow model among them).
+
+Each step is one small class with one interface (`PostFitStep`): whether it applies to this run, and what it does
+to the run's `Outcome`. A new step is one class and one line in `POST_FIT_STEPS`, as a report section is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from leukexp.evaluation.calibration import apply_temperature, brier_score, expected_calibration_error, fit_temperature
+from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
+from leukexp.evaluation.operating import choose, operating_metrics
+from leukexp.inference.tta import view_mean
+from leukexp.run.embeds import EXTERNAL_IMAGES, TEST_VIEWS, Embeds, find
+from leukexp.run.external import ExternalScores, score_external
+from leukexp.vocabulary import RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE, THRESHOLD
+
+if TYPE_CHECKING:
+    from leukexp.backbones.base import Backbone
+    from leukexp.config.plan import RunPlan
+    from leukexp.data.fold_data import FoldData
+    from leukexp.features.cache import FeatureCache
+    from leukexp.run.fit import FitResult
+
+
+@dataclass
+class Outcome:
+    """What the steps after fitting read and add to: the fitted result, its metrics and files."""
+
+    plan: RunPlan
+    fold_data: FoldData
+    backbone: Backbone
+    embeds: list[Embeds]
+    caches: list[FeatureCache | None]
+    result: FitResult
+    raw_test_probs: np.ndarray  # the test probabilities before any temperature (test/ece_raw, test/brier_raw)
+    metrics: dict[str, float] = field(default_factory=dict)
+    external: ExternalScores | None = None
+    artifacts: list[Path] = field(default_factory=list)
+
+    def has(self, purpose: str) -> bool:
+        """Whether the plan derived a set of embeddings for `purpose`."""
+        return any(item.purpose == purpose for item in self.embeds)
+
+
+class PostFitStep(ABC):
+    """One step after fitting; `phase` names it in the run's per-phase timing."""
+
+    phase: str = "artifacts"
+
+    def applies(self, outcome: Outcome) -> bool:
+        """Whether this run takes the step (default: always)."""
+        return True
+
+    @abstractmethod
+    def run(self, outcome: Outcome) -> None:
+        """Do the step, updating `outcome`."""
+
+
+class Calibrate(PostFitStep):
+    """`evaluation.calibration=temperature`: one temperature fitted on the validation predictions (never on test),
+    applied to the validation and test probabilities; the saved model and `leukexp-predict` apply it too."""
+
+    phase = "head"
+
+    def applies(self, outcome: Outcome) -> bool:
+        """Only with `evaluation.calibration=temperature`."""
+        return outcome.plan.evaluation.calibrate
+
+    def run(self, outcome: Outcome) -> None:
+        """Fit the temperature, scale val and test."""
+        result = outcome.result
+        temperature = fit_temperature(outcome.fold_data.samples.val["label_index"].to_numpy(), result.val_probs)
+        outcome.result = dataclasses.replace(result, val_probs=apply_temperature(result.val_probs, temperature),
+                                             test_probs=apply_temperature(result.test_probs, temperature),
+                                             temperature=temperature)
+
+
+class ChooseOperatingPoint(PostFitStep):
+    """Tasks with a positive class: the threshold for `evaluation.target_sensitivity`, chosen on validation."""
+
+    phase = "head"
+
+    def run(self, outcome: Outcome) -> None:
+        """Choose the point (None for a task without a positive class)."""
+        fold_data, result = outcome.fold_data, outcome.result
+        point = choose(fold_data.classes, fold_data.task.positive_class,
+                       fold_data.samples.val["label_index"].to_numpy(), result.val_probs,
+                       outcome.plan.evaluation.target_sensitivity)
+        outcome.result = dataclasses.replace(result, operating_point=point)
+
+
+class ScoreTestViews(PostFitStep):
+    """`evaluation.tta`: each test image scored once, from the mean probabilities of its views."""
+
+    phase = "test views"
+
+    def applies(self, outcome: Outcome) -> bool:
+        """Only when the plan derived test-time views."""
+        return outcome.has(TEST_VIEWS)
+
+    def run(self, outcome: Outcome) -> None:
+        """Embed the views, score them, keep one test sample per source image."""
+        embeds = find(outcome.embeds, TEST_VIEWS)
+        features = embeds.features(outcome.backbone, outcome.caches, outcome.plan.features,
+                                   f"test views ({outcome.plan.evaluation.tta})")
+        fold_data, result = outcome.fold_data, outcome.result
+        probs = result.head.predict_proba(features).reshape(-1, embeds.views.n_views, len(fold_data.classes))
+        originals = embeds.samples[embeds.samples["view"] == 0].reset_index(drop=True)
+        outcome.fold_data = dataclasses.replace(fold_data, samples=dataclasses.replace(fold_data.samples,
+                                                                                       test=originals))
+        outcome.raw_test_probs = view_mean(probs)
+        outcome.result = dataclasses.replace(result, test_probs=view_mean(probs, result.temperature))
+
+
+class MeasureTestSet(PostFitStep):
+    """The test metrics: classification measures, raw and calibrated ECE and Brier, the operating point's measures,
+    the best epoch's values."""
+
+    def run(self, outcome: Outcome) -> None:
+        """Compute every test metric."""
+        fold_data, result = outcome.fold_data, outcome.result
+        labels = fold_data.samples.test["label_index"].to_numpy()
+        metrics = classification_metrics(labels, result.test_probs, fold_data.classes)
+        if outcome.plan.evaluation.calibrate:  # raw and calibrated, for a sweep to compare
+            metrics |= {TEMPERATURE: result.temperature,
+                        TEST_ECE + RAW: expected_calibration_error(labels, outcome.raw_test_probs),
+                        TEST_BRIER + RAW: brier_score(labels, outcome.raw_test_probs)}
+        if result.operating_point is not None:
+            metrics |= operating_metrics(result.operating_point, fold_data.classes, labels, result.test_probs, TEST)
+            metrics[THRESHOLD] = result.operating_point.threshold
+        outcome.metrics |= metrics | best_epoch_metrics(result.history, result.best_epoch)
+
+
+class ScoreExternal(PostFitStep):
+    """`evaluation.external`: the fold's model scores another lab's images (`external/<metric>`)."""
+
+    phase = "external"
+
+    def applies(self, outcome: Outcome) -> bool:
+        """Only when the plan has an external set."""
+        return outcome.has(EXTERNAL_IMAGES)
+
+    def run(self, outcome: Outcome) -> None:
+        """Embed and score the external images."""
+        embeds = find(outcome.embeds, EXTERNAL_IMAGES)
+        features = embeds.features(outcome.backbone, outcome.caches, outcome.plan.features)
+        outcome.external = score_external(embeds.catalog, outcome.fold_data.classes, outcome.result, features,
+                                          embeds.views.n_views)
+        outcome.metrics |= outcome.external.metrics
+
+
+class WriteArtifacts(PostFitStep):
+    """The run folder's files: config, manifest, predictions, history, figures, the MLflow model, activation maps."""
+
+    def run(self, outcome: Outcome) -> None:
+        """Write them."""
+        from leukexp.run.artifacts import write_run_artifacts
+
+        plan = outcome.plan
+        outcome.artifacts = write_run_artifacts(
+            plan.paths.output_dir, plan.config_yaml(), outcome.fold_data, outcome.backbone, plan.model.values(),
+            outcome.result, outcome.metrics, plan.evaluation.cam_images,
+            outcome.external.predictions if outcome.external is not None else None)
+
+
+# the order matters: the operating point is chosen on calibrated probabilities, test views use the temperature,
+# the metrics read the final test probabilities, the artifacts everything
+POST_FIT_STEPS: tuple[PostFitStep, ...] = (Calibrate(), ChooseOperatingPoint(), ScoreTestViews(), MeasureTestSet(),
+                                           ScoreExternal(), WriteArtifacts())
