@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from leukexp.data.fold_data import FoldData
 
 console = Console(highlight=False, soft_wrap=True)
+log = logging.getLogger("leukexp.phase")
 
 
 def quiet() -> bool:
@@ -52,7 +54,8 @@ def describe_fold(fold_data: FoldData) -> None:
     catalog = fold_data.catalog
     console.print(
         f"[bold]data[/] {catalog.root}  [bold]task[/] {fold_data.task.name} ({', '.join(fold_data.classes)})"
-        f"  [bold]fold[/] {fold_data.fold.index + 1}/{fold_data.fold.n_splits}  [bold]protocol[/] {fold_data.protocol.name}"
+        f"  [bold]fold[/] {fold_data.fold.index + 1}/{fold_data.fold.n_splits}"
+        f"  [bold]protocol[/] {fold_data.protocol.name}"
         f"  [bold]augmentation[/] {fold_data.augmentation.name} ({fold_data.augmentation.n_views} views)"
     )
     print_frame(fold_data.split_summary(), "source images per split", "class")
@@ -81,7 +84,8 @@ class Stopwatch:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Add the time spent inside the block to phase `name`."""
+        """Add the time spent inside the block to phase `name` (its start is a debug line: `phase NAME`)."""
+        log.debug("phase %s", name)
         start = self.clock()
         try:
             yield

@@ -25,7 +25,7 @@ LEGACY_MODULES = {
     "leukexp.inference.cli": "leukexp.commands.predict",
 }
 # old names of classes and functions inside moved modules
-LEGACY_NAMES = {"Study": "FoldData", "build_study": "build_fold_data", "study_features": "fold_features"}
+LEGACY_NAMES = {"Study": "FoldData", "build_study": "build_fold_data"}
 
 
 def current_name(old: str) -> str | None:
@@ -53,13 +53,15 @@ class _Forward(importlib.abc.Loader):
 class LegacyFinder(importlib.abc.MetaPathFinder):
     """Finds old module paths (`LEGACY_MODULES`) and loads them as forwards to the new ones."""
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname: str, path: object = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
         """A spec for an old path; None for every other name."""
         now = current_name(fullname)
         if now is None:
             return None
-        is_package = importlib.util.find_spec(now) is not None and importlib.util.find_spec(now).submodule_search_locations
-        return importlib.machinery.ModuleSpec(fullname, _Forward(now), is_package=bool(is_package))
+        spec = importlib.util.find_spec(now)
+        is_package = spec is not None and spec.submodule_search_locations is not None
+        return importlib.machinery.ModuleSpec(fullname, _Forward(now), is_package=is_package)
 
 
 def install() -> None:

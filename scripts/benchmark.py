@@ -92,14 +92,18 @@ def machine(device: torch.device) -> dict[str, str | int]:
     return info
 
 
-def compose_config(root: Path, overrides: list[str]):
-    """The run config for `overrides`, with paths under `root` (no Hydra app running)."""
+def compose_plan(root: Path, overrides: list[str]):
+    """The run plan for `overrides`, with paths under `root` (no Hydra app running), read as a run's door does."""
     from hydra import compose, initialize_config_dir
 
     from leukexp.config.compose import config_dir
+    from leukexp.config.plan import RunPlan
+    from leukexp.run.validation import validate
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={root}", f"paths.output_dir={root}/outputs", *overrides])
+        cfg = compose("train", overrides=[f"paths.root_dir={root}", f"paths.output_dir={root}/outputs", *overrides])
+        validate(cfg)
+        return RunPlan.from_config(cfg)
 
 
 def measure_raw(backbone, batch_size: int, seconds: float) -> dict[str, float]:
@@ -125,7 +129,8 @@ def measure_extraction(cfg, backbone, cache_dir: Path) -> dict[str, float]:
     samples = all_views(len(fold_data.catalog.frame), fold_data.augmentation.n_views)
     shutil.rmtree(cache_dir, ignore_errors=True)
     start = time.perf_counter()
-    sample_features(backbone, fold_data.catalog.frame, samples, fold_data.augmentation, part_caches(backbone, cache_dir),
+    caches = part_caches(backbone, cache_dir)
+    sample_features(backbone, fold_data.catalog.frame, samples, fold_data.augmentation, caches,
                     cfg.features.batch_size, cfg.features.num_workers, "benchmark pass")
     elapsed = time.perf_counter() - start
     return {"views": float(len(samples)), "seconds": elapsed, "images_per_s": len(samples) / elapsed,
@@ -205,21 +210,25 @@ if mode == "np_load":  # the first large array of a fresh process, as the store'
     print(json.dumps({{"np_load_s": time.perf_counter() - start, "bytes": array.nbytes}}))
     sys.exit()
 sys.path.insert(0, {script_dir!r})
-from benchmark import compose_config
-from leukexp.run.settings import backbone_from_config
+from benchmark import compose_plan
+from leukexp.run.settings import backbone_from_plan
 from leukexp.data.fold_data import build_fold_data
-from leukexp.features.embed import fold_features
+import dataclasses
+from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds
 from leukexp.runtime.process import seed_everything
-cfg = compose_config(root, overrides)
+cfg = compose_plan(root, overrides)
 fold_data = build_fold_data(cfg)
-seed_everything(int(cfg.seed))  # the random-init model of the cold pass, so the same cache key
-backbone = backbone_from_config(cfg)
+seed_everything(cfg.seed)  # the random-init model of the cold pass, so the same cache key
+backbone = backbone_from_plan(cfg)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
-features, note = fold_features(fold_data, backbone, cfg.features.dir, cfg.features.batch_size, 0)
+caches = caches_for(cfg, backbone, fold_data.stain)
+every = find(fold_embeds(cfg, fold_data), SPLITS).features(backbone, caches,
+                                                           dataclasses.replace(cfg.features, num_workers=0))
 read = time.perf_counter() - start
+note = cache_note(caches)
 assert "0 misses" in note, note
-parts = [features.train, features.val, features.test]
+parts = [every]
 if mode == "write_baseline":
     np.save(baseline, np.concatenate(parts))
     sys.exit()
@@ -245,14 +254,14 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     """One size: cold extraction, files created, and a warm job's read time, baseline and peak RSS."""
     from leukexp.data.fold_data import build_fold_data
     from leukexp.features.embed import part_caches, sample_features
-    from leukexp.run.settings import backbone_from_config
+    from leukexp.run.settings import backbone_from_plan
     from leukexp.runtime.process import seed_everything
 
     counts = scale_counts(views)
     overrides = [*SCALE_MODEL, "data.counts={" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "}", *extra]
-    cfg = compose_config(root, overrides)
-    seed_everything(int(cfg.seed))
-    backbone = backbone_from_config(cfg)
+    cfg = compose_plan(root, overrides)
+    seed_everything(cfg.seed)
+    backbone = backbone_from_plan(cfg)
     started = time.perf_counter()
     fold_data = build_fold_data(cfg)
     data_s = time.perf_counter() - started
@@ -347,12 +356,12 @@ def main(argv: list[str] | None = None) -> Result:
                  f"features.precision={args.precision}", *args.overrides]
 
     from leukexp.features.embed import batch_size_for
-    from leukexp.run.settings import backbone_from_config
+    from leukexp.run.settings import backbone_from_plan
     from leukexp.runtime.process import seed_everything
 
-    cfg = compose_config(root, overrides)
+    cfg = compose_plan(root, overrides)
     seed_everything(0)
-    backbone = backbone_from_config(cfg)
+    backbone = backbone_from_plan(cfg)
     result = Result(machine=machine(backbone.device))
     print(f"machine: {result.machine}", flush=True)
     if "raw" in chosen:

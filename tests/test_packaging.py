@@ -29,7 +29,8 @@ def test_wheel_contains_configs_and_composes_from_anywhere(tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-c", code],
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == str(tmp_path / "site" / "leukexp" / "conf")
-    job = subprocess.run([sys.executable, "-m", "leukexp.commands.train", "--cfg", "job", "head=svm"], cwd=elsewhere, env=env,
+    job = subprocess.run([sys.executable, "-m", "leukexp.commands.train", "--cfg", "job", "head=svm"],
+                         cwd=elsewhere, env=env,
                          capture_output=True, text=True, timeout=120)
     assert job.returncode == 0, job.stderr
     assert "leukexp.heads.sklearn_head.svm" in job.stdout

@@ -72,7 +72,8 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     assert (folder / "cam" / "panel.png").stat().st_size > 10_000, "the panel of mixed-size images was drawn"
     assert "cam/panel.png" in {a.path for a in client.list_artifacts(run.info.run_id, "cam")}
 
-    predicted = cli("leukexp.commands.predict", str(folder), str(data), "--cam", str(tmp_path / "maps"), "--tta", "flips",
+    predicted = cli("leukexp.commands.predict", str(folder), str(data), "--cam", str(tmp_path / "maps"), "--tta",
+                    "flips",
                     "--out", str(tmp_path / "scores.csv"), cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     images = sorted(p for p in data.rglob("*") if p.is_file())

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from leukexp.errors import LeukexpError
+from leukexp.registry import Registered
 
 _INTERPOLATION = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -118,13 +119,15 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-class Backbone(ABC):
+class Backbone(Registered, ABC):
     """A frozen, pretrained feature extractor.
 
     Implementations declare what the rest of leukexp needs: the feature width, the image preprocessing,
     a fingerprint of everything that changes the features (the feature cache's key), a short label for tags
     and reports, `embed` for a preprocessed batch, and the reference a saved model uses to rebuild it.
-    Device and precision are chosen once with `place`; `embed` always returns float32 on the CPU.
+    Device and precision are chosen once with `place`; `embed` always returns float32 on the CPU. An
+    implementation names its kind (`class TimmBackbone(Backbone, kind="timm")`): saved models may build it, and
+    its `check_config` runs on a config of it before any work.
     """
 
     label: str
@@ -149,6 +152,15 @@ class Backbone(ABC):
     def device(self) -> torch.device:
         """Where `embed` computes: the CPU unless `place` moved the backbone."""
         return torch.device("cpu")
+
+    @classmethod
+    def check_config(cls, config: dict[str, object], key: str) -> None:
+        """A weights file that exists (cheap, before any weights load); implementations add their own checks."""
+        from pathlib import Path
+
+        weights = config.get("weights_file")
+        if isinstance(weights, str) and weights and not Path(weights).expanduser().is_file():
+            raise LeukexpError(f"{key}.weights_file={weights}: no such file; give the path of the weights file")
 
     def parts(self) -> list[Backbone]:
         """The backbones whose features are computed (and cached) separately and concatenated: itself."""

@@ -19,7 +19,7 @@ def member_config(name: str) -> dict[str, Any]:
     return load_option("model", name, key="model.members")
 
 
-class ConcatBackbone(Backbone):
+class ConcatBackbone(Backbone, kind="concat"):
     """The concatenation of its members' features; each member is cached under its own fingerprint.
 
     Args:
@@ -27,6 +27,16 @@ class ConcatBackbone(Backbone):
         pretrained: passed to every member (false: random weights, for tests).
         label: short name for tags and reports (default: the members' labels joined by `+`).
     """
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], key: str) -> None:
+        """Each member's own checks (a member is a model config name or a whole model config)."""
+        from leukexp.backbones.loading import check_backbone
+
+        members = config.get("members")
+        for member in members if isinstance(members, list) else []:
+            member_cfg = member_config(member) if isinstance(member, str) else dict(member)
+            check_backbone(member_cfg, f"{key}.members[{member if isinstance(member, str) else '...'}]")
 
     def __init__(self, members: Sequence[str | Mapping[str, Any]], pretrained: bool = True,
                  label: str | None = None) -> None:

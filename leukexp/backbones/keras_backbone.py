@@ -89,7 +89,7 @@ class KerasPreprocess:
         return f"keras|{self.input_size}|{self.module}|{self.interpolation}"
 
 
-class KerasBackbone(Backbone):
+class KerasBackbone(Backbone, kind="keras"):
     """A `keras.applications` model with `include_top=False, pooling="avg"`, frozen, on TensorFlow.
 
     Weights come from, in order: `weights_file` (a local `.h5`/`.keras`/`.weights.h5` of the same
@@ -104,14 +104,22 @@ class KerasBackbone(Backbone):
         label: short name for tags and reports.
     """
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any], key: str) -> None:
+        """A weights file that exists; `stages` and `pooling` refused (Keras applications give their last stage,
+        average-pooled, only)."""
+        super().check_config(config, key)
+        stages, pooling = config.get("stages"), config.get("pooling", "avg")
+        if stages is not None or pooling != "avg":
+            name = f"{key}.stages" if stages is not None else f"{key}.pooling"
+            raise LeukexpError(f"{name}={stages if stages is not None else pooling!r}: Keras applications give their"
+                               " last stage, average-pooled, only; use a timm model (model=timm model.name=...) for"
+                               " multi-stage features or other pooling")
+
     def __init__(self, application: str = "InceptionV3", pretrained: bool = True,
                  weights_file: str | Path | None = None, input_size: int | None = None,
                  label: str | None = None, stages: object = None, pooling: str = "avg") -> None:
-        if stages is not None or pooling != "avg":
-            key = "model.stages" if stages is not None else "model.pooling"
-            raise LeukexpError(f"{key}={stages if stages is not None else pooling!r}: Keras applications give their"
-                               " last stage, average-pooled, only; use a timm model (model=timm model.name=...) for"
-                               " multi-stage features or other pooling")
+        self.check_config({"stages": stages, "pooling": pooling}, "model")
         keras = import_keras()
         factory = getattr(keras.applications, str(application), None)
         if not callable(factory):

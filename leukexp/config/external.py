@@ -1,4 +1,5 @@
-"""`evaluation.external` resolved to a data config at the run's door: external validation sets (`evaluation.external`): another lab's images, scored by every fold's trained model.
+"""`evaluation.external` resolved to a data config at the run's door (`RunPlan.evaluation.external`): another lab's
+images, scored by every fold's trained model.
 
 `evaluation.external` is null (none), the name of a `data` option (`synthetic_b`, `all4class`), a folder of class
 folders (`evaluation.external=/data/lab_b`), or a mapping of `data` keys: a folder's (`{root: PATH, groups_csv: ...}`),

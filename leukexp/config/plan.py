@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukexp.config.compose import build
 from leukexp.config.schema import setting
+from leukexp.errors import LeukexpError
 
 # the groups a run builds objects from, in the order a run builds them
 COMPONENT_GROUPS = ("data", "task", "fold", "protocol", "augmentation", "stain", "model", "head", "optimizer",
@@ -187,6 +188,8 @@ class RunPlan:
         """The plan of a composed (and validated) config; the job's Hydra runtime gives its group choices."""
         from leukexp.config.identity import run_identity
 
+        for key in sorted(OmegaConf.missing_keys(cfg)):  # `???` left in a key the run reads (`data.root`)
+            raise LeukexpError(f"config key '{key}' has no value: set it on the command line, e.g. {key}=...")
         resolved = OmegaConf.to_container(cfg, resolve=True)
         identity = run_identity(cfg)
         components = {group: Component(group, identity.choices.get(group, str(resolved[group].get("name", "?"))),

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from leukexp.errors import LeukexpError
+from leukexp.registry import Registered
 
 log = logging.getLogger("leukexp")
 MOSAIC_SIDE = 256  # each fitting image is resized to this square before the mosaic is fitted
@@ -32,16 +33,21 @@ def mosaic(images: Sequence[np.ndarray]) -> np.ndarray:
                            for image in images], axis=0)
 
 
-class StainNormalizer(ABC):
+class StainNormalizer(Registered, ABC):
     """How images are brought to one stain before anything else sees them: the contract of every `stain` config.
 
     Attributes:
-        name: short name for tags and the console (`none`, `macenko`, `reinhard`).
+        name: short name for tags and the console (`none`, `macenko`, `reinhard`): its registered kind, the name a
+            saved model keeps it under.
         reference: an image file whose stain every image takes on (None: fitted to training images).
         fit_images: at most this many training images are fitted to when there is no reference.
     """
 
     name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.kind
 
     def __init__(self, reference: str | None = None, fit_images: int = 32) -> None:
         self.reference = reference
@@ -117,10 +123,8 @@ def read_reference(path: str | Path) -> np.ndarray:
                            " well-stained smear") from None
 
 
-class NoStain(StainNormalizer):
+class NoStain(StainNormalizer, kind="none"):
     """Images as they are (`stain=none`)."""
-
-    name = "none"
 
     @property
     def active(self) -> bool:
@@ -146,11 +150,9 @@ class NoStain(StainNormalizer):
         return "stain: none"
 
 
-class Macenko(StainNormalizer):
+class Macenko(StainNormalizer, kind="macenko"):
     """Macenko et al. 2009: stain vectors and their 99th-percentile concentrations in optical density, mapped onto
     the target's (torchstain's NumPy implementation)."""
-
-    name = "macenko"
 
     def __init__(self, reference: str | None = None, fit_images: int = 32) -> None:
         super().__init__(reference, fit_images)
@@ -182,11 +184,9 @@ class Macenko(StainNormalizer):
         return self._method.normalize(image, stains=False)[0]
 
 
-class Reinhard(StainNormalizer):
+class Reinhard(StainNormalizer, kind="reinhard"):
     """Reinhard et al. 2001: each LAB channel's mean and spread matched to the target's (torchstain's NumPy
     implementation)."""
-
-    name = "reinhard"
 
     def __init__(self, reference: str | None = None, fit_images: int = 32) -> None:
         super().__init__(reference, fit_images)
@@ -214,17 +214,11 @@ class Reinhard(StainNormalizer):
         return self._method.normalize(image)
 
 
-METHODS: dict[str, type[StainNormalizer]] = {kind.name: kind for kind in (NoStain, Macenko, Reinhard)}
-
-
 def stain_from_state(saved: dict[str, Any] | None) -> StainNormalizer:
     """A normalizer saved with a model (`to_state`): None or `none` for models without one."""
     if not saved or saved.get("name", "none") == "none":
         return NoStain()
-    kind = METHODS.get(str(saved.get("name")))
-    if kind is None:
-        raise LeukexpError(f"stain {saved.get('name')!r}: unknown method (known: {', '.join(METHODS)})")
-    normalizer = kind()
+    normalizer = StainNormalizer.of_kind(saved.get("name"), "stain")()
     normalizer.load_state(dict(saved.get("target", {})))
     return normalizer
 

@@ -24,7 +24,6 @@ from leukexp.features.cache import LOCK_BUCKETS, FeatureCache, bucket_of
 from leukexp.runtime.process import usable_cores
 
 if TYPE_CHECKING:
-    from leukexp.data.fold_data import FoldData
     from leukexp.data.stain import StainNormalizer
 
 log = logging.getLogger("leukexp")
@@ -224,21 +223,6 @@ def part_caches(backbone: Backbone, cache_dir: str | Path | None, stain: StainNo
     suffix = f"-s{stain.fingerprint()}" if stain is not None and stain.active else ""
     return [FeatureCache(cache_dir, f"{part.fingerprint}-d{DECODER_VERSION}{suffix}", storage)
             if cache_dir is not None else None for part in backbone.parts()]
-
-
-def fold_features(fold_data: FoldData, backbone: Backbone, cache_dir: str | Path | None, batch_size: Setting = "auto",
-                   num_workers: Setting = "auto", storage: str = "float32") -> tuple[Features, str]:
-    """Features of every split of a study (train left out with online views: it sees new views every epoch),
-    and a line saying how the cache did."""
-    samples = fold_data.samples
-    caches = part_caches(backbone, cache_dir, fold_data.stain, storage)
-    splits = ([] if fold_data.augmentation.online else [samples.train]) + [samples.val, samples.test]
-    # one pass over every split: one set of worker processes, full batches
-    every = sample_features(backbone, fold_data.catalog.frame, pd.concat(splits, ignore_index=True),
-                            fold_data.augmentation, caches, batch_size, num_workers, stain=fold_data.stain)
-    *train, val, test = np.split(every, np.cumsum([len(split) for split in splits])[:-1])
-    features = Features(train=train[0] if train else None, val=val, test=test)
-    return features, cache_note(caches)
 
 
 def cache_note(caches: list[FeatureCache | None], what: str = "feature cache") -> str:

@@ -7,11 +7,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from leukexp.registry import Registered
 from leukexp.vocabulary import EPOCH, HISTORY_METRICS
 
 if TYPE_CHECKING:
@@ -71,14 +72,14 @@ class HeadContext:
         return 1 if self.single_logit else self.num_classes
 
 
-class Head(ABC):
+class Head(Registered, ABC):
     """A trainable classifier on frozen backbone features.
 
     Implementations are adapters (one for torch networks trained by Lightning, one for scikit-learn
-    estimators); a new kind of head is one adapter and its `kind` in `leukexp.heads.kinds`.
+    estimators); a new kind of head is one adapter naming its kind (`class TorchHead(Head, kind="torch")`): a
+    saved head is read back by the adapter of its kind (`leukexp.heads.kinds`).
     """
 
-    kind: ClassVar[str]
     best_epoch: int = 0
 
     @abstractmethod

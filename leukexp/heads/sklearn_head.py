@@ -64,7 +64,7 @@ def refused_types(types: set[tuple[str, str]]) -> list[str]:
     return sorted(f"{name} ({loader})" for loader, name in types if name not in SAFE_NODES.get(loader, set()))
 
 
-class SklearnHead(Head):
+class SklearnHead(Head, kind="sklearn"):
     """A scikit-learn classifier on (optionally standardized) features; fitted once, no epochs.
 
     Args:
@@ -73,7 +73,6 @@ class SklearnHead(Head):
         standardize: put a `StandardScaler` in front of it.
     """
 
-    kind = "sklearn"
 
     def __init__(self, context: HeadContext, estimator: BaseEstimator, standardize: bool = True) -> None:
         if not hasattr(estimator, "predict_proba"):

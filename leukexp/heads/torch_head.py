@@ -27,7 +27,7 @@ STEPS_PER_BLOCK = 32
 NVML_CUDA_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
-class TorchHead(Head):
+class TorchHead(Head, kind="torch"):
     """A torch network trained on features with Lightning; the epoch with the best val/acc is kept.
 
     Args:
@@ -36,7 +36,6 @@ class TorchHead(Head):
         network_config: the network's arguments (`hidden`, `dropout`, `activation`), saved for `load`.
     """
 
-    kind = "torch"
 
     def __init__(self, network: nn.Module, context: HeadContext, network_config: dict[str, Any]) -> None:
         self.network = network

@@ -1,6 +1,7 @@
 """Test-time augmentation: each test image scored once, from the mean class probabilities of its views.
 
-The run's step `run.steps.ScoreTestViews` embeds them; the views' features go through the feature cache like any other (the study's `paper` views of a test image
+The run's step `run.steps.ScoreTestViews` embeds them; the views' features go through the feature cache like any
+other (the study's `paper` views of a test image
 are computed once), the head scores every view, and the probabilities are averaged per source image; metrics
 and `predictions.csv` are then per source image.
 """

@@ -62,7 +62,8 @@ def prediction_table(fold_data: FoldData, result: FitResult) -> Predictions:
     )
 
 
-def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbone: Backbone, model_config: dict[str, Any],
+def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbone: Backbone,
+                        model_config: dict[str, Any],
                         result: FitResult, metrics: dict[str, float], cam_per_class: int = 0,
                         external: Predictions | None = None) -> list[Path]:
     """Config, manifest, confusion matrix, predictions (and the external set's), history, figures, the trained model
@@ -85,7 +86,8 @@ def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbo
         optional(RELIABILITY_FILE, figures, lambda: plot_reliability(predictions.labels, predictions.probs,
                                                                      out / RELIABILITY_FILE, title)),
         optional("the MLflow model (model/)", rerun,
-                 lambda: write_model(out / MODEL_DIR, result, backbone, model_config, fold_data.classes, fold_data.stain)),
+                 lambda: write_model(out / MODEL_DIR, result, backbone, model_config, fold_data.classes,
+                                     fold_data.stain)),
     ]
     if cam_per_class:
         optional_files.append(optional(

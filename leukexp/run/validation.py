@@ -7,9 +7,6 @@ by the code that uses them.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.config.schema import MISSING, SCHEMA, Key, any_value, is_int, lookup, setting
@@ -57,53 +54,14 @@ def is_online(option: str) -> bool:
 
 
 def check_model(cfg: DictConfig) -> None:
-    """A timm model name that exists, and a weights file that exists (cheap, before any weights load)."""
+    """The checks the backbone class declares (`Backbone.check_config`: a timm name that exists, stages the
+    architecture has, a weights file that exists, a fusion's members), before any weights load."""
     model = cfg.get("model")
     if model is None:
         return
-    target = str(model.get("_target_", ""))
-    if target.endswith("ConcatBackbone"):
-        from leukexp.backbones.concat import member_config
+    from leukexp.backbones.loading import check_backbone
 
-        members = lookup(cfg, "model.members")
-        for member in members if isinstance(members, list) else []:
-            config = member_config(member) if isinstance(member, str) else member
-            _check_backbone(config, f"model.members[{member if isinstance(member, str) else '...'}]")
-        return
-    _check_backbone(OmegaConf.to_container(model, resolve=True), "model")
-
-
-def _check_backbone(model: dict[str, Any], key: str) -> None:
-    if str(model.get("_target_", "")).endswith("TimmBackbone"):
-        import timm
-
-        name = model.get("name")
-        if name is None or name == "???" or not timm.is_model(name):
-            raise LeukexpError(f"{key}.name={name!r} is not a timm model; see timm.list_models() for names")
-        _check_stages(model, key)
-    elif str(model.get("_target_", "")).endswith("KerasBackbone") and (
-            model.get("stages") is not None or model.get("pooling", "avg") != "avg"):
-        raise LeukexpError(f"{key}.stages / {key}.pooling: Keras applications give their last stage, average-pooled,"
-                           " only; use a timm model for multi-stage features or other pooling")
-    weights = model.get("weights_file")
-    if isinstance(weights, str) and weights and not Path(weights).expanduser().is_file():
-        raise LeukexpError(f"{key}.weights_file={weights}: no such file; give the path of the weights file")
-
-
-def _check_stages(model: dict[str, Any], key: str) -> None:
-    """`model.stages` and `model.pooling` against the architecture, built on the meta device (no weights, no memory)."""
-    import timm
-    import torch
-
-    from leukexp.backbones.timm_backbone import check_pooling, stage_indices
-
-    check_pooling(model.get("pooling", "avg"), f"{key}.pooling")
-    if model.get("stages") is None:
-        return
-    with torch.device("meta"):
-        architecture = timm.create_model(str(model["name"]), pretrained=False, num_classes=0,
-                                         **dict(model.get("model_args") or {}))
-    stage_indices(architecture, model["stages"], f"{key}.stages")
+    check_backbone(OmegaConf.to_container(model, resolve=True), "model")
 
 
 def check_head(cfg: DictConfig) -> None:

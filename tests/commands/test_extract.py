@@ -32,12 +32,12 @@ def entries(root: Path) -> set[str]:
 
 def needed(root: Path) -> set[str]:
     """What the folds' runs ask the cache for: training views, validation and test originals, per fold."""
-    from conftest import compose
+    from conftest import compose, plan_of
     from leukexp.data.fold_data import build_fold_data
 
     wanted = set()
     for fold in range(3):
-        fold_data = build_fold_data(compose(root, *SMALL, f"fold.index={fold}"))
+        fold_data = build_fold_data(plan_of(compose(root, *SMALL, f"fold.index={fold}")))
         keys = fold_data.catalog.frame["sha1"].to_numpy()
         for split in (fold_data.samples.train, fold_data.samples.val, fold_data.samples.test):
             wanted |= {f"{keys[s]}_{fold_data.augmentation.view_fingerprint(int(v))}"

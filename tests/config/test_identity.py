@@ -4,7 +4,6 @@ import pytest
 
 from leukexp.config.compose import default_choices
 from leukexp.config.identity import changes_the_result, configuration_name, cv_group
-from leukexp.tracking.identity import git_commit
 
 
 @pytest.mark.parametrize(("key", "counts"), [
@@ -33,10 +32,6 @@ def test_cv_group_is_the_same_for_every_fold_and_differs_by_configuration() -> N
 
 def test_defaults_fill_groups_without_a_recorded_choice() -> None:
     assert "model=lite" in cv_group({}, [], {"model": "lite"}, 1).split()
-
-
-def test_git_commit_outside_git(tmp_path) -> None:
-    assert git_commit(tmp_path) == "unknown"
 
 
 DEFAULTS = {"data": "synthetic", "task": "multiclass", "fold": "f0", "augmentation": "paper", "protocol": "strict",

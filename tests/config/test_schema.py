@@ -65,3 +65,40 @@ def test_implicit_keys_keep_their_naming_order() -> None:
 def test_lookup_returns_plain_containers(compose_cfg) -> None:
     value = lookup(compose_cfg("model.stages=[1,2]"), "model.stages")
     assert value == [1, 2] and not OmegaConf.is_config(value)
+
+
+def test_a_component_parameter_defaults_where_the_schema_does(compose_cfg) -> None:
+    """A key of a component's group (`model.pooling`, `stain.fit_images`) has one default: the schema's (checked
+    against the YAML above) is also the default of the parameter of the leukexp class the default config builds."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    cfg = compose_cfg()
+    compared = 0
+    for entry in SCHEMA:
+        group, _, parameter = entry.key.partition(".")
+        target = lookup(cfg, f"{group}._target_")
+        if entry.default is MISSING or not parameter or "." in parameter or not str(target).startswith("leukexp."):
+            continue
+        signature = inspect.signature(get_class(target))
+        if parameter in signature.parameters:
+            assert signature.parameters[parameter].default == entry.default, f"{entry.key}: {target}"
+            compared += 1
+    assert compared >= 4, "model.stages, model.pooling, stain.reference and stain.fit_images at least"
+
+
+@pytest.mark.parametrize("where", ["leukexp.features.cache:FeatureCache", "leukexp.features.embed:part_caches"])
+def test_the_feature_storage_default_is_the_schemas(where: str) -> None:
+    import importlib
+    import inspect
+
+    module, name = where.split(":")
+    parameter = inspect.signature(getattr(importlib.import_module(module), name)).parameters["storage"]
+    assert parameter.default == setting_default("features.storage")
+
+
+def setting_default(key: str) -> object:
+    from leukexp.config.schema import describe
+
+    return describe(key).default

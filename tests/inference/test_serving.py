@@ -114,7 +114,8 @@ def test_a_row_without_an_image_is_one_clear_error(study_store: Path) -> None:
 @pytest.mark.slow
 def test_the_registered_model_is_served_over_http(study_store: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{study_store}/mlruns/mlflow.db"
-    report = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "study", "--tracking-uri", uri,
+    report = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "study",
+                             "--tracking-uri", uri,
                              "--out", str(tmp_path / "report"), "--register", "served"], capture_output=True,
                             text=True, timeout=120)
     assert report.returncode == 0, report.stderr[-2000:]

@@ -61,8 +61,10 @@ TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", 
 
 
 def start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "leukexp.commands.train", *args, *TINY], cwd=root, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
+    # hydra.verbose: the run's phase starts are debug lines in its log file (`phase head`: the head is training)
+    return subprocess.Popen([sys.executable, "-m", "leukexp.commands.train", *args, *TINY,
+                             "hydra.verbose=leukexp.phase"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
 
 
 def fold_runs(root: Path) -> list:
@@ -79,14 +81,17 @@ def fold_runs(root: Path) -> list:
         return client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
 
 
+def training(root: Path) -> bool:
+    """Whether a job of this root has started its head (its log file's `phase head` line)."""
+    return any("phase head" in log.read_text(errors="replace") for log in (root / "logs").rglob("*.log"))
+
+
 def stop_while_training(process: subprocess.Popen, root: Path) -> tuple[str, list]:
-    """SIGTERM once a fold run is RUNNING (and training); return stderr and every run of the store."""
+    """SIGTERM once a fold run is RUNNING and its head is training; return stderr and every run of the store."""
     deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if any(r.info.status == "RUNNING" and r.data.tags.get(KIND_TAG) == "fold" for r in fold_runs(root)):
-            break
-        time.sleep(0.5)
-    time.sleep(3)  # into the head's epochs
+    while time.time() < deadline and process.poll() is None and not training(root):
+        time.sleep(0.2)
+    assert any(r.info.status == "RUNNING" and r.data.tags.get(KIND_TAG) == "fold" for r in fold_runs(root))
     assert process.poll() is None, "the run ended before it could be stopped"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)

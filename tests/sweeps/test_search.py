@@ -155,7 +155,8 @@ def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(tmp_path: Path) -> 
 
 def test_a_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
     # a dimension on the command line (as a user sweeps any key), whose key does not exist
-    command = [sys.executable, "-m", "leukexp.commands.train", "-m", "hydra/sweeper=optuna", "head.nope=interval(0,1)", *TINY]
+    command = [sys.executable, "-m", "leukexp.commands.train", "-m", "hydra/sweeper=optuna",
+               "head.nope=interval(0,1)", *TINY]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "CI": "true"})
     assert result.returncode == 2, result.stderr[-2000:]

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.kinds import HEAD_KINDS, load_head
+from leukexp.heads.kinds import head_kinds, load_head
 
 
 def test_known_kinds_are_the_two_adapters() -> None:
-    assert set(HEAD_KINDS) == {"torch", "sklearn"}
+    assert set(head_kinds()) == {"torch", "sklearn"}
 
 
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(LeukexpError, match=r"unknown head kind 'os\.system'"):
+    with pytest.raises(LeukexpError, match=r"unknown kind 'os\.system' \(known: sklearn, torch\)"):
         load_head(tmp_path, {"kind": "os.system"})
