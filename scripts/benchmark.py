@@ -49,7 +49,7 @@ prepare_process()  # before torch loads: the same OpenMP setting as the CLI it i
 
 import torch  # noqa: E402  (after prepare_process, see above)
 
-MEASURES = ("raw", "extraction", "jobs", "load", "sweep", "cold_sweep")
+MEASURES = ("raw", "extraction", "head_loop", "jobs", "load", "sweep", "cold_sweep")
 DEFAULT_HEADS = ("mlp1", "mlp3", "svm", "logreg")
 DONE = re.compile(r"done in ([0-9.]+) s")
 
@@ -65,6 +65,7 @@ class Result:
     load: dict[str, dict[str, float]] = field(default_factory=dict)
     sweep: dict[str, float] = field(default_factory=dict)
     cold_sweep: dict[str, float] = field(default_factory=dict)
+    head_loop: dict[str, float] = field(default_factory=dict)
 
 
 def done_seconds(output: str) -> float | None:
@@ -137,6 +138,44 @@ def measure_extraction(cfg, backbone, cache_dir: Path) -> dict[str, float]:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def measure_head_loop(plan, backbone) -> dict[str, float]:
+    """The limit of a warm run: a bare torch loop of the default head's steps (features -> 128 -> classes, Adam,
+    the run's batch size and epochs, one validation pass per epoch, one thread as the run gives a small head) on the
+    run's own cached features, read from the store first (not timed)."""
+    from torch import nn
+
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.run.embeds import SPLITS, caches_for, find, fold_embeds
+
+    fold_data = build_fold_data(plan)
+    every = find(fold_embeds(plan, fold_data), SPLITS).features(backbone, caches_for(plan, backbone, fold_data.stain),
+                                                                 plan.features)
+    samples = fold_data.samples
+    train_x = torch.from_numpy(every[:len(samples.train)])
+    train_y = torch.from_numpy(samples.train["label_index"].to_numpy())
+    val_x = torch.from_numpy(every[len(samples.train):len(samples.train) + len(samples.val)])
+    epochs, batch = int(plan.trainer.get("max_epochs")), plan.training.batch_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(train_x.shape[1], 128), nn.ReLU(), nn.Linear(128, len(fold_data.classes)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for index in torch.randperm(len(train_x)).split(batch):
+            optimizer.zero_grad()
+            loss_fn(model(train_x[index]), train_y[index]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            model(val_x).softmax(1)
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return {"seconds": seconds, "steps": epochs * -(-len(train_x) // batch), "epochs": epochs}
+
+
 def run_cli(args: list[str], root: Path, load: int = 0) -> dict[str, float]:
     """`leukexp-train ARGS` as a user runs it (optionally beside `load` busy-loop processes): seconds."""
     env = {**os.environ, "LEUKEXP_ROOT": str(root), "COLUMNS": "200"}
@@ -175,8 +214,14 @@ def table(result: Result) -> str:
         lines.append(f"leukexp extraction          {result.extraction['images_per_s']:9.1f} img/s  ratio {ratio:.2f}"
                      f"  ({int(result.extraction['views'])} views in {result.extraction['seconds']:.1f} s,"
                      f" peak RSS {result.extraction['peak_rss_mb']:.0f} MB)")
+    if result.head_loop:
+        loop = result.head_loop
+        lines.append(f"bare head loop (mlp1 steps) {loop['seconds']:7.1f} s  ({int(loop['steps'])} steps,"
+                     f" {int(loop['epochs'])} epochs)")
     for head, job in result.jobs.items():
         line = f"warm job head={head:<13} {job['run_s']:7.1f} s in run, {job['wall_s']:6.1f} s wall"
+        if head == "mlp1" and result.head_loop:
+            line += f"  ({job['run_s'] / result.head_loop['seconds']:.2f}x the bare head loop)"
         if head in result.load:
             loaded = result.load[head]
             line += (f" | under 2-process load {loaded['run_s']:6.1f} s in run"
@@ -377,6 +422,9 @@ def main(argv: list[str] | None = None) -> Result:
             result.raw |= {"images_per_s_before": before, "images_per_s_after": after,
                            "images_per_s": (before + after) / 2}
             print(f"raw forward again: {after:.1f} img/s", flush=True)
+    if "head_loop" in chosen:
+        result.head_loop = measure_head_loop(cfg, backbone)
+        print(f"bare head loop: {result.head_loop}", flush=True)
     for head in args.heads if "jobs" in chosen else []:
         fresh_store(root)
         result.jobs[head] = run_cli([*overrides, f"head={head}"], root)

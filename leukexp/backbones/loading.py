@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from leukexp.backbones import concat, keras_backbone, timm_backbone  # noqa: F401 - each registers its kind
+import leukexp.backbones
 from leukexp.backbones.base import Backbone
 from leukexp.config.compose import build
 from leukexp.errors import LeukexpError
 
 
+def backbone_kinds() -> dict[str, type[Backbone]]:
+    """Every backbone kind: each module of this package is imported (once), and its classes register themselves,
+    so a new backbone module is found without an edit here."""
+    for module in pkgutil.iter_modules(leukexp.backbones.__path__):
+        importlib.import_module(f"leukexp.backbones.{module.name}")
+    return Backbone.kinds()
+
+
 def allowed_targets() -> frozenset[str]:
     """Every `_target_` a saved model's backbone config may name: the registered backbone classes and what they
     also allow (the offline weight files)."""
+    backbone_kinds()
     return Backbone.allowed_targets()
 
 
 def backbone_class(config: Mapping[str, Any]) -> type[Backbone] | None:
     """The registered backbone class a config's `_target_` names (None for any other target)."""
     target = str(config.get("_target_", ""))
-    return next((cls for cls in Backbone.kinds().values() if f"{cls.__module__}.{cls.__qualname__}" == target), None)
+    return next((cls for cls in backbone_kinds().values() if f"{cls.__module__}.{cls.__qualname__}" == target), None)
 
 
 def check_backbone(config: Mapping[str, Any], key: str = "model") -> None:

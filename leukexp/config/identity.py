@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -20,8 +21,19 @@ from leukexp.config import schema
 from leukexp.config.compose import config_dir
 from leukexp.vocabulary import NAME_ORDER, NON_IDENTITY_GROUPS, RUN_NAME_SEPARATOR, SWEPT_KEYS_ENV
 
-if TYPE_CHECKING:
-    from leukexp.config.plan import Identity
+
+@dataclass(frozen=True)
+class Identity:
+    """What identifies the run's configuration: the group choices, the overrides that count, `cv_group`, the name.
+
+    `choices` holds every group the job composed; `overrides` the command line's plus the implicit tokens of an
+    experiment file (`config.identity.implicit_tokens`).
+    """
+
+    choices: Mapping[str, str]
+    overrides: tuple[str, ...]
+    cv_group: str
+    name: str
 
 
 @functools.cache
@@ -122,7 +134,6 @@ def run_identity(cfg: DictConfig) -> Identity:
     from types import MappingProxyType
 
     from leukexp.config.compose import default_choices
-    from leukexp.config.plan import Identity
 
     choices = group_choices()
     if not choices:

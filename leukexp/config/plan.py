@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.config.compose import build
+from leukexp.config.identity import Identity, run_identity
 from leukexp.config.schema import setting
 from leukexp.errors import LeukexpError
 
@@ -147,20 +148,6 @@ class Paths:
 
 
 @dataclass(frozen=True)
-class Identity:
-    """What identifies the run's configuration: the group choices, the overrides that count, `cv_group`, the name.
-
-    `choices` holds every group the job composed; `overrides` the command line's plus the implicit tokens of an
-    experiment file (`config.identity.implicit_tokens`).
-    """
-
-    choices: Mapping[str, str]
-    overrides: tuple[str, ...]
-    cv_group: str
-    name: str
-
-
-@dataclass(frozen=True)
 class RunPlan:
     """One run, typed and frozen: its components, settings, folders and identity."""
 
@@ -186,8 +173,6 @@ class RunPlan:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunPlan:
         """The plan of a composed (and validated) config; the job's Hydra runtime gives its group choices."""
-        from leukexp.config.identity import run_identity
-
         for key in sorted(OmegaConf.missing_keys(cfg)):  # `???` left in a key the run reads (`data.root`)
             raise LeukexpError(f"config key '{key}' has no value: set it on the command line, e.g. {key}=...")
         resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -198,7 +198,9 @@ def aggregate(client: MlflowClient, experiment_id: str, parent_id: str, n_splits
     """Aggregates and figures of the finished folds on the parent; True when every fold has finished.
 
     A partial study shows what is known: `cv/folds_finished`, the aggregates over the finished folds and the
-    tag `leukexp.study=incomplete`. The parent stays RUNNING while a fold runs, and is FINISHED otherwise.
+    tag `leukexp.study=incomplete`. The pooled figures (mean confusion matrix, every fold's ROC) are drawn from two
+    finished folds on: of one fold they would repeat that fold run's own. The parent stays RUNNING while a fold
+    runs, and is FINISHED otherwise.
     """
     children = fold_runs(client, experiment_id, parent_id)
     complete = len(children) >= n_splits
@@ -208,7 +210,7 @@ def aggregate(client: MlflowClient, experiment_id: str, parent_id: str, n_splits
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             predictions = {}
-            for fold, run in sorted(children.items()):
+            for fold, run in sorted(children.items()) if len(children) > 1 else ():
                 folder = out / f"download-{fold}"
                 folder.mkdir()
                 try:

@@ -71,6 +71,7 @@ def test_a_partial_study_shows_what_is_known_then_completes(tmp_path: Path) -> N
     assert partial.data.metrics[cv_metric(TEST_ACC, "mean")] == 0.5 and partial.data.metrics[FOLDS_FINISHED_METRIC] == 1
     assert partial.data.tags[STUDY_TAG] == "incomplete (1/2 folds)"
     assert partial.info.status == "FINISHED", "nothing runs: the parent is not left RUNNING"
+    assert {a.path for a in client.list_artifacts(parent)} == {"cv_folds.csv"}, "one fold's figures are its own"
     running = child(logger, parent, "f1", 1.0, tmp_path, status="RUNNING")
     assert not aggregate(client, logger.experiment_id, parent, 2)
     assert client.get_run(parent).info.status == "RUNNING", "a fold still runs"
