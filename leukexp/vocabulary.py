@@ -74,6 +74,8 @@ TEST = "test/"
 # metrics of the external validation set (`evaluation.external`): the test metrics' names under this stage
 EXTERNAL = "external/"
 BEST = "best/"
+# bags: measures of the instances inside the bags (where the data gives instances their own labels)
+INSTANCE = "instance/"
 CV = "cv/"
 # metric names: a stage and a measure (`test/acc`, `val/loss`), per class `test/f1/<class>`; `best/` + a history
 # metric is its value at the selected epoch, `cv/` + a fold metric + `_mean` (`_std`, ...) a CV parent's aggregate
@@ -147,6 +149,9 @@ GROUPS_PARAM = "data.groups_csv"
 # the external validation set's predictions (one row per image, the predictions.csv schema)
 EXTERNAL_PREDICTIONS_FILE = "external_predictions.csv"
 HISTORY_FILE = "history.csv"
+# bags: every test instance's weight in its bag's prediction, and the pictures of what decided
+ATTENTION_FILE = "attention.csv"
+ATTENTION_DIR = "attention"
 CONFUSION_FILE = "confusion_matrix.csv"
 RELIABILITY_FILE = "calibration.png"
 MODEL_DIR = "model"

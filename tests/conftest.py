@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -228,3 +229,19 @@ def compose_plan(compose_cfg: Callable[..., DictConfig]) -> Callable[..., object
         return plan_of(compose_cfg(*overrides, root=root))
 
     return build
+
+
+class PerImage(SimpleNamespace):
+    """The parts of a fold's data the steps read, for samples scored one by one."""
+
+    def __init__(self, samples: object, classes: list[str], positive: str | None) -> None:
+        super().__init__(samples=samples, classes=classes, task=SimpleNamespace(positive_class=positive), bags=None)
+
+    def labels(self, name: str) -> np.ndarray:
+        return getattr(self.samples, name)["label_index"].to_numpy()
+
+    def offsets(self, name: str) -> None:
+        return None
+
+    def instance_labels(self, name: str) -> None:
+        return None

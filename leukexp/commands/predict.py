@@ -3,6 +3,9 @@
 MODEL is a run folder (or its `model/`), `runs:/<run id>/model` or `models:/NAME/VERSION` on the tracking
 store; IMAGES are files or folders (searched recursively), read as in training. Optional test-time
 augmentation (`--tta paper|flips`: the mean of the views' probabilities) and activation maps (`--cam DIR`).
+
+With a bag model (an aggregator, `bags=images`): a folder of one patient's images is one bag, a folder of such
+folders one bag each; one diagnosis per bag, and each image's weight in `<out>_attention.csv`.
 """
 
 from __future__ import annotations
@@ -120,6 +123,63 @@ def score(classifier: Classifier, paths: list[Path], views: Augmentation | None 
     return frame, images, bad
 
 
+def collect_bags(inputs: list[str]) -> dict[str, list[Path]]:
+    """Bags of images for an aggregator: a folder whose sub-folders hold images is a folder of bags (one per
+    sub-folder: a folder of patient folders); a folder holding images is one bag; loose files are one bag."""
+    bags: dict[str, list[Path]] = {}
+    loose: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            loose.extend(collect_images([item]))
+            continue
+        inner = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        own = [p for p in path.iterdir() if is_image_file(p)]
+        for folder in ([] if own else inner):
+            bags[folder.name] = collect_images([str(folder)])
+        if own or not inner:
+            bags[path.name] = collect_images([str(path)])
+    if loose:
+        bags["images"] = loose
+    return bags
+
+
+def score_bags(classifier: Classifier, bags: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per bag (bag, instances, predicted, p_<class>, decision) and every image's weight in its bag."""
+    rows, weights = [], []
+    for name, paths in bags.items():
+        probs, attention = classifier.predict_bag([read_image(p) for p in paths])
+        rows.append((name, len(paths), probs))
+        weights.append(pd.DataFrame({"bag": name, "file": [str(p) for p in paths], "weight": attention}))
+    probs = np.stack([row[2] for row in rows])
+    frame = probability_frame(probs, classifier.classes, classifier.decisions(probs))
+    frame.insert(0, "instances", [row[1] for row in rows])
+    frame.insert(0, "bag", [row[0] for row in rows])
+    table = pd.concat(weights, ignore_index=True)
+    table["rank"] = table.groupby("bag")["weight"].rank(ascending=False, method="first").astype(int)
+    return frame, table.sort_values(["bag", "rank"], kind="stable")
+
+
+def predict_bags(classifier: Classifier, inputs: list[str], out: Path) -> None:
+    """`leukexp-predict` with an aggregator: a diagnosis per bag, and the attention table beside `out`."""
+    bags = collect_bags(inputs)
+    empty = [name for name, paths in bags.items() if not paths]
+    if empty:
+        raise LeukexpError(f"bag {empty[0]}: no images in it; give a folder of images (one patient) or a folder of"
+                           " such folders")
+    frame, table = score_bags(classifier, bags)
+    attention = out.with_name(f"{out.stem}_attention.csv")
+    with atomic_path(out) as staging:
+        frame.to_csv(staging, index=False)
+    with atomic_path(attention) as staging:
+        table.to_csv(staging, index=False)
+    for _, row in frame.iterrows():
+        sure = row[f"p_{row['predicted']}"]
+        decision = f", decision {row['decision']}" if "decision" in frame else ""
+        console.print(f"{row['bag']}: {row['predicted']} (p {sure:.3f}{decision}; {row['instances']} images)")
+    console.print(f"wrote {len(frame)} bag prediction(s) to {out} and the images' weights to {attention}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry of `leukexp-predict`: 0 when every image was scored."""
     parser = argparse.ArgumentParser(prog="leukexp-predict", description=__doc__.splitlines()[0])
@@ -139,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare_process()
     with user_errors("leukexp-predict"):
         classifier = load_classifier(resolve_model(args.model, args.tracking_uri))
+        if classifier.scores_bags:
+            predict_bags(classifier, args.images, args.out)
+            return 0
         paths = collect_images(args.images)
         frame, images, bad = score(classifier, paths, tta_views(args.tta), args.batch_size)
         with atomic_path(args.out) as staging:

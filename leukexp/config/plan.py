@@ -23,9 +23,11 @@ from leukexp.config.schema import setting
 from leukexp.errors import LeukexpError
 
 # the groups a run builds objects from, in the order a run builds them
-COMPONENT_GROUPS = ("data", "task", "fold", "protocol", "augmentation", "stain", "model", "head", "optimizer",
-                    "trainer")
-NO_STAIN = {"_target_": "leukexp.data.stain.NoStain"}
+COMPONENT_GROUPS = ("data", "task", "fold", "protocol", "augmentation", "stain", "bags", "model", "head",
+                    "optimizer", "trainer")
+# the choice of a group a config may lack (composed before the group existed)
+ABSENT_DEFAULTS = {"stain": {"_target_": "leukexp.data.stain.NoStain"},
+                   "bags": {"_target_": "leukexp.data.bags.NoBags"}}
 
 
 def _frozen(value: Any) -> Any:
@@ -180,8 +182,8 @@ class RunPlan:
         components = {group: Component(group, identity.choices.get(group, str(resolved[group].get("name", "?"))),
                                        _frozen(resolved[group]))
                       for group in COMPONENT_GROUPS if group in resolved}
-        if "stain" not in components:
-            components["stain"] = Component("stain", "none", _frozen(NO_STAIN))
+        for group, node in ABSENT_DEFAULTS.items():
+            components.setdefault(group, Component(group, "none", _frozen(node)))
         return cls(
             seed=int(cfg.seed),
             components=MappingProxyType(components),

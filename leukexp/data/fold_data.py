@@ -8,10 +8,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from leukexp.config.plan import RunPlan
 from leukexp.data.augment import Augmentation
+from leukexp.data.bags import Bags, BagTable
 from leukexp.data.protocol import Protocol, Samples
 from leukexp.data.sources import Catalog, FolderSource
 from leukexp.data.splits import FoldSpec, assign_splits, manifest, split_summary
@@ -34,6 +36,40 @@ class FoldData:
     split: pd.Series
     samples: Samples
     stain: StainNormalizer = dataclasses.field(default_factory=NoStain)
+    bags: BagTable | None = None  # with `bags=images|tiles`: the bags; samples are then instance rows with a `unit`
+    views: Augmentation | None = None  # what instances are embedded through (tiles crop first); None: augmentation
+
+    @property
+    def instance_views(self) -> Augmentation:
+        """The views samples are embedded through."""
+        return self.views if self.views is not None else self.augmentation
+
+    def part(self, name: str) -> pd.DataFrame:
+        """The samples of split `name` (`train`, `val`, `test`)."""
+        return getattr(self.samples, name)
+
+    def labels(self, name: str) -> np.ndarray:
+        """Class indices of a split's samples (with bags: of its bags, one per unit)."""
+        part = self.part(name)
+        if self.bags is None:
+            return part["label_index"].to_numpy()
+        return part.drop_duplicates("unit")["label_index"].to_numpy()
+
+    def offsets(self, name: str) -> np.ndarray | None:
+        """With bags: where each unit's instance rows start (and, last, the number of rows); else None."""
+        if self.bags is None:
+            return None
+        sizes = self.part(name).groupby("unit", sort=True).size().to_numpy()
+        return np.concatenate([[0], np.cumsum(sizes)])
+
+    def instance_labels(self, name: str) -> np.ndarray | None:
+        """With bags: each instance's own class index (-1 where the data gives none); else None."""
+        return None if self.bags is None else self.part(name)["instance_index"].to_numpy()
+
+    def bag_names(self, name: str) -> np.ndarray:
+        """The bag of each unit of a split."""
+        part = self.part(name).drop_duplicates("unit")
+        return self.bags.bags["bag"].to_numpy()[part["bag_index"].to_numpy()]
 
     @property
     def classes(self) -> list[str]:
@@ -41,8 +77,13 @@ class FoldData:
         return self.catalog.classes
 
     def manifest(self) -> pd.DataFrame:
-        """One row per source image: file, label, group, split, content hash."""
-        return manifest(self.catalog.frame, self.split)
+        """One row per source image: file, label, group, split, content hash (and its bag, with bags)."""
+        table = manifest(self.catalog.frame, self.split)
+        if self.bags is not None:
+            table.insert(3, "bag", self.catalog.frame["bag"].to_numpy())
+            tiles = self.bags.instances.groupby("source").size()
+            table.insert(4, "instances", tiles.reindex(range(len(table)), fill_value=0).to_numpy())
+        return table
 
     def data_fingerprint(self) -> str:
         """Hash of the images, labels and groups (not the split): 'the same data' for resume and CV groups."""
@@ -61,17 +102,52 @@ class FoldData:
 
 
 def build_fold_data(plan: RunPlan) -> FoldData:
-    """Instantiate the plan's data, task, fold, protocol, augmentation and stain, build the split and fit the stain
-    normalizer to the fold's training images (or its reference)."""
+    """Instantiate the plan's data, task, fold, protocol, augmentation, stain and bags, build the split (over bags,
+    with bags) and fit the stain normalizer to the fold's training images (or its reference)."""
     task: Task = plan.task.build(_convert_="all")
     source: FolderSource = plan.data.build(_convert_="all")
     fold: FoldSpec = plan.fold.build()
     protocol: Protocol = plan.protocol.build()
     augmentation = plan.augmentation.build(_convert_="all")
+    bagging: Bags = plan.bags.build()
+    bagging.prepare(source)
     catalog = source.scan(task)
-    split = assign_splits(catalog.frame, fold)
-    samples = protocol.build(catalog.frame, split, augmentation.n_views, len(catalog.classes))
+    table, views = None, None
+    if bagging.active:
+        table = bagging.table(catalog, plan.paths.cache_dir)
+        views = bagging.views(augmentation)
+        split, samples = bag_split(catalog, table, fold, augmentation, bagging, views)
+    else:
+        split = assign_splits(catalog.frame, fold)
+        samples = protocol.build(catalog.frame, split, augmentation.n_views, len(catalog.classes))
     stain: StainNormalizer = plan.stain.build()
     train = catalog.frame.iloc[samples.train["source"].unique()]
     stain.fit_to_study(train["path"].tolist(), train["sha1"].tolist())
-    return FoldData(task, catalog, fold, protocol, augmentation, split, samples, stain)
+    return FoldData(task, catalog, fold, protocol, augmentation, split, samples, stain, table, views)
+
+
+def bag_split(catalog: Catalog, table: BagTable, fold: FoldSpec, augmentation: Augmentation, bagging: Bags,
+              views: Augmentation) -> tuple[pd.Series, Samples]:
+    """Folds drawn over bags (stratified by bag label; a bag, and a group of bags, never straddles), then the
+    instance rows of each split: training bags once per view of the augmentation (a unit per bag and view),
+    validation and test bags as they are (a unit per bag)."""
+    bags = table.bags
+    groups = catalog.frame.groupby("bag", sort=False)["group"].first()
+    per_bag = assign_splits(pd.DataFrame({"label": bags["label"], "group": bags["bag"].map(groups)}), fold)
+    split = pd.Series(catalog.frame["bag"].map(dict(zip(bags["bag"], per_bag, strict=True))).to_numpy(),
+                      index=catalog.frame.index)
+    class_index = {label: i for i, label in enumerate(catalog.classes)}
+    instances = table.instances.assign(
+        label_index=bags["label_index"].to_numpy()[table.instances["bag_index"].to_numpy()],
+        instance_index=table.instances["instance_label"].map(class_index).fillna(-1).astype(int))
+    parts = {}
+    for name in ("train", "val", "test"):
+        chosen = instances[instances["bag_index"].map(dict(enumerate(per_bag))) == name]
+        n_views = augmentation.n_views if name == "train" else 1
+        rows = [chosen.assign(view=[bagging.view_of(t, v, views) for t in chosen["tile"]], bag_view=v)
+                for v in range(n_views)]
+        frame = pd.concat(rows, ignore_index=True).sort_values(["bag_index", "bag_view", "source", "tile"],
+                                                               kind="stable")
+        frame["unit"] = frame.groupby(["bag_index", "bag_view"], sort=False).ngroup()
+        parts[name] = frame.drop(columns="bag_view").reset_index(drop=True)
+    return split, Samples(parts["train"], parts["val"], parts["test"])

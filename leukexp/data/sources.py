@@ -20,7 +20,8 @@ from leukexp.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-CATALOG_COLUMNS = ["path", "file", "folder", "label", "label_index", "group", "sha1"]
+# `bag`: the bag an image belongs to (its bag folder, else its group), read by `bags=images|tiles`
+CATALOG_COLUMNS = ["path", "file", "folder", "label", "label_index", "group", "bag", "sha1"]
 
 
 @dataclass
@@ -55,6 +56,8 @@ class FolderSource:
         read_threads: threads used to read and verify images.
         digest_cache: a folder where the content hashes of verified images are kept by path, size and
             modification time: a later scan reads only new or changed files (None: read every file every time).
+        bag_folders: read `root/<class>/<bag>/<images>` instead: each sub-folder of a class folder is one bag
+            (a patient or a smear), its group (`<class>/<bag>`); set by `bags=images` (`data.bags.ImageBags`).
     """
 
     root: str | Path | None = None
@@ -64,6 +67,7 @@ class FolderSource:
     read_threads: int = 4
     name: str = "folder"
     digest_cache: str | Path | None = None
+    bag_folders: bool = False
 
     def prepare(self) -> Path:
         """Return the folder to scan (sources that generate images do so here)."""
@@ -83,6 +87,9 @@ class FolderSource:
         for folder in class_dirs:
             label = task.resolve_folder(folder.name)
             if label is None:
+                continue
+            if self.bag_folders:
+                rows.extend(self._bag_rows(root, folder, label))
                 continue
             nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
             if nested:
@@ -105,10 +112,32 @@ class FolderSource:
         frame = pd.DataFrame(rows)
         classes = task.resolve_classes(frame["label"].unique())
         frame["label_index"] = frame["label"].map({label: i for i, label in enumerate(classes)})
-        frame["group"] = self._groups(root, frame)
+        frame["group"] = frame["bag"] if self.bag_folders else self._groups(root, frame)
+        frame["bag"] = frame["group"].copy()  # before copies tie their groups together: a bag keeps its images
         duplicates = _resolve_duplicates(frame)
         frame = frame[CATALOG_COLUMNS].reset_index(drop=True)
         return Catalog(root=root, classes=classes, frame=frame, skipped=notes + skipped, duplicates=duplicates)
+
+    def _bag_rows(self, root: Path, folder: Path, label: str) -> list[dict[str, object]]:
+        """The images of every bag folder of one class folder (`<class>/<bag>/<images>`): one line for a class
+        folder without bags, a bag without images, or images lying loose in the class folder."""
+        loose = [p.name for p in folder.iterdir() if is_image_file(p, tuple(self.extensions))]
+        if loose:
+            raise LeukexpError(f"{folder}: images lie directly in the class folder (e.g. {sorted(loose)[0]}); with"
+                               " bags=images put each bag's images in its own folder: <class>/<bag>/<images>")
+        bags = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not bags:
+            raise LeukexpError(f"class folder {folder} has no bag folders; with bags=images each bag (a patient, a"
+                               " smear) is a folder of images: <class>/<bag>/<images>")
+        rows = []
+        for bag in bags:
+            files = sorted(p for p in bag.iterdir() if is_image_file(p, tuple(self.extensions)))
+            if not files:
+                raise LeukexpError(f"bag folder {bag} has no images ({', '.join(self.extensions)}); add its images"
+                                   " or remove the folder")
+            rows.extend({"path": str(p), "file": p.relative_to(root).as_posix(), "folder": folder.name,
+                         "label": label, "bag": f"{folder.name}/{bag.name}"} for p in files)
+        return rows
 
     def _verify(self, rows: list[dict[str, object]], known: dict[str, str] | None = None
                 ) -> tuple[list[dict[str, object]], list[str]]:

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -23,11 +23,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Split:
-    """The labelled samples of one split: their features, or (online views) a dataset of images."""
+    """The labelled samples of one split: their features, or (online views) a dataset of images.
+
+    For bags, `labels` are the bags' and `features` the instances' in bag order; `bags` holds the offsets of each
+    bag's rows (bag i is rows `bags[i]:bags[i+1]`) and `instance_labels` each instance's own class index (-1 where
+    it has none).
+    """
 
     labels: np.ndarray
     features: np.ndarray | None = None
     images: Dataset | None = None
+    bags: np.ndarray | None = None
+    instance_labels: np.ndarray | None = None
 
 
 @dataclass
@@ -81,6 +88,8 @@ class Head(Registered, ABC):
     """
 
     best_epoch: int = 0
+    # an aggregator scores bags (`predict_proba(features, bags)`, `attention(features, bags)`); others score rows
+    aggregates: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, train: Split, val: Split) -> pd.DataFrame:

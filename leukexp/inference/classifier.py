@@ -79,10 +79,22 @@ class Classifier:
         return np.concatenate(features, axis=1)
 
     def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities (images, classes) for 8-bit RGB images."""
+        """Class probabilities (images, classes) for 8-bit RGB images (an aggregator's: (1, classes), the images
+        taken as one bag)."""
         if not images:
             return np.zeros((0, len(self.classes)))
         return apply_temperature(self.head.predict_proba(self.embed(images)), self.temperature)
+
+    @property
+    def scores_bags(self) -> bool:
+        """Whether the head is an aggregator (one prediction per bag of images)."""
+        return bool(self.head.aggregates)
+
+    def predict_bag(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """One bag of 8-bit RGB images: its class probabilities (classes,) and each image's weight in them."""
+        features = self.embed(images)
+        probs = apply_temperature(self.head.predict_proba(features), self.temperature)[0]
+        return probs, self.head.attention(features)  # type: ignore[attr-defined]
 
     def decisions(self, probs: np.ndarray) -> list[str] | None:
         """The screening decision per row of `probs` at the operating point (None without one)."""

@@ -26,20 +26,22 @@ from leukexp.inference.classifier import Classifier, load_classifier
 from leukexp.vocabulary import DECISION_COLUMN, LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX
 
 
-def signature(classes: list[str], decision: bool = False) -> Any:
-    """Input: `path` or `image` (base64) per row; output: `predicted`, one probability per class and (a model with
-    an operating point) the screening `decision`."""
+def signature(classes: list[str], decision: bool = False, bags: bool = False) -> Any:
+    """Input: `path` or `image` (base64) per row (and, for a bag model, the row's `bag`); output: (a bag model: the
+    `bag`,) `predicted`, one probability per class and (a model with an operating point) the screening `decision`."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([ColSpec("string", "path", required=False), ColSpec("string", "image", required=False)])
-    outputs = Schema([ColSpec("string", "predicted"),
+    inputs = Schema([ColSpec("string", "path", required=False), ColSpec("string", "image", required=False),
+                     *([ColSpec("string", "bag", required=False)] if bags else [])])
+    outputs = Schema([*([ColSpec("string", "bag")] if bags else []), ColSpec("string", "predicted"),
                       *(ColSpec("double", f"{PROBABILITY_PREFIX}{c}") for c in classes),
                       *([ColSpec("string", DECISION_COLUMN)] if decision else [])])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def save_model(path: Path, classifier_dir: Path, classes: list[str], decision: bool = False) -> Path:
+def save_model(path: Path, classifier_dir: Path, classes: list[str], decision: bool = False,
+               bags: bool = False) -> Path:
     """Write an MLflow pyfunc model at `path` holding the classifier folder as its data."""
     import mlflow.pyfunc
 
@@ -51,7 +53,8 @@ def save_model(path: Path, classifier_dir: Path, classes: list[str], decision: b
         data = Path(tmp) / MODEL_DATA_DIR  # the folder's name inside the model: `data/classifier`
         shutil.copytree(classifier_dir, data)
         mlflow.pyfunc.save_model(path=str(path), loader_module=LOADER_MODULE, data_path=str(data),
-                                 signature=signature(classes, decision), pip_requirements=[f"leukexp=={__version__}"])
+                                 signature=signature(classes, decision, bags),
+                                 pip_requirements=[f"leukexp=={__version__}"])
     return path
 
 
@@ -71,10 +74,26 @@ class LeukexpModel:
         self.classifier = classifier
 
     def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """One row per input row: the predicted class and a probability per class."""
-        images = [self._image(row) for row in pd.DataFrame(model_input).to_dict("records")]
+        """One row per input row: the predicted class and a probability per class. A bag model (an aggregator)
+        takes a bag: the rows sharing a `bag` value (all rows when there is no `bag` column) give one row, in the
+        order bags first appear."""
+        frame = pd.DataFrame(model_input)
+        if self.classifier.scores_bags:
+            return self._predict_bags(frame)
+        images = [self._image(row) for row in frame.to_dict("records")]
         probs = self.classifier.predict_proba(images)
         return probability_frame(probs, self.classifier.classes, self.classifier.decisions(probs))
+
+    def _predict_bags(self, frame: pd.DataFrame) -> pd.DataFrame:
+        bags = frame["bag"].astype(str) if "bag" in frame else pd.Series("bag", index=frame.index)
+        names, rows = [], []
+        for name, part in frame.groupby(bags, sort=False):
+            names.append(name)
+            rows.append(self.classifier.predict_bag([self._image(row) for row in part.to_dict("records")])[0])
+        probs = np.stack(rows)
+        result = probability_frame(probs, self.classifier.classes, self.classifier.decisions(probs))
+        result.insert(0, "bag", names)
+        return result
 
     @staticmethod
     def _image(row: dict[str, Any]) -> np.ndarray:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from leukexp.evaluation.metrics import confusion
 from leukexp.evaluation.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from leukexp.vocabulary import (
@@ -51,7 +53,12 @@ def optional(name: str, redo: str, write: Callable[[], Path | None]) -> Path | N
 
 
 def prediction_table(fold_data: FoldData, result: FitResult) -> Predictions:
-    """The test samples' predictions in the `predictions.csv` schema."""
+    """The test samples' predictions in the `predictions.csv` schema (with bags: one row per bag, its name in the
+    `file` column)."""
+    if fold_data.bags is not None:
+        names = fold_data.bag_names("test")
+        return Predictions(files=names, views=np.zeros(len(names), int), labels=fold_data.labels("test"),
+                           probs=result.test_probs, classes=fold_data.classes)
     test = fold_data.samples.test
     return Predictions(
         files=fold_data.catalog.frame["file"].to_numpy()[test["source"].to_numpy()],
@@ -89,7 +96,7 @@ def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbo
                  lambda: write_model(out / MODEL_DIR, result, backbone, model_config, fold_data.classes,
                                      fold_data.stain)),
     ]
-    if cam_per_class:
+    if cam_per_class and fold_data.bags is None:  # with bags the attention pictures show what decided
         optional_files.append(optional(
             "the activation-map panel (cam/panel.png)",
             f"Make maps later with: leukexp-predict {out} IMAGES --cam DIR",
@@ -131,4 +138,5 @@ def write_model(path: Path, result: FitResult, backbone: Backbone, model_config:
     with tempfile.TemporaryDirectory() as tmp:
         classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes,
                                      result.temperature, result.operating_point, stain)
-        return save_model(path, classifier, classes, decision=result.operating_point is not None)
+        return save_model(path, classifier, classes, decision=result.operating_point is not None,
+                          bags=result.head.aggregates)

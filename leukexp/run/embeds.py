@@ -61,7 +61,7 @@ def fold_embeds(plan: RunPlan, fold_data: FoldData, external: Catalog | None = N
     """Every set of embeddings the fold's run asks for, in the order it asks."""
     samples, frame, stain = fold_data.samples, fold_data.catalog.frame, fold_data.stain
     splits = ([] if fold_data.augmentation.online else [samples.train]) + [samples.val, samples.test]
-    embeds = [Embeds(SPLITS, frame, pd.concat(splits, ignore_index=True), fold_data.augmentation, stain)]
+    embeds = [Embeds(SPLITS, frame, pd.concat(splits, ignore_index=True), fold_data.instance_views, stain)]
     views = scoring_views(plan)
     if plan.evaluation.tta != "none":
         embeds.append(Embeds(TEST_VIEWS, frame, view_samples(samples.test, views.n_views), views, stain))

@@ -1,4 +1,4 @@
-"""Training a head on a study's features and predicting its validation and test samples."""
+"""Training a head on a fold's features and predicting its validation and test samples (or bags)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from leukexp.data.protocol import Samples
+from leukexp.data.fold_data import FoldData
 from leukexp.evaluation.operating import OperatingPoint
 from leukexp.features.embed import Features
 from leukexp.heads.base import Head, Split
@@ -27,10 +27,19 @@ class FitResult:
     operating_point: OperatingPoint | None = None  # the decision threshold chosen on validation (positive class)
 
 
-def fit_head(head: Head, samples: Samples, features: Features, train_images: Dataset | None = None) -> FitResult:
+def split_of(fold_data: FoldData, name: str, features: np.ndarray | None, images: Dataset | None = None) -> Split:
+    """One split's labels and features (for bags: the bags' labels, their instances' features and offsets)."""
+    return Split(fold_data.labels(name), features, images, fold_data.offsets(name), fold_data.instance_labels(name))
+
+
+def predict(head: Head, split: Split) -> np.ndarray:
+    """The head's probabilities of a split's samples (an aggregator's: of its bags)."""
+    return head.predict_proba(split.features, split.bags) if head.aggregates else head.predict_proba(split.features)
+
+
+def fit_head(head: Head, fold_data: FoldData, features: Features, train_images: Dataset | None = None) -> FitResult:
     """Train `head` on the fold's training samples (features, or images for online views), predict val and test."""
-    train = Split(samples.train["label_index"].to_numpy(), features.train, train_images)
-    val = Split(samples.val["label_index"].to_numpy(), features.val)
+    train = split_of(fold_data, "train", features.train, train_images)
+    val, test = split_of(fold_data, "val", features.val), split_of(fold_data, "test", features.test)
     history = head.fit(train, val)
-    return FitResult(head, head.predict_proba(features.val), head.predict_proba(features.test), history,
-                     head.best_epoch)
+    return FitResult(head, predict(head, val), predict(head, test), history, head.best_epoch)

@@ -162,9 +162,10 @@ def fit_and_evaluate(plan: RunPlan, fold_data: FoldData, backbone: Backbone, clo
         images = (ViewDataset(fold_data.catalog.frame, samples.train, fold_data.augmentation, backbone.preprocess,
                               random=True, stain=fold_data.stain if fold_data.stain.active else None)
                   if features.train is None else None)
-        result = fit_head(head, samples, features, images)
+        result = fit_head(head, fold_data, features, images)
         check_finite(result, plan)
-    outcome = Outcome(plan, fold_data, backbone, embeds, caches, result, raw_test_probs=result.test_probs)
+    outcome = Outcome(plan, fold_data, backbone, embeds, caches, result, raw_test_probs=result.test_probs,
+                      features=features)
     for step in POST_FIT_STEPS:
         if step.applies(outcome):
             with clock.phase(step.phase):

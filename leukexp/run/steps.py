@@ -14,20 +14,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from leukexp.evaluation.calibration import apply_temperature, brier_score, expected_calibration_error, fit_temperature
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.evaluation.operating import choose, operating_metrics
+from leukexp.inference.attention import attention_panel, attention_table, chosen_bags, field_overlays
 from leukexp.inference.tta import view_mean
+from leukexp.run.artifacts import prediction_table
 from leukexp.run.embeds import EXTERNAL_IMAGES, TEST_VIEWS, Embeds, find
 from leukexp.run.external import ExternalScores, score_external
-from leukexp.vocabulary import RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE, THRESHOLD
+from leukexp.vocabulary import INSTANCE, RAW, TEMPERATURE, TEST, TEST_BRIER, TEST_ECE, THRESHOLD
 
 if TYPE_CHECKING:
     from leukexp.backbones.base import Backbone
     from leukexp.config.plan import RunPlan
     from leukexp.data.fold_data import FoldData
     from leukexp.features.cache import FeatureCache
+    from leukexp.features.embed import Features
     from leukexp.run.fit import FitResult
 
 
@@ -42,6 +46,7 @@ class Outcome:
     caches: list[FeatureCache | None]
     result: FitResult
     raw_test_probs: np.ndarray  # the test probabilities before any temperature (test/ece_raw, test/brier_raw)
+    features: Features | None = None  # the fold's features per split (instances', with bags)
     metrics: dict[str, float] = field(default_factory=dict)
     external: ExternalScores | None = None
     artifacts: list[Path] = field(default_factory=list)
@@ -78,7 +83,7 @@ class Calibrate(PostFitStep):
     def run(self, outcome: Outcome) -> None:
         """Fit the temperature, scale val and test."""
         result = outcome.result
-        temperature = fit_temperature(outcome.fold_data.samples.val["label_index"].to_numpy(), result.val_probs)
+        temperature = fit_temperature(outcome.fold_data.labels("val"), result.val_probs)
         outcome.result = dataclasses.replace(result, val_probs=apply_temperature(result.val_probs, temperature),
                                              test_probs=apply_temperature(result.test_probs, temperature),
                                              temperature=temperature)
@@ -93,7 +98,7 @@ class ChooseOperatingPoint(PostFitStep):
         """Choose the point (None for a task without a positive class)."""
         fold_data, result = outcome.fold_data, outcome.result
         point = choose(fold_data.classes, fold_data.task.positive_class,
-                       fold_data.samples.val["label_index"].to_numpy(), result.val_probs,
+                       fold_data.labels("val"), result.val_probs,
                        outcome.plan.evaluation.target_sensitivity)
         outcome.result = dataclasses.replace(result, operating_point=point)
 
@@ -128,7 +133,7 @@ class MeasureTestSet(PostFitStep):
     def run(self, outcome: Outcome) -> None:
         """Compute every test metric."""
         fold_data, result = outcome.fold_data, outcome.result
-        labels = fold_data.samples.test["label_index"].to_numpy()
+        labels = fold_data.labels("test")
         metrics = classification_metrics(labels, result.test_probs, fold_data.classes)
         if outcome.plan.evaluation.calibrate:  # raw and calibrated, for a sweep to compare
             metrics |= {TEMPERATURE: result.temperature,
@@ -166,13 +171,69 @@ class WriteArtifacts(PostFitStep):
         from leukexp.run.artifacts import write_run_artifacts
 
         plan = outcome.plan
-        outcome.artifacts = write_run_artifacts(
+        outcome.artifacts += write_run_artifacts(
             plan.paths.output_dir, plan.config_yaml(), outcome.fold_data, outcome.backbone, plan.model.values(),
             outcome.result, outcome.metrics, plan.evaluation.cam_images,
             outcome.external.predictions if outcome.external is not None else None)
 
 
+class ExplainBags(PostFitStep):
+    """Bags: every test instance's weight (`attention.csv`), the most and least attended instances of chosen test
+    bags (`attention/panel.png`), tiled fields with their tiles' attention (`attention/fields.png`), and where the
+    instances carry their own labels, how well the weights find the witnesses (`instance/witness_auc`: AUROC of
+    the weights of positive-class instances against the others, inside positive test bags)."""
+
+    def applies(self, outcome: Outcome) -> bool:
+        """Only with bags and an aggregator that weighs its instances."""
+        return outcome.fold_data.bags is not None and hasattr(outcome.result.head, "attention")
+
+    def run(self, outcome: Outcome) -> None:
+        """Weights, table, metrics, pictures."""
+        from leukexp.run.artifacts import optional
+        from leukexp.vocabulary import ATTENTION_DIR, ATTENTION_FILE
+
+        fold_data, out = outcome.fold_data, outcome.plan.paths.output_dir
+        weights = outcome.result.head.attention(outcome.features.test, fold_data.offsets("test"))
+        table = attention_table(fold_data.samples.test, fold_data.catalog.frame, fold_data.bag_names("test"),
+                                weights, fold_data.instance_views)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / ATTENTION_FILE, index=False)
+        outcome.artifacts.append(out / ATTENTION_FILE)
+        outcome.metrics |= witness_metrics(table, fold_data)
+        predictions = prediction_table(fold_data, outcome.result).to_frame()
+        bags = chosen_bags(predictions)
+        paths = dict(zip(fold_data.catalog.frame["file"], fold_data.catalog.frame["path"], strict=True))
+        titles = {row["file"]: f"{row['file']}\n{row['label']} -> {row['predicted']}"
+                  for _, row in predictions.iterrows()}
+        redo = "The weights are in attention.csv; the run goes on without the picture."
+        for name, draw, wanted in (("panel.png", attention_panel, True),
+                                   ("fields.png", field_overlays, table["x"].notna().any())):
+            if wanted and bags:
+                path = optional(f"{ATTENTION_DIR}/{name}", redo, lambda d=draw, n=name: d(
+                    table, paths, bags, out / ATTENTION_DIR / n, titles))
+                if path is not None:
+                    outcome.artifacts.append(path)
+
+
+def witness_metrics(table: pd.DataFrame, fold_data: FoldData) -> dict[str, float]:
+    """`instance/witness_auc` and `instance/witness_share` where instances carry their own labels and the task has a
+    positive class; nothing otherwise."""
+    from sklearn.metrics import roc_auc_score
+
+    positive = fold_data.task.positive_class
+    if positive is None or not (table["instance_label"] != "").any():
+        return {}
+    bag_labels = dict(zip(fold_data.bag_names("test"), np.asarray(fold_data.classes)[fold_data.labels("test")],
+                          strict=True))
+    inside = table[table["bag"].map(bag_labels) == positive]
+    witness = (inside["instance_label"] == positive).to_numpy()
+    metrics = {f"{INSTANCE}witness_share": float(witness.mean()) if len(witness) else float("nan")}
+    if 0 < witness.sum() < len(witness):
+        metrics[f"{INSTANCE}witness_auc"] = float(roc_auc_score(witness, inside["weight"].to_numpy()))
+    return metrics
+
+
 # the order matters: the operating point is chosen on calibrated probabilities, test views use the temperature,
 # the metrics read the final test probabilities, the artifacts everything
 POST_FIT_STEPS: tuple[PostFitStep, ...] = (Calibrate(), ChooseOperatingPoint(), ScoreTestViews(), MeasureTestSet(),
-                                           ScoreExternal(), WriteArtifacts())
+                                           ScoreExternal(), WriteArtifacts(), ExplainBags())

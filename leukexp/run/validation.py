@@ -78,6 +78,47 @@ def check_head(cfg: DictConfig) -> None:
         factory(HeadContext(in_features=8, num_classes=3))
 
 
+def check_bags(cfg: DictConfig) -> None:
+    """`bags`: its keys (its class checks them), and a head that fits it: an aggregator with bags, a per-image head
+    without; what bags do not combine with yet (test-time views, an external set, online views, the leaky
+    protocol) is one line too."""
+    import torch
+
+    from leukexp.config.compose import build
+    from leukexp.heads.base import HeadContext
+
+    bags = build(cfg.bags, "bags") if "bags" in cfg else None
+    active = bool(getattr(bags, "active", False))
+    with torch.device("meta"):
+        head = build(cfg.head, "head")(HeadContext(in_features=8, num_classes=2))
+    from leukexp.config.identity import group_choices
+
+    choice = group_choices().get("head", "this head")
+    if active and not head.aggregates:
+        raise LeukexpError(f"head={choice}: scores one image at a time, and bags={bags.kind} makes bags; use an"
+                           " aggregator (head=abmil, head=meanpool or head=vote head.instance=NAME)")
+    if not active and head.aggregates:
+        raise LeukexpError("head: an aggregator scores bags, and bags=none makes none; choose bags=images (bag"
+                           " folders) or bags=tiles, or a per-image head such as mlp1 or logreg")
+    if not active:
+        return
+    for key, value, fine in (("evaluation.tta", lookup(cfg, "evaluation.tta"), ("none", MISSING)),
+                             ("evaluation.external", lookup(cfg, "evaluation.external"), (None, "none", MISSING)),
+                             ("protocol", lookup(cfg, "protocol.augment_test"), (False, MISSING))):
+        if value not in fine:
+            raise LeukexpError(f"{key}: not available with bags yet; drop it (bags=none keeps it)")
+    if is_online_target(lookup(cfg, "augmentation._target_")):
+        raise LeukexpError("augmentation: online views are not available with bags; use augmentation=none, flips"
+                           " or paper (each view of a training bag is one more bag)")
+
+
+def is_online_target(target: object) -> bool:
+    """Whether an augmentation `_target_` draws fresh views (read from its class)."""
+    from hydra.utils import get_class
+
+    return isinstance(target, str) and bool(getattr(get_class(target), "online", False))
+
+
 def check_accelerator(cfg: DictConfig) -> None:
     """`trainer=gpu` (`trainer.accelerator` gpu or cuda) needs a CUDA device here; `auto` and `cpu` always work."""
     accelerator = str(setting(cfg, "trainer.accelerator"))
@@ -116,5 +157,6 @@ def validate(cfg: DictConfig) -> None:
     check_accelerator(cfg)
     check_model(cfg)
     check_head(cfg)
+    check_bags(cfg)
     check_stain(cfg)
     check_external(cfg)

@@ -105,6 +105,6 @@ def test_every_group_of_conf_but_the_non_identity_ones_identifies_a_configuratio
     from leukexp.vocabulary import NON_IDENTITY_GROUPS
 
     groups = {part.split("=")[0].split("@")[0] for part in compose_plan().identity.cv_group.split()} - {"seed"}
-    composed = {"data", "task", "aliases", "augmentation", "stain", "protocol", "model", "head", "trainer"}
+    composed = {"data", "task", "aliases", "augmentation", "stain", "bags", "protocol", "model", "head", "trainer"}
     assert groups == composed, "every chosen group of conf/ but the fold, paths, Hydra and the experiment file"
     assert composed <= config_groups() and not groups & set(NON_IDENTITY_GROUPS)

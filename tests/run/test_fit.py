@@ -3,7 +3,7 @@
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from conftest import blobs
+from conftest import PerImage, blobs
 from leukexp.data.protocol import Samples
 from leukexp.features.embed import Features
 from leukexp.heads.base import HeadContext
@@ -18,7 +18,8 @@ def test_fit_head_predicts_val_and_test() -> None:
     tx, ty = blobs(15, seed=2)
     frame = lambda labels: pd.DataFrame({"source": range(len(labels)), "view": 0, "label_index": labels})  # noqa: E731
     samples = Samples(train=frame(y), val=frame(vy), test=frame(ty))
-    result = fit_head(SklearnHead(HeadContext(8, 3), LogisticRegression()), samples, Features(x, vx, tx))
+    fold_data = PerImage(samples, ["a", "b", "c"], None)
+    result = fit_head(SklearnHead(HeadContext(8, 3), LogisticRegression()), fold_data, Features(x, vx, tx))
     assert result.val_probs.shape == (30, 3) and result.test_probs.shape == (15, 3)
     assert (result.test_probs.argmax(1) == ty).mean() > 0.85
     assert result.history.loc[0, VAL_ACC] == (result.val_probs.argmax(1) == vy).mean()

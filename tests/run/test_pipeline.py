@@ -226,3 +226,66 @@ def test_stain_normalization_jitter_and_an_external_lab_run_end_to_end(compose_c
 
     probs = classifier.predict_proba([read_image(lab_b / external["file"][0])])
     assert probs[0] == pytest.approx(external.filter(like="p_").to_numpy()[0], abs=1e-5), "the saved model normalizes"
+
+
+BAG_RUN = [*TINY_MODEL, "data=synthetic_patients", "task=binary", "bags=images", "augmentation=none",
+           "data.counts={ALL: 6, HLT: 6}", "data.cells_min=6", "data.cells_max=10", "data.cell_size=32",
+           "fold.n_splits=3", "trainer.max_epochs=4", "training.batch_size=2"]
+
+
+def test_bags_of_cells_end_to_end_each_embedded_once_and_predicted_per_patient(compose_cfg, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from leukexp.vocabulary import ATTENTION_DIR, ATTENTION_FILE, INSTANCE, PREDICTIONS_FILE
+
+    metrics = train(compose_cfg(*BAG_RUN, "head=abmil"))
+    assert TEST_AUC_MACRO in metrics and f"{INSTANCE}witness_share" in metrics
+    first = stored(tmp_path)
+    out = tmp_path / "outputs"
+    predictions = pd.read_csv(out / PREDICTIONS_FILE)
+    assert len(predictions) == 4 and predictions["file"].str.match(r"^(ALL|HLT)/(all|hlt)_patient_\d+$").all()
+    attention = pd.read_csv(out / ATTENTION_FILE)
+    assert set(attention["bag"]) == set(predictions["file"])
+    assert np.allclose(attention.groupby("bag")["weight"].sum(), 1.0)
+    assert (out / ATTENTION_DIR / "panel.png").is_file()
+    cells = len(list((tmp_path / "cache" / "synthetic").rglob("*.png")))
+    assert len(first) == cells, "each cell embedded once"
+    for head in ("meanpool", "vote"):  # other aggregators on the same folds: nothing embedded again
+        train(compose_cfg(*BAG_RUN, f"head={head}", "fold.index=1"))
+        assert stored(tmp_path) == first
+    patient = next((tmp_path / "cache" / "synthetic").glob("patients-*/ALL/all_patient_000"))
+    table = tmp_path / "patient.csv"
+    healthy = patient.parent.parent / "HLT"  # a folder of patient folders: one bag each
+    done = subprocess.run([sys.executable, "-m", "leukexp.commands.predict", str(out), str(patient), str(healthy),
+                           "--out", str(table)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = pd.read_csv(table)
+    assert rows["bag"].iloc[0] == "all_patient_000" and len(rows) == 1 + len(list(healthy.iterdir()))
+    assert rows["instances"].iloc[0] == len(list(patient.glob("*.png")))
+    weights = pd.read_csv(tmp_path / "patient_attention.csv")
+    assert np.isclose(weights[weights["bag"] == "all_patient_000"]["weight"].sum(), 1.0)
+    import mlflow.pyfunc
+
+    served = mlflow.pyfunc.load_model(str(out / "model"))  # the MLflow model takes a bag: rows sharing `bag`
+    cells = sorted(str(p) for p in patient.glob("*.png"))
+    frame = pd.DataFrame({"path": cells, "bag": ["p1"] * 3 + ["p2"] * (len(cells) - 3)})
+    scored = served.predict(frame)
+    assert list(scored["bag"]) == ["p1", "p2"] and {"predicted", "p_ALL", "p_HLT"} <= set(scored.columns)
+
+
+def test_tiles_of_fields_are_embedded_once_per_tile(compose_cfg, tmp_path: Path) -> None:
+    from leukexp.vocabulary import ATTENTION_DIR, ATTENTION_FILE
+
+    run = [*TINY_MODEL, "data=synthetic_fields", "task=binary", "bags=tiles", "bags.tile=48",
+           "data.counts={ALL: 5, HLT: 5}", "data.field_size=144", "data.cells_per_field=8", "fold.n_splits=2",
+           "fold.val_fraction=0.5",
+           "augmentation=none", "trainer.max_epochs=2", "training.batch_size=2"]
+    train(compose_cfg(*run, "head=abmil"))
+    tiles = pd.read_csv(tmp_path / "outputs" / "manifest.csv")["instances"].sum()
+    assert len(stored(tmp_path)) == tiles and tiles > 8, "one embedding per kept tile"
+    attention = pd.read_csv(tmp_path / "outputs" / ATTENTION_FILE)
+    assert attention["x"].notna().all() and (attention["width"] == 48).all()
+    assert (tmp_path / "outputs" / ATTENTION_DIR / "fields.png").is_file()
+    train(compose_cfg(*run, "head=meanpool", "fold.index=1"))
+    assert len(stored(tmp_path)) == tiles, "read again by another run, computed once"

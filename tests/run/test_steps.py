@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from conftest import blobs
+from conftest import PerImage, blobs
 from leukexp.data.protocol import Samples
 from leukexp.features.embed import Features
 from leukexp.heads.base import HeadContext
@@ -17,6 +17,7 @@ from leukexp.run.steps import (
     POST_FIT_STEPS,
     Calibrate,
     ChooseOperatingPoint,
+    ExplainBags,
     MeasureTestSet,
     Outcome,
     PostFitStep,
@@ -34,18 +35,18 @@ def outcome(calibration: str = "none", positive: str | None = None, classes: int
     frame = lambda labels: pd.DataFrame({"source": range(len(labels)), "view": 0, "label_index": labels})  # noqa: E731
     samples = Samples(train=frame(y), val=frame(vy), test=frame(ty))
     names = ["ALL", "HLT", "AML"][:classes]
-    result = fit_head(SklearnHead(HeadContext(8, classes), LogisticRegression(C=0.05)), samples,
+    fold_data = PerImage(samples, names, positive)
+    result = fit_head(SklearnHead(HeadContext(8, classes), LogisticRegression(C=0.05)), fold_data,
                       Features(x, vx, tx))
     plan = SimpleNamespace(evaluation=SimpleNamespace(calibrate=calibration == "temperature",
                                                       target_sensitivity=0.9))
-    fold_data = SimpleNamespace(samples=samples, classes=names, task=SimpleNamespace(positive_class=positive))
     return Outcome(plan, fold_data, backbone=None, embeds=[], caches=[], result=result,  # type: ignore[arg-type]
                    raw_test_probs=result.test_probs)
 
 
 def test_the_steps_are_one_interface_in_their_order() -> None:
     assert [type(step) for step in POST_FIT_STEPS] == [Calibrate, ChooseOperatingPoint, ScoreTestViews,
-                                                       MeasureTestSet, ScoreExternal, WriteArtifacts]
+                                                       MeasureTestSet, ScoreExternal, WriteArtifacts, ExplainBags]
     assert all(isinstance(step, PostFitStep) for step in POST_FIT_STEPS)
 
 
@@ -53,6 +54,7 @@ def test_steps_the_plan_does_not_ask_for_do_not_apply() -> None:
     state = outcome()
     assert not Calibrate().applies(state) and not ScoreTestViews().applies(state)
     assert not ScoreExternal().applies(state) and MeasureTestSet().applies(state)
+    assert not ExplainBags().applies(state), "no bags: no attention"
 
 
 def test_calibration_scales_val_and_test_and_the_metrics_keep_the_raw_values() -> None:

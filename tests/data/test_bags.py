@@ -1,0 +1,123 @@
+"""Bags: folders of images or tiles of large images, folds drawn over bags, and bad bag input as one line."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import TINY_DATA, write_image
+from leukexp.data.augment import OfflineViews
+from leukexp.data.bags import GRID_COLUMNS, ImageBags, TileBags, TileViews, Tiling
+from leukexp.data.fold_data import build_fold_data
+from leukexp.errors import LeukexpError
+
+PATIENTS = ["data=synthetic_patients", "task=binary", "bags=images", "head=abmil", "augmentation=none",
+            "data.counts={ALL: 6, HLT: 6}", "data.cells_min=4", "data.cells_max=8", "fold.n_splits=3"]
+
+
+def test_no_bag_is_split_across_folds_and_each_is_tested_once(compose_plan) -> None:
+    tested = []
+    for fold in range(3):
+        fold_data = build_fold_data(compose_plan(*PATIENTS, f"fold.index={fold}"))
+        frame = fold_data.catalog.frame.assign(split=fold_data.split.to_numpy())
+        assert (frame.groupby("bag")["split"].nunique() == 1).all(), "every image of a bag in one split"
+        tested += list(fold_data.bag_names("test"))
+    assert sorted(tested) == sorted(fold_data.bags.bags["bag"]), "each bag in exactly one test fold"
+
+
+def test_bag_samples_carry_units_offsets_and_the_cells_own_labels(compose_plan) -> None:
+    fold_data = build_fold_data(compose_plan(*PATIENTS, "augmentation=flips"))
+    train, test = fold_data.samples.train, fold_data.samples.test
+    n_train_bags = train["bag_index"].nunique()
+    assert train["unit"].nunique() == 3 * n_train_bags, "a training bag once per view"
+    assert test["unit"].nunique() == test["bag_index"].nunique() and set(test["view"]) == {0}
+    offsets = fold_data.offsets("test")
+    assert offsets[0] == 0 and offsets[-1] == len(test) and len(offsets) == test["unit"].nunique() + 1
+    assert len(fold_data.labels("test")) == len(offsets) - 1
+    own = fold_data.instance_labels("train")
+    assert set(np.unique(own)) <= {0, 1} and (own == fold_data.classes.index("ALL")).any(), "blasts are labelled"
+    hlt = fold_data.classes.index("HLT")
+    healthy = train[train["label_index"] == hlt]
+    assert (healthy["instance_index"] == hlt).all(), "a healthy patient has no blast"
+    manifest = fold_data.manifest()
+    assert {"bag", "instances"} <= set(manifest.columns) and (manifest["instances"] == 1).all()
+
+
+def test_an_image_head_with_bags_and_an_aggregator_without_are_one_line(compose_cfg) -> None:
+    from leukexp.run.validation import validate
+
+    with pytest.raises(LeukexpError, match=r"head=mlp1: scores one image at a time, and bags=images makes bags"):
+        validate(compose_cfg(*PATIENTS, "head=mlp1"))
+    with pytest.raises(LeukexpError, match=r"^head: an aggregator scores bags, and bags=none makes none"):
+        validate(compose_cfg("head=abmil"))
+    with pytest.raises(LeukexpError, match=r"^evaluation\.tta: not available with bags"):
+        validate(compose_cfg(*PATIENTS, "evaluation.tta=flips"))
+    with pytest.raises(LeukexpError, match=r"^bags\.tile=0: expected a whole number"):
+        validate(compose_cfg(*TINY_DATA, "bags=tiles", "bags.tile=0", "head=abmil"))
+
+
+def make_bags(root: Path, layout: dict[str, dict[str, int]]) -> Path:
+    seed = 0
+    for label, bags in layout.items():
+        for bag, count in bags.items():
+            (root / label / bag).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                seed += 1
+                write_image(root / label / bag / f"{i}.png", seed)
+    return root
+
+
+def test_bad_bag_folders_are_one_line_naming_the_folder(compose_plan, tmp_path: Path) -> None:
+    root = make_bags(tmp_path / "bags", {"ALL": {"p1": 2, "p2": 2, "p3": 2}, "HLT": {"q1": 2, "q2": 2, "q3": 2}})
+    (root / "HLT" / "q4").mkdir()
+    args = ["data=folder", f"data.root={root}", "task=binary", "bags=images", "head=abmil", "augmentation=none",
+            "fold.n_splits=2"]
+    with pytest.raises(LeukexpError, match=r"bag folder .*HLT/q4 has no images"):
+        build_fold_data(compose_plan(*args))
+    (root / "HLT" / "q4").rmdir()
+    write_image(root / "ALL" / "loose.png", 99)
+    with pytest.raises(LeukexpError, match=r"ALL: images lie directly in the class folder \(e\.g\. loose\.png\)"):
+        build_fold_data(compose_plan(*args))
+
+
+def test_a_bag_with_two_labels_is_one_line(compose_plan, make_folder, tmp_path: Path) -> None:
+    root = make_folder({"ALL": 3, "HLT": 3})
+    groups = tmp_path / "groups.csv"
+    rows = [f"ALL/ALL_{i:02d}.png,p{i}" for i in range(3)] + [f"HLT/HLT_{i:02d}.png,q{i}" for i in range(3)]
+    groups.write_text("file,group\n" + "\n".join(rows).replace("q0", "p0") + "\n")
+    with pytest.raises(LeukexpError, match=r"bag 'p0' holds images of two labels \(ALL, HLT\)"):
+        build_fold_data(compose_plan("data=folder", f"data.root={root}", f"data.groups_csv={groups}",
+                                     "task=binary", "bags=images", "bags.layout=groups", "head=abmil",
+                                     "augmentation=none", "fold.n_splits=2"))
+
+
+def test_tiles_cover_the_image_at_native_resolution_and_blank_ones_are_dropped() -> None:
+    tiling = Tiling(64, 64)
+    grid = tiling.grid(150, 200)
+    assert len(grid) == 2 * 3 and tiling.box(grid[-1]) == (128, 64, 64, 64)
+    assert tiling.box(GRID_COLUMNS + 1) == (64, 64, 64, 64)
+    image = np.full((150, 200, 3), 230, np.uint8)  # empty glass ...
+    cv2.circle(image, (160, 100), 25, (90, 40, 120), -1)  # ... and one cell, in the tile at column 2, row 1
+    kept = TileBags(tile=64).kept_tiles(image, "field.png")
+    assert [tiling.box(t)[:2] for t in kept] == [(128, 64)]
+    with pytest.raises(LeukexpError, match=r"^field\.png: 50x40 px is smaller than one tile \(bags\.tile=64\)"):
+        TileBags(tile=64).kept_tiles(np.zeros((40, 50, 3), np.uint8), "field.png")
+
+
+def test_a_tile_view_is_its_crop_and_its_key_names_its_box() -> None:
+    views = TileViews(Tiling(32, 16), OfflineViews(repeats=0))
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    index = views.view_index(GRID_COLUMNS + 2, 0)  # row 1, column 2: (32, 16)
+    assert np.array_equal(views.apply(image, index, "k"), image[16:48, 32:64])
+    assert views.view_fingerprint(index) == "tile@32,16+32x32|original"
+    assert views.split(index) == (GRID_COLUMNS + 2, 0)
+
+
+def test_image_bags_with_groups_need_the_groups_file() -> None:
+    from leukexp.data.sources import FolderSource
+
+    with pytest.raises(LeukexpError, match=r"^bags\.layout=groups: set data\.groups_csv"):
+        ImageBags("groups").prepare(FolderSource(root="x"))
+    with pytest.raises(LeukexpError, match=r"^bags\.layout='rows'"):
+        ImageBags("rows")
