@@ -176,6 +176,44 @@ def measure_head_loop(plan, backbone) -> dict[str, float]:
     return {"seconds": seconds, "steps": epochs * -(-len(train_x) // batch), "epochs": epochs}
 
 
+def measure_bag_loop(plan, backbone) -> dict[str, float]:
+    """The limit of a warm aggregator fold: a bare torch loop of `head=abmil`'s steps (the same gated attention
+    network, bags padded once, the run's bags per step and epochs, one validation pass per epoch, one thread) over
+    the fold's own bags, their instances' features read from the store first (not timed)."""
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.heads.mil import BagNetwork, pad_bags
+    from leukexp.run.embeds import SPLITS, caches_for, find, fold_embeds
+
+    fold_data = build_fold_data(plan)
+    every = find(fold_embeds(plan, fold_data), SPLITS).features(backbone, caches_for(plan, backbone, fold_data.stain),
+                                                                plan.features)
+    n_train, n_val = len(fold_data.samples.train), len(fold_data.samples.val)
+    train_x = pad_bags(every[:n_train], fold_data.offsets("train"))
+    val_x = pad_bags(every[n_train:n_train + n_val], fold_data.offsets("val"))
+    train_y = torch.as_tensor(fold_data.labels("train")).float()
+    epochs, batch = int(plan.trainer.get("max_epochs")), plan.training.batch_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    network = BagNetwork(every.shape[1], 1)
+    network.standardize_to(every[:n_train])
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, fused=True)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        network.train()
+        for index in torch.randperm(len(train_x)).split(batch):
+            optimizer.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(network(train_x[index]).squeeze(-1),
+                                                                 train_y[index]).backward()
+            optimizer.step()
+        network.eval()
+        with torch.no_grad():
+            network(val_x)
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return {"seconds": seconds, "steps": epochs * -(-len(train_x) // batch), "epochs": epochs}
+
+
 def run_cli(args: list[str], root: Path, load: int = 0) -> dict[str, float]:
     """`leukexp-train ARGS` as a user runs it (optionally beside `load` busy-loop processes): seconds."""
     env = {**os.environ, "LEUKEXP_ROOT": str(root), "COLUMNS": "200"}
@@ -216,11 +254,11 @@ def table(result: Result) -> str:
                      f" peak RSS {result.extraction['peak_rss_mb']:.0f} MB)")
     if result.head_loop:
         loop = result.head_loop
-        lines.append(f"bare head loop (mlp1 steps) {loop['seconds']:7.1f} s  ({int(loop['steps'])} steps,"
+        lines.append(f"bare head loop              {loop['seconds']:7.1f} s  ({int(loop['steps'])} steps,"
                      f" {int(loop['epochs'])} epochs)")
     for head, job in result.jobs.items():
         line = f"warm job head={head:<13} {job['run_s']:7.1f} s in run, {job['wall_s']:6.1f} s wall"
-        if head == "mlp1" and result.head_loop:
+        if head in ("mlp1", "abmil") and result.head_loop:
             line += f"  ({job['run_s'] / result.head_loop['seconds']:.2f}x the bare head loop)"
         if head in result.load:
             loaded = result.load[head]
@@ -387,6 +425,8 @@ def main(argv: list[str] | None = None) -> Result:
     parser.add_argument("--skip", nargs="+", choices=MEASURES, default=[], help="leave these measures out")
     parser.add_argument("--raw-seconds", type=float, default=15.0, help="how long the raw forward is timed")
     parser.add_argument("--load", type=int, default=2, help="busy-loop processes of the load measure")
+    parser.add_argument("--bags", action="store_true", help="the bag study (experiment=mil_baseline): head_loop is a"
+                        " bare loop of the abmil steps over the same bags, jobs are aggregator folds")
     parser.add_argument("--scale", action="store_true", help="the framework at several sizes (see above)")
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SCALE_SIZES), help="views per --scale size")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for every measure (e.g. trainer=gpu)")
@@ -397,8 +437,11 @@ def main(argv: list[str] | None = None) -> Result:
     chosen = [m for m in (args.only or MEASURES) if m not in args.skip]
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    overrides = [f"model={args.model}", f"model.pretrained={args.pretrained}", f"features.device={args.device}",
+    overrides = [*(["experiment=mil_baseline"] if args.bags else []), f"model={args.model}",
+                 f"model.pretrained={args.pretrained}", f"features.device={args.device}",
                  f"features.precision={args.precision}", *args.overrides]
+    if args.bags and args.heads == list(DEFAULT_HEADS):
+        args.heads = ["abmil", "meanpool", "vote"]
 
     from leukexp.features.embed import batch_size_for
     from leukexp.run.settings import backbone_from_plan
@@ -423,7 +466,7 @@ def main(argv: list[str] | None = None) -> Result:
                            "images_per_s": (before + after) / 2}
             print(f"raw forward again: {after:.1f} img/s", flush=True)
     if "head_loop" in chosen:
-        result.head_loop = measure_head_loop(cfg, backbone)
+        result.head_loop = (measure_bag_loop if args.bags else measure_head_loop)(cfg, backbone)
         print(f"bare head loop: {result.head_loop}", flush=True)
     for head in args.heads if "jobs" in chosen else []:
         fresh_store(root)

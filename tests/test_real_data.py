@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ALL4CLASS, MESSY_CLASSES, make_messy_folder, needs_shared_data
 from leukexp.run.pipeline import train
-from leukexp.vocabulary import CLASSES_TAG, KIND_FOLD, TEST_ACC, kind_filter
+from leukexp.vocabulary import CLASSES_TAG, KIND_FOLD, TEST_ACC, TEST_COUNT, kind_filter
 
 PER_CLASS = 60
 
@@ -85,3 +85,29 @@ def test_a_messy_archive_trains_predicts_and_reports_with_the_defaults(tmp_path:
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Band _BNE__" in text and "Left out" not in text
+
+
+@pytest.mark.slow
+@needs_shared_data
+def test_semi_real_bags_of_all4class_cells_train_an_aggregator(compose_cfg, tmp_path: Path) -> None:
+    """Bags built from the real cells by `scripts/semi_real_bags.py` (no copy: links): each cell once, the
+    malignant bags holding a share of lymphoblasts; an aggregator trains on them and scores one row per bag."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "semi_real_bags.py"
+    bags = tmp_path / "bags"
+    made = subprocess.run([sys.executable, str(script), str(ALL4CLASS), "--out", str(bags), "--bags-per-class", "4",
+                           "--cells", "8", "--witness", "0.25", "0.5"], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    cells = sorted(p.resolve() for p in bags.rglob("*.jpg"))
+    assert len(cells) == 64 and len(set(cells)) == 64, "every real cell in one bag at most"
+    own = pd.read_csv(bags / "instances.csv")
+    malignant = own[own["file"].str.startswith("malignant/")]
+    assert ((malignant["instance_label"] == "malignant").groupby(malignant["file"].str.split("/").str[1]).sum()
+            >= 2).all(), "each malignant bag holds its witnesses"
+    assert (own[own["file"].str.startswith("benign/")]["instance_label"] == "benign").all()
+    metrics = train(compose_cfg("data=folder", f"data.root={bags}", "task=malignant_vs_benign",
+                                "task.mapping={malignant: [malignant], benign: [benign]}", "bags=images", "head=abmil",
+                                "augmentation=none", "fold.n_splits=2", "fold.val_fraction=0.5",
+                                "trainer.max_epochs=5", "training.batch_size=2", "model=timm",
+                                "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64"))
+    assert metrics[TEST_COUNT] == 4, "one prediction per test bag"
+    assert "instance/witness_share" in metrics

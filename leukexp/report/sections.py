@@ -105,8 +105,9 @@ def bootstrap_section(context: ReportContext) -> list[str]:
         "acc t interval (folds)": [f"[{lo:.4f}, {hi:.4f}]" for lo, hi in
                                    zip(table["acc_t_low"], table["acc_t_high"], strict=True)]})
     return ["## Bootstrap intervals over the pooled test predictions", "",
-            "Every fold's test images together; 95% percentile bootstrap (2,000 resamples) of whole patients where"
-            " `data.groups_csv` named them, of images otherwise. The Student t interval over folds is beside it.", "",
+            "Every fold's test images (or bags) together; 95% percentile bootstrap (2,000 resamples) of whole patients"
+            " where `data.groups_csv` named them, of bags where the runs scored bags, of images otherwise. The Student t"
+            " interval over folds is beside it.", "",
             markdown(shown, index=False), ""]
 
 

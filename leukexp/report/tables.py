@@ -171,8 +171,8 @@ def bootstrap_table(folds: pd.DataFrame, predictions: Callable[[str], Prediction
                     resamples: int = 2000) -> pd.DataFrame:
     """Per configuration: accuracy, balanced accuracy and macro F1 over all folds' pooled test predictions with
     percentile bootstrap intervals, resampling the manifest's groups: patients where the run named them
-    (`by_patient(run_id)`: it had `data.groups_csv`), else images (copies of one image stay together); the t
-    interval over folds beside them.
+    (`by_patient(run_id)`: it had `data.groups_csv`), bags where the runs scored bags (`bags=images|tiles`), else
+    images (copies of one image stay together); the t interval over folds beside them.
 
     `predictions(run_id)` and `manifest(run_id)` read a fold run's `predictions.csv` and `manifest.csv`.
     """
@@ -180,11 +180,12 @@ def bootstrap_table(folds: pd.DataFrame, predictions: Callable[[str], Prediction
     for config, runs in folds.groupby("config", sort=True):
         if not all(runs["run_id"].astype(str).str.len() > 0):  # an ensemble row has no run of its own
             continue
-        labels, predicted, clusters, patients = [], [], [], False
+        labels, predicted, clusters, patients, bags = [], [], [], False, False
         for run_id in runs["run_id"]:
             table, split = predictions(str(run_id)), manifest(str(run_id))
             groups = dict(zip(split["file"], split["group"].astype(str), strict=True))
             patients |= by_patient(str(run_id))
+            bags |= not set(map(str, table.files)) & set(groups)  # a bag run: its predictions name bags
             labels.append(table.labels)
             predicted.append(table.probs.argmax(1))
             clusters.extend(groups.get(f, f) for f in table.files)
@@ -193,7 +194,7 @@ def bootstrap_table(folds: pd.DataFrame, predictions: Callable[[str], Prediction
                                       n_classes, resamples)
         t = t_interval(runs[TEST_ACC].dropna().to_numpy(dtype=float))
         row: dict[str, object] = {"configuration": config, "folds": len(runs),
-                                  "resampled": "patients" if patients else "images",
+                                  "resampled": "bags" if bags else "patients" if patients else "images",
                                   "units": len(set(clusters))}
         for measure in BOOTSTRAP_MEASURES:
             interval = intervals[measure]

@@ -231,11 +231,14 @@ class RunLogger:
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        with warnings.catch_warnings():  # a local folder matches two of MLflow's source kinds; it says so
+        # a local folder matches two of MLflow's source kinds, and the schema's integer columns (a bag's number of
+        # instances) draw a hint about missing values: the manifest has none; MLflow says both as warnings
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+            entity = dataset._to_mlflow_entity()
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(
-            dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT_TAG, TRAINING_CONTEXT)])])
+            entity, tags=[InputTag(DATASET_CONTEXT_TAG, TRAINING_CONTEXT)])])
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log params in batches of 100 (MLflow's limit)."""
