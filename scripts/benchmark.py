@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> Result:
     chosen = [m for m in (args.only or MEASURES) if m not in args.skip]
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    overrides = [*(["experiment=mil_baseline"] if args.bags else []), f"model={args.model}",
+    overrides = [*(["experiment=mil_baseline", "head=abmil"] if args.bags else []), f"model={args.model}",
                  f"model.pretrained={args.pretrained}", f"features.device={args.device}",
                  f"features.precision={args.precision}", *args.overrides]
     if args.bags and args.heads == list(DEFAULT_HEADS):

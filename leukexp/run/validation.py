@@ -93,7 +93,7 @@ def check_bags(cfg: DictConfig) -> None:
         head = build(cfg.head, "head")(HeadContext(in_features=8, num_classes=2))
     from leukexp.config.identity import group_choices
 
-    choice = group_choices().get("head", "this head")
+    choice = group_choices().get("head") or str(lookup(cfg, "head._target_")).rsplit(".", 1)[-1]
     if active and not head.aggregates:
         raise LeukexpError(f"head={choice}: scores one image at a time, and bags={bags.kind} makes bags; use an"
                            " aggregator (head=abmil, head=meanpool or head=vote head.instance=NAME)")
