@@ -193,6 +193,7 @@ class VoteHead(Head, kind="vote"):
         self.context = context
         self.labels, self.reduce, self.k = labels, reduce, int(k)
         self.instance_config = instance_config
+        self.prior = np.full(context.num_classes, 1.0 / context.num_classes)  # training instances' mean vote
 
     def _targets(self, split: Split) -> np.ndarray:
         per_instance = np.repeat(split.labels, np.diff(split.bags))
@@ -209,6 +210,7 @@ class VoteHead(Head, kind="vote"):
             raise ValueError("an aggregator trains on bags of features")
         history = self.instance.fit(Split(self._targets(train), train.features),
                                     Split(self._targets(val), val.features))
+        self.prior = self.instance_proba(train.features).mean(0)
         self.best_epoch = self.instance.best_epoch
         row = history.iloc[[self.best_epoch]].to_dict("records")[0] if len(history) else {}
         probs = self.predict_proba(val.features, val.bags)
@@ -235,12 +237,13 @@ class VoteHead(Head, kind="vote"):
         return np.array(rows)
 
     def attention(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
-        """Each instance's weight: its share of its bag's vote for the bag's predicted class."""
+        """Each instance's weight: its share of its bag's vote for the class the bag is scored most unusually for
+        (its probability over the training instances' mean: the blasts of a leukemic bag, whose vote is rare)."""
         bags = np.array([0, len(features)]) if bags is None else bags
         probs, bag_probs = self.instance_proba(features), self.predict_proba(features, bags)
         weights = np.zeros(len(features))
         for i, (start, stop) in enumerate(itertools.pairwise(bags)):
-            share = probs[start:stop, int(bag_probs[i].argmax())]
+            share = probs[start:stop, int((bag_probs[i] / np.maximum(self.prior, 1e-12)).argmax())]
             weights[start:stop] = share / max(share.sum(), 1e-12)
         return weights
 
@@ -249,7 +252,7 @@ class VoteHead(Head, kind="vote"):
         spec = self.instance.save(folder / "instance")
         return {"kind": self.kind, "instance": spec, "labels": self.labels, "reduce": self.reduce, "k": self.k,
                 "instance_config": self.instance_config, "in_features": self.context.in_features,
-                "num_classes": self.context.num_classes}
+                "num_classes": self.context.num_classes, "prior": [float(p) for p in self.prior]}
 
     @classmethod
     def load(cls, folder: Path, spec: dict[str, Any]) -> VoteHead:
@@ -257,7 +260,9 @@ class VoteHead(Head, kind="vote"):
         instance_spec = dict(spec["instance"])
         instance = Head.of_kind(instance_spec.get("kind"), str(folder)).load(folder / "instance", instance_spec)
         context = HeadContext(int(spec["in_features"]), int(spec["num_classes"]))
-        return cls(instance, context, spec["labels"], spec["reduce"], spec["k"], spec["instance_config"])
+        head = cls(instance, context, spec["labels"], spec["reduce"], spec["k"], spec["instance_config"])
+        head.prior = np.asarray(spec.get("prior", head.prior), float)
+        return head
 
 
 def vote(context: HeadContext, instance: str = "logreg", labels: str = "bag", reduce: str = "mean",

@@ -26,8 +26,10 @@ from leukexp.report.tables import (
     summary_table,
 )
 from leukexp.vocabulary import (
+    ATTENTION_DIR,
     CAM_DIR,
     GROUPS_PARAM,
+    INSTANCE,
     KIND_SEARCH,
     MANIFEST_FILE,
     SEARCH_STORAGE_TAG,
@@ -105,9 +107,9 @@ def bootstrap_section(context: ReportContext) -> list[str]:
         "acc t interval (folds)": [f"[{lo:.4f}, {hi:.4f}]" for lo, hi in
                                    zip(table["acc_t_low"], table["acc_t_high"], strict=True)]})
     return ["## Bootstrap intervals over the pooled test predictions", "",
-            "Every fold's test images (or bags) together; 95% percentile bootstrap (2,000 resamples) of whole patients"
-            " where `data.groups_csv` named them, of bags where the runs scored bags, of images otherwise. The Student t"
-            " interval over folds is beside it.", "",
+            "Every fold's test images (or bags) together; 95% percentile bootstrap (2,000 resamples) of whole"
+            " patients where `data.groups_csv` named them, of bags where the runs scored bags, of images otherwise."
+            " The Student t interval over folds is beside it.", "",
             markdown(shown, index=False), ""]
 
 
@@ -181,6 +183,41 @@ def activation_map_section(context: ReportContext) -> list[str]:
             "![activation maps](best_activation_maps.png)", ""]
 
 
+def bag_section(context: ReportContext) -> list[str]:
+    """Bag runs (aggregators): per configuration, how well its weights find the witness instances, and the attention
+    pictures of its fold closest to its mean (compare aggregators with `--compare head=abmil head=meanpool`)."""
+    folds = context.folds
+    witness = f"{INSTANCE}witness_auc"
+    if folds.empty or (witness not in folds and f"{INSTANCE}witness_share" not in folds):
+        return []
+    summary = summary_table(folds, context.metric)
+    rows = []
+    lines = ["## Bags: what decided", "",
+             "Per configuration: the bag metric, and `instance/witness_auc` (how well the instances' weights rank the"
+             " positive-class instances inside positive test bags; 0.5 is no better than chance, uniform weights give"
+             " 0.5). Pictures: the fold closest to the configuration's mean; its most and least attended instances of"
+             " the surest right and wrong test bags (and, with tiles, the fields with their tiles' attention).", ""]
+    pictures = []
+    for index, best in summary.iterrows():
+        runs = folds[folds["config"] == best["configuration"]]
+        values = runs[witness].dropna() if witness in runs else pd.Series(dtype=float)
+        rows.append({"configuration": best["configuration"], context.metric: best["mean"],
+                     "witness_auc": values.mean() if len(values) else float("nan"), "folds": len(runs)})
+        if context.client is None:
+            continue
+        run = runs.loc[(runs[context.metric] - best["mean"]).abs().sort_values(kind="stable").index[0]]
+        for name in ("panel.png", "fields.png"):
+            try:
+                downloaded = context.client.download_artifacts(run["run_id"], f"{ATTENTION_DIR}/{name}",
+                                                               str(context.out))
+            except MlflowException:
+                continue
+            target = context.out / f"attention_{index + 1:02d}_{name}"
+            Path(downloaded).replace(target)
+            pictures += [f"{best['configuration']}, fold {run['fold']}:", "", f"![attention]({target.name})", ""]
+    return [*lines, markdown(pd.DataFrame(rows), (), index=False), "", *pictures]
+
+
 def search_section(context: ReportContext) -> list[str]:
     """Each search of the experiment (`hydra/sweeper=optuna`): its best trials, the objective over trials and
     Optuna's parameter importances, read from the study's journal beside the store."""
@@ -248,8 +285,8 @@ def unfinished_section(context: ReportContext) -> list[str]:
 
 # the report, in order: a new table is one function here
 SECTIONS: list[Section] = [summary_section, pooled_section, bootstrap_section, external_section, per_fold_section,
-                           per_class_section, comparison_section, activation_map_section, search_section,
-                           unfinished_section]
+                           per_class_section, comparison_section, activation_map_section, bag_section,
+                           search_section, unfinished_section]
 
 
 def guarded(section: Section, context: ReportContext) -> list[str]:

@@ -206,13 +206,14 @@ class ExplainBags(PostFitStep):
         titles = {row["file"]: f"{row['file']}\n{row['label']} -> {row['predicted']}"
                   for _, row in predictions.iterrows()}
         redo = "The weights are in attention.csv; the run goes on without the picture."
+        drawn = []
         for name, draw, wanted in (("panel.png", attention_panel, True),
                                    ("fields.png", field_overlays, table["x"].notna().any())):
             if wanted and bags:
-                path = optional(f"{ATTENTION_DIR}/{name}", redo, lambda d=draw, n=name: d(
-                    table, paths, bags, out / ATTENTION_DIR / n, titles))
-                if path is not None:
-                    outcome.artifacts.append(path)
+                drawn.append(optional(f"{ATTENTION_DIR}/{name}", redo, lambda d=draw, n=name: d(
+                    table, paths, bags, out / ATTENTION_DIR / n, titles)))
+        if any(path is not None for path in drawn):
+            outcome.artifacts.append(out / ATTENTION_DIR)  # logged as a folder, as the activation maps are
 
 
 def witness_metrics(table: pd.DataFrame, fold_data: FoldData) -> dict[str, float]:

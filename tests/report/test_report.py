@@ -119,9 +119,18 @@ def test_report_has_every_section(tmp_path: Path) -> None:
     for heading in ("## Summary", "## Accuracy over the pooled", "## Accuracy and loss per fold",
                     "## Average precision", "## Paired comparisons"):
         assert heading in text
-    assert len(SECTIONS) == 10  # the search section shows only for experiments that hold a search
+    assert len(SECTIONS) == 11  # the search and bag sections show only for experiments that hold them
+    assert "## Bags" not in text, "no bag runs: no bag section"
     assert {"summary.csv", "pooled_accuracy.csv", "comparisons.csv", "comparison.png"} <= {
         p.name for p in tmp_path.iterdir()}
+
+
+def test_bag_runs_get_a_section_on_what_decided(tmp_path: Path) -> None:
+    frame = folds()
+    frame["instance/witness_auc"] = np.where(frame["config"] == "head=svm", 0.5, 0.9)
+    text = write_report(StudyRuns(frame, pd.DataFrame(), {}), tmp_path, "demo").read_text()
+    section = text.split("## Bags: what decided", 1)[1]
+    assert "| head=svm | 0.9500 | 0.5000 | 3 |" in section and "| head=mlp1 | 0.8500 | 0.9000 | 3 |" in section
 
 
 def test_cli_exits_0_and_honours_mlflow_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
