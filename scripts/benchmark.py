@@ -124,15 +124,16 @@ def measure_raw(backbone, batch_size: int, seconds: float) -> dict[str, float]:
 def measure_extraction(cfg, backbone, cache_dir: Path) -> dict[str, float]:
     """One cold pass of leukexp's extraction over every view of every image of the fold_data."""
     from leukexp.data.fold_data import build_fold_data
-    from leukexp.features.embed import part_caches, sample_features
+    from leukexp.features.embed import ViewPass, part_caches, sample_features
 
     fold_data = build_fold_data(cfg)
     samples = all_views(len(fold_data.catalog.frame), fold_data.augmentation.n_views)
     shutil.rmtree(cache_dir, ignore_errors=True)
     start = time.perf_counter()
     caches = part_caches(backbone, cache_dir)
-    sample_features(backbone, fold_data.catalog.frame, samples, fold_data.augmentation, caches,
-                    cfg.features.batch_size, cfg.features.num_workers, "benchmark pass")
+    sample_features(backbone, fold_data.catalog.frame, samples, caches,
+                    ViewPass(fold_data.augmentation, cfg.features.batch_size, cfg.features.num_workers,
+                             description="benchmark pass"))
     elapsed = time.perf_counter() - start
     return {"views": float(len(samples)), "seconds": elapsed, "images_per_s": len(samples) / elapsed,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -336,7 +337,7 @@ def growth_exponent(sizes: list[float], seconds: list[float]) -> float:
 def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     """One size: cold extraction, files created, and a warm job's read time, baseline and peak RSS."""
     from leukexp.data.fold_data import build_fold_data
-    from leukexp.features.embed import part_caches, sample_features
+    from leukexp.features.embed import ViewPass, part_caches, sample_features
     from leukexp.run.settings import backbone_from_plan
     from leukexp.runtime.process import seed_everything
 
@@ -353,8 +354,8 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     raw = measure_raw(backbone, 256, 5.0)["images_per_s"]
     start = time.perf_counter()
     caches = part_caches(backbone, cfg.features.dir)
-    sample_features(backbone, fold_data.catalog.frame, samples, fold_data.augmentation, caches, 256,
-                    cfg.features.num_workers, "scale pass")
+    sample_features(backbone, fold_data.catalog.frame, samples, caches,
+                    ViewPass(fold_data.augmentation, 256, cfg.features.num_workers, description="scale pass"))
     cold = time.perf_counter() - start
     folder = caches[0].folder
     files = sum(1 for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors")

@@ -100,25 +100,38 @@ def check_embeddings(output: np.ndarray, backbone: Backbone, catalog: pd.DataFra
                            f" {example}; use features.precision=fp32 or check model.weights_file")
 
 
-def extract_features(
-    backbone: Backbone,
-    catalog: pd.DataFrame,
-    samples: pd.DataFrame,
-    augmentation: Augmentation,
-    cache: FeatureCache | None,
-    batch_size: Setting = "auto",
-    num_workers: Setting = "auto",
-    description: str = "features",
-    stain: StainNormalizer | None = None,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class ViewPass:
+    """How one pass embeds its rows: through which views (`views.apply(image, view, key)`), in backbone batches of
+    `batch_size`, with `num_workers` decoding processes (`auto`: chosen for the device), after which stain
+    normalization, under which words in the progress bar."""
+
+    views: Augmentation
+    batch_size: Setting = "auto"
+    num_workers: Setting = "auto"
+    stain: StainNormalizer | None = None
+    description: str = "features"
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows of one pass: the catalog they index, the (source, view) samples and their store keys."""
+
+    catalog: pd.DataFrame
+    samples: pd.DataFrame
+    pairs: list[tuple[str, str]]
+
+
+def extract_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame, cache: FeatureCache | None,
+                     how: ViewPass) -> np.ndarray:
     """Features (len(samples), backbone.num_features) in sample order; only cache misses run the backbone.
 
     Misses are read by source image: each image is decoded once and all its missing views are made from it,
-    in worker processes (`workers_for`); the backbone sees batches of `batch_size` views.
+    in worker processes (`workers_for`); the backbone sees batches of `how.batch_size` views.
     """
     keys = catalog["sha1"].to_numpy()
     sources, views = samples["source"].to_numpy(), samples["view"].to_numpy()
-    view_keys = {int(v): augmentation.view_fingerprint(int(v)) for v in np.unique(views)}
+    view_keys = {int(v): how.views.view_fingerprint(int(v)) for v in np.unique(views)}
     pairs = list(zip(keys[sources].tolist(), [view_keys[v] for v in views.tolist()], strict=True))
     width = backbone.num_features
     if cache is not None:
@@ -128,9 +141,9 @@ def extract_features(
     missing = np.flatnonzero(~found)
     if len(missing) == 0:
         return features
+    rows = _Rows(catalog, samples, pairs)
     if cache is None:
-        compute_missing(backbone, catalog, samples, augmentation, None, features, missing, pairs, batch_size,
-                        num_workers, description, stain)
+        compute_missing(backbone, rows, how, None, features, missing)
         return features
     buckets = np.array([bucket_of(pairs[i][0]) for i in missing])
     pending = sorted(set(buckets.tolist()))
@@ -139,12 +152,11 @@ def extract_features(
 
     def fill(held: list[int]) -> None:
         """Under the locks of `held` buckets: read what others wrote meanwhile, compute and write the rest."""
-        rows = missing[np.isin(buckets, held)]
-        again, now = cache.recheck([pairs[i] for i in rows], width)
-        features[rows[now]] = again[now]
+        held_rows = missing[np.isin(buckets, held)]
+        again, now = cache.recheck([pairs[i] for i in held_rows], width)
+        features[held_rows[now]] = again[now]
         if (~now).any():
-            compute_missing(backbone, catalog, samples, augmentation, cache, features, rows[~now], pairs, batch_size,
-                            num_workers, description, stain)
+            compute_missing(backbone, rows, how, cache, features, held_rows[~now])
             put_many(cache, [])  # written before the locks go: whoever waited finds every entry
 
     per_pass = CLAIM_BUCKETS if len(missing) >= SPLIT_MIN_VIEWS else None
@@ -159,15 +171,14 @@ def extract_features(
     return features
 
 
-def compute_missing(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame, augmentation: Augmentation,
-                    cache: FeatureCache | None, features: np.ndarray, missing: np.ndarray,
-                    pairs: list[tuple[str, str]], batch_size: Setting, num_workers: Setting, description: str,
-                    stain: StainNormalizer | None) -> None:
-    """Run the backbone on the `missing` rows of `samples` (filling `features` and the cache)."""
-    sources, views = samples["source"].to_numpy(), samples["view"].to_numpy()
+def compute_missing(backbone: Backbone, rows: _Rows, how: ViewPass, cache: FeatureCache | None,
+                    features: np.ndarray, missing: np.ndarray) -> None:
+    """Run the backbone on the `missing` rows (filling `features` and the cache)."""
+    catalog, pairs, stain = rows.catalog, rows.pairs, how.stain
+    sources, views = rows.samples["source"].to_numpy(), rows.samples["view"].to_numpy()
     device = backbone.device
-    size, workers = batch_size_for(batch_size, device), workers_for(num_workers, device, len(missing))
-    dataset = SourceViews(catalog, sources[missing], views[missing], augmentation, backbone.preprocess,
+    size, workers = batch_size_for(how.batch_size, device), workers_for(how.num_workers, device, len(missing))
+    dataset = SourceViews(catalog, sources[missing], views[missing], how.views, backbone.preprocess,
                           stain if stain is not None and stain.active else None)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -184,7 +195,7 @@ def compute_missing(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataF
         progress.update(bar, advance=len(output))
 
     with progress_bar() as progress, ThreadPoolExecutor(2) as writer, torch.inference_mode():
-        bar = progress.add_task(f"{description} ({backbone.label})", total=len(missing))
+        bar = progress.add_task(f"{how.description} ({backbone.label})", total=len(missing))
         writes: list[Future[None]] = []
         images: list[torch.Tensor] = []
         rows: list[torch.Tensor] = []
@@ -205,13 +216,10 @@ def compute_missing(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataF
 
 
 def sample_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame,
-                    augmentation: Augmentation, caches: list[FeatureCache | None],
-                    batch_size: Setting = "auto", num_workers: Setting = "auto",
-                    description: str = "features", stain: StainNormalizer | None = None) -> np.ndarray:
+                    caches: list[FeatureCache | None], how: ViewPass) -> np.ndarray:
     """Features of samples for every part of the backbone (each with its own cache, `caches[i]`, keyed for the
     stain normalization the caches were opened with), concatenated."""
-    blocks = [extract_features(part, catalog, samples, augmentation, cache, batch_size, num_workers, description,
-                               stain)
+    blocks = [extract_features(part, catalog, samples, cache, how)
               for part, cache in zip(backbone.parts(), caches, strict=True)]
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.data.augment import Augmentation, named_views
-from leukexp.features.embed import cache_note, part_caches, sample_features
+from leukexp.features.embed import ViewPass, cache_note, part_caches, sample_features
 from leukexp.inference.tta import view_samples
 
 if TYPE_CHECKING:
@@ -48,8 +48,8 @@ class Embeds:
     def features(self, backbone: Backbone, caches: list[FeatureCache | None], settings: FeatureSettings,
                  description: str | None = None) -> np.ndarray:
         """The rows' features, from the store where present (every part of the backbone, concatenated)."""
-        return sample_features(backbone, self.catalog, self.samples, self.views, caches, settings.batch_size,
-                               settings.num_workers, description or self.purpose, self.stain)
+        how = ViewPass(self.views, settings.batch_size, settings.num_workers, self.stain, description or self.purpose)
+        return sample_features(backbone, self.catalog, self.samples, caches, how)
 
 
 def scoring_views(plan: RunPlan) -> Augmentation:

@@ -12,7 +12,7 @@ from leukexp.backbones.concat import ConcatBackbone, member_config
 from leukexp.data.augment import OfflineViews
 from leukexp.data.io import DECODER_VERSION
 from leukexp.errors import LeukexpError
-from leukexp.features.embed import part_caches, sample_features
+from leukexp.features.embed import ViewPass, part_caches, sample_features
 
 
 def test_member_configs_resolve_their_defaults() -> None:
@@ -39,12 +39,12 @@ def test_widths_add_up_and_each_member_is_cached_apart(tmp_path: Path) -> None:
     catalog = pd.DataFrame({"path": paths, "sha1": [f"{i:040d}" for i in range(3)]})
     samples = pd.DataFrame({"source": [0, 1, 2], "view": 0, "label_index": 0})
     caches = part_caches(fused, tmp_path / "cache")
-    features = sample_features(fused, catalog, samples, OfflineViews(), caches)
+    features = sample_features(fused, catalog, samples, caches, ViewPass(OfflineViews()))
     assert features.shape == (3, fused.num_features)
     folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
     expected = sorted(f"{m.fingerprint}-d{DECODER_VERSION}" for m in fused.members)
     assert folders == expected, "one cache folder per member"
-    again = sample_features(fused, catalog, samples, OfflineViews(), part_caches(fused, tmp_path / "cache"))
+    again = sample_features(fused, catalog, samples, part_caches(fused, tmp_path / "cache"), ViewPass(OfflineViews()))
     assert np.array_equal(features, again)
 
 

@@ -13,7 +13,7 @@ from leukexp.data.augment import OfflineViews
 from leukexp.data.io import file_digest
 from leukexp.errors import LeukexpError
 from leukexp.features.cache import FeatureCache
-from leukexp.features.embed import batch_size_for, extract_features, part_caches, workers_for
+from leukexp.features.embed import ViewPass, batch_size_for, extract_features, part_caches, workers_for
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -57,7 +57,7 @@ def test_each_image_is_decoded_once_and_the_features_equal_view_by_view_ones(bac
     original = dataset_module.read_image
     monkeypatch.setattr(dataset_module, "read_image", lambda path: reads.append(str(path)) or original(path))
     cache = FeatureCache(tmp_path, backbone.fingerprint)
-    features = extract_features(backbone, catalog, samples, views, cache, batch_size=5, num_workers=0)
+    features = extract_features(backbone, catalog, samples, cache, ViewPass(views, batch_size=5, num_workers=0))
     assert sorted(reads) == sorted(catalog["path"])  # 4 decodes for 12 views
     keys, paths = catalog["sha1"].tolist(), catalog["path"].tolist()
     one_by_one = [backbone.preprocess(views.apply(original(paths[s]), v, keys[s]))
@@ -71,22 +71,22 @@ def test_each_image_is_decoded_once_and_the_features_equal_view_by_view_ones(bac
 def test_a_second_pass_reads_everything_from_the_cache(backbone, study, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     catalog, samples, views = study
-    first = extract_features(backbone, catalog, samples, views, FeatureCache(tmp_path, "bb"), 4, 0)
+    first = extract_features(backbone, catalog, samples, FeatureCache(tmp_path, "bb"), ViewPass(views, 4, 0))
     monkeypatch.setattr(dataset_module, "read_image", lambda path: pytest.fail("a warm pass decoded an image"))
     cache = FeatureCache(tmp_path, "bb")
-    again = extract_features(backbone, catalog, samples, views, cache, 4, 0)
+    again = extract_features(backbone, catalog, samples, cache, ViewPass(views, 4, 0))
     assert np.array_equal(first, again) and (cache.hits, cache.misses) == (12, 0)
 
 
 def test_only_missing_views_run_and_a_worker_process_gives_the_same_features(backbone, study, tmp_path: Path) -> None:
     catalog, samples, views = study
     cache = FeatureCache(tmp_path, "bb")
-    part = extract_features(backbone, catalog, samples.iloc[:5], views, cache, 4, 0)
+    part = extract_features(backbone, catalog, samples.iloc[:5], cache, ViewPass(views, 4, 0))
     cache = FeatureCache(tmp_path, "bb")
-    whole = extract_features(backbone, catalog, samples, views, cache, 4, num_workers=1)
+    whole = extract_features(backbone, catalog, samples, cache, ViewPass(views, 4, num_workers=1))
     assert (cache.hits, cache.misses) == (5, 7)
     assert np.array_equal(whole[:5], part)
-    alone = extract_features(backbone, catalog, samples, views, None, 4, 0)
+    alone = extract_features(backbone, catalog, samples, None, ViewPass(views, 4, 0))
     assert np.allclose(whole, alone, atol=1e-5)
 
 
@@ -102,8 +102,8 @@ def test_a_cache_that_cannot_be_written_keeps_the_features_in_memory(backbone, s
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "bb"))
 
     monkeypatch.setattr(cache, "_write_shard", read_only)
-    features = extract_features(backbone, catalog, samples, views, cache, 4, 0)
-    alone = extract_features(backbone, catalog, samples, views, None, 4, 0)
+    features = extract_features(backbone, catalog, samples, cache, ViewPass(views, 4, 0))
+    alone = extract_features(backbone, catalog, samples, None, ViewPass(views, 4, 0))
     assert np.allclose(features, alone, atol=1e-5)
     assert "Read-only file system" in cache.unwritable
     assert [r.message for r in caplog.records].count(next(r.message for r in caplog.records
@@ -114,7 +114,7 @@ def test_non_finite_backbone_features_are_one_line_naming_an_image(backbone, stu
     catalog, samples, views = study
     monkeypatch.setattr(backbone, "embed", lambda batch: torch.full((len(batch), backbone.num_features), float("nan")))
     with pytest.raises(LeukexpError, match=r"gave NaN or infinite features for .* e\.g\. of .*png"):
-        extract_features(backbone, catalog, samples, views, None, 4, 0)
+        extract_features(backbone, catalog, samples, None, ViewPass(views, 4, 0))
 
 
 def test_stain_normalized_features_are_cached_apart_and_computed_from_normalized_images(backbone, study,
@@ -128,8 +128,8 @@ def test_stain_normalized_features_are_cached_apart_and_computed_from_normalized
     normalized, = part_caches(backbone, tmp_path, reinhard)
     assert plain.folder.name == part_caches(backbone, tmp_path)[0].folder.name, "no normalization: keys unchanged"
     assert normalized.folder != plain.folder and normalized.folder.name.endswith(reinhard.fingerprint())
-    raw = extract_features(backbone, catalog, samples, views, plain, num_workers=0)
-    stained = extract_features(backbone, catalog, samples, views, normalized, num_workers=0, stain=reinhard)
+    raw = extract_features(backbone, catalog, samples, plain, ViewPass(views, num_workers=0))
+    stained = extract_features(backbone, catalog, samples, normalized, ViewPass(views, num_workers=0, stain=reinhard))
     assert not np.allclose(raw, stained), "the backbone saw the normalized images"
     assert (plain.misses, normalized.misses) == (12, 12)
 
@@ -146,7 +146,7 @@ def test_a_process_that_finds_another_extracting_waits_and_computes_nothing(back
         with other.claim():
             held.set()
             looked.wait(30)  # the main extraction has read the cache (all misses) and now asks for the lock
-            values = extract_features(backbone, catalog, samples, views, None, 4, 0)
+            values = extract_features(backbone, catalog, samples, None, ViewPass(views, 4, 0))
             keys = catalog["sha1"].to_numpy()
             for (source, view), value in zip(samples[["source", "view"]].to_numpy(), values, strict=True):
                 other.put(keys[source], views.view_fingerprint(int(view)), value)
@@ -166,7 +166,7 @@ def test_a_process_that_finds_another_extracting_waits_and_computes_nothing(back
         return original(path)
 
     monkeypatch.setattr(dataset_module, "read_image", read)
-    features = extract_features(backbone, catalog, samples, views, mine, 4, 0)
+    features = extract_features(backbone, catalog, samples, mine, ViewPass(views, 4, 0))
     worker.join()
     assert (mine.hits, mine.misses) == (12, 0), "misses count only what this process computed"
     assert features.shape == (12, backbone.num_features) and np.isfinite(features).all() and features.any()
