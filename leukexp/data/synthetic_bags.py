@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def cell_image(kind: str, seed: list[int], size: int) -> np.ndarray:
 def field_image(kinds: list[str], seed: list[int], size: int) -> np.ndarray:
     """One smear field (8-bit RGB, `size` px square) holding white cells of `kinds`, spread out, among red cells."""
     smear = _Smear(np.random.default_rng(seed), size)
-    smear.red_cells(int(len(kinds) * 4))
+    smear.red_cells(int(len(kinds) * 2))
     cell = size / np.sqrt(len(kinds) * 2.2)
     for kind in kinds:
         _white_cell(smear, smear.point(0.04, 1.0), kind, cell)
@@ -171,8 +172,8 @@ class SyntheticFields(_BagSource):
         cells_per_field: white cells per field.
     """
 
-    field_size: int = 672
-    cells_per_field: int = 40
+    field_size: int = 448
+    cells_per_field: int = 24
     name: str = "synthetic_fields"
     bag_folders: bool = False
 
@@ -183,14 +184,19 @@ class SyntheticFields(_BagSource):
                 self.witness_min, self.witness_max, self.witness_share]
         target = self._target("fields", spec)
         if not target.is_dir():
-            with atomic_path(target, folder=True) as staging:
+            with atomic_path(target, folder=True) as staging, ThreadPoolExecutor(2) as pool:
+                jobs = []
                 for class_id, (label, fields) in enumerate(counts.items()):
                     (staging / label).mkdir()
-                    for field in range(fields):
-                        rng = np.random.default_rng([self.seed, 11, class_id, field])
-                        kinds = patient_cells(rng, label, self.cells_per_field, self._share(rng))
-                        image = field_image(kinds, [self.seed, 13, class_id, field], self.field_size)
-                        cv2.imwrite(str(staging / label / f"{label.lower()}_field_{field:03d}.png"),
-                                    cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                    jobs += [(staging / label / f"{label.lower()}_field_{field:03d}.png", label, class_id, field)
+                             for field in range(fields)]
+                list(pool.map(lambda job: self._write_field(*job), jobs))  # OpenCV and NumPy release the GIL
         self.root = target
         return target
+
+    def _write_field(self, path: Path, label: str, class_id: int, field: int) -> None:
+        """Draw and write one field."""
+        rng = np.random.default_rng([self.seed, 11, class_id, field])
+        kinds = patient_cells(rng, label, self.cells_per_field, self._share(rng))
+        image = field_image(kinds, [self.seed, 13, class_id, field], self.field_size)
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

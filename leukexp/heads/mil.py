@@ -105,6 +105,7 @@ class BagHead(TorchHead, kind="bag"):
     """A `BagNetwork` trained with Lightning on padded bags (one sample per bag), the best validation epoch kept."""
 
     aggregates = True
+    network_type = BagNetwork
 
     def fit(self, train: Split, val: Split) -> pd.DataFrame:
         """Standardize to the training instances, pad every bag, train as the MLP heads train."""
@@ -135,19 +136,6 @@ class BagHead(TorchHead, kind="bag"):
     def save(self, folder: Path) -> dict[str, Any]:
         """The network's weights and arguments."""
         return super().save(folder) | {"kind": self.kind}
-
-    @classmethod
-    def load(cls, folder: Path, spec: dict[str, Any]) -> BagHead:
-        """Rebuild the bag network from its arguments and load its weights (tensors only)."""
-        context = HeadContext(int(spec["in_features"]), int(spec["num_classes"]), bool(spec["single_logit"]))
-        config = dict(spec["network"])
-        network = BagNetwork(context.in_features, context.num_outputs, **config)
-        try:
-            network.load_state_dict(torch.load(folder / spec["weights"], map_location="cpu", weights_only=True))
-        except Exception as error:  # a missing, corrupt or mismatched file
-            raise LeukexpError(f"{folder / spec['weights']}: not the weights of this head ({type(error).__name__})"
-                               ) from error
-        return cls(network.eval(), context, config)
 
 
 def _check_width(key: str, value: object) -> int:

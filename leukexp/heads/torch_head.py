@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,8 @@ class TorchHead(Head, kind="torch"):
         network_config: the network's arguments (`hidden`, `dropout`, `activation`), saved for `load`.
     """
 
+
+    network_type: ClassVar[type[nn.Module]] = MLPHead  # what `load` rebuilds from the saved arguments
 
     def __init__(self, network: nn.Module, context: HeadContext, network_config: dict[str, Any]) -> None:
         self.network = network
@@ -116,10 +118,10 @@ class TorchHead(Head, kind="torch"):
 
     @classmethod
     def load(cls, folder: Path, spec: dict[str, Any]) -> TorchHead:
-        """Rebuild the MLP from its arguments and load its weights (`weights_only`: tensors, no code)."""
+        """Rebuild the network from its arguments and load its weights (`weights_only`: tensors, no code)."""
         context = HeadContext(int(spec["in_features"]), int(spec["num_classes"]), bool(spec["single_logit"]))
         config = dict(spec["network"])
-        network = MLPHead(context.in_features, context.num_outputs, **config)
+        network = cls.network_type(context.in_features, context.num_outputs, **config)
         try:
             state = torch.load(folder / spec["weights"], map_location="cpu", weights_only=True)
             network.load_state_dict(state)
