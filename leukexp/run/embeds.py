@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.data.augment import Augmentation, named_views
-from leukexp.features.embed import ViewPass, cache_note, part_caches, sample_features
+from leukexp.features.embed import Features, ViewPass, cache_note, part_caches, sample_features
 from leukexp.inference.tta import view_samples
 
 if TYPE_CHECKING:
@@ -57,11 +57,24 @@ def scoring_views(plan: RunPlan) -> Augmentation:
     return named_views(plan.evaluation.tta, plan.seed, "evaluation.tta")
 
 
+def embedded_splits(fold_data: FoldData) -> list[pd.DataFrame]:
+    """The splits whose samples are embedded, in order: train (left out with online views, which see new views
+    every epoch), validation, test."""
+    samples = fold_data.samples
+    return ([] if fold_data.augmentation.online else [samples.train]) + [samples.val, samples.test]
+
+
+def split_features(fold_data: FoldData, every: np.ndarray) -> Features:
+    """The `SPLITS` set's features cut back into the fold's splits (`train` None with online views)."""
+    *train, val, test = np.split(every, np.cumsum([len(part) for part in embedded_splits(fold_data)])[:-1])
+    return Features(train=train[0] if train else None, val=val, test=test)
+
+
 def fold_embeds(plan: RunPlan, fold_data: FoldData, external: Catalog | None = None) -> list[Embeds]:
     """Every set of embeddings the fold's run asks for, in the order it asks."""
     samples, frame, stain = fold_data.samples, fold_data.catalog.frame, fold_data.stain
-    splits = ([] if fold_data.augmentation.online else [samples.train]) + [samples.val, samples.test]
-    embeds = [Embeds(SPLITS, frame, pd.concat(splits, ignore_index=True), fold_data.instance_views, stain)]
+    embeds = [Embeds(SPLITS, frame, pd.concat(embedded_splits(fold_data), ignore_index=True),
+                     fold_data.instance_views, stain)]
     views = scoring_views(plan)
     if plan.evaluation.tta != "none":
         embeds.append(Embeds(TEST_VIEWS, frame, view_samples(samples.test, views.n_views), views, stain))

@@ -25,12 +25,11 @@ class ExternalScores:
     predictions: Predictions
 
 
-def score_external(images: pd.DataFrame, classes: list[str], result: FitResult, features: np.ndarray,
-                   n_views: int) -> ExternalScores:
-    """Every external image scored by the fold's head from the features of its `n_views` views (source-major;
-    each view scaled by the run's temperature, then averaged), with the test metrics' names under `external/` and
-    the operating point's measures at the validation threshold."""
-    view_probs = result.head.predict_proba(features).reshape(len(images), n_views, len(classes))
+def score_external(images: pd.DataFrame, classes: list[str], result: FitResult,
+                   view_probs: np.ndarray) -> ExternalScores:
+    """Every external image scored from the head's probabilities of its views (images, views, classes; each view
+    scaled by the run's temperature, then averaged), with the test metrics' names under `external/` and the
+    operating point's measures at the validation threshold."""
     probs = view_mean(view_probs, result.temperature)
     labels = images["label_index"].to_numpy()
     metrics = classification_metrics(labels, probs, classes, EXTERNAL)

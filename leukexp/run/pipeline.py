@@ -18,8 +18,7 @@ from leukexp.data.dataset import ViewDataset
 from leukexp.data.external import scan_external
 from leukexp.data.fold_data import FoldData, build_fold_data
 from leukexp.errors import LeukexpError
-from leukexp.features.embed import Features
-from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds
+from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds, split_features
 from leukexp.run.fit import FitResult, fit_head
 from leukexp.run.settings import backbone_from_plan, head_from_plan
 from leukexp.run.steps import POST_FIT_STEPS, Outcome
@@ -150,12 +149,8 @@ def fit_and_evaluate(plan: RunPlan, fold_data: FoldData, backbone: Backbone, clo
     embeds = fold_embeds(plan, fold_data, external)
     caches = caches_for(plan, backbone, fold_data.stain)
     with clock.phase("features"):
-        splits = find(embeds, SPLITS)
-        every = splits.features(backbone, caches, plan.features)
+        features = split_features(fold_data, find(embeds, SPLITS).features(backbone, caches, plan.features))
         samples = fold_data.samples
-        sizes = ([] if fold_data.augmentation.online else [len(samples.train)]) + [len(samples.val)]
-        *train, val, test = np.split(every, np.cumsum(sizes))
-        features = Features(train=train[0] if train else None, val=val, test=test)
     with clock.phase("head"):
         seed_everything(plan.seed)  # after extraction: warm and cold runs agree
         head = head_from_plan(plan, backbone, len(fold_data.classes), samples.class_weights)

@@ -56,6 +56,15 @@ class Outcome:
         return any(item.purpose == purpose for item in self.embeds)
 
 
+def scored_views(outcome: Outcome, purpose: str, description: str | None = None) -> tuple[Embeds, np.ndarray]:
+    """The set of embeddings for `purpose` (every view of each image, source-major) and the fitted head's
+    probabilities of each view: (images, views, classes)."""
+    embeds = find(outcome.embeds, purpose)
+    features = embeds.features(outcome.backbone, outcome.caches, outcome.plan.features, description)
+    probs = outcome.result.head.predict_proba(features)
+    return embeds, probs.reshape(-1, embeds.views.n_views, len(outcome.fold_data.classes))
+
+
 class PostFitStep(ABC):
     """One step after fitting; `phase` names it in the run's per-phase timing."""
 
@@ -114,11 +123,8 @@ class ScoreTestViews(PostFitStep):
 
     def run(self, outcome: Outcome) -> None:
         """Embed the views, score them, keep one test sample per source image."""
-        embeds = find(outcome.embeds, TEST_VIEWS)
-        features = embeds.features(outcome.backbone, outcome.caches, outcome.plan.features,
-                                   f"test views ({outcome.plan.evaluation.tta})")
+        embeds, probs = scored_views(outcome, TEST_VIEWS, f"test views ({outcome.plan.evaluation.tta})")
         fold_data, result = outcome.fold_data, outcome.result
-        probs = result.head.predict_proba(features).reshape(-1, embeds.views.n_views, len(fold_data.classes))
         originals = embeds.samples[embeds.samples["view"] == 0].reset_index(drop=True)
         outcome.fold_data = dataclasses.replace(fold_data, samples=dataclasses.replace(fold_data.samples,
                                                                                        test=originals))
@@ -156,10 +162,8 @@ class ScoreExternal(PostFitStep):
 
     def run(self, outcome: Outcome) -> None:
         """Embed and score the external images."""
-        embeds = find(outcome.embeds, EXTERNAL_IMAGES)
-        features = embeds.features(outcome.backbone, outcome.caches, outcome.plan.features)
-        outcome.external = score_external(embeds.catalog, outcome.fold_data.classes, outcome.result, features,
-                                          embeds.views.n_views)
+        embeds, probs = scored_views(outcome, EXTERNAL_IMAGES)
+        outcome.external = score_external(embeds.catalog, outcome.fold_data.classes, outcome.result, probs)
         outcome.metrics |= outcome.external.metrics
 
 

@@ -7,10 +7,15 @@ by the code that uses them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig, OmegaConf
 
 from leukexp.config.schema import MISSING, SCHEMA, Key, any_value, is_int, lookup, setting
 from leukexp.errors import LeukexpError
+
+if TYPE_CHECKING:
+    from leukexp.heads.base import Head
 
 
 def check_rules(cfg: DictConfig, schema: tuple[Key, ...] = SCHEMA) -> None:
@@ -64,8 +69,9 @@ def check_model(cfg: DictConfig) -> None:
     check_backbone(OmegaConf.to_container(model, resolve=True), "model")
 
 
-def check_head(cfg: DictConfig) -> None:
-    """Build the head once for a stand-in problem: its own argument checks run before any real work."""
+def check_head(cfg: DictConfig) -> Head:
+    """Build the head once for a stand-in problem: its own argument checks run before any real work; return the
+    stand-in (what the other checks read of the head)."""
     import torch
 
     from leukexp.config.compose import build
@@ -75,23 +81,18 @@ def check_head(cfg: DictConfig) -> None:
     if not callable(factory):
         raise LeukexpError("head: the head config must be a partial (`_partial_: true`) taking a HeadContext")
     with torch.device("meta"):  # checks only: a stand-in head allocates nothing, whatever its widths
-        factory(HeadContext(in_features=8, num_classes=3))
+        return factory(HeadContext(in_features=8, num_classes=3))
 
 
-def check_bags(cfg: DictConfig) -> None:
-    """`bags`: its keys (its class checks them), and a head that fits it: an aggregator with bags, a per-image head
-    without; what bags do not combine with yet (test-time views, an external set, online views, the leaky
-    protocol) is one line too."""
-    import torch
-
+def check_bags(cfg: DictConfig, head: Head) -> None:
+    """`bags`: its keys (its class checks them), and a head (`check_head`'s stand-in) that fits it: an aggregator
+    with bags, a per-image head without; what bags do not combine with yet (test-time views, an external set,
+    online views, the leaky protocol) is one line too."""
     from leukexp.config.compose import build
-    from leukexp.heads.base import HeadContext
+    from leukexp.config.identity import group_choices
 
     bags = build(cfg.bags, "bags") if "bags" in cfg else None
     active = bool(getattr(bags, "active", False))
-    with torch.device("meta"):
-        head = build(cfg.head, "head")(HeadContext(in_features=8, num_classes=2))
-    from leukexp.config.identity import group_choices
 
     choice = group_choices().get("head") or str(lookup(cfg, "head._target_")).rsplit(".", 1)[-1]
     if active and not head.aggregates:
@@ -156,7 +157,6 @@ def validate(cfg: DictConfig) -> None:
     check_rules(cfg)
     check_accelerator(cfg)
     check_model(cfg)
-    check_head(cfg)
-    check_bags(cfg)
+    check_bags(cfg, check_head(cfg))
     check_stain(cfg)
     check_external(cfg)
