@@ -92,7 +92,11 @@ def _instance_labels(catalog: Catalog) -> pd.Series:
     path = Path(catalog.root) / INSTANCES_FILE
     if not path.is_file():
         return pd.Series("", index=catalog.frame.index)
-    table = pd.read_csv(path, dtype=str)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, OSError) as error:  # not a CSV: binary, truncated quotes, unreadable
+        raise LeukexpError(f"{path}: not a readable CSV ({type(error).__name__}); write columns file,instance_label"
+                           " or remove the file") from None
     if not {"file", "instance_label"} <= set(table.columns):
         raise LeukexpError(f"{path}: needs columns 'file' and 'instance_label' (found {', '.join(table.columns)})")
     lookup = dict(zip(table["file"], table["instance_label"], strict=True))
@@ -286,6 +290,10 @@ class TileBags(Bags, kind="tiles"):
                 known = json.loads(store.read_text())
             except (OSError, ValueError):
                 known = {}
+            if not isinstance(known, dict) or not all(
+                    isinstance(tiles, list) and all(isinstance(t, int) and t >= 0 for t in tiles)
+                    for tiles in known.values()):
+                known = {}  # a damaged or foreign file: the tile lists are made again (and the file rewritten)
         missing = [i for i, key in enumerate(frame["sha1"]) if key not in known]
         if missing:
             def listed(i: int) -> tuple[str, list[int]]:

@@ -121,3 +121,23 @@ def test_image_bags_with_groups_need_the_groups_file() -> None:
         ImageBags("groups").prepare(FolderSource(root="x"))
     with pytest.raises(LeukexpError, match=r"^bags\.layout='rows'"):
         ImageBags("rows")
+
+
+@pytest.mark.parametrize("damage", [b"\x00\xff{not json", b'{"abc": "1,2"}', b'[1, 2]', b'{"abc": [-1]}'])
+def test_a_damaged_tile_list_file_is_made_again(compose_plan, tmp_path: Path, damage: bytes) -> None:
+    args = [*TINY_DATA, "bags=tiles", "bags.tile=32", "head=abmil", "task=binary", "augmentation=none",
+            "fold.n_splits=2"]
+    first = build_fold_data(compose_plan(*args)).bags.instances
+    (store,) = (tmp_path / "cache" / "tiles").glob("*.json")
+    store.write_bytes(damage)
+    again = build_fold_data(compose_plan(*args)).bags.instances
+    assert again.equals(first)
+    assert store.read_text().startswith("{") and "abc" not in store.read_text()
+
+
+def test_an_instances_file_that_is_not_a_csv_is_one_line(compose_plan) -> None:
+    plan = compose_plan(*PATIENTS)
+    root = build_fold_data(plan).catalog.root
+    (root / "instances.csv").write_bytes(b'"\x00\xff\xfe unterminated')
+    with pytest.raises(LeukexpError, match=r"instances\.csv: not a readable CSV"):
+        build_fold_data(compose_plan(*PATIENTS))
