@@ -61,6 +61,7 @@ class Result:
     machine: dict[str, str | int] = field(default_factory=dict)
     raw: dict[str, float] = field(default_factory=dict)
     extraction: dict[str, float] = field(default_factory=dict)
+    extraction_by_views: dict[str, dict[str, float]] = field(default_factory=dict)
     jobs: dict[str, dict[str, float]] = field(default_factory=dict)
     load: dict[str, dict[str, float]] = field(default_factory=dict)
     sweep: dict[str, float] = field(default_factory=dict)
@@ -121,8 +122,9 @@ def measure_raw(backbone, batch_size: int, seconds: float) -> dict[str, float]:
     return {"images_per_s": count / elapsed, "batch_size": batch_size}
 
 
-def measure_extraction(cfg, backbone, cache_dir: Path) -> dict[str, float]:
-    """One cold pass of leukexp's extraction over every view of every image of the fold_data."""
+def measure_extraction(cfg, backbone, cache_dir: Path, made_on: str | None = None) -> dict[str, float]:
+    """One cold pass of leukexp's extraction over every view of every image of the fold_data, views made where
+    `made_on` says (`features.views`: cpu, device or auto; default the plan's)."""
     from leukexp.data.fold_data import build_fold_data
     from leukexp.features.embed import ViewPass, part_caches, sample_features
 
@@ -133,10 +135,22 @@ def measure_extraction(cfg, backbone, cache_dir: Path) -> dict[str, float]:
     caches = part_caches(backbone, cache_dir)
     sample_features(backbone, fold_data.catalog.frame, samples, caches,
                     ViewPass(fold_data.augmentation, cfg.features.batch_size, cfg.features.num_workers,
-                             description="benchmark pass"))
+                             description="benchmark pass", made_on=made_on or cfg.features.views))
     elapsed = time.perf_counter() - start
     return {"views": float(len(samples)), "seconds": elapsed, "images_per_s": len(samples) / elapsed,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def warm_workers(cfg, backbone, cache_dir: Path) -> None:
+    """One small pass with workers (not timed), so passes compared with each other all find the worker processes'
+    fork server started (its start, importing torch and the view pipeline, is paid once per process)."""
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.features.embed import ViewPass, part_caches, sample_features
+
+    fold_data = build_fold_data(cfg)
+    sample_features(backbone, fold_data.catalog.frame, all_views(2, 1), part_caches(backbone, cache_dir),
+                    ViewPass(fold_data.augmentation, 2, 1, description="warm-up"))
+    shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 def measure_head_loop(plan, backbone) -> dict[str, float]:
@@ -253,6 +267,10 @@ def table(result: Result) -> str:
         lines.append(f"leukexp extraction          {result.extraction['images_per_s']:9.1f} img/s  ratio {ratio:.2f}"
                      f"  ({int(result.extraction['views'])} views in {result.extraction['seconds']:.1f} s,"
                      f" peak RSS {result.extraction['peak_rss_mb']:.0f} MB)")
+        for made_on, measured in list(result.extraction_by_views.items())[1:]:
+            other = measured["images_per_s"] / result.raw["images_per_s"] if result.raw else float("nan")
+            lines.append(f"  views on {made_on:<17} {measured['images_per_s']:9.1f} img/s  ratio {other:.2f}"
+                         f"  ({int(measured['views'])} views in {measured['seconds']:.1f} s)")
     if result.head_loop:
         loop = result.head_loop
         lines.append(f"bare head loop              {loop['seconds']:7.1f} s  ({int(loop['steps'])} steps,"
@@ -428,6 +446,9 @@ def main(argv: list[str] | None = None) -> Result:
     parser.add_argument("--load", type=int, default=2, help="busy-loop processes of the load measure")
     parser.add_argument("--bags", action="store_true", help="the bag study (experiment=mil_baseline): head_loop is a"
                         " bare loop of the abmil steps over the same bags, jobs are aggregator folds")
+    parser.add_argument("--views", type=lambda text: text.split(","), default=["auto"],
+                        help="where extraction makes its views (features.views: auto, cpu, device), comma-separated,"
+                             " one cold pass each; the first is the table's extraction row")
     parser.add_argument("--scale", action="store_true", help="the framework at several sizes (see above)")
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SCALE_SIZES), help="views per --scale size")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for every measure (e.g. trainer=gpu)")
@@ -458,8 +479,13 @@ def main(argv: list[str] | None = None) -> Result:
                                  args.raw_seconds)
         print(f"raw forward: {result.raw['images_per_s']:.1f} img/s", flush=True)
     if "extraction" in chosen:
-        result.extraction = measure_extraction(cfg, backbone, Path(cfg.features.dir))
-        print(f"extraction: {result.extraction['images_per_s']:.1f} img/s", flush=True)
+        if len(args.views) > 1:  # the worker processes' fork server starts once per process: not in the first pass
+            warm_workers(cfg, backbone, root / "warm-up")
+        for made_on in args.views:
+            result.extraction_by_views[made_on] = measure_extraction(cfg, backbone, Path(cfg.features.dir), made_on)
+            print(f"extraction, views on {made_on}: {result.extraction_by_views[made_on]['images_per_s']:.1f} img/s",
+                  flush=True)
+        result.extraction = result.extraction_by_views[args.views[0]]
         if result.raw:  # again after the pass: the ratio uses the mean of both (a busy machine drifts)
             before = result.raw["images_per_s"]
             after = measure_raw(backbone, int(result.raw["batch_size"]), args.raw_seconds)["images_per_s"]

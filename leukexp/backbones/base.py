@@ -144,6 +144,11 @@ class Backbone(Registered, ABC):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (N, 3, H, W) -> features (N, num_features), float32 on the CPU."""
 
+    def embed_on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """`embed`, leaving the features where they were computed (float32): an extraction pass copies them back
+        while the device computes the next batch. By default the CPU features of `embed`."""
+        return self.embed(images)
+
     @abstractmethod
     def reference(self) -> dict[str, object]:
         """What a saved model records to rebuild this backbone (its config and fingerprint)."""

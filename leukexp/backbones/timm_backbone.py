@@ -198,13 +198,17 @@ class TimmBackbone(nn.Module, Backbone, kind="timm"):
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) -> pooled features (N, num_features), float32 on the CPU."""
+        return self.embed_on_device(images).cpu()
+
+    def embed_on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) -> pooled features (N, num_features), float32 on the backbone's device."""
         device = self.device
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
             features = self.features(images)
-        return features.float().cpu()
+        return features.float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Same as `embed` (so the backbone can sit inside a Lightning module)."""

@@ -96,6 +96,7 @@ class FeatureSettings:
     storage: str
     batch_size: int | str
     num_workers: int | str
+    views: str = "auto"
 
     @property
     def cache_dir(self) -> str | None:
@@ -196,7 +197,8 @@ class RunPlan:
             features=FeatureSettings(
                 cache=bool(cfg.features.cache), dir=str(cfg.features.dir), device=str(setting(cfg, "features.device")),
                 precision=str(setting(cfg, "features.precision")), storage=str(setting(cfg, "features.storage")),
-                batch_size=_auto_or_int(cfg.features.batch_size), num_workers=_auto_or_int(cfg.features.num_workers)),
+                batch_size=_auto_or_int(cfg.features.batch_size), num_workers=_auto_or_int(cfg.features.num_workers),
+                views=str(setting(cfg, "features.views"))),
             evaluation=EvaluationSettings(
                 tta=str(setting(cfg, "evaluation.tta")), cam_panel=bool(cfg.evaluation.cam_panel),
                 cam_per_class=int(cfg.evaluation.cam_per_class),

@@ -123,6 +123,7 @@ SCHEMA: tuple[Key, ...] = (
         identity=False),
     Key("features.num_workers", auto_or(integer(0)), "auto or a whole number >= 0", identity=False),
     Key("features.device", device, "auto, cpu or cuda[:N]", identity=False, default="auto"),
+    Key("features.views", one_of("auto", "cpu", "device"), "auto, cpu or device", identity=False, default="auto"),
     Key("features.storage", one_of("float32", "float16"), "float32 or float16", default="float32"),
     Key("features.precision", one_of("fp32", "bf16", "fp16"), "fp32, bf16 or fp16", default="fp32"),
     Key("fold.n_splits", integer(2), "a whole number of folds >= 2"),

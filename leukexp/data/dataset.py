@@ -101,6 +101,43 @@ class SourceViews(Dataset):
         return {"image": torch.from_numpy(np.stack(views)), "row": torch.as_tensor(rows, dtype=torch.long)}
 
 
+class SourcePlans(SourceViews):
+    """For views made on the device (`augmentation.batched`): item i decodes a few images (about `ROWS_PER_ITEM`
+    wanted views' worth) and returns them resized, 8-bit (S, H, W, 3), with each wanted row's image (`source_of_row`)
+    and what the device does for it (`augmentation.plan`: sampling theta, warped or not, flip code): one image to
+    move per source instead of one per view, and few items to pass between processes."""
+
+    ROWS_PER_ITEM = 128
+
+    def __init__(self, catalog: pd.DataFrame, sources: np.ndarray, views: np.ndarray,
+                 augmentation: Augmentation, preprocess: ImagePreprocess, stain: ImageStep | None = None) -> None:
+        super().__init__(catalog, sources, views, augmentation, preprocess, stain)
+        self.chunks: list[list[tuple[int, list[int]]]] = [[]]
+        rows = 0
+        for group in self.groups:
+            if rows >= self.ROWS_PER_ITEM:
+                self.chunks.append([])
+                rows = 0
+            self.chunks[-1].append(group)
+            rows += len(group[1])
+
+    def __len__(self) -> int:
+        return len(self.chunks) if self.groups else 0
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        images, source_of_row, plans, rows = [], [], [], []
+        for position, (source, wanted) in enumerate(self.chunks[index]):
+            image = self.preprocess.resize(read_normalized(self.paths[source], self.stain))
+            images.append(image)
+            plans.append(self.augmentation.plan(self.views[wanted], self.keys[source], *image.shape[:2]))
+            source_of_row += [position] * len(wanted)
+            rows += wanted
+        thetas, warped, flips = (np.concatenate(part) for part in zip(*plans, strict=True))
+        return {"image": torch.from_numpy(np.stack(images)), "source_of_row": torch.as_tensor(source_of_row),
+                "row": torch.as_tensor(rows, dtype=torch.long), "thetas": torch.from_numpy(thetas),
+                "warped": torch.from_numpy(warped), "flips": torch.from_numpy(flips)}
+
+
 def quiet_worker(worker_id: int) -> None:
     """DataLoader worker start: one OpenCV thread (many workers each with a thread per core would thrash)."""
     cv2.setNumThreads(1)

@@ -19,11 +19,9 @@ more to install; measured numbers are in the README ("Outgrowing one machine").
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import re
 import struct
 import threading
 import uuid
@@ -236,19 +234,19 @@ class FeatureCache:
             self._write_shard(keys[start:start + SHARD_ENTRIES], values[start:start + SHARD_ENTRIES])
 
     def _write_shard(self, keys: list[str], values: np.ndarray) -> None:
-        from safetensors import SafetensorError
-        from safetensors.numpy import save_file
-
-        dtype, _ = STORAGE_DTYPES[self.storage]
+        """One shard file in the safetensors layout, written by plain file writes (which let other threads run,
+        unlike a library call holding the interpreter for the whole file)."""
+        dtype, code = STORAGE_DTYPES[self.storage]
+        values = np.ascontiguousarray(values, dtype)
+        header = json.dumps({"__metadata__": {"keys": json.dumps(keys)},
+                             "values": {"dtype": code, "shape": list(values.shape),
+                                        "data_offsets": [0, values.nbytes]}}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
         path = self.folder / f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
-        with atomic_path(path) as staging:
-            try:
-                save_file({"values": np.ascontiguousarray(values, dtype)}, str(staging),
-                          metadata={"keys": json.dumps(keys)})
-            except SafetensorError as error:  # the file system's refusal (full, read-only), as the OSError it is
-                found = re.search(r"os error (\d+)", str(error))
-                code = int(found.group(1)) if found else errno.EIO
-                raise OSError(code, os.strerror(code), str(path)) from error
+        with atomic_path(path) as staging, open(staging, "wb") as handle:
+            handle.write(struct.pack("<Q", len(header)))
+            handle.write(header)
+            handle.write(memoryview(values).cast("B"))
 
     # coordination
 

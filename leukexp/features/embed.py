@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,9 @@ from torch.utils.data import DataLoader
 from leukexp.backbones.base import Backbone
 from leukexp.console import progress_bar
 from leukexp.data.augment import Augmentation
-from leukexp.data.dataset import SourceViews, clean_worker_context, quiet_worker
+from leukexp.data.dataset import SourcePlans, SourceViews, clean_worker_context, quiet_worker
 from leukexp.data.io import DECODER_VERSION
+from leukexp.data.tensor_views import views_for
 from leukexp.errors import LeukexpError
 from leukexp.features.cache import LOCK_BUCKETS, FeatureCache, bucket_of
 from leukexp.runtime.process import usable_cores
@@ -104,13 +106,14 @@ def check_embeddings(output: np.ndarray, backbone: Backbone, catalog: pd.DataFra
 class ViewPass:
     """How one pass embeds its rows: through which views (`views.apply(image, view, key)`), in backbone batches of
     `batch_size`, with `num_workers` decoding processes (`auto`: chosen for the device), after which stain
-    normalization, under which words in the progress bar."""
+    normalization, under which words in the progress bar, views made where `made_on` says."""
 
     views: Augmentation
     batch_size: Setting = "auto"
     num_workers: Setting = "auto"
     stain: StainNormalizer | None = None
     description: str = "features"
+    made_on: str = "auto"  # `features.views`: where views are made (auto, cpu, device; see `views_for`)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def extract_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.Data
     Misses are read by source image: each image is decoded once and all its missing views are made from it,
     in worker processes (`workers_for`); the backbone sees batches of `how.batch_size` views.
     """
+    how = replace(how, views=views_for(how.views, how.made_on, backbone.device))
     keys = catalog["sha1"].to_numpy()
     sources, views = samples["source"].to_numpy(), samples["view"].to_numpy()
     view_keys = {int(v): how.views.view_fingerprint(int(v)) for v in np.unique(views)}
@@ -171,46 +175,93 @@ def extract_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.Data
     return features
 
 
+@dataclass
+class _Launched:
+    """A batch whose features are on their way back from the device: `host` is filled once `done` has happened."""
+
+    host: torch.Tensor
+    done: torch.cuda.Event | None
+    rows: torch.Tensor
+
+
+def _batches(loader: DataLoader, device: torch.device, size: int, batched: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's items regrouped into backbone batches of `size` rows, assembled on `device` (the pinned items
+    are copied while the device computes); `row` stays on the CPU."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    pending = 0
+    for item in loader:
+        for name, value in item.items():
+            if name != "row":
+                item[name] = value.to(device, non_blocking=True)
+        if batched:  # each row's source image, gathered on the device
+            item["image"] = item["image"].index_select(0, item.pop("source_of_row"))
+        for name, value in item.items():
+            parts.setdefault(name, []).append(value)
+        pending += len(item["row"])
+        while pending >= size:
+            split = {name: torch.cat(values).split([size, pending - size]) for name, values in parts.items()}
+            yield {name: halves[0] for name, halves in split.items()}
+            parts = {name: [halves[1]] for name, halves in split.items()}
+            pending -= size
+    if pending:
+        yield {name: torch.cat(values) for name, values in parts.items()}
+
+
 def compute_missing(backbone: Backbone, rows: _Rows, how: ViewPass, cache: FeatureCache | None,
                     features: np.ndarray, missing: np.ndarray) -> None:
-    """Run the backbone on the `missing` rows (filling `features` and the cache)."""
-    catalog, pairs, stain = rows.catalog, rows.pairs, how.stain
-    sources, views = rows.samples["source"].to_numpy(), rows.samples["view"].to_numpy()
+    """Run the backbone on the `missing` rows (filling `features` and the cache).
+
+    Workers decode each source image once; they make its views (the CPU path), or resize it and plan its views,
+    which the device then makes a backbone batch at a time (`how.views.batched`, see `data/tensor_views.py`). On an
+    accelerator, a batch's features are copied back while the next batch computes.
+    """
+    catalog, pairs, stain, views = rows.catalog, rows.pairs, how.stain, how.views
+    sources, view_index = rows.samples["source"].to_numpy(), rows.samples["view"].to_numpy()
     device = backbone.device
     size, workers = batch_size_for(how.batch_size, device), workers_for(how.num_workers, device, len(missing))
-    dataset = SourceViews(catalog, sources[missing], views[missing], how.views, backbone.preprocess,
-                          stain if stain is not None and stain.active else None)
+    kind = SourcePlans if views.batched else SourceViews
+    dataset = kind(catalog, sources[missing], view_index[missing], views, backbone.preprocess,
+                   stain if stain is not None and stain.active else None)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
                         worker_init_fn=quiet_worker if workers else None,
                         multiprocessing_context=clean_worker_context() if workers else None)
 
-    def store(images: torch.Tensor, rows: torch.Tensor) -> None:
-        output = backbone.embed(backbone.preprocess.normalize(images)).numpy()
-        targets = missing[rows.numpy()]
+    def launch(batch: dict[str, torch.Tensor]) -> _Launched:
+        images = batch["image"]
+        if views.batched:
+            images = views.make(images, batch["thetas"], batch["warped"], batch["flips"])
+        output = backbone.embed_on_device(backbone.preprocess.normalize(images))
+        if output.device.type != "cuda":
+            return _Launched(output.cpu(), None, batch["row"])
+        host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
+        host.copy_(output, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Launched(host, done, batch["row"])
+
+    def finish(launched: _Launched) -> None:
+        if launched.done is not None:
+            launched.done.synchronize()
+        output = launched.host.numpy()
+        targets = missing[launched.rows.numpy()]
         check_embeddings(output, backbone, catalog, sources[targets])
         features[targets] = output
         if cache is not None:
-            writes.append(writer.submit(put_many, cache, [pairs[t] for t in targets], output))
+            writes.append(writer.submit(put_many, cache, [pairs[t] for t in targets], features[targets]))
         progress.update(bar, advance=len(output))
 
     with progress_bar() as progress, ThreadPoolExecutor(2) as writer, torch.inference_mode():
         bar = progress.add_task(f"{how.description} ({backbone.label})", total=len(missing))
         writes: list[Future[None]] = []
-        images: list[torch.Tensor] = []
-        rows: list[torch.Tensor] = []
-        pending = 0
-        for item in loader:
-            images.append(item["image"].to(device, non_blocking=True))  # pinned: copied while the GPU computes
-            rows.append(item["row"])
-            pending += len(item["row"])
-            while pending >= size:
-                batch, rest = torch.cat(images).split([size, pending - size])
-                index, rest_index = torch.cat(rows).split([size, pending - size])
-                store(batch, index)
-                images, rows, pending = [rest], [rest_index], pending - size
-        if pending:
-            store(torch.cat(images), torch.cat(rows))
+        previous: _Launched | None = None
+        for batch in _batches(loader, device, size, views.batched):
+            current = launch(batch)  # queued on the device before the previous batch is read back
+            if previous is not None:
+                finish(previous)
+            previous = current
+        if previous is not None:
+            finish(previous)
         for write in writes:
             write.result()
 

@@ -48,7 +48,8 @@ class Embeds:
     def features(self, backbone: Backbone, caches: list[FeatureCache | None], settings: FeatureSettings,
                  description: str | None = None) -> np.ndarray:
         """The rows' features, from the store where present (every part of the backbone, concatenated)."""
-        how = ViewPass(self.views, settings.batch_size, settings.num_workers, self.stain, description or self.purpose)
+        how = ViewPass(self.views, settings.batch_size, settings.num_workers, self.stain, description or self.purpose,
+                       settings.views)
         return sample_features(backbone, self.catalog, self.samples, caches, how)
 
 

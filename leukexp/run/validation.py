@@ -140,6 +140,18 @@ def check_stain(cfg: DictConfig) -> None:
         read_reference(reference)
 
 
+def check_view_path(cfg: DictConfig) -> None:
+    """`features.views=device`: the augmentation's transforms must be ones the device makes (flips, Affine)."""
+    from leukexp.config.compose import build
+    from leukexp.data.tensor_views import TensorViews
+
+    if lookup(cfg, "features.views") != "device" or "augmentation" not in cfg:
+        return
+    reason = TensorViews.unsupported(build(cfg.augmentation, "augmentation", _convert_="all"))
+    if reason:
+        raise LeukexpError(f"features.views=device: {reason}; use features.views=auto (the CPU for these) or cpu")
+
+
 def check_external(cfg: DictConfig) -> None:
     """`evaluation.external`: a data config, folder or mapping whose class folders map onto the task's classes."""
     from leukexp.config.compose import build
@@ -159,4 +171,5 @@ def validate(cfg: DictConfig) -> None:
     check_model(cfg)
     check_bags(cfg, check_head(cfg))
     check_stain(cfg)
+    check_view_path(cfg)
     check_external(cfg)

@@ -112,7 +112,8 @@ def test_a_cache_that_cannot_be_written_keeps_the_features_in_memory(backbone, s
 
 def test_non_finite_backbone_features_are_one_line_naming_an_image(backbone, study, monkeypatch) -> None:
     catalog, samples, views = study
-    monkeypatch.setattr(backbone, "embed", lambda batch: torch.full((len(batch), backbone.num_features), float("nan")))
+    monkeypatch.setattr(backbone, "embed_on_device",
+                        lambda batch: torch.full((len(batch), backbone.num_features), float("nan")))
     with pytest.raises(LeukexpError, match=r"gave NaN or infinite features for .* e\.g\. of .*png"):
         extract_features(backbone, catalog, samples, None, ViewPass(views, 4, 0))
 
