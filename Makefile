@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test test-fast lint clean-cache
+.PHONY: install run test test-fast lint engines clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,19 @@ run: install
 lint: install
 	$(BIN)/ruff check leukexp tests scripts hydra_plugins
 
+# the job engines the tests start for real (a one-node Slurm cluster with accounting): Debian's packages, installed
+# once where this runs as root with apt; elsewhere their tests skip and say why
+ENGINE_PACKAGES := slurm-wlm slurmdbd munge mariadb-server
+engines:
+	@command -v slurmctld >/dev/null && command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive \
+	       && { apt-get install -y -q $(ENGINE_PACKAGES) >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(ENGINE_PACKAGES) >/dev/null 2>&1; }; }; } \
+	  || echo "engines: Slurm could not be installed here (root and apt needed); its tests skip and say why"
+
 # two pytest workers: the slow cases spend much of their time waiting on subprocesses and servers (14 min instead
 # of 16 for the whole suite on this project's 2-core machine)
-test: lint
+test: lint engines
 	$(BIN)/python -m pytest -n 2 $(ARGS)
 
 test-fast: lint

@@ -322,11 +322,11 @@ cfg = compose_plan(root, overrides)
 fold_data = build_fold_data(cfg)
 seed_everything(cfg.seed)  # the random-init model of the cold pass, so the same cache key
 backbone = backbone_from_plan(cfg)
+embeds = find(fold_embeds(cfg, fold_data), SPLITS)  # what the job reads (its plan), not the reading: not timed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
 caches = caches_for(cfg, backbone, fold_data.stain)
-every = find(fold_embeds(cfg, fold_data), SPLITS).features(backbone, caches,
-                                                           dataclasses.replace(cfg.features, num_workers=0))
+every = embeds.features(backbone, caches, dataclasses.replace(cfg.features, num_workers=0))
 read = time.perf_counter() - start
 note = cache_note(caches)
 assert "0 misses" in note, note
@@ -375,8 +375,7 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
     sample_features(backbone, fold_data.catalog.frame, samples, caches,
                     ViewPass(fold_data.augmentation, 256, cfg.features.num_workers, description="scale pass"))
     cold = time.perf_counter() - start
-    folder = caches[0].folder
-    files = sum(1 for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors")
+    files = caches[0].files()  # shard files after the pass (which merges small ones once 8 pile up)
     def job(mode: str) -> dict[str, float]:
         code = WARM_JOB.format(script_dir=str(Path(__file__).parent))
         done = subprocess.run([sys.executable, "-c", code, mode, str(root), json.dumps(overrides)],

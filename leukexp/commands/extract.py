@@ -99,8 +99,9 @@ def study_embeds(plan: RunPlan) -> list[Embeds]:
             for first, rows in merged.values()]
 
 
-def extract(plan: RunPlan, shard: ShardSpec) -> dict[str, float]:
-    """Embed what every fold needs (this shard's images only); return views, misses and seconds."""
+def extract(plan: RunPlan, shard: ShardSpec, compact: bool = False) -> dict[str, float]:
+    """Embed what every fold needs (this shard's images only); return views, misses, seconds and, with `compact`,
+    how many files fewer the store's folders hold after merging their small shards."""
     from leukexp.console import console
     from leukexp.run.embeds import cache_note, caches_for
     from leukexp.run.settings import backbone_from_plan
@@ -110,7 +111,8 @@ def extract(plan: RunPlan, shard: ShardSpec) -> dict[str, float]:
         raise LeukexpError("features.cache=false: leukexp-extract fills the feature cache; leave features.cache=true")
     seed_everything(plan.seed)
     backbone = backbone_from_plan(plan)
-    views, misses, started = 0, 0, time.perf_counter()
+    views, misses, merged, started = 0, 0, 0, time.perf_counter()
+    folders = {}
     for embeds in study_embeds(plan):
         caches = caches_for(plan, backbone, embeds.stain)
         keys = embeds.catalog["sha1"].to_numpy()
@@ -120,8 +122,11 @@ def extract(plan: RunPlan, shard: ShardSpec) -> dict[str, float]:
                                                                 f"embedding {embeds.purpose}")
             views += len(mine)
         misses += sum(cache.misses for cache in caches if cache)
+        folders |= {cache.folder: cache for cache in caches if cache}
         console.print(cache_note(caches))
-    return {"views": views, "misses": misses, "seconds": time.perf_counter() - started}
+    if compact:
+        merged = sum(cache.compact() for cache in folders.values())
+    return {"views": views, "misses": misses, "seconds": time.perf_counter() - started, "fewer_files": merged}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
     parser.add_argument("--shard", default="0/1", help="I/N: embed shard I of N (by image content hash), e.g. 3/20")
+    parser.add_argument("--compact", action="store_true",
+                        help="then merge the store's small shard files (safe while other jobs read; a pass merges"
+                             " on its own once 8 small ones pile up)")
     parser.add_argument("overrides", nargs="*", help="the overrides a leukexp-train run of the study takes")
     args = parser.parse_args(argv)
     prepare_process()
@@ -143,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = RunPlan.from_config(cfg)
         from leukexp.console import console
 
-        result = extract(plan, shard)
+        result = extract(plan, shard, args.compact)
         rate = result["misses"] / result["seconds"] if result["seconds"] else 0.0
         console.print(f"{PROGRAM}: shard {shard.index}/{shard.count}: {result['views']:,} views needed,"
-                      f" {result['misses']:,} computed in {result['seconds']:.1f} s ({rate:.1f} views/s)")
+                      f" {result['misses']:,} computed in {result['seconds']:.1f} s ({rate:.1f} views/s)"
+                      + (f"; compacted: {result['fewer_files']} files fewer" if args.compact else ""))
     return 0
 
 

@@ -135,6 +135,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("protocol.val_split", one_of("source", "view"), "source or view"),
     Key("task.epochs", integer(1, MAX_EPOCHS), f"a whole number of epochs from 1 to {MAX_EPOCHS:,}"),
     Key("data.on_bad_image", one_of("error", "skip"), "error or skip"),
+    Key("data.max_pixels", integer(1), "a whole number of pixels >= 1, e.g. 100000000 (10,000 x 10,000)",
+        identity=False, default=100_000_000),
     Key("data.digest_cache", identity=False),
     Key("augmentation.repeats", integer(0), "a whole number >= 0"),
     Key("model.input_size", integer(16, optional=True), "null or a side in pixels >= 16"),

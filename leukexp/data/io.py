@@ -21,8 +21,52 @@ _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"II*\x00"
 _SUFFIX_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
 
+# the most pixels an image may hold (`data.max_pixels`): a field of 10,000 x 10,000; read from the file's header
+# before decoding, so a small file that decodes to 20,000 x 20,000 (1.2 GB of pixels, 20 GB at the peak of a run)
+# is refused before it costs anything
+MAX_PIXELS = 100_000_000
+
+
 class BadImageError(LeukexpError):
     """An image file that is empty, unreadable or not an image."""
+
+
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the file's header states it, read without decoding: PNG and JPEG here, other formats
+    through Pillow's lazy open (None where the header cannot say)."""
+    if data.startswith(b"\x89PNG") and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(b"\xff\xd8"):
+        at = 2
+        while at + 9 <= len(data) and data[at] == 0xFF:
+            marker, length = data[at + 1], int.from_bytes(data[at + 2:at + 4], "big")
+            if marker in _JPEG_FRAMES:
+                return int.from_bytes(data[at + 7:at + 9], "big"), int.from_bytes(data[at + 5:at + 7], "big")
+            at += 2 + length
+        return None
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        return (1 << 31, 1 << 31)  # beyond Pillow's own limit: beyond any sane one
+    except Exception:  # any header Pillow cannot read is left to OpenCV's decoder
+        return None
+
+
+def check_pixels(data: bytes, name: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse, before decoding, an image whose header states more than `max_pixels` pixels."""
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        width, height = size
+        raise BadImageError(f"{name}: {width:,} x {height:,} pixels ({width * height / 1e6:,.0f} M) is more than"
+                            f" data.max_pixels={max_pixels:,}; shrink or tile the image, or raise data.max_pixels")
 
 
 def is_image_file(path: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
@@ -35,10 +79,12 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
-def decode_image(data: bytes, name: str | os.PathLike[str]) -> np.ndarray:
-    """Decode encoded image bytes to an 8-bit RGB array of shape (H, W, 3)."""
+def decode_image(data: bytes, name: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to an 8-bit RGB array of shape (H, W, 3); one holding more than `max_pixels`
+    pixels is refused from its header, before decoding."""
     if not data:
         raise BadImageError(f"{name}: the file is empty (0 bytes); replace or remove it")
+    check_pixels(data, name, max_pixels)
     # JPEG: 8-bit colour with the EXIF orientation applied (a phone or scanner may store the pixels rotated);
     # others: unchanged, to keep 16-bit depth and alpha for `to_rgb8`
     flag = cv2.IMREAD_COLOR if data.startswith(b"\xff\xd8\xff") else cv2.IMREAD_UNCHANGED

@@ -13,7 +13,15 @@ from typing import Literal
 
 import pandas as pd
 
-from leukexp.data.io import IMAGE_EXTENSIONS, BadImageError, decode_image, file_digest, image_notes, is_image_file
+from leukexp.data.io import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    BadImageError,
+    decode_image,
+    file_digest,
+    image_notes,
+    is_image_file,
+)
 from leukexp.data.tasks import Task
 from leukexp.errors import LeukexpError
 from leukexp.files import atomic_path
@@ -58,6 +66,8 @@ class FolderSource:
             modification time: a later scan reads only new or changed files (None: read every file every time).
         bag_folders: read `root/<class>/<bag>/<images>` instead: each sub-folder of a class folder is one bag
             (a patient or a smear), its group (`<class>/<bag>`); set by `bags=images` (`data.bags.ImageBags`).
+        max_pixels: the most pixels one image may hold, read from its header before it is decoded (a bad image
+            above it: `on_bad_image` decides).
     """
 
     root: str | Path | None = None
@@ -68,6 +78,7 @@ class FolderSource:
     name: str = "folder"
     digest_cache: str | Path | None = None
     bag_folders: bool = False
+    max_pixels: int = MAX_PIXELS
 
     def prepare(self) -> Path:
         """Return the folder to scan (sources that generate images do so here)."""
@@ -150,7 +161,7 @@ class FolderSource:
             path = Path(str(row["path"]))
             try:
                 data = path.read_bytes()
-                decode_image(data, path)
+                decode_image(data, path, self.max_pixels)
             except BadImageError as error:
                 return error
             except OSError as error:

@@ -22,7 +22,7 @@ from leukexp.data.dataset import SourcePlans, SourceViews, clean_worker_context,
 from leukexp.data.io import DECODER_VERSION
 from leukexp.data.tensor_views import views_for
 from leukexp.errors import LeukexpError
-from leukexp.features.cache import LOCK_BUCKETS, FeatureCache, bucket_of
+from leukexp.features.cache import LOCK_BUCKETS, FeatureCache, bucket_of, image_codes, view_code
 from leukexp.runtime.process import usable_cores
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def workers_for(setting: Setting, device: torch.device, views: int = CPU_WORKER_
     return max(1, min(MAX_WORKERS, cores - 1))
 
 
-def put_many(cache: FeatureCache, keys: list[tuple[str, str]], values: np.ndarray | None = None) -> None:
+def put_many(cache: FeatureCache, codes: np.ndarray, values: np.ndarray | None = None) -> None:
     """Store a batch of embeddings (run in a writer thread while the backbone computes the next batch); with no
     values, write what is queued (`flush`).
 
@@ -86,7 +86,7 @@ def put_many(cache: FeatureCache, keys: list[tuple[str, str]], values: np.ndarra
         if values is None:
             cache.flush()
         else:
-            cache.put_many(keys, values)
+            cache.put_codes(codes, values)
     except OSError as error:
         cache.unwritable = f"{error.strerror or type(error).__name__} ({error.filename or cache.folder})"
         log.warning("feature cache %s cannot be written: %s; this run keeps its features in memory (free space or"
@@ -118,11 +118,11 @@ class ViewPass:
 
 @dataclass(frozen=True)
 class _Rows:
-    """The rows of one pass: the catalog they index, the (source, view) samples and their store keys."""
+    """The rows of one pass: the catalog they index, the (source, view) samples and their store codes."""
 
     catalog: pd.DataFrame
     samples: pd.DataFrame
-    pairs: list[tuple[str, str]]
+    codes: np.ndarray
 
 
 def extract_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.DataFrame, cache: FeatureCache | None,
@@ -135,21 +135,22 @@ def extract_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.Data
     how = replace(how, views=views_for(how.views, how.made_on, backbone.device))
     keys = catalog["sha1"].to_numpy()
     sources, views = samples["source"].to_numpy(), samples["view"].to_numpy()
-    view_keys = {int(v): how.views.view_fingerprint(int(v)) for v in np.unique(views)}
-    pairs = list(zip(keys[sources].tolist(), [view_keys[v] for v in views.tolist()], strict=True))
+    codes = sample_codes(keys, sources, views, how.views)
     width = backbone.num_features
     if cache is not None:
-        features, found = cache.get_many(pairs, width)
+        features, found = cache.get_codes(codes, width)
     else:
         features, found = np.zeros((len(samples), width), np.float32), np.zeros(len(samples), bool)
     missing = np.flatnonzero(~found)
     if len(missing) == 0:
         return features
-    rows = _Rows(catalog, samples, pairs)
+    rows = _Rows(catalog, samples, codes)
     if cache is None:
         compute_missing(backbone, rows, how, None, features, missing)
         return features
-    buckets = np.array([bucket_of(pairs[i][0]) for i in missing])
+    cache.check_locking()
+    image_buckets = np.array([bucket_of(str(key)) for key in keys])
+    buckets = image_buckets[sources[missing]]
     pending = sorted(set(buckets.tolist()))
     start = os.getpid() % len(pending)  # parallel jobs start at different buckets
     pending = pending[start:] + pending[:start]
@@ -157,11 +158,11 @@ def extract_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.Data
     def fill(held: list[int]) -> None:
         """Under the locks of `held` buckets: read what others wrote meanwhile, compute and write the rest."""
         held_rows = missing[np.isin(buckets, held)]
-        again, now = cache.recheck([pairs[i] for i in held_rows], width)
+        again, now = cache.recheck(codes[held_rows], width)
         features[held_rows[now]] = again[now]
         if (~now).any():
             compute_missing(backbone, rows, how, cache, features, held_rows[~now])
-            put_many(cache, [])  # written before the locks go: whoever waited finds every entry
+            put_many(cache, codes[:0])  # written before the locks go: whoever waited finds every entry
 
     per_pass = CLAIM_BUCKETS if len(missing) >= SPLIT_MIN_VIEWS else None
     while pending:  # free buckets (a few at a time in a large pass, so parallel jobs split it); else wait for one
@@ -172,7 +173,18 @@ def extract_features(backbone: Backbone, catalog: pd.DataFrame, samples: pd.Data
             with cache.claim(pending[:1]) as held:
                 fill(held)
         pending = [bucket for bucket in pending if bucket not in held]
+    cache.settle()  # the folder's index rewritten, small shards merged
     return features
+
+
+def sample_codes(image_keys: np.ndarray, sources: np.ndarray, views: np.ndarray, augmentation: Augmentation
+                 ) -> np.ndarray:
+    """The store codes of (source, view) rows: image codes per catalog image, view codes per distinct view, then one
+    vectorized XOR (no string per row)."""
+    per_view = np.zeros(int(views.max()) + 1 if len(views) else 1, np.uint64)
+    for view in np.unique(views).tolist():
+        per_view[view] = view_code(augmentation.view_fingerprint(int(view)))
+    return image_codes(image_keys)[sources] ^ per_view[views]
 
 
 @dataclass
@@ -215,7 +227,7 @@ def compute_missing(backbone: Backbone, rows: _Rows, how: ViewPass, cache: Featu
     which the device then makes a backbone batch at a time (`how.views.batched`, see `data/tensor_views.py`). On an
     accelerator, a batch's features are copied back while the next batch computes.
     """
-    catalog, pairs, stain, views = rows.catalog, rows.pairs, how.stain, how.views
+    catalog, codes, stain, views = rows.catalog, rows.codes, how.stain, how.views
     sources, view_index = rows.samples["source"].to_numpy(), rows.samples["view"].to_numpy()
     device = backbone.device
     size, workers = batch_size_for(how.batch_size, device), workers_for(how.num_workers, device, len(missing))
@@ -248,7 +260,7 @@ def compute_missing(backbone: Backbone, rows: _Rows, how: ViewPass, cache: Featu
         check_embeddings(output, backbone, catalog, sources[targets])
         features[targets] = output
         if cache is not None:
-            writes.append(writer.submit(put_many, cache, [pairs[t] for t in targets], features[targets]))
+            writes.append(writer.submit(put_many, cache, codes[targets], features[targets]))
         progress.update(bar, advance=len(output))
 
     with progress_bar() as progress, ThreadPoolExecutor(2) as writer, torch.inference_mode():

@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from conftest import TINY_MODEL
 from leukexp.commands.extract import ShardSpec, main
 from leukexp.errors import LeukexpError
-from leukexp.features.cache import FeatureCache
+from leukexp.features.cache import FeatureCache, entry_codes
 
 SMALL = [*TINY_MODEL, "data.counts={ALL: 6, AML: 6, CLL: 6, CML: 6, HLT: 6}", "data.image_size=48",
          "augmentation=flips", "fold.n_splits=3", "fold.val_fraction=0.3"]
@@ -25,12 +25,12 @@ def test_shards_split_images_by_content_hash() -> None:
             ShardSpec.parse(bad)
 
 
-def entries(root: Path) -> set[str]:
-    return {key for folder in (root / "cache" / "features").iterdir() if folder.is_dir()
-            for key in FeatureCache(folder.parent, folder.name).entry_keys()}
+def entries(root: Path) -> set[int]:
+    return {int(code) for folder in (root / "cache" / "features").iterdir() if folder.is_dir()
+            for code in FeatureCache(folder.parent, folder.name).entry_codes()}
 
 
-def needed(root: Path) -> set[str]:
+def needed(root: Path) -> set[int]:
     """What the folds' runs ask the cache for: training views, validation and test originals, per fold."""
     from conftest import compose, plan_of
     from leukexp.data.fold_data import build_fold_data
@@ -40,8 +40,8 @@ def needed(root: Path) -> set[str]:
         fold_data = build_fold_data(plan_of(compose(root, *SMALL, f"fold.index={fold}")))
         keys = fold_data.catalog.frame["sha1"].to_numpy()
         for split in (fold_data.samples.train, fold_data.samples.val, fold_data.samples.test):
-            wanted |= {f"{keys[s]}_{fold_data.augmentation.view_fingerprint(int(v))}"
-                       for s, v in zip(split["source"], split["view"], strict=True)}
+            views = [fold_data.augmentation.view_fingerprint(int(v)) for v in split["view"]]
+            wanted |= {int(code) for code in entry_codes(keys[split["source"].to_numpy()], views)}
     return wanted
 
 
@@ -62,9 +62,15 @@ def test_two_shards_then_a_warm_rerun_compute_each_entry_once(tmp_path: Path, ca
     computed = [int(text.split(" computed")[0].rsplit(", ", 1)[1].replace(",", "")) for text in (first, second)]
     stored = entries(tmp_path)
     assert sum(computed) == len(stored) == len(needed(tmp_path)) and stored == needed(tmp_path)
+    shards = lambda: [p for p in (tmp_path / "cache" / "features").glob("*/part-*.safetensors")]  # noqa: E731
+    before = len(shards())
     GlobalHydra.instance().clear()
-    assert main(overrides) == 0
-    assert "0 computed" in capsys.readouterr().out, "resumable: nothing left to compute"
+    assert main(["--compact", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "0 computed" in out, "resumable: nothing left to compute"
+    folders = {path.parent for path in shards()}
+    assert f"compacted: {before - len(folders)} files fewer" in out and len(shards()) == len(folders) < before
+    assert entries(tmp_path) == stored, "the same entries, in one file per folder"
 
 
 def test_a_bad_shard_or_override_is_one_line(tmp_path: Path, capsys) -> None:

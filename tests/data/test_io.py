@@ -80,3 +80,36 @@ def test_misnamed_and_multi_frame_files_are_named(tmp_path: Path) -> None:
     assert read_image(tmp_path / "anim.png").shape == (16, 16, 3)
     write_image(tmp_path / "plain.png", 1)
     assert image_notes((tmp_path / "plain.png").read_bytes(), tmp_path / "plain.png") == []
+
+
+def claiming_png(width: int, height: int) -> bytes:
+    """A 1 KB PNG whose header states `width` x `height` (its data holds 8 x 8 pixels): a decompression bomb's
+    header without its gigabytes."""
+    import struct
+    import zlib
+
+    _, encoded = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(encoded.tobytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def test_an_image_stating_too_many_pixels_is_refused_from_its_header(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import leukexp.data.io as io_module
+
+    path = tmp_path / "field.png"
+    path.write_bytes(claiming_png(20_000, 20_000))
+    assert io_module.header_size(path.read_bytes()) == (20_000, 20_000)
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded before its size was checked"))
+    with pytest.raises(BadImageError, match=r"field\.png: 20,000 x 20,000 pixels \(400 M\) is more than"
+                                            r" data\.max_pixels=100,000,000"):
+        read_image(path)
+    monkeypatch.undo()
+    _, jpeg = cv2.imencode(".jpg", np.zeros((30, 50, 3), np.uint8))
+    assert io_module.header_size(jpeg.tobytes()) == (50, 30)
+    with pytest.raises(BadImageError, match="max_pixels=1,000"):
+        io_module.decode_image(jpeg.tobytes(), "small.jpg", max_pixels=1_000)
+    assert io_module.decode_image(jpeg.tobytes(), "small.jpg").shape == (30, 50, 3)

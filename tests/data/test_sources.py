@@ -114,8 +114,8 @@ def test_digest_cache_reads_only_new_or_changed_files(make_folder: Callable[...,
     root = make_folder({"ALL": 3, "HLT": 3})
     decoded: list[str] = []
     real_decode = sources.decode_image
-    monkeypatch.setattr(sources, "decode_image", lambda data, path: decoded.append(Path(path).name)
-                        or real_decode(data, path))
+    monkeypatch.setattr(sources, "decode_image", lambda data, path, *limit: decoded.append(Path(path).name)
+                        or real_decode(data, path, *limit))
     source = FolderSource(root, digest_cache=tmp_path / "catalog")
     first = source.scan(STUDY)
     assert len(decoded) == 6
@@ -179,3 +179,16 @@ def test_images_replaced_with_the_same_size_and_time_get_new_hashes(tmp_path: Pa
     fresh = FolderSource(root).scan(STUDY).frame.set_index("file")["sha1"]
     assert (again != first).all(), "no old hash survives"
     assert again.to_dict() == fresh.to_dict()
+
+
+def test_an_image_over_max_pixels_stops_the_scan_or_is_skipped(make_folder: Callable[..., Path]) -> None:
+    from test_io import claiming_png
+
+    root = make_folder({"ALL": 3, "HLT": 3})
+    (root / "ALL" / "bomb.png").write_bytes(claiming_png(20_000, 20_000))
+    with pytest.raises(LeukexpError, match=r"bomb\.png: 20,000 x 20,000 pixels .* data\.max_pixels"):
+        FolderSource(root).scan(STUDY)
+    catalog = FolderSource(root, on_bad_image="skip").scan(STUDY)
+    assert len(catalog) == 6 and any("bomb.png" in note for note in catalog.skipped)
+    with pytest.raises(LeukexpError, match=r"bomb\.png: not a readable image"):  # under a raised limit: decoded
+        FolderSource(root, max_pixels=400_000_000).scan(STUDY)

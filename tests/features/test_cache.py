@@ -1,13 +1,26 @@
 """The feature store: shard files with an index, float16, concurrent writers, lock buckets, older layouts."""
 
+import hashlib
+import json
 import multiprocessing as mp
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from leukexp.errors import LeukexpError
 from leukexp.features import cache as cache_module
-from leukexp.features.cache import LOCK_BUCKETS, FeatureCache, bucket_of
+from leukexp.features.cache import (
+    INDEX_NAME,
+    LOCK_BUCKETS,
+    FeatureCache,
+    Shard,
+    bucket_of,
+    entry_codes,
+    write_tensors,
+)
 
 
 def get(cache: FeatureCache, key: str, view: str, width: int) -> np.ndarray | None:
@@ -83,15 +96,164 @@ def test_a_failed_write_leaves_no_shard(tmp_path: Path, monkeypatch: pytest.Monk
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
-def test_damaged_shards_count_as_misses(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def stored_pairs(count: int, width: int = 4, view: str = "v") -> tuple[list[tuple[str, str]], np.ndarray]:
+    keys = [(hashlib.sha1(str(i).encode()).hexdigest(), view) for i in range(count)]
+    return keys, np.arange(count * width, dtype=np.float32).reshape(count, width)
+
+
+def write_good(tmp_path: Path, count: int = 6) -> tuple[list[tuple[str, str]], np.ndarray]:
+    keys, values = stored_pairs(count)
     cache = FeatureCache(tmp_path, "bb")
-    cache.put_many([("aa11", "v"), ("bb22", "v")], np.ones((2, 4)))
+    cache.put_many(keys, values)
     cache.flush()
-    (tmp_path / "bb" / "part-1-cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
-    _, found = FeatureCache(tmp_path, "bb").get_many([("aa11", "v"), ("cc33", "v")], 4)
-    assert found.tolist() == [True, False] and "unreadable" in caplog.text
-    _, other_width = FeatureCache(tmp_path, "bb").get_many([("aa11", "v")], 5)
-    assert not other_width.any(), "another width is a miss"
+    return keys, values
+
+
+def hostile_header(claim: int) -> bytes:
+    return struct.pack("<Q", claim) + b"{}"
+
+
+def forty_gib_tensor() -> bytes:
+    header = json.dumps({"keys": {"dtype": "U64", "shape": [10_000_000], "data_offsets": [0, 80_000_000]},
+                         "values": {"dtype": "F32", "shape": [10_000_000, 1024],
+                                    "data_offsets": [80_000_000, 80_000_000 + 40 * 2**30]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * 64
+
+
+def truncated_shard(tmp_path: Path) -> bytes:
+    other = FeatureCache(tmp_path / "scratch", "bb")
+    keys, values = stored_pairs(40, view="w")
+    other.put_many(keys, values)
+    other.flush()
+    return next((tmp_path / "scratch" / "bb").glob("part-*")).read_bytes()[:-100]
+
+
+@pytest.mark.parametrize("damage", ["2^62 header", "40 GiB tensor", "not JSON", "truncated", "link out",
+                                    "fifo", "folder"])
+def test_a_hostile_shard_is_quarantined_with_one_warning_and_the_rest_is_read(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    keys, values = write_good(tmp_path)
+    bad = tmp_path / "bb" / "part-0-hostile.safetensors"
+    if damage == "2^62 header":
+        bad.write_bytes(hostile_header(2**62))
+    elif damage == "40 GiB tensor":
+        bad.write_bytes(forty_gib_tensor())
+    elif damage == "not JSON":
+        bad.write_bytes(struct.pack("<Q", 6) + b"\xff\xfe{]]]")
+    elif damage == "truncated":
+        bad.write_bytes(truncated_shard(tmp_path))
+    elif damage == "link out":
+        secret = tmp_path / "secret.txt"
+        secret.write_text("not yours")
+        bad.symlink_to(secret)
+    elif damage == "fifo":
+        os.mkfifo(bad)  # opening it for reading would block forever
+    else:
+        bad.mkdir()
+    reader = FeatureCache(tmp_path, "bb")
+    read, found = reader.get_many([*keys, ("ff" * 20, "v")], 4)  # returns: nothing blocked, nothing allocated
+    assert found.tolist() == [True] * len(keys) + [False] and np.array_equal(read[:-1], values)
+    warnings = [r.message for r in caplog.records if "part-0-hostile" in r.message]
+    assert len(warnings) == 1 and "moved to" in warnings[0], warnings
+    assert not bad.exists() and len(list((tmp_path / "bb" / "quarantine").iterdir())) == 1
+    again = FeatureCache(tmp_path, "bb")
+    again.get_many(keys, 4)
+    assert (again.hits, again.misses) == (len(keys), 0)
+    assert len([r for r in caplog.records if "part-0-hostile" in r.message]) == 1, "quarantined once, not again"
+
+
+@pytest.mark.parametrize("name", ["part-0-aaaa.safetensors", "part-9-zzzz.safetensors"])
+def test_nan_rows_are_reported_and_computed_again_once_whatever_the_name_sorts_as(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str) -> None:
+    keys, values = stored_pairs(4)
+    damaged = values.copy()
+    damaged[1, 2] = np.nan
+    write_tensors(tmp_path / "bb" / name, {"keys": entry_codes(*zip(*keys, strict=True)), "values": damaged})
+    cache = FeatureCache(tmp_path, "bb")
+    _, found = cache.get_many(keys, 4)
+    assert found.tolist() == [True, False, True, True]
+    assert sum("NaN or infinite rows" in r.message for r in caplog.records) == 1
+    # the run computes the miss (here: the three quarantined good ones come back too) and writes it
+    _, found = cache.get_many(keys, 4)
+    cache.put_many([keys[i] for i in np.flatnonzero(~found)], values[~found])
+    cache.flush()
+    for _ in range(2):  # later processes: every entry found, nothing computed again
+        later = FeatureCache(tmp_path, "bb")
+        read, found = later.get_many(keys, 4)
+        assert found.all() and np.array_equal(read, values) and later.misses == 0
+
+
+def test_the_folders_index_is_used_and_a_stale_one_is_not_trusted(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "SHARD_ENTRIES", 100)
+    keys, values = stored_pairs(250)
+    writer = FeatureCache(tmp_path, "bb")
+    writer.put_many(keys, values)
+    writer.flush()
+    writer.save_index()
+    assert (tmp_path / "bb" / INDEX_NAME).exists() and writer.files() == 3
+    opened: list[str] = []
+    original = cache_module.FeatureCache._add
+    monkeypatch.setattr(cache_module.FeatureCache, "_add", lambda self, names: opened.extend(names)
+                        or original(self, names))
+    reader = FeatureCache(tmp_path, "bb")
+    read, found = reader.get_many(keys[::-1], 4)
+    assert found.all() and np.array_equal(read, values[::-1])
+    assert opened == [], "every shard came from the index: none indexed again"
+    extra = FeatureCache(tmp_path, "bb")
+    extra.put_many([("ab" * 20, "v")], np.ones((1, 4)))
+    extra.flush()
+    newest = FeatureCache(tmp_path, "bb")
+    assert newest.get_many([("ab" * 20, "v"), keys[0]], 4)[1].all() and len(opened) == 1, "only the new shard"
+    full = next(path for path in (tmp_path / "bb").glob("part-*") if Shard(path).shape[0] == 100)
+    full.unlink()
+    stale = FeatureCache(tmp_path, "bb")  # the index lists a shard that is gone: the shards are indexed instead
+    assert stale.get_many(keys, 4)[1].sum() == 150
+
+
+def test_compaction_merges_small_shards_while_a_reader_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "SHARD_ENTRIES", 50)
+    keys, values = stored_pairs(400)
+    writer = FeatureCache(tmp_path, "bb")
+    writer.put_many(keys, values)
+    writer.put_many(keys[:10], values[:10])  # written twice (two jobs): kept once by compaction
+    writer.flush()
+    assert writer.files() == 9
+    reader = FeatureCache(tmp_path, "bb")
+    assert reader.get_many(keys, 4)[1].all()  # indexed before the compaction
+    assert FeatureCache(tmp_path, "bb").compact() == 8
+    assert writer.files() == 1 and FeatureCache(tmp_path, "bb").entry_count() == 400
+    read, found = reader.get_many(keys[::-1], 4)  # its shards are gone: it reads the folder again
+    assert found.all() and np.array_equal(read, values[::-1]) and reader.misses == 0
+
+
+def test_a_long_pass_is_written_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys, values = stored_pairs(30)
+    cache = FeatureCache(tmp_path, "bb")
+    cache.put_many(keys[:10], values[:10])
+    assert cache.files() == 0, "a young queue waits for a full shard"
+    monkeypatch.setattr(cache_module, "FLUSH_SECONDS", 0.0)
+    cache.put_many(keys[10:20], values[10:20])
+    assert cache.files() == 1, "a queue older than FLUSH_SECONDS is written: a kill loses one piece at most"
+    assert FeatureCache(tmp_path, "bb").get_many(keys[:20], 4)[1].all()
+
+
+def test_a_shard_of_the_first_layout_is_still_read(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    keys, values = stored_pairs(3)
+    (tmp_path / "bb").mkdir()
+    save_file({"values": values}, str(tmp_path / "bb" / "part-1-old.safetensors"),
+              metadata={"keys": json.dumps([f"{image}_{view}" for image, view in keys])})
+    read, found = FeatureCache(tmp_path, "bb").get_many(keys, 4)
+    assert found.all() and np.array_equal(read, values)
+
+
+def test_a_file_system_that_grants_every_flock_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FeatureCache(tmp_path, "bb").check_locking()  # this disk refuses a second process: no error
+    monkeypatch.setattr(cache_module, "_another_process_refused", lambda path: False)
+    with pytest.raises(LeukexpError, match=r"features\.dir: the file system under .* does not honour flock.*NFSv4"):
+        FeatureCache(tmp_path, "bb").check_locking()
 
 
 def _writer(root: str, offset: int) -> None:

@@ -101,7 +101,7 @@ def test_a_cache_that_cannot_be_written_keeps_the_features_in_memory(backbone, s
     def read_only(*args: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "bb"))
 
-    monkeypatch.setattr(cache, "_write_shard", read_only)
+    monkeypatch.setattr("leukexp.features.cache.write_tensors", read_only)
     features = extract_features(backbone, catalog, samples, cache, ViewPass(views, 4, 0))
     alone = extract_features(backbone, catalog, samples, None, ViewPass(views, 4, 0))
     assert np.allclose(features, alone, atol=1e-5)

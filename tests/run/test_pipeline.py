@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
 from leukexp.data.synthetic import generate_image
+from leukexp.features.cache import entry_codes
 from leukexp.inference.classifier import load_classifier
 from leukexp.run.pipeline import train
 from leukexp.vocabulary import (
@@ -44,14 +45,15 @@ ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "
              "model"}
 
 
-def stored(root: Path) -> dict[str, tuple[int, ...]]:
-    """Every cached embedding under `root/cache/features`: its key and its width, over every backbone folder."""
-    from leukexp.features.cache import Shard
+def stored(root: Path) -> dict[int, tuple[int, ...]]:
+    """Every cached embedding under `root/cache/features`: its code and its width, over every backbone folder."""
+    from leukexp.features.cache import INDEX_NAME, Shard
 
-    entries: dict[str, tuple[int, ...]] = {}
-    for path in (root / "cache" / "features").rglob("*.safetensors"):
-        shard = Shard(path)
-        entries |= {key: shard.shape[1:] for key in shard.keys}
+    entries: dict[int, tuple[int, ...]] = {}
+    for path in (root / "cache" / "features").glob("*/*.safetensors"):
+        if path.name != INDEX_NAME:
+            shard = Shard(path)
+            entries |= {int(code): shard.shape[1:] for code in shard.codes}
     return entries
 
 
@@ -148,6 +150,7 @@ def test_warm_cache_gives_the_same_result_as_cold(compose_cfg, tmp_path: Path) -
     cold = train(compose_cfg(*overrides))
     entries = stored(tmp_path)
     files = sorted((tmp_path / "cache" / "features").rglob("*.safetensors"))
+    assert any(path.name == "index.safetensors" for path in files), "the folder's index is written after the pass"
     assert entries, "features were cached"
     warm = train(compose_cfg(*overrides))
     assert stored(tmp_path) == entries, "a warm run computes nothing new"
@@ -164,8 +167,10 @@ def test_online_augmentation_runs_the_backbone_per_batch(compose_cfg, tmp_path: 
     assert len(history) == 2 and history[TRAIN_LOSS].notna().all(), "two epochs trained on images"
     manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
     assert metrics[TEST_COUNT] == (manifest["split"] == "test").sum(), "tested on the original test images only"
-    cached = list(stored(tmp_path))
-    assert cached and all(name.endswith("_original") for name in cached), "only originals are cached"
+    cached = set(stored(tmp_path))
+    frame = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
+    originals = {int(code) for code in entry_codes(frame["sha1"], ["original"] * len(frame))}
+    assert cached and cached <= originals, "only originals are cached"
 
 
 def test_class_weights_and_thesis_protocol_run(compose_cfg, tmp_path: Path) -> None:

@@ -1,0 +1,155 @@
+"""Real job engines for the tests: a one-node Slurm cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) started
+from Debian's packages under a temporary folder, as root. `make test` installs the packages where it can
+(`make engines`); where they cannot be installed or started, the tests that need them skip saying why."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PACKAGES = "apt-get install slurm-wlm slurmdbd munge mariadb-server (as root)"
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")  # the client tools (sacct, sacctmgr) always use the default one
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, seconds: float, what: str) -> None:
+    """Poll `check()` until it is true, or fail naming `what`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            if check():
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not come up within {seconds:.0f} s")
+
+
+class SlurmCluster:
+    """A one-node Slurm cluster with accounting (`sacct` works), its files under `root`.
+
+    `why_not()` says why one cannot be started here ('' when it can); `start()` brings every daemon up and waits for
+    the node to be idle; `env` is the environment its commands need (`SLURM_CONF`); `stop()` cancels every job and
+    stops every daemon it started.
+    """
+
+    DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.conf = root / "slurm.conf"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.processes: list[Path] = []  # pid files of the daemons started here
+        self.host = socket.gethostname().split(".")[0]
+
+    @classmethod
+    def why_not(cls) -> str:
+        missing = [name for name in cls.DAEMONS if shutil.which(name) is None]
+        if missing:
+            return f"Slurm not installed ({', '.join(missing)} missing): {PACKAGES}"
+        if os.geteuid() != 0:
+            return "a one-node Slurm cluster is started as root (slurmd runs jobs as their user)"
+        if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:
+            return "a slurmctld is already running on this machine"
+        return ""
+
+    def run(self, *command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
+
+    def start(self) -> SlurmCluster:
+        for folder in ("state", "spool", "log", "db", "munge"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self._munge()
+        self._database()
+        self._write_configs()
+        self._daemon("slurmdbd", [])
+        wait_for(lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0, 60, "slurmdbd")
+        self.run("sacctmgr", "-i", "add", "cluster", "leukexp-test", check=False)
+        self._daemon("slurmctld", ["-c"])
+        self._daemon("slurmd", [])
+        wait_for(lambda: self.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle", 60, "the Slurm node")
+        return self
+
+    def _munge(self) -> None:
+        if MUNGE_SOCKET.exists() and subprocess.run("munge -n | unmunge", shell=True, capture_output=True
+                                                    ).returncode == 0:
+            return  # the machine's own munged
+        key = self.root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+        pid = self.root / "munge" / "munged.pid"
+        logs, seed = self.root / "log" / "munged.log", self.root / "munge" / "seed"
+        subprocess.run(["munged", "--force", f"--key-file={key}", f"--pid-file={pid}", f"--log-file={logs}",
+                        f"--seed-file={seed}"], check=True, capture_output=True)
+        self.processes.append(pid)
+        wait_for(lambda: subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0, 20,
+                 "munged")
+
+    def _database(self) -> None:
+        self.db_port = free_port()
+        subprocess.run(["mariadb-install-db", "--user=root", f"--datadir={self.root / 'db'}", "--skip-test-db",
+                        "--auth-root-authentication-method=normal"], check=True, capture_output=True, timeout=120)
+        pid = self.root / "mariadb.pid"
+        subprocess.Popen(["mariadbd", "--user=root", f"--datadir={self.root / 'db'}",
+                          f"--socket={self.root / 'db.sock'}", f"--port={self.db_port}", "--bind-address=127.0.0.1",
+                          "--skip-grant-tables", f"--pid-file={pid}", f"--log-error={self.root / 'log' / 'db.err'}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.processes.append(pid)
+        wait_for(lambda: socket.create_connection(("127.0.0.1", self.db_port), timeout=1).close() is None, 60,
+                 "MariaDB")
+
+    def _write_configs(self) -> None:
+        ports = [free_port() for _ in range(3)]
+        self.dbd_port = ports[2]
+        memory = int(int(subprocess.run(["free", "-m"], capture_output=True, text=True).stdout.split()[7]) * 0.8)
+        root = self.root
+        (root / "slurmdbd.conf").write_text(
+            f"AuthType=auth/munge\nDbdHost=localhost\nDbdPort={self.dbd_port}\nSlurmUser=root\n"
+            f"LogFile={root / 'log' / 'slurmdbd.log'}\nPidFile={root / 'slurmdbd.pid'}\n"
+            f"StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\nStoragePort={self.db_port}\n"
+            "StorageUser=root\nStorageLoc=slurm_acct\n")
+        (root / "slurmdbd.conf").chmod(0o600)
+        self.conf.write_text("\n".join([
+            "ClusterName=leukexp-test", f"SlurmctldHost={self.host}", "SlurmUser=root", "SlurmdUser=root",
+            f"SlurmctldPort={ports[0]}", f"SlurmdPort={ports[1]}", "AuthType=auth/munge", "CredType=cred/munge",
+            f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
+            f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
+            f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/linux",
+            "AccountingStorageType=accounting_storage/slurmdbd", "AccountingStorageHost=localhost",
+            f"AccountingStoragePort={self.dbd_port}", "SchedulerType=sched/backfill", "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core_Memory", "DefMemPerCPU=1024", "ReturnToService=2", "MinJobAge=600",
+            "KillWait=10", "MpiDefault=none",
+            f"NodeName={self.host} CPUs={os.cpu_count()} RealMemory={memory} State=UNKNOWN",
+            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+
+    def _daemon(self, name: str, arguments: list[str]) -> None:
+        subprocess.run([name, *arguments], env=self.env, check=True, capture_output=True, timeout=60)
+        self.processes.append(self.root / f"{name}.pid")
+
+    def states(self, *job_ids: str) -> dict[str, str]:
+        """`sacct`'s state of each job (array tasks as `<id>_<task>`), from the accounting database."""
+        done = self.run("sacct", "-X", "-n", "-P", "-o", "JobID,State", *[f"-j{job}" for job in job_ids])
+        return dict(line.split("|", 1) for line in done.stdout.splitlines() if line)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            self.run("scancel", "--user=root", check=False, timeout=20)
+        for pid_file in reversed(self.processes):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(50):
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
