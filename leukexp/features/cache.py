@@ -2,7 +2,7 @@
 
 Entries live in shard files under `<root>/<backbone key>/`, each a safetensors file holding a (n,) `keys` tensor of
 64-bit entry codes and a (n, width) `values` tensor (float32, or float16 with `features.storage=float16`). An entry's
-code is the first 8 bytes of its image's content hash XOR a hash of its view's key (`entry_codes`): computed for a
+code is a 64-bit hash of its image's content hash XOR one of its view's key (`entry_codes`): computed for a
 whole pass with NumPy, looked up with `searchsorted`, no Python string per entry on the hot path.
 
 Writing: a pass writes a shard per `SHARD_ENTRIES` new entries, and whatever it holds after `FLUSH_SECONDS`
@@ -83,23 +83,10 @@ def bucket_of(image_key: str) -> int:
 
 
 def image_codes(image_keys: Sequence[str]) -> np.ndarray:
-    """64-bit codes of image content hashes: the hash's first 16 hex digits (any other key: 8 bytes of its BLAKE2)."""
-    keys = [str(key) for key in image_keys]
-    try:
-        if all(len(key) >= 16 for key in keys):
-            return np.frombuffer(bytes.fromhex("".join(key[:16] for key in keys)), ">u8").astype(np.uint64)
-    except ValueError:
-        pass
-    return np.array([int.from_bytes(bytes.fromhex(key[:16]) if _is_hex(key) else _blake(key), "big")
-                     for key in keys], np.uint64)
-
-
-def _is_hex(key: str) -> bool:
-    try:
-        bytes.fromhex(key[:16])
-    except ValueError:
-        return False
-    return len(key) >= 16
+    """64-bit codes of image keys (content hashes): 8 bytes of each key's BLAKE2 (any string: keys that share a
+    prefix still differ), computed once per catalog image, not per entry."""
+    joined = b"".join(_blake(str(key)) for key in image_keys)
+    return np.frombuffer(joined, ">u8").astype(np.uint64) if joined else np.zeros(0, np.uint64)
 
 
 def _blake(text: str) -> bytes:
