@@ -34,7 +34,7 @@ engines:
 # two pytest workers: the slow cases spend much of their time waiting on subprocesses and servers (14 min instead
 # of 16 for the whole suite on this project's 2-core machine)
 test: lint engines
-	$(BIN)/python -m pytest -n 2 $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS)
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

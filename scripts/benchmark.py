@@ -340,6 +340,25 @@ print(json.dumps({{"read_s": read, "bytes": sum(p.nbytes for p in parts), "rows"
 """
 
 
+def warm_read(template: str, root: Path, argument: str) -> dict[str, float]:
+    """A warm job's read in a fresh process (`template`: WARM_JOB or STORE_JOB), and `np.load` of the same bytes in
+    another one (written first by a third)."""
+
+    def job(mode: str) -> dict[str, float]:
+        code = template.format(script_dir=str(Path(__file__).parent))
+        done = subprocess.run([sys.executable, "-c", code, mode, str(root), argument], capture_output=True, text=True,
+                              timeout=3600)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-2000:])
+        lines = done.stdout.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+
+    job("write_baseline")
+    measured = job("store") | job("np_load")
+    (root / "contiguous.npy").unlink()
+    return measured
+
+
 def scale_counts(views: int, per_image: int = 33) -> dict[str, int]:
     """Images per class for about `views` views of `per_image` each, spread over the five classes."""
     images = -(-views // per_image)
@@ -376,18 +395,7 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
                     ViewPass(fold_data.augmentation, 256, cfg.features.num_workers, description="scale pass"))
     cold = time.perf_counter() - start
     files = caches[0].files()  # shard files after the pass (which merges small ones once 8 pile up)
-    def job(mode: str) -> dict[str, float]:
-        code = WARM_JOB.format(script_dir=str(Path(__file__).parent))
-        done = subprocess.run([sys.executable, "-c", code, mode, str(root), json.dumps(overrides)],
-                              capture_output=True, text=True, timeout=3600)
-        if done.returncode:
-            raise RuntimeError(done.stderr[-2000:])
-        lines = done.stdout.strip().splitlines()
-        return json.loads(lines[-1]) if lines else {}
-
-    job("write_baseline")
-    warm = job("store") | job("np_load")
-    (root / "contiguous.npy").unlink()
+    warm = warm_read(WARM_JOB, root, json.dumps(overrides))
     return {"views": float(len(samples)), "images": float(len(fold_data.catalog.frame)), "data_s": data_s,
             "cold_s": cold, "cold_views_per_s": len(samples) / cold, "raw_views_per_s": raw,
             "cold_to_raw": len(samples) / cold / raw, "files": float(files),
@@ -398,6 +406,12 @@ def measure_scale(root: Path, views: int, extra: list[str]) -> dict[str, float]:
             "rss_over_bytes_gb": (warm["peak_rss_bytes"] - warm["bytes"]) / 2**30}
 
 
+def read_cells(row: dict[str, float]) -> str:
+    """The warm read's cells of a table row: rows and bytes, seconds, np.load's, the ratio, memory over the bytes."""
+    return (f" {row['job_rows']:,.0f} rows, {row['job_bytes'] / 2**20:,.0f} MiB | {row['job_read_s']:.3f} |"
+            f" {row['np_load_s']:.3f} | {row['read_speed_vs_np_load']:.2f}x | {row['rss_over_bytes_gb']:.2f} GiB |")
+
+
 def scale_table(rows: list[dict[str, float]]) -> str:
     """The scale results as a markdown table, with the growth exponents."""
     lines = ["| views | images | cold views/s (x raw) | files (per 100 k) | job reads | job read s | np.load s |"
@@ -405,9 +419,7 @@ def scale_table(rows: list[dict[str, float]]) -> str:
     for row in rows:
         lines.append(
             f"| {row['views']:,.0f} | {row['images']:,.0f} | {row['cold_views_per_s']:,.0f}"
-            f" ({row['cold_to_raw']:.2f}) | {row['files']:.0f} ({row['files_per_100k']:.1f}) |"
-            f" {row['job_rows']:,.0f} rows, {row['job_bytes'] / 2**20:,.0f} MiB | {row['job_read_s']:.3f} |"
-            f" {row['np_load_s']:.3f} | {row['read_speed_vs_np_load']:.2f}x | {row['rss_over_bytes_gb']:.2f} GiB |")
+            f" ({row['cold_to_raw']:.2f}) | {row['files']:.0f} ({row['files_per_100k']:.1f}) |" + read_cells(row))
     views = [row["views"] for row in rows]
     if len(rows) > 1:
         lines.append("")
@@ -415,6 +427,101 @@ def scale_table(rows: list[dict[str, float]]) -> str:
                      f" {growth_exponent(views, [r['cold_s'] for r in rows]):.2f}, warm job read"
                      f" {growth_exponent(views, [r['job_read_s'] for r in rows]):.2f}")
     return "\n".join(lines)
+
+
+STORE_JOB = """
+import json, resource, sys, time
+from pathlib import Path
+import numpy as np
+mode, root, images = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+baseline = root / "contiguous.npy"
+if mode == "np_load":
+    start = time.perf_counter()
+    array = np.load(baseline)
+    print(json.dumps({{"np_load_s": time.perf_counter() - start}}))
+    sys.exit()
+sys.path.insert(0, {script_dir!r})
+from benchmark import store_job_codes
+from leukexp.features.cache import FeatureCache
+codes = store_job_codes(images)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+start = time.perf_counter()
+values, found = FeatureCache(root, "store").get_codes(codes, 256)
+read = time.perf_counter() - start
+assert found.all(), int((~found).sum())
+if mode == "write_baseline":
+    np.save(baseline, values)
+    sys.exit()
+print(json.dumps({{"read_s": read, "rows": len(values), "bytes": values.nbytes,
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+
+
+def store_keys(images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image codes of `images` synthetic content hashes, and the codes of the 33 views of the study."""
+    import hashlib
+
+    from leukexp.features.cache import image_codes, view_code
+
+    keys = [hashlib.sha1(str(i).encode(), usedforsecurity=False).hexdigest() for i in range(images)]
+    views = np.array([view_code("original"), *(view_code(f"scale-{v}") for v in range(1, 33))], np.uint64)
+    return image_codes(keys), views
+
+
+def store_job_codes(images: int) -> np.ndarray:
+    """What a warm job of a fold reads: every view of its training images (80 %), the others' originals."""
+    image, views = store_keys(images)
+    train = int(images * 0.8)
+    return np.concatenate([(image[:train, None] ^ views[None, :]).reshape(-1), image[train:] ^ views[0]])
+
+
+def measure_store(root: Path, entries: int) -> dict[str, float]:
+    """The store alone at `entries` entries (33 views per image, 256 floats each, random values): written as a cold
+    pass writes (each image's views together, images in lock-bucket order), the pass's index and compaction, then
+    a warm job's read in a fresh process against np.load of the same bytes in another one."""
+    from leukexp.features.cache import FeatureCache
+
+    shutil.rmtree(root, ignore_errors=True)
+    images = -(-entries // 33)
+    image, views = store_keys(images)
+    cache = FeatureCache(root, "store")
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for chunk in np.array_split(rng.permutation(images), max(1, images // 512)):
+        codes = (image[chunk, None] ^ views[None, :]).reshape(-1)
+        cache.put_codes(codes, rng.standard_normal((len(codes), 256), np.float32))
+    cache.flush()
+    written = time.perf_counter() - start
+    files_before = cache.files()
+    start = time.perf_counter()
+    cache.settle()
+    settled = time.perf_counter() - start
+    warm = warm_read(STORE_JOB, root, str(images))
+    return {"views": float(images * 33), "images": float(images), "write_s": written, "settle_s": settled,
+            "files_before_compaction": float(files_before), "files": float(cache.files()),
+            "files_per_100k": cache.files() / (images * 33) * 100_000, "job_rows": float(warm["rows"]),
+            "job_bytes": float(warm["bytes"]), "job_read_s": warm["read_s"], "np_load_s": warm["np_load_s"],
+            "read_speed_vs_np_load": warm["np_load_s"] / warm["read_s"],
+            "job_peak_rss_bytes": float(warm["peak_rss_bytes"]),
+            "rss_over_bytes_gb": (warm["peak_rss_bytes"] - warm["bytes"]) / 2**30}
+
+
+def store_main(root: Path, sizes: list[int], target: Path | None) -> list[dict[str, float]]:
+    """`--store`: the store alone at every size, a table, the JSON."""
+    rows = []
+    for entries in sizes:
+        rows.append(measure_store(root / f"store-{entries}", entries))
+        print(json.dumps(rows[-1]), flush=True)
+    lines = ["| entries | files before -> after compaction (per 100 k) | write s | index + compaction s | job reads |"
+             " job read s | np.load s | read speed vs np.load | job peak RSS - bytes |", "|" + "---|" * 9]
+    for row in rows:
+        lines.append(
+            f"| {row['views']:,.0f} | {row['files_before_compaction']:.0f} -> {row['files']:.0f}"
+            f" ({row['files_per_100k']:.2f}) | {row['write_s']:.1f} | {row['settle_s']:.1f} |" + read_cells(row))
+    print("\n".join(lines))
+    (target or root / "store.json").write_text(json.dumps({"machine": machine(torch.device("cpu")), "rows": rows},
+                                                          indent=2) + "\n")
+    return rows
 
 
 def scale_main(root: Path, sizes: list[int], extra: list[str], target: Path | None) -> list[dict[str, float]]:
@@ -450,8 +557,14 @@ def main(argv: list[str] | None = None) -> Result:
                              " one cold pass each; the first is the table's extraction row")
     parser.add_argument("--scale", action="store_true", help="the framework at several sizes (see above)")
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SCALE_SIZES), help="views per --scale size")
+    parser.add_argument("--store", nargs="+", type=int, default=[],
+                        help="the store alone at these entry counts (synthetic entries, no images or model: the"
+                             " read path at sizes whose images would take hours to make here), e.g. 5000000")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for every measure (e.g. trainer=gpu)")
     args = parser.parse_args(argv)
+    if args.store:
+        store_main(args.root.resolve(), args.store, args.json)
+        return Result()
     if args.scale:
         scale_main(args.root.resolve(), args.sizes, args.overrides, args.json)
         return Result()

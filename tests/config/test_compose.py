@@ -47,3 +47,20 @@ def test_inside_a_running_app_its_own_hydra_composes() -> None:
         assert load_option("model", "efficientnet_lite1")["name"] == "tf_efficientnet_lite1"
         assert default_choices()["augmentation"] == "paper"
     assert not GlobalHydra.instance().is_initialized(), "the app's Hydra is left as it was"
+
+
+def test_an_environment_variable_set_but_empty_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    import leukexp.config  # noqa: F401 - registers the resolver
+
+    node = OmegaConf.create({"root": "${leukexp.env:LEUKEXP_ROOT,/the/cwd}"})
+    for value, expected in (("", "/the/cwd"), ("  ", "/the/cwd"), ("/data/study", "/data/study")):
+        monkeypatch.setenv("LEUKEXP_ROOT", value)
+        assert OmegaConf.to_container(node, resolve=True)["root"] == expected
+    monkeypatch.delenv("LEUKEXP_ROOT")
+    assert OmegaConf.to_container(node, resolve=True)["root"] == "/the/cwd"
+    from leukexp.config.compose import config_dir
+
+    shipped = "\n".join(path.read_text() for path in config_dir().rglob("*.yaml"))
+    assert "oc.env" not in shipped, "every environment default in the shipped configs treats empty as unset"
