@@ -53,6 +53,14 @@ def assign_splits(frame: pd.DataFrame, fold: FoldSpec) -> pd.Series:
             " add images to it or lower fold.n_splits"
         )
     grouped = frame["group"].duplicated().any()
+    least = minimum_per_class(fold.n_splits)
+    if not grouped and (counts < least).any():
+        label = counts.idxmin()
+        raise LeukexpError(
+            f"class {label} has {counts[label]} image(s): with fold.n_splits={fold.n_splits} a fold's training part"
+            f" keeps {counts[label] - -(-counts[label] // fold.n_splits)} of them, too few to stratify a validation"
+            f" split (2 needed); a class needs at least {least} images: add images to it or lower fold.n_splits"
+        )
     if grouped and frame["group"].nunique() < fold.n_splits:
         raise LeukexpError(
             f"data.groups_csv: {frame['group'].nunique()} groups (patients), fewer than fold.n_splits={fold.n_splits};"
@@ -68,6 +76,15 @@ def assign_splits(frame: pd.DataFrame, fold: FoldSpec) -> pd.Series:
     split[test_idx] = TEST
     split[train_idx[val_idx]] = VAL
     return pd.Series(split, index=frame.index, name="split")
+
+
+def minimum_per_class(n_splits: int) -> int:
+    """The fewest images a class may have: every fold's training part keeps at least 2 (a stratified validation
+    split takes one and leaves one)."""
+    count = n_splits
+    while count - -(-count // n_splits) < 2:
+        count += 1
+    return count
 
 
 def _validation_subset(labels: np.ndarray, groups: np.ndarray, fold: FoldSpec, grouped: bool) -> np.ndarray:

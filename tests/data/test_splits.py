@@ -60,6 +60,20 @@ def test_class_smaller_than_folds_is_an_error() -> None:
         assign_splits(frame({"ALL": 10, "HLT": 3}), FoldSpec())
 
 
+@pytest.mark.parametrize(("n_splits", "count", "fits"), [(2, 2, False), (2, 3, False), (2, 4, True), (3, 3, True),
+                                                         (5, 5, True)])
+def test_a_class_too_small_for_the_folds_and_a_validation_split_is_one_line(n_splits: int, count: int,
+                                                                            fits: bool) -> None:
+    data = frame({"ALL": count, "HLT": 20})
+    if fits:
+        split = assign_splits(data, FoldSpec(n_splits=n_splits, index=0))
+        assert (split[data["label"] == "ALL"] == TRAIN).sum() >= 1 and (split == VAL).sum() >= 2
+        return
+    with pytest.raises(LeukexpError, match=rf"class ALL has {count} image\(s\): with fold.n_splits={n_splits} .*"
+                                           r"at least 4 images"):
+        assign_splits(data, FoldSpec(n_splits=n_splits, index=0))
+
+
 def test_fold_index_out_of_range() -> None:
     with pytest.raises(LeukexpError, match=r"fold\.index=5"):
         FoldSpec(index=5, n_splits=5)
