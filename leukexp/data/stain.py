@@ -117,10 +117,27 @@ def read_reference(path: str | Path) -> np.ndarray:
     if not file.is_file():
         raise LeukexpError(f"stain.reference={path}: no such file; give an image of a well-stained smear")
     try:
-        return read_image(file)
+        image = read_image(file)
     except BadImageError as error:
         raise LeukexpError(f"stain.reference={path}: not an image ({error}); give a PNG, JPEG or TIFF of a"
                            " well-stained smear") from None
+    why = degenerate(image)
+    if why:
+        raise LeukexpError(f"stain.reference={path}: {why}, no stain to learn from; give an image of a well-stained"
+                           " smear (cells and background, at least 32 x 32 pixels)")
+    return image
+
+
+def degenerate(image: np.ndarray, min_side: int = 32) -> str:
+    """Why an image cannot serve as a stain reference ('' when it can): too small, or of (almost) one colour, as a
+    blank, black or uniform image is (its stain vectors would be noise and every normalized image off)."""
+    height, width = image.shape[:2]
+    if min(height, width) < min_side:
+        return f"{width} x {height} pixels is too small"
+    spread = float(image.reshape(-1, image.shape[-1]).astype(np.float32).std(axis=0).max())
+    if spread < 2.0:
+        return f"it is of one colour (mean {np.round(image.reshape(-1, 3).mean(axis=0)).astype(int).tolist()})"
+    return ""
 
 
 class NoStain(StainNormalizer, kind="none"):

@@ -88,3 +88,19 @@ def test_a_reference_that_is_not_an_image_is_one_line(tmp_path: Path) -> None:
         read_reference(text)
     with pytest.raises(LeukexpError, match="no such file"):
         read_reference(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize(("pixels", "why"), [
+    (np.full((1, 1, 3), 128, np.uint8), "1 x 1 pixels is too small"),
+    (np.full((64, 64, 3), 255, np.uint8), "of one colour"),
+    (np.zeros((64, 64, 3), np.uint8), "of one colour"),
+    (np.full((64, 64, 3), (200, 120, 180), np.uint8), "of one colour")])
+def test_a_degenerate_reference_is_one_line(tmp_path: Path, pixels: np.ndarray, why: str) -> None:
+    import cv2
+
+    path = tmp_path / "reference.png"
+    cv2.imwrite(str(path), pixels)
+    with pytest.raises(LeukexpError, match=rf"stain.reference=.*reference.png: {why}.*well-stained"):
+        read_reference(path)
+    cv2.imwrite(str(path), cv2.cvtColor(generate_image("AML", 0, size=64), cv2.COLOR_RGB2BGR))
+    assert read_reference(path).shape == (64, 64, 3), "a real smear is accepted"
