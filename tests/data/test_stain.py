@@ -94,7 +94,7 @@ def test_a_reference_that_is_not_an_image_is_one_line(tmp_path: Path) -> None:
     (np.full((1, 1, 3), 128, np.uint8), "1 x 1 pixels is too small"),
     (np.full((64, 64, 3), 255, np.uint8), "it is of one colour"),
     (np.zeros((64, 64, 3), np.uint8), "it is of one colour"),
-    (np.full((64, 64, 3), (200, 120, 180), np.uint8), "of one colour")])
+    (np.full((64, 64, 3), (200, 120, 180), np.uint8), "it is of one colour")])
 def test_a_degenerate_reference_is_one_line(tmp_path: Path, pixels: np.ndarray, why: str) -> None:
     import cv2
 
