@@ -156,4 +156,21 @@ def load_classifier(folder: str | Path) -> Classifier:
         stain = stain_from_state(meta.get("stain"))
     except (KeyError, TypeError, ValueError) as error:
         raise LeukexpError(f"{manifest}: stain is damaged ({type(error).__name__}: {error})") from error
-    return Classifier(backbone, load_head(folder, head_spec), classes, float(temperature), point, stain)
+    head = load_head(folder, head_spec)
+    check_parts_agree(head, backbone.num_features, classes, manifest)
+    return Classifier(backbone, head, classes, float(temperature), point, stain)
+
+
+def check_parts_agree(head: Head, width: int, classes: list[str], manifest: Path) -> None:
+    """The saved head takes the backbone's features and scores the manifest's classes: one line where a folder's
+    parts disagree (a head or manifest copied from another model), before any image is read."""
+    try:
+        probs = np.asarray(head.predict_proba(np.zeros((2, width), np.float32)))
+    except Exception as error:
+        raise LeukexpError(f"{manifest}: its head does not take this backbone's {width} features"
+                           f" ({type(error).__name__}); the model folder's parts disagree: export it again from its"
+                           " run") from None
+    if probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise LeukexpError(f"{manifest}: lists {len(classes)} classes but its head scores"
+                           f" {probs.shape[-1] if probs.ndim else 0}; the model folder's parts disagree: export it"
+                           " again from its run")

@@ -114,3 +114,22 @@ def test_interpolations_in_a_stored_config_are_never_resolved(tmp_path: Path, mo
     with pytest.raises(LeukexpError, match=r"refuses a config holding the interpolation") as error:
         load_classifier(folder)
     assert "${oc.env:LEUKEXP_TEST_SECRET}" in str(error.value) and "s3cret" not in str(error.value)
+
+
+def test_a_folder_whose_parts_disagree_is_one_line(tmp_path: Path) -> None:
+    folder, _ = saved(tmp_path / "model")
+    manifest = folder / MANIFEST
+    meta = json.loads(manifest.read_text())
+    meta["classes"] = ["A", "B"]  # a manifest copied from a two-class model
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(LeukexpError, match=r"lists 2 classes but its head scores 3; the model folder's parts"
+                                           r" disagree"):
+        load_classifier(folder)
+    meta["classes"] = ["A", "B", "C"]
+    meta["model"]["input_size"] = 48  # still test_efficientnet: the same width, so the head fits
+    manifest.write_text(json.dumps(meta))
+    assert load_classifier(folder).classes == ["A", "B", "C"]
+    meta["model"] = {**MODEL, "name": "resnet18"}  # another backbone: 512 features, not the head's
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(LeukexpError, match=r"its head does not take this backbone's 512 features"):
+        load_classifier(folder)
