@@ -91,7 +91,8 @@ def study_embeds(plan: RunPlan) -> list[Embeds]:
     for fold_plan in fold_plans(plan):
         fold_data = build_fold_data(fold_plan)
         if external is None:
-            external = scan_external(plan.evaluation.external, fold_data.task, fold_data.classes)
+            external = scan_external(plan.evaluation.external, fold_data.task, fold_data.classes,
+                                 fold_data.catalog)
         for embeds in fold_embeds(fold_plan, fold_data, external):
             key = (embeds.purpose, embeds.views.name, embeds.stain.fingerprint() if embeds.stain.active else "")
             merged.setdefault(key, (embeds, []))[1].append(embeds.samples[["source", "view"]])

@@ -43,9 +43,11 @@ def check_external(config: Mapping[str, Any] | None, task: Task) -> None:
         raise LeukexpError(f"{KEY}: {error}") from None
 
 
-def scan_external(config: Mapping[str, Any] | None, task: Task, classes: list[str]) -> Catalog | None:
+def scan_external(config: Mapping[str, Any] | None, task: Task, classes: list[str],
+                  study: Catalog | None = None) -> Catalog | None:
     """The external set's catalog (images verified and labelled like the training data's), or None without one;
-    its classes must be the study's."""
+    its classes must be the study's, and none of its images (by content) may be one of the `study`'s: a set that
+    shares images with the folds would grade the model on what it trained on."""
     source = external_source(config)
     if source is None:
         return None
@@ -56,4 +58,11 @@ def scan_external(config: Mapping[str, Any] | None, task: Task, classes: list[st
     if catalog.classes != classes:
         raise LeukexpError(f"{KEY}: its classes ({', '.join(catalog.classes)}) are not the study's"
                            f" ({', '.join(classes)}); add aliases to the task or use a set with the same classes")
+    if study is not None:
+        shared = catalog.frame["sha1"].isin(set(study.frame["sha1"]))
+        if shared.any():
+            example = catalog.frame.loc[shared, "file"].iloc[0]
+            raise LeukexpError(f"{KEY}: {int(shared.sum())} of its {len(catalog)} images are also in the study's data"
+                               f" (the same content, e.g. {example}); an external set must be images the folds never"
+                               " saw: remove them from one of the two")
     return catalog

@@ -192,7 +192,8 @@ def run_plan(plan: RunPlan) -> dict[str, float]:
         fold_data.write_manifest(out / MANIFEST_FILE)
         if fold_data.stain.active:
             console.print(fold_data.stain.describe())
-        external = scan_external(plan.evaluation.external, fold_data.task, fold_data.classes)
+        external = scan_external(plan.evaluation.external, fold_data.task, fold_data.classes,
+                                 fold_data.catalog)
         if external is not None:
             console.print(f"external validation: {len(external)} images of {external.root}")
     with clock.phase("backbone"):

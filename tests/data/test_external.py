@@ -44,3 +44,22 @@ def test_bad_external_values_are_one_line(compose_cfg, value: str, message: str)
     cfg = compose_cfg(f"evaluation.external={value}")
     with pytest.raises(LeukexpError, match=message):
         check_external(external_config(cfg), task_of(cfg))
+
+
+def test_an_external_set_sharing_images_with_the_study_is_refused(compose_cfg, make_folder, tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import write_image
+    from leukexp.data.sources import FolderSource
+
+    study = make_folder({"ALL": 3, "HLT": 3}, tmp_path / "study")
+    external = tmp_path / "lab_b"
+    for seed, name in enumerate(["ALL/a.png", "ALL/b.png", "normal/c.png", "normal/d.png"], start=100):
+        write_image(external / name, seed)
+    cfg = compose_cfg("task=binary", f"evaluation.external={external}")
+    catalog = FolderSource(study).scan(task_of(cfg))
+    assert len(scan_external(external_config(cfg), task_of(cfg), ["ALL", "HLT"], catalog)) == 4  # apart: fine
+    shutil.copy(next((study / "HLT").iterdir()), external / "normal" / "renamed_copy.png")
+    with pytest.raises(LeukexpError, match=r"^evaluation\.external: 1 of its 5 images are also in the study's data"
+                                           r" \(the same content, e\.g\. normal/renamed_copy\.png\)"):
+        scan_external(external_config(cfg), task_of(cfg), ["ALL", "HLT"], catalog)
