@@ -195,6 +195,46 @@ def default_study_name(config: DictConfig, space: Space, objective: str) -> str:
 INTERRUPTED = "leukexp_interrupted"
 
 
+JOURNAL_SETTLED_SECONDS = 10.0  # a cut-short last line older than this is a killed write, not one in progress
+
+
+def check_journal(path: Path) -> None:
+    """A journal Optuna can read, before it reads it: a last line cut short by a killed write (older than
+    `JOURNAL_SETTLED_SECONDS`) is dropped with a warning (the trials before it are kept; the file as it was is kept
+    beside, `.damaged`); any other line that is not a journal entry (junk, bytes that are not UTF-8) is one line
+    naming the file, the line and how to go on."""
+    import json
+    import time
+
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    ends_whole = data.endswith(b"\n") or not data
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+            if not isinstance(entry, dict) or "op_code" not in entry:
+                raise ValueError("not an Optuna journal operation")
+            continue
+        except (UnicodeDecodeError, ValueError) as error:
+            why = "bytes that are not UTF-8" if isinstance(error, UnicodeDecodeError) else "not a journal entry"
+            last = number == len(lines) and not ends_whole
+        if last and time.time() - path.stat().st_mtime >= JOURNAL_SETTLED_SECONDS:
+            from leukexp.files import atomic_path
+
+            path.with_name(path.name + ".damaged").write_bytes(data)
+            with atomic_path(path) as staging:
+                staging.write_bytes(b"\n".join(lines[:-1]) + b"\n")
+            log.warning("search journal %s: its last line was cut short (a killed write); it is dropped and the %d"
+                        " entries before it kept (the file as it was: %s.damaged)", path, number - 1, path.name)
+            return
+        raise LeukexpError(f"hydra.sweeper.storage: {path}: line {number} is {why}; remove that line to continue the"
+                           " search, or move the file aside to start it afresh")
+
+
 def journal(path: Path) -> Any:
     """A study's Optuna storage: the journal file at `path` (Optuna's own logging kept to warnings)."""
     import optuna
@@ -278,6 +318,7 @@ class FoldSearch(Sweeper):
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup_trials, n_warmup_steps=0)
                   if self.pruner_name == "median" else optuna.pruners.NopPruner())
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_journal(path)
         study = optuna.create_study(study_name=name, storage=journal(path), pruner=pruner, direction=self.direction,
                                     load_if_exists=True)
         # seeded by the history, not only by `seed`: a continued study draws new values, not its first ones again

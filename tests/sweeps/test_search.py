@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from leukexp.errors import LeukexpError
+from leukexp.sweeps import search as search_module
 from leukexp.sweeps.search import fold_metric, override_value, parallel_jobs, parse_space
 from leukexp.vocabulary import BEST, KIND_TAG, PARENT_TAG, TEST_ACC, TEST_LOSS, TRIAL_STATE_TAG, VAL_ACC, cv_metric
 
@@ -200,3 +201,33 @@ def test_trials_run_together_when_the_launcher_has_a_worker_for_each_fold(tmp_pa
     trials = study(tmp_path).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert all(t.value == pytest.approx(t.params["optimizer.lr"], rel=1e-5) for t in trials)
+
+
+def small_journal(path: Path) -> int:
+    """A journal of a finished 3-trial study, and its line count."""
+    import optuna
+
+    study = optuna.create_study(study_name="s", storage=search_module.journal(path))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    return len(path.read_bytes().splitlines())
+
+
+def test_a_journal_cut_short_by_a_kill_is_recovered_and_a_damaged_one_is_one_line(tmp_path: Path) -> None:
+    import optuna
+
+    path = tmp_path / "s.journal"
+    lines = small_journal(path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-7])  # the last write was killed half-way
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    search_module.check_journal(path)
+    assert (tmp_path / "s.journal.damaged").read_bytes() == whole[:-7]
+    assert len(path.read_bytes().splitlines()) == lines - 1
+    study = optuna.load_study(study_name="s", storage=search_module.journal(path))
+    assert len(study.trials) == 3, "the readable trials are all there"
+    for damage, why in ((b"garbage that is not json\n", "line 2 is not a journal entry"),
+                        (b"\xff\xfe\x00\x01\n", "line 2 is bytes that are not UTF-8")):
+        first, rest = whole.split(b"\n", 1)
+        path.write_bytes(first + b"\n" + damage + rest)
+        with pytest.raises(LeukexpError, match=rf"hydra\.sweeper\.storage: .*s\.journal: {why}; remove that line"):
+            search_module.check_journal(path)
