@@ -111,6 +111,29 @@ HISTORY_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
 SELECTION_METRIC = VAL_ACC
 BEST_EPOCH = f"{BEST}{EPOCH}"
 
+# what a fold run can log: stages, their measures (also `<measure>_raw`, `<measure>_ci95_low/_high`), per-class ones
+FOLD_STAGES = ("train", "val", "test", "external", "instance")
+STAGE_MEASURES = (ACC, LOSS, COUNT, ECE, BRIER, BALANCED_ACC, KAPPA, MCC, PRECISION + MACRO, RECALL + MACRO,
+                  F1 + MACRO, AUC + MACRO, *OPERATING_MEASURES)
+CLASS_MEASURES = (PRECISION, RECALL, F1, AUC)
+
+
+def is_fold_metric(name: str) -> bool:
+    """Whether a fold run can log `name` (`test/acc`, `best/val/acc`, `external/f1/ALL`, `test/ece_raw`...): what
+    a search's objective or a report's metric may name."""
+    if name in (TEMPERATURE, THRESHOLD, BEST_EPOCH) or name.removeprefix(BEST) in HISTORY_METRICS:
+        return True
+    stage, _, measure = name.partition("/")
+    if stage not in FOLD_STAGES or not measure:
+        return False
+    head, _, rest = measure.partition("/")
+    if rest:
+        return head in CLASS_MEASURES
+    for suffix in (RAW, CI_LOW, CI_HIGH):
+        measure = measure.removesuffix(suffix)
+    return measure in STAGE_MEASURES
+
+
 # MLflow allows letters, digits, `_ - . / :` and spaces in metric and param keys (no colon on Windows); a class folder
 # may be called `Band (BNE)+`. One rule maps any name to a key part; the original names travel in CLASSES_TAG.
 _KEY_UNSAFE = re.compile(r"[^\w.\- ]")

@@ -41,6 +41,7 @@ from leukexp.vocabulary import (
     TRIAL_STATE_TAG,
     TRIAL_TAG,
     cv_metric,
+    is_fold_metric,
     quote_filter,
 )
 
@@ -74,10 +75,11 @@ def override_value(value: Any) -> str:
 
 def fold_metric(objective: str) -> str:
     """The fold-run metric an objective averages: `cv/best/val/acc_mean` -> `best/val/acc`."""
-    if not (objective.startswith(CV) and objective.endswith("_mean")):
-        raise LeukexpError(f"hydra.sweeper.objective={objective!r}: expected the fold mean of a fold metric, e.g."
-                           " cv/best/val/acc_mean (validation: the default) or cv/test/acc_mean")
-    return objective.removeprefix(CV).removesuffix("_mean")
+    metric = objective.removeprefix(CV).removesuffix("_mean")
+    if not (objective.startswith(CV) and objective.endswith("_mean")) or not is_fold_metric(metric):
+        raise LeukexpError(f"hydra.sweeper.objective={objective!r}: expected the fold mean of a metric fold runs log,"
+                           " e.g. cv/best/val/acc_mean (validation: the default), cv/val/loss_mean or cv/test/acc_mean")
+    return metric
 
 
 def _distribution(key: str, sweep: object) -> tuple[Any, dict[Any, str]]:

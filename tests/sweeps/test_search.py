@@ -56,6 +56,12 @@ def test_objectives_and_batches() -> None:
     assert fold_metric(cv_metric(TEST_LOSS, "mean")) == TEST_LOSS
     with pytest.raises(LeukexpError, match=r"hydra\.sweeper\.objective='test/acc'"):
         fold_metric(TEST_ACC)
+    for fine in ("cv/external/f1/ALL_mean", "cv/test/ece_raw_mean", "cv/test/sensitivity_ci95_low_mean",
+                 "cv/val/loss_mean", "cv/best/epoch_mean", "cv/instance/auc_macro_mean"):
+        assert fold_metric(fine) == fine[3:-5]
+    for nope in ("cv/nope_mean", "cv/test/acuracy_mean", "cv/tset/acc_mean", "cv/test/f2/ALL_mean"):
+        with pytest.raises(LeukexpError, match=rf"objective='{nope}': expected the fold mean of a metric fold runs"):
+            fold_metric(nope)
 
     class Joblib:
         joblib = {"n_jobs": 2}
