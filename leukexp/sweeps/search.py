@@ -347,7 +347,7 @@ class FoldSearch(Sweeper):
         if not study.trials:
             for params in self.enqueue:
                 study.enqueue_trial(params)
-        tracker = SearchTracker.open(self.config, name, path)
+        tracker = SearchTracker.open(self.config, name, path, resume=len(counted(study)) < self.n_trials)
         folds = int(self.config.fold.n_splits)
         log.info("search %s: %d of %d trials done; study %s", name, len(counted(study)), self.n_trials, path)
         results = []
@@ -459,8 +459,9 @@ class SearchTracker:
         self.client, self.experiment_id, self.run_id, self.name = client, experiment_id, run_id, name
 
     @classmethod
-    def open(cls, config: DictConfig, name: str, storage: Path) -> SearchTracker | None:
-        """The search run of this study, created on first use (None when MLflow is off)."""
+    def open(cls, config: DictConfig, name: str, storage: Path, resume: bool = True) -> SearchTracker | None:
+        """The search run of this study, created on first use (None when MLflow is off); an existing one is set
+        RUNNING again only when trials are left to run (`resume`): a finished search run again stays FINISHED."""
         if not config.mlflow.enabled:
             return None
         from mlflow.tracking import MlflowClient
@@ -475,7 +476,8 @@ class SearchTracker:
         found = client.search_runs([experiment], query, max_results=1)
         if found:
             run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+            if resume:
+                client.update_run(run_id, status="RUNNING")
         else:
             run_id = client.create_run(experiment, run_name=f"search {name}", tags={
                 KIND_TAG: KIND_SEARCH, SEARCH_TAG: name, SEARCH_STORAGE_TAG: str(storage), NAME_TAG: name}).info.run_id

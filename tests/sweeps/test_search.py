@@ -123,8 +123,11 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 of 4 trials done" in again.stdout + again.stderr
     assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 4
+    done = search(tmp_path, "hydra.sweeper.n_trials=4")  # nothing left to run
+    assert done.returncode == 0, done.stderr[-3000:]
     runs = store_runs(tmp_path)
     (search_run,) = runs["search"]
+    assert search_run.info.status == "FINISHED", "a finished search run again stays FINISHED"
     assert search_run.data.metrics["search/trials_complete"] == 4
     finished = [r for r in runs["fold"] if r.info.status == "FINISHED"]
     assert len(runs["cv"]) == 4 and len(finished) == 8, "no fold of a trial was run twice"
