@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukexp.errors import LeukexpError
 from leukexp.runtime.process import usable_cores
+from leukexp.runtime.signals import Interrupted
 from leukexp.vocabulary import (
     BEST,
     CV,
@@ -149,6 +150,11 @@ def parse_space(params: Mapping[str, Any], arguments: Sequence[str], config: Dic
                                    " has this key; see leukexp-train --cfg job")
         elif group is None:
             check_key(key, config)
+        value = override.value()
+        if key in _choices(config) and not (isinstance(value, ChoiceSweep)
+                                            and all(isinstance(option, str) for option in value.list)):
+            raise LeukexpError(f"hydra.sweeper.params.{key}: {key} is a config group, its values are option names;"
+                               f" search them with choice(...), e.g. {key}='choice({_choices(config)[key]}, ...)'")
         distributions[key], labels[key] = _distribution(key, override.value())  # `a,b` is choice(a,b) too
     if not distributions:
         raise LeukexpError("hydra.sweeper.params: no search dimension; give e.g."
@@ -350,6 +356,18 @@ class FoldSearch(Sweeper):
         tracker = SearchTracker.open(self.config, name, path, resume=len(counted(study)) < self.n_trials)
         folds = int(self.config.fold.n_splits)
         log.info("search %s: %d of %d trials done; study %s", name, len(counted(study)), self.n_trials, path)
+        try:
+            return self._trials(study, space, metric, name, tracker, folds)
+        except BaseException as error:  # a failing launcher or an interruption: the search run does not stay RUNNING
+            if tracker:
+                tracker.end("KILLED" if isinstance(error, KeyboardInterrupt | SystemExit | Interrupted) else "FAILED")
+            raise
+
+    def _trials(self, study: Any, space: Space, metric: str, name: str, tracker: SearchTracker | None,
+                folds: int) -> list[Any]:
+        """Ask, run and tell trials until `n_trials` have finished; return the job results."""
+        from optuna.trial import TrialState
+
         results = []
         together = trials_at_once(self.launcher, folds)
         while (remaining := self.n_trials - len(counted(study))) > 0:
@@ -482,6 +500,13 @@ class SearchTracker:
             run_id = client.create_run(experiment, run_name=f"search {name}", tags={
                 KIND_TAG: KIND_SEARCH, SEARCH_TAG: name, SEARCH_STORAGE_TAG: str(storage), NAME_TAG: name}).info.run_id
         return cls(client, experiment, run_id, name)
+
+    def end(self, status: str) -> None:
+        """Mark the search run ended (`FAILED`, `KILLED`) when the search stops early."""
+        import contextlib
+
+        with contextlib.suppress(Exception):  # the store may be what failed: the original error is the one to see
+            self.client.set_terminated(self.run_id, status)
 
     def record(self, study: Any, number: int, state: str) -> None:
         """Tag the trial's parent with its number and state; the search run's counts, best value and trial table."""

@@ -45,6 +45,9 @@ def test_hydra_syntax_becomes_optuna_distributions() -> None:
     ({"fold.index": "range(0, 5)"}, r"a search varies what a run computes, not fold\.index"),
     ({"optimizer.lr": "0.1"}, r"no search dimension"),
     ({"optimizer.lr": "interval(0.1"}, r"hydra\.sweeper\.params: "),
+    ({"head": "interval(0, 1)"}, r"params\.head: head is a config group, its values are option names; search them"
+                                 r" with choice\(\.\.\.\), e\.g\. head='choice\(logreg, \.\.\.\)'"),
+    ({"model": "range(0, 3)"}, r"params\.model: model is a config group"),
 ])
 def test_an_impossible_space_is_one_line(params: dict[str, str], says: str) -> None:
     with pytest.raises(LeukexpError, match=says):
