@@ -13,7 +13,7 @@ from leukexp.config.compose import config_dir
 from leukexp.errors import EXIT_USER_ERROR, LeukexpError, one_line, user_errors
 from leukexp.runtime.secrets import redact
 from leukexp.runtime.signals import Interrupted
-from leukexp.sweeps.multirun import is_multirun, record_failure
+from leukexp.sweeps.multirun import is_multirun, record_failure, scrub_hydra_files
 
 log = logging.getLogger("leukexp")
 PROGRAM = "leukexp-train"
@@ -29,6 +29,11 @@ def run_app(cfg: DictConfig) -> float | None:
     from leukexp.runtime.process import prepare_process
 
     prepare_process()  # also in launcher workers, which run jobs in processes of their own
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    scrub_hydra_files(Path(HydraConfig.get().runtime.output_dir))  # before anything can fail or be interrupted
     if is_multirun():
         try:
             return _run(cfg)

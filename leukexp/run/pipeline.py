@@ -24,7 +24,6 @@ from leukexp.run.settings import backbone_from_plan, head_from_plan
 from leukexp.run.steps import POST_FIT_STEPS, Outcome
 from leukexp.run.validation import validate
 from leukexp.runtime.process import seed_everything, torch_threads
-from leukexp.runtime.secrets import redact
 from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
@@ -36,22 +35,6 @@ if TYPE_CHECKING:
     from leukexp.tracking.cv import FoldRun
 
 # MLflow, Lightning and matplotlib load when a run gets to them: a mistake in the data is reported first
-
-
-def scrub_secrets(out: Path) -> None:
-    """Hydra's own copies of the command line and config (the run folder's `.hydra/*.yaml`, a sweep's
-    `multirun.yaml`) without credentials."""
-    files = list((out / ".hydra").glob("*.yaml"))
-    if is_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
-        files.append(Path(HydraConfig.get().sweep.dir) / "multirun.yaml")
-    for path in files:
-        if not path.is_file():
-            continue
-        text = path.read_text()
-        if (clean := redact(text)) != text:
-            path.write_text(clean)
 
 
 def open_fold_run(plan: RunPlan, fold_data: FoldData) -> tuple[FoldRun | None, dict[str, float] | None]:
@@ -188,7 +171,6 @@ def run_plan(plan: RunPlan) -> dict[str, float]:
         fold_data = build_fold_data(plan)
         describe_fold(fold_data)
         out = plan.paths.output_dir
-        scrub_secrets(out)
         fold_data.write_manifest(out / MANIFEST_FILE)
         if fold_data.stain.active:
             console.print(fold_data.stain.describe())

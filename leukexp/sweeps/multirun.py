@@ -51,8 +51,26 @@ def record_failure(error: BaseException) -> None:
         "error": f"{type(error).__name__}: {error}".splitlines()[0][:500],
         "where": "".join(traceback.format_exception(error)[-2:]).strip()[:800],
     }
+    from leukexp.runtime.secrets import redact
+
     with open(Path(hydra.sweep.dir) / FAILURES, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+        handle.write(redact(json.dumps(entry)) + "\n")
+
+
+def scrub_hydra_files(out: Path) -> None:
+    """Hydra's own copies of the command line and config (the job folder's `.hydra/*.yaml`, a sweep's
+    `multirun.yaml`) without credentials: done as a job starts, before anything can fail."""
+    from leukexp.runtime.secrets import redact
+
+    files = list((out / ".hydra").glob("*.yaml"))
+    if is_multirun():
+        files.append(Path(HydraConfig.get().sweep.dir) / "multirun.yaml")
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if (clean := redact(text)) != text:
+            path.write_text(clean)
 
 
 def sweep_description(command: list[str], data: str, started: str, jobs: int | None) -> str:
@@ -127,6 +145,9 @@ class SweepCallback(Callback):
             return
         console.print(f"[bold red]{len(failures)} job(s) failed[/] (the others finished; re-run the same command"
                       " to retry only what is missing):")
+        from leukexp.runtime.secrets import redact
+
         for failure in failures:
-            console.print(escape(f"  job {failure['job']} [{' '.join(failure['overrides'])}]: {failure['error']}"))
+            console.print(escape(redact(f"  job {failure['job']} [{' '.join(failure['overrides'])}]:"
+                                        f" {failure['error']}")))
         raise SystemExit(1)

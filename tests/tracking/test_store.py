@@ -190,13 +190,15 @@ def test_credentials_in_the_tracking_uri_are_found_nowhere(tmp_path: Path) -> No
     uri = f"http://alice:{secret}@127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"CI": "true"}
     try:
-        # a sweep, with the URI on the command line: Hydra's copies of it (overrides.yaml, multirun.yaml) are scrubbed
+        # a sweep, with the URI on the command line: Hydra's copies of it (overrides.yaml, multirun.yaml) are scrubbed;
+        # the jobs with 20 folds fail (10 images a class): their files, the failure list and summary are scrubbed too
         job = subprocess.run([sys.executable, "-m", "leukexp.commands.train", "-m", "fold=f0,f1",
-                              f"mlflow.tracking_uri={uri}",
-                              *TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=1", "fold.n_splits=2",
+                              f"mlflow.tracking_uri={uri}", "fold.n_splits=2,20",
+                              *TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=1",
                               "task=binary", "data.counts={ALL: 10, HLT: 10}", "mlflow.experiment_name=secret"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-        assert job.returncode == 0, job.stderr[-2000:]
+        assert job.returncode == 1 and "2 job(s) failed" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+        assert "http://***@127.0.0.1" in job.stdout, "the failed jobs are listed, redacted"
         assert secret not in job.stdout + job.stderr
         client = MlflowClient(f"http://127.0.0.1:{port}")
         experiment = client.get_experiment_by_name("secret").experiment_id
