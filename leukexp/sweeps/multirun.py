@@ -44,17 +44,17 @@ def job_threads(requested: int | None) -> int | None:
 
 def record_failure(error: BaseException) -> None:
     """Append this job's error to the sweep's failure list (read back at the end of the sweep)."""
-    hydra = HydraConfig.get()
-    entry = {
-        "job": hydra.job.num,
-        "overrides": list(hydra.overrides.task),
-        "error": f"{type(error).__name__}: {error}".splitlines()[0][:500],
-        "where": "".join(traceback.format_exception(error)[-2:]).strip()[:800],
-    }
     from leukexp.runtime.secrets import redact
 
+    hydra = HydraConfig.get()
+    entry = {  # redacted before JSON escapes the URIs' backslashes
+        "job": hydra.job.num,
+        "overrides": [redact(str(override)) for override in hydra.overrides.task],
+        "error": redact(f"{type(error).__name__}: {error}".splitlines()[0][:500]),
+        "where": redact("".join(traceback.format_exception(error)[-2:]).strip()[:800]),
+    }
     with open(Path(hydra.sweep.dir) / FAILURES, "a") as handle:
-        handle.write(redact(json.dumps(entry)) + "\n")
+        handle.write(json.dumps(entry) + "\n")
 
 
 def scrub_hydra_files(out: Path) -> None:
