@@ -300,8 +300,16 @@ SCALE_MODEL = ["model=timm", "model.name=test_efficientnet", "model.pretrained=f
                "augmentation=paper", "data.image_size=48", "features.batch_size=256"]
 SCALE_CLASSES = ("ALL", "AML", "CLL", "CML", "HLT")
 
-WARM_JOB = """
-import json, resource, sys, time
+# a job's own peak memory: VmHWM of its address space (ru_maxrss would carry over the benchmark process's peak,
+# which Linux keeps across the fork and exec that start a job)
+PEAK = """
+def peak_rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+"""
+
+WARM_JOB = PEAK + """
+import json, sys, time
 from pathlib import Path
 import numpy as np
 mode, root, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
@@ -323,7 +331,7 @@ if mode == "np_load":  # the same process state as the store's read (its imports
     array = np.load(baseline)
     print(json.dumps({{"np_load_s": time.perf_counter() - start, "bytes": array.nbytes}}))
     sys.exit()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak_rss()
 start = time.perf_counter()
 caches = caches_for(cfg, backbone, fold_data.stain)
 every = embeds.features(backbone, caches, dataclasses.replace(cfg.features, num_workers=0))
@@ -334,7 +342,7 @@ parts = [every]
 if mode == "write_baseline":
     np.save(baseline, np.concatenate(parts))
     sys.exit()
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rss = peak_rss()
 print(json.dumps({{"read_s": read, "bytes": sum(p.nbytes for p in parts), "rows": sum(len(p) for p in parts),
                   "peak_rss_bytes": rss, "rss_before_read": before}}))
 """
@@ -429,8 +437,8 @@ def scale_table(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-STORE_JOB = """
-import json, resource, sys, time
+STORE_JOB = PEAK + """
+import json, sys, time
 from pathlib import Path
 import numpy as np
 mode, root, images = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -444,7 +452,7 @@ if mode == "np_load":  # the same process state as the store's read: only the re
     array = np.load(baseline)
     print(json.dumps({{"np_load_s": time.perf_counter() - start}}))
     sys.exit()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak_rss()
 start = time.perf_counter()
 values, found = FeatureCache(root, "store").get_codes(codes, 256)
 read = time.perf_counter() - start
@@ -453,7 +461,7 @@ if mode == "write_baseline":
     np.save(baseline, values)
     sys.exit()
 print(json.dumps({{"read_s": read, "rows": len(values), "bytes": values.nbytes,
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+                  "peak_rss_bytes": peak_rss()}}))
 """
 
 
