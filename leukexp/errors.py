@@ -25,6 +25,7 @@ _OS_FIXES = {
     errno.EISDIR: "is a folder, not a file: give a file path",
     errno.ENAMETOOLONG: "the path is too long: use a shorter folder or file name",
     errno.EEXIST: "already exists and is in the way: remove it or give another path",
+    errno.ENOENT: "no such file or folder, and none can be made there: check the path (hydra.run.dir=..., paths.*)",
 }
 
 

@@ -10,7 +10,8 @@ from leukexp.runtime.signals import Interrupted
 
 
 @pytest.mark.parametrize(("code", "says"), [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only file system"),
-                                            (errno.EACCES, "permission denied"), (errno.ENOTDIR, "is a file")])
+                                            (errno.EACCES, "permission denied"), (errno.ENOTDIR, "is a file"),
+                                            (errno.ENOENT, "no such file or folder, and none can be made there")])
 def test_file_system_faults_name_the_path_and_the_fix(code: int, says: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop, user_errors("leukexp-x"):
         raise OSError(code, "whatever", "/data/run/config.yaml")
