@@ -16,6 +16,8 @@ Each measure runs in this process or as the CLI a user types, under `--root` (de
 
     python scripts/benchmark.py --scale                 # the framework at 5 k, 50 k and 500 k views (~25 min here)
     python scripts/benchmark.py --scale --sizes 2000 20000
+    python scripts/benchmark.py --store 500000 5000000  # the feature store alone (synthetic entries), ~4 min
+    python scripts/benchmark.py --only raw extraction --precision bf16 --views device,cpu   # on a GPU: both view paths
 
 `--scale` measures the framework, not the model: a tiny random-weight timm model (test_efficientnet at 32 px) on
 synthetic 48 px smears with the study's 33 views, at sizes spanning 100x. Per size: cold extraction views/s (and

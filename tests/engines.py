@@ -52,12 +52,20 @@ class SlurmCluster:
         self.host = socket.gethostname().split(".")[0]
 
     @classmethod
-    def why_not(cls) -> str:
+    def not_installable(cls) -> str:
+        """Why no cluster can be started here at all ('' when the packages are there and this runs as root)."""
         missing = [name for name in cls.DAEMONS if shutil.which(name) is None]
         if missing:
             return f"Slurm not installed ({', '.join(missing)} missing): {PACKAGES}"
         if os.geteuid() != 0:
             return "a one-node Slurm cluster is started as root (slurmd runs jobs as their user)"
+        return ""
+
+    @classmethod
+    def why_not(cls) -> str:
+        """Why a cluster cannot be started now ('' when it can)."""
+        if reason := cls.not_installable():
+            return reason
         if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:
             return "a slurmctld is already running on this machine"
         return ""
@@ -145,11 +153,23 @@ class SlurmCluster:
     def stop(self) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             self.run("scancel", "--user=root", check=False, timeout=20)
+        pids = []
         for pid_file in reversed(self.processes):
             with contextlib.suppress(OSError, ValueError):
-                pid = int(pid_file.read_text().split()[0])
-                os.kill(pid, signal.SIGTERM)
-                for _ in range(50):
-                    os.kill(pid, 0)
-                    time.sleep(0.1)
+                pids.append(int(pid_file.read_text().split()[0]))
+                os.kill(pids[-1], signal.SIGTERM)
+        deadline = time.time() + 5  # all of them at once, then whatever is left is killed
+        while pids and time.time() < deadline:
+            pids = [pid for pid in pids if _alive(pid)]
+            time.sleep(0.1)
+        for pid in pids:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -107,7 +107,7 @@ def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, ser
 
 def test_a_job_cancelled_with_scancel_is_killed_in_mlflow_and_the_resumed_sweep_finishes_it(
         slurm: SlurmCluster, server: str, tmp_path: Path) -> None:
-    longer = [*ON_SLURM, *TINY, "head=mlp1", "fold=f0", "trainer.max_epochs=400",
+    longer = [*ON_SLURM, *TINY, "head=mlp1", "fold=f0", "trainer.max_epochs=250",
               "mlflow.experiment_name=slurm-cancel"]
     command = leukexp("train", "-m", *longer, root=tmp_path, cluster=slurm, uri=server)
     env = {**slurm.env, "CI": "true"}
@@ -138,4 +138,6 @@ def test_a_job_cancelled_with_scancel_is_killed_in_mlflow_and_the_resumed_sweep_
     runs = fold_runs(server, "slurm-cancel")
     finished = sorted(r.data.tags["fold"] for r in runs if r.info.status == "FINISHED")
     assert finished == ["f0"] and not [r for r in runs if r.info.status == "RUNNING"], "resumed and finished"
-    assert "RUNNING" not in set(slurm.states(*job_ids(tmp_path / "logs" / "multiruns")).values())
+    ids = job_ids(tmp_path / "logs" / "multiruns")
+    settled(slurm, ids)
+    assert "RUNNING" not in set(slurm.states(*ids).values())

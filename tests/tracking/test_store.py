@@ -199,11 +199,13 @@ def test_credentials_in_the_tracking_uri_are_found_nowhere(tmp_path: Path) -> No
                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
         assert job.returncode == 1 and "2 job(s) failed" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
         assert "http://***@127.0.0.1" in job.stdout, "the failed jobs are listed, redacted"
+        assert "fewer than fold.n_splits=20" in job.stdout, "listed with their reason"
         assert secret not in job.stdout + job.stderr
         client = MlflowClient(f"http://127.0.0.1:{port}")
         experiment = client.get_experiment_by_name("secret").experiment_id
         runs = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold'")
         assert len(runs) == 2 and runs[0].data.params["mlflow.tracking_uri"].startswith("http://***@127.0.0.1")
+        assert {r.info.status for r in runs} == {"FINISHED"}, "the failing jobs did not stop the others"
     finally:
         stop(server)
     leaks = [path for path in tmp_path.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
