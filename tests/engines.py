@@ -84,7 +84,7 @@ class SlurmCluster:
         self.run("sacctmgr", "-i", "add", "cluster", "leukexp-test", check=False)
         self._daemon("slurmctld", ["-c"])
         self._daemon("slurmd", [])
-        wait_for(lambda: self.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle", 60, "the Slurm node")
+        wait_for(lambda: self.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle", 120, "the Slurm node")
         return self
 
     def _munge(self) -> None:
@@ -151,8 +151,9 @@ class SlurmCluster:
         return dict(line.split("|", 1) for line in done.stdout.splitlines() if line)
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
+        with contextlib.suppress(OSError, subprocess.SubprocessError, RuntimeError):
             self.run("scancel", "--user=root", check=False, timeout=20)
+            wait_for(lambda: not self.run("squeue", "-h", check=False).stdout.strip(), 30, "the jobs' end")
         pids = []
         for pid_file in reversed(self.processes):
             with contextlib.suppress(OSError, ValueError):

@@ -64,7 +64,7 @@ def settled(slurm: SlurmCluster, ids: list[str]) -> None:
     """Wait until the accounting database has every job of `ids` ended."""
     from engines import wait_for
 
-    wait_for(lambda: not {"PENDING", "RUNNING", "COMPLETING"} & set(slurm.states(*ids).values()), 60, "job states")
+    wait_for(lambda: not {"PENDING", "RUNNING", "COMPLETING"} & set(slurm.states(*ids).values()), 180, "job states")
 
 
 def job_ids(sweep_dir: Path) -> list[str]:
