@@ -197,7 +197,6 @@ class Shard:
         self._codes = legacy
         self._codes_at = None if legacy is not None else keys.offset
         self._values: np.ndarray | None = None
-        self._populated = False
 
     @staticmethod
     def _legacy_codes(header: dict, rows: int) -> np.ndarray:
@@ -218,26 +217,19 @@ class Shard:
 
     @property
     def values(self) -> np.ndarray:
-        """The (n, width) values, memory-mapped (read only)."""
-        return self.mapped(populate=False)
-
-    def mapped(self, populate: bool) -> np.ndarray:
-        """The values as a plain array over a read-only map (slicing a `np.memmap` costs microseconds a slice);
-        with `populate`, the map's pages are set up at once by the kernel (`MAP_POPULATE`: far cheaper than a fault
-        per page when most of the shard is read; a small read maps lazily instead)."""
-        if self._values is not None and (self._populated or not populate):
+        """The (n, width) values as a plain array over a read-only map (slicing a `np.memmap` costs microseconds a
+        slice); a small read maps lazily, a large one is streamed instead (`_stream_rows`)."""
+        if self._values is not None:
             return self._values
         if not self.shape[0]:
             self._values = np.zeros(self.shape, self.dtype)
             return self._values
-        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
         with open(self.path, "rb") as handle:
-            mapping = mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+            mapping = mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         if len(mapping) < self._values_at + int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize:
             raise ValueError(f"{self.path.name} is shorter than its header says")
         self._values = np.frombuffer(mapping, self.dtype, int(np.prod(self.shape)), self._values_at
                                      ).reshape(self.shape)
-        self._populated = populate
         return self._values
 
 
