@@ -49,6 +49,23 @@ def os_error_message(error: OSError) -> str | None:
     return f"{where}: {fix}"
 
 
+def file_system_fault(error: BaseException) -> OSError | None:
+    """The file-system fault the user can fix (full, read-only, not permitted...) behind an error, if any: the error
+    itself or one in its chain of causes."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and (error.errno or -1) in _OS_FIXES:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def os_error_reason(error: OSError) -> str:
+    """The fault in a few words (`read-only file system`), without the fix."""
+    return _OS_FIXES.get(error.errno or -1, error.strerror or type(error).__name__).split(":")[0]
+
+
 @contextmanager
 def user_errors(program: str = "leukexp") -> Iterator[None]:
     """Turn user mistakes raised inside the block into `program: error: ...` and exit code 2; an interrupt into

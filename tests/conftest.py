@@ -56,6 +56,20 @@ class Wide(Stub):
     num_features = 1280
 
 
+def claiming_png(width: int, height: int) -> bytes:
+    """A 1 KB PNG whose header states `width` x `height` (its data holds 8 x 8 pixels): a decompression bomb's
+    header without its gigabytes."""
+    import struct
+    import zlib
+
+    _, encoded = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(encoded.tobytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
 def write_image(path: Path, seed: int, size: int = 32, channels: int = 3, dtype: type = np.uint8) -> Path:
     """Write a random image with OpenCV (distinct content per seed)."""
     rng = np.random.default_rng(seed)

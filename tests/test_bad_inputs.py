@@ -6,18 +6,25 @@ left RUNNING in the store or half-written on disk.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Queue
 
+import cv2
+import numpy as np
 import pytest
 import torch
+from forkserver import CommandServer
 from mlflow.tracking import MlflowClient
 
-from conftest import write_image
+from conftest import claiming_png, write_image
 from leukexp.vocabulary import KIND_TAG
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=32",
@@ -33,6 +40,7 @@ class Case:
     program: str = "leukexp.commands.train"
     data: str = "binary"  # which data set the case runs on (built in `workspace`)
     extra: list[str] = field(default_factory=list)
+    exit: int = 2  # 0: a damage the command heals, with one warning line saying `expect` (no error line)
 
 
 def binary(root: str, own: list[str] | None = None) -> list[str]:
@@ -48,9 +56,12 @@ def binary(root: str, own: list[str] | None = None) -> list[str]:
     return args
 
 
-REPORT, SYNC = "leukexp.commands.report", "leukexp.commands.sync"
+REPORT, SYNC, PREDICT = "leukexp.commands.report", "leukexp.commands.sync", "leukexp.commands.predict"
 # the module each case runs, and the command name its error line starts with
-COMMANDS = {"leukexp.commands.train": "leukexp-train", REPORT: "leukexp-report", SYNC: "leukexp-sync"}
+COMMANDS = {"leukexp.commands.train": "leukexp-train", REPORT: "leukexp-report", SYNC: "leukexp-sync",
+            PREDICT: "leukexp-predict"}
+DAMAGED_JOURNAL = b"these are notes, not an Optuna journal\n"
+SEARCH = ["-m", "hydra/sweeper=optuna", "optimizer.lr=interval(0.001,0.01)"]
 CASES = {
     # hyperparameters, checked before anything is built or logged
     "dropout": Case(["head.dropout=1.5"], "head.dropout=1.5"),
@@ -124,6 +135,18 @@ CASES = {
     "report_filter": Case(["--experiment", "leukexp", "--filter", "tags.x ==="], "--filter", program=REPORT),
     "sync_nothing": Case([], "nothing to upload", program=SYNC, extra=["sync_dir"]),
     "sync_damaged": Case([], "damaged (JSONDecodeError", program=SYNC, extra=["sync_damaged"]),
+    # hostile files, costs read from headers, damaged searches, data that cannot carry the protocol (issue 32)
+    "hostile_shard": Case(["mlflow.experiment_name=hostile"], "hostile.safetensors is damaged: not a regular file",
+                          extra=["hostile_shard"], exit=0),
+    "pixel_bomb": Case([], "bomb.png: 20,000 x 20,000 pixels", data="pixel_bomb"),
+    "class_too_small": Case(["fold.n_splits=2"], "class ALL has 2 image(s): with fold.n_splits=2", data="small_class"),
+    "external_is_study": Case([], "also in the study's data", extra=["external_is_study"]),
+    "stain_blank": Case(["stain=reinhard"], "it is of one colour", extra=["blank_reference"]),
+    "search_objective": Case([*SEARCH, "hydra.sweeper.objective=cv/nope_mean"], "objective='cv/nope_mean'"),
+    "search_group_range": Case(["-m", "hydra/sweeper=optuna", "head=interval(0,1)"],
+                               "head is a config group"),
+    "search_journal": Case(SEARCH, "line 1 is not a journal entry", extra=["damaged_journal"]),
+    "predict_parts": Case([], "the model folder's parts disagree", program=PREDICT, extra=["model_parts"]),
     "report_out_file": Case(["--experiment", "leukexp", "--out"], "is a file; give a folder", program=REPORT,
                             extra=["out_file"]),
 }
@@ -137,9 +160,10 @@ def make_data(root: Path, kind: str) -> Path:
     if folder.exists():
         return folder
     seed = {"binary": 0, "unknown_folder": 100, "empty_class": 200, "corrupt": 300, "zero_byte": 400,
-            "two_classes": 500}[kind]
+            "two_classes": 500, "pixel_bomb": 600, "small_class": 700}[kind]
     for i in range(6):
-        write_image(folder / "ALL" / f"a{i}.png", seed + i)
+        if kind != "small_class" or i < 2:
+            write_image(folder / "ALL" / f"a{i}.png", seed + i)
         if kind != "empty_class":
             write_image(folder / "HLT" / f"h{i}.png", seed + 50 + i)
     if kind == "unknown_folder":
@@ -151,14 +175,18 @@ def make_data(root: Path, kind: str) -> Path:
         (folder / "HLT" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     elif kind == "zero_byte":
         (folder / "HLT" / "empty.jpg").write_bytes(b"")
+    elif kind == "pixel_bomb":  # 1 KB that claims 20,000 x 20,000 pixels
+        (folder / "HLT" / "bomb.png").write_bytes(claiming_png(20_000, 20_000))
     elif kind == "two_classes":
         (folder / "HLT" / "copy.png").write_bytes((folder / "ALL" / "a0.png").read_bytes())
     return folder
 
 
 def command(case: Case, root: Path) -> list[str]:
-    """The full command line of a case, with its files made."""
+    """A case's module and arguments (`python -m` of them), with its files made."""
     args = list(case.args)
+    if args[:1] == ["-m"]:  # a multirun's flag goes before the overrides
+        args = args[1:]
     if case.program == "leukexp.commands.train" and case.data != "none":
         args = binary(str(make_data(root, case.data)), args) + args
     for extra in case.extra:
@@ -191,10 +219,33 @@ def command(case: Case, root: Path) -> list[str]:
         elif extra == "out_file":
             (root / "report.txt").write_text("my notes")
             args.append(str(root / "report.txt"))
+        elif extra == "hostile_shard":  # a pipe named as a shard, in a copy of the finished run's store
+            store = root / "hostile-cache"
+            if not store.exists():
+                shutil.copytree(root / "cache", store)
+                (folder,) = (store / "features").iterdir()  # the one backbone's store
+                os.mkfifo(folder / "hostile.safetensors")
+            args += [f"paths.cache_dir={store}"]
+        elif extra == "external_is_study":
+            args.append(f"evaluation.external={make_data(root, 'binary')}")
+        elif extra == "blank_reference":
+            cv2.imwrite(str(root / "blank.png"), np.full((64, 64, 3), 255, np.uint8))
+            args.append(f"stain.reference={root / 'blank.png'}")
+        elif extra == "damaged_journal":
+            (root / "damaged.journal").write_bytes(DAMAGED_JOURNAL)
+            args.append(f"hydra.sweeper.storage={root / 'damaged.journal'}")
+        elif extra == "model_parts":  # a saved model whose manifest lists a class its head does not score
+            model = root / "parts-disagree"
+            if not model.exists():
+                shutil.copytree(next((root / "logs" / "runs").glob("*/model")), model)
+                manifest = model / "data" / "classifier" / "classifier.json"
+                saved = json.loads(manifest.read_text())
+                manifest.write_text(json.dumps({**saved, "classes": [*saved["classes"], "AML"]}))
+            args += [str(model), str(make_data(root, "binary") / "ALL")]
         elif extra == "run_dir_under_file":
             (root / "plain-file").write_text("not a folder")
             args.append(f"hydra.run.dir={root / 'plain-file' / 'run'}")
-    return [sys.executable, "-m", case.program, *args]
+    return [case.program, *(["-m"] if case.args[:1] == ["-m"] else []), *args]
 
 
 @pytest.fixture(scope="module")
@@ -218,18 +269,30 @@ def _env() -> dict[str, str]:
 def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) -> None:
     assert len(CASES) >= 40
     commands = {name: command(case, workspace) for name, case in CASES.items()}
+    servers = Queue()
 
     def run(name: str) -> subprocess.CompletedProcess:
-        return subprocess.run(commands[name], cwd=workspace, capture_output=True, text=True, timeout=240,
-                              env={**_env(), "CI": "true"})
+        server = servers.get()
+        try:
+            return server.run(commands[name], cwd=workspace, env={**_env(), "CI": "true"}, timeout=240)
+        finally:
+            servers.put(server)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with CommandServer() as first, CommandServer() as second, ThreadPoolExecutor(max_workers=2) as pool:
+        servers.put(first)
+        servers.put(second)
         results = dict(zip(CASES, pool.map(run, CASES), strict=True))
     problems = []
     for name, result in results.items():
         case = CASES[name]
         program = COMMANDS[case.program]
         lines = [line for line in result.stderr.splitlines() if line.startswith(f"{program}: error:")]
+        if case.exit == 0:
+            warned = [line for line in (result.stderr + result.stdout).splitlines() if case.expect in line]
+            if result.returncode or lines or len(warned) != 1 or "Traceback" in result.stderr + result.stdout:
+                problems.append(f"{name}: exit {result.returncode}, {len(warned)} warning line(s) saying"
+                                f" {case.expect!r}\n{result.stderr[-1500:]}")
+            continue
         if result.returncode != 2 or len(lines) != 1 or "Traceback" in result.stderr + result.stdout:
             problems.append(f"{name}: exit {result.returncode}, {len(lines)} error line(s)\n{result.stderr[-1500:]}")
         elif case.expect not in lines[0]:
@@ -241,8 +304,17 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) 
     diverged = client.get_experiment_by_name("diverged").experiment_id
     assert [r.info.status for r in runs if r.info.experiment_id == diverged
             and r.data.tags.get(KIND_TAG) == "fold"] == ["FAILED"], "the diverged run is FAILED"
-    started = [r for r in runs if r.data.tags.get(KIND_TAG) == "fold" and r.info.experiment_id != diverged]
+    healed = client.get_experiment_by_name("hostile").experiment_id
+    assert [r.info.status for r in runs if r.info.experiment_id == healed
+            and r.data.tags.get(KIND_TAG) == "fold"] == ["FINISHED"], "the run on a store with a hostile file"
+    (moved,) = (workspace / "hostile-cache").glob("features/*/quarantine/hostile.safetensors.*")
+    assert moved.is_fifo() and not list((workspace / "hostile-cache").glob("features/*/hostile.safetensors")), (
+        "the pipe was moved aside")
+    started = [r for r in runs if r.data.tags.get(KIND_TAG) == "fold"
+               and r.info.experiment_id not in (diverged, healed)]
     assert len(started) == 1, "no other bad input started a run"
+    assert [p.name for p in workspace.rglob("*.journal*")] == ["damaged.journal"], "no search began"
+    assert (workspace / "damaged.journal").read_bytes() == DAMAGED_JOURNAL, "the damaged journal is left as it was"
     assert not Path("/nonexistent-leukexp-store").exists(), "no folder was made for a store outside the project"
     assert (workspace / "report.txt").read_text() == "my notes", "nothing already written is lost"
     assert not list(workspace.rglob("*.tmp")), "nothing half-written"
@@ -307,3 +379,19 @@ def test_a_cache_that_is_full_or_read_only_keeps_features_in_memory(tmp_path: Pa
         assert "cannot be written" in result.stderr + result.stdout and "not written:" in result.stdout
         assert not list(disk.rglob("*.tmp"))
     assert fold_statuses(tmp_path) == ["FINISHED", "FINISHED"]
+
+
+@pytest.mark.slow
+def test_a_read_only_or_full_artifact_folder_is_named_and_the_run_kept(tmp_path: Path, small_disk) -> None:
+    assert run_train(tmp_path).returncode == 0  # the store and its experiment exist
+    artifacts = tmp_path / "mlruns" / "artifacts"
+    for fault, (seed, why) in {"read-only": (1, "read-only file system"), "full": (2, "no space left")}.items():
+        disk = small_disk(fault, "96k", read_only=fault == "read-only")
+        shutil.rmtree(artifacts)
+        artifacts.symlink_to(disk, target_is_directory=True)  # the experiment's artifact folder is now that disk
+        line = one_error_line(run_train(tmp_path, f"seed={seed}"))
+        assert str(artifacts) in line and why in line and "leukexp-sync" in line, line
+        assert "stopped answering" not in line
+        artifacts.unlink()
+        artifacts.mkdir()
+    assert fold_statuses(tmp_path) == ["FAILED", "FAILED", "FINISHED"], "nothing is left RUNNING"

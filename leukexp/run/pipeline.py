@@ -17,7 +17,7 @@ from leukexp.console import Stopwatch, console, describe_fold, print_frame
 from leukexp.data.dataset import ViewDataset
 from leukexp.data.external import scan_external
 from leukexp.data.fold_data import FoldData, build_fold_data
-from leukexp.errors import LeukexpError
+from leukexp.errors import LeukexpError, file_system_fault, os_error_reason
 from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds, split_features
 from leukexp.run.fit import FitResult, fit_head
 from leukexp.run.settings import backbone_from_plan, head_from_plan
@@ -92,9 +92,17 @@ def log_to_mlflow(fold_run: FoldRun, out: Path, result: FitResult, metrics: dict
     try:
         if fold_run.finish(result.history, metrics, artifacts):
             console.print(f"all {fold_run.n_splits} folds finished: aggregates on parent run {fold_run.parent_id}")
-    except Exception as error:  # a server that went away, or a store that refused a key or value
+    except Exception as error:  # a server that went away, a store that refused a key or value, a disk that did
         save_pending(out, fold_run, metrics, artifacts)
         fold_run.abandon()  # FAILED where the store still answers, so nothing stays RUNNING
+        fault = file_system_fault(error)
+        if fault is not None:  # the store answers; its artifact folder cannot take the files
+            where = fault.filename or fold_run.logger.artifact_location or "the store's artifact folder"
+            raise LeukexpError(
+                f"{where}: {os_error_reason(fault)}, so the run's artifacts could not be stored; the results are"
+                f" kept in {out}; make that folder writable (or free space), then upload them with: leukexp-sync"
+                f" {out}"
+            ) from error
         raise LeukexpError(
             f"mlflow.tracking_uri={fold_run.logger.tracking_uri}: {store_failure(error)}; the results are kept in"
             f" {out}; upload them with: leukexp-sync {out}"

@@ -37,8 +37,33 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+class DropInterruptedTracebacks(logging.Filter):
+    """Drop a library's log record of an exception caused by the stop (`Interrupted` in its chain): the stop is
+    reported once, by the command, as one line (MLflow's SQLite store logs every failed session with its
+    traceback, including one cut short by Ctrl-C)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a record whose exception was caused by a stop signal."""
+        error = record.exc_info[1] if record.exc_info else None
+        seen: set[int] = set()
+        while error is not None and id(error) not in seen:
+            if isinstance(error, Interrupted | KeyboardInterrupt):
+                return False
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        return True
+
+
+# libraries that log an exception's traceback where a stop signal may cut their work short
+TRACEBACK_LOGGERS = ("mlflow.store.db.utils", "mlflow.tracking", "optuna")
+
+
 def install_stop_handlers() -> bool:
     """Make SIGTERM and SIGINT raise `Interrupted` (main thread only; False elsewhere, e.g. in a thread pool)."""
+    for name in TRACEBACK_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropInterruptedTracebacks) for f in logger.filters):
+            logger.addFilter(DropInterruptedTracebacks())
     if threading.current_thread() is not threading.main_thread():
         return False
     for stop in STOP_SIGNALS:

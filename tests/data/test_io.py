@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import write_image
+from conftest import claiming_png, write_image
 from leukexp.data.io import BadImageError, is_image_file, read_image, to_rgb8
 
 
@@ -80,20 +80,6 @@ def test_misnamed_and_multi_frame_files_are_named(tmp_path: Path) -> None:
     assert read_image(tmp_path / "anim.png").shape == (16, 16, 3)
     write_image(tmp_path / "plain.png", 1)
     assert image_notes((tmp_path / "plain.png").read_bytes(), tmp_path / "plain.png") == []
-
-
-def claiming_png(width: int, height: int) -> bytes:
-    """A 1 KB PNG whose header states `width` x `height` (its data holds 8 x 8 pixels): a decompression bomb's
-    header without its gigabytes."""
-    import struct
-    import zlib
-
-    _, encoded = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
-    data = bytearray(encoded.tobytes())
-    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[12:29] = header
-    data[29:33] = struct.pack(">I", zlib.crc32(header))
-    return bytes(data)
 
 
 def test_an_image_stating_too_many_pixels_is_refused_from_its_header(tmp_path: Path,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL4CLASS, needs_shared_data, write_image
+from conftest import ALL4CLASS, claiming_png, needs_shared_data, write_image
 from leukexp.data.sources import FolderSource
 from leukexp.data.tasks import Task
 from leukexp.errors import LeukexpError
@@ -182,7 +182,6 @@ def test_images_replaced_with_the_same_size_and_time_get_new_hashes(tmp_path: Pa
 
 
 def test_an_image_over_max_pixels_stops_the_scan_or_is_skipped(make_folder: Callable[..., Path]) -> None:
-    from test_io import claiming_png
 
     root = make_folder({"ALL": 3, "HLT": 3})
     (root / "ALL" / "bomb.png").write_bytes(claiming_png(20_000, 20_000))

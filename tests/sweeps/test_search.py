@@ -166,6 +166,34 @@ def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(tmp_path: Path) -> 
     assert len(folds) == 1, "the pruned trial stopped after its first fold"
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_a_search_and_its_workers_quietly(tmp_path: Path) -> None:
+    # two parallel workers (joblib's loky processes), a search far from done; Ctrl-C reaches the whole group
+    command = [sys.executable, "-m", "leukexp.commands.train", "-m", "experiment=search_linear", *TINY,
+               "hydra/launcher=local2", "hydra.sweeper.n_trials=40"]
+    log = tmp_path / "search.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env={**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and log.read_text().count("open the UI") < 2:
+            time.sleep(0.2)
+        assert process.poll() is None, log.read_text()[-3000:]
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=120) == 128 + signal.SIGINT
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert text.count("stopped by signal 2") == 1, text[-3000:]
+    deadline = time.time() + 10  # a loky worker notices its parent is gone within a few seconds
+    while (left := subprocess.run(["pgrep", "-a", "-g", str(process.pid)], capture_output=True, text=True).stdout) \
+            and time.time() < deadline:
+        time.sleep(0.2)
+    assert left == "", f"no worker outlives the search: {left}"
+    runs = store_runs(tmp_path)
+    assert [r.info.status for group in runs.values() for r in group if r.info.status == "RUNNING"] == []
+    assert runs["search"][0].info.status == "KILLED"
+
+
 def test_a_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
     # a dimension on the command line (as a user sweeps any key), whose key does not exist
     command = [sys.executable, "-m", "leukexp.commands.train", "-m", "hydra/sweeper=optuna",

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -206,6 +207,25 @@ def test_credentials_in_the_tracking_uri_are_found_nowhere(tmp_path: Path) -> No
         runs = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold'")
         assert len(runs) == 2 and runs[0].data.params["mlflow.tracking_uri"].startswith("http://***@127.0.0.1")
         assert {r.info.status for r in runs} == {"FINISHED"}, "the failing jobs did not stop the others"
+
+        # an interrupted job: SIGTERM while its head trains (its files and the printed stop line are scrubbed too)
+        interrupted = subprocess.Popen(
+            [sys.executable, "-m", "leukexp.commands.train", f"mlflow.tracking_uri={uri}", "head=mlp3",
+             "trainer.max_epochs=10000", "hydra.verbose=leukexp.phase", *TINY_MODEL, *TINY_DATA, "augmentation=none",
+             "task=binary", "data.counts={ALL: 10, HLT: 10}", "fold.n_splits=2", "mlflow.experiment_name=secret",
+             "hydra.run.dir=logs/interrupted"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env)
+        deadline = time.time() + 240
+        while time.time() < deadline and interrupted.poll() is None and not any(
+                "phase head" in log.read_text(errors="replace") for log in (tmp_path / "logs" / "interrupted").glob(
+                    "*.log")):
+            time.sleep(0.2)
+        interrupted.send_signal(signal.SIGTERM)
+        out, err = interrupted.communicate(timeout=120)
+        assert interrupted.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert secret not in out + err
+        killed = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold' and attributes.status = 'KILLED'")
+        assert len(killed) == 1, "the interrupted job's fold run is KILLED"
     finally:
         stop(server)
     leaks = [path for path in tmp_path.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
