@@ -15,9 +15,20 @@ import pandas as pd
 # config groups whose choice never changes what a run computes: every other group of `conf/` identifies a
 # configuration (`config.identity.identity_groups`); the fold does not: its runs form one CV group
 NON_IDENTITY_GROUPS = ("fold", "experiment", "paths", "hydra")
-# run names: what varies, most telling first (`senet154 · svm`; a fold run `f0 · senet154 · svm`)
+# run names: what varies, most telling first (`senet154 svm`; its fold runs `senet154 svm · f0`)
 NAME_ORDER = ("model", "head", "task", "data", "augmentation", "stain", "protocol")
-RUN_NAME_SEPARATOR = " · "
+RUN_NAME_SEPARATOR = " "
+FOLD_NAME_SEPARATOR = " · "
+# short forms of long option names, values and keys in run names (`lite0 avgstd`, `drop=0.5`): the UI's name
+# column shows about 20 characters; any other option or value is shown as it is (leading `tf_`/`efficientnet_`
+# dropped)
+SHORT_FORMS = {"inception_v3": "incv3", "keras_inception_v3": "keras-incv3", "resnext101_32x8d": "rx101",
+               "seresnext50_32x4d": "serx50", "malignant_vs_benign": "mal-benign", "stain_jitter": "jitter",
+               "stain_jitter_online": "jitter-online", "mlp3_dropout": "mlp3-drop", "synthetic_fields": "fields",
+               "synthetic_patients": "patients", "synthetic_b": "synth-b", "synthetic": "synth", "dropout": "drop",
+               "max_epochs": "ep", "batch_size": "bs", "val_fraction": "val", "n_splits": "k", "weight_decay": "wd",
+               "center_crop": "crop", "early_stopping_patience": "patience"}
+SHORT_PREFIXES = ("tf_", "efficientnet_")
 # set by a sweep for its jobs: the keys it varies (comma-separated), which its run names lead with
 SWEPT_KEYS_ENV = "LEUKEXP_SWEPT_KEYS"
 
@@ -46,6 +57,9 @@ PARENT_TAG = "mlflow.parentRunId"
 REGISTRY_PARENT_TAG = "leukexp.cv_parent"
 REGISTRY_METRIC_TAG = "leukexp.metric"
 REGISTRY_SELECTION_TAG = "leukexp.selection"
+# and its data: the fold run's dataset input (with the data hash, `DATA_HASH_TAG`)
+DATASET_NAME_TAG, DATASET_DIGEST_TAG, DATASET_SOURCE_TAG = "leukexp.dataset", "leukexp.dataset_digest", (
+    "leukexp.dataset_source")
 # the alias `leukexp-report --register` moves to the version it registers (`models:/NAME@champion`)
 CHAMPION_ALIAS = "champion"
 # a fold run's data as an MLflow dataset input (the UI's Datasets column): MLflow's context tag and leukexp's value

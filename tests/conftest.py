@@ -201,11 +201,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    """A real MLflow tracking server on localhost, answering /health."""
+def start_server(root: Path, port: int, backend: str | None = None) -> subprocess.Popen:
+    """A real MLflow tracking server on localhost, answering /health (`backend`: an existing store's URI)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination",
+         "--backend-store-uri", backend or f"sqlite:///{root}/server.db", "--artifacts-destination",
          str(root / "server-artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )

@@ -74,6 +74,8 @@ CASES = {
     "hidden": Case(["head.hidden=[0]"], "head.hidden"),
     "hidden_text": Case(["head.hidden=abc"], "head.hidden"),
     "activation": Case(["head.activation=os.system"], "head.activation=os.system"),
+    "target_not_allowed": Case(["head=logreg", "head.estimator._target_=subprocess.Popen"],
+                               "head.estimator._target_='subprocess.Popen': configs build leukexp's classes"),
     "seed": Case(["seed=abc"], "seed='abc'"),
     "outputs": Case(["training.binary_outputs=3"], "training.binary_outputs=3"),
     "patience": Case(["training.early_stopping_patience=0"], "training.early_stopping_patience=0"),

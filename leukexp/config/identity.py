@@ -9,6 +9,7 @@ The groups that identify a configuration are not listed by hand: they are every 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukexp.config import schema
 from leukexp.config.compose import config_dir
-from leukexp.vocabulary import NAME_ORDER, NON_IDENTITY_GROUPS, RUN_NAME_SEPARATOR, SWEPT_KEYS_ENV
+from leukexp.vocabulary import (
+    NAME_ORDER,
+    NON_IDENTITY_GROUPS,
+    RUN_NAME_SEPARATOR,
+    SHORT_FORMS,
+    SHORT_PREFIXES,
+    SWEPT_KEYS_ENV,
+)
 
 
 @dataclass(frozen=True)
@@ -87,26 +95,68 @@ def cv_group(choices: dict[str, str], overrides: list[str], defaults: dict[str, 
     return " ".join(sorted(set(parts)))
 
 
+def short_form(value: str) -> str:
+    """A value as run names show it: `efficientnet_lite0` -> `lite0`, `resnext101_32x8d` -> `rx101`, a path -> its
+    last part (`/data/smears` -> `smears`)."""
+    text = str(value).rstrip("/")
+    if "/" in text:
+        return text.rsplit("/", 1)[-1]
+    if text in SHORT_FORMS:
+        return SHORT_FORMS[text]
+    for prefix in SHORT_PREFIXES:
+        if text.startswith(prefix) and len(text) > len(prefix):
+            text = text[len(prefix):]
+    return SHORT_FORMS.get(text, text)
+
+
+def _override_part(key: str, text: str) -> str:
+    """An override as a name part: a word value alone (`model.pooling=avgstd` -> `avgstd`), a number, flag, list or
+    path with its key's last part (`lr=0.001`, `center_crop=true`, `root=smears`), a deletion as `~key`."""
+    last = short_form(key.rsplit(".", 1)[-1])
+    if "=" not in text:
+        return f"~{last}"
+    value = text.split("=", 1)[1]
+    is_word = bool(value) and value[0].isalpha() and value.replace("_", "").replace("-", "").isalnum()
+    if is_word and value.lower() not in ("true", "false", "null", "none"):
+        return short_form(value)
+    return f"{last}={_short_number(value) or short_form(value)}"
+
+
+def _short_number(value: str) -> str | None:
+    """A small number in few characters (`0.0001` -> `1e-4`, `0.00025` -> `2.5e-4`); None for anything else."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if number == 0 or abs(number) >= 0.01 or not math.isfinite(number):
+        return None
+    mantissa, exponent = f"{number:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def configuration_name(choices: dict[str, str], overrides: list[str], defaults: dict[str, str], seed: object,
                        swept: tuple[str, ...] = (), default_seed: object = 42) -> str:
-    """A short name saying what varies, e.g. `senet154 · svm` or `mlp3 · dropout=0.2`.
+    """A short name saying what varies, e.g. `lite0 avgstd` or `mlp3 drop=0.2`.
 
-    Parts: chosen options that were asked for or differ from the defaults, then the other overrides that matter
-    (their last key part); what the sweep varies (`swept`) comes first, so it shows in the UI's name column.
+    In a sweep (`swept`: the keys it varies) the name is only the swept keys' values, in the sweep's order and in
+    short forms: what is constant within the sweep is in the parent's description and tags, and the first 20
+    characters tell the sweep's configurations apart. Outside a sweep: the chosen options that were asked for or
+    differ from the defaults, then the other overrides that matter.
     """
     parsed = OverridesParser.create().parse_overrides(overrides)
     asked = {o.key_or_group for o in parsed}
-    parts: list[tuple[str, str]] = [(group, choices[group]) for group in NAME_ORDER
+    parts: list[tuple[str, str]] = [(group, short_form(choices[group])) for group in NAME_ORDER
                                     if group in choices and (group in asked or choices[group] != defaults.get(group))]
     for override, text in zip(parsed, overrides, strict=True):
         key = override.key_or_group
         if "." in key and changes_the_result(key) and key != "seed":
-            last = key.rsplit(".", 1)[-1]
-            parts.append((key, f"{last}={text.split('=', 1)[1]}" if "=" in text else f"~{last}"))  # ~key: deleted
+            parts.append((key, _override_part(key, text)))
     if str(seed) != str(default_seed):
         parts.append(("seed", f"seed={seed}"))
-    ordered = [p for k, p in parts if k in swept] + [p for k, p in parts if k not in swept]
-    return RUN_NAME_SEPARATOR.join(ordered) or "default"
+    varied = sorted(((swept.index(k), p) for k, p in parts if k in swept), key=lambda item: item[0])
+    if varied:
+        return RUN_NAME_SEPARATOR.join(p for _, p in varied)
+    return RUN_NAME_SEPARATOR.join(p for _, p in parts) or "default"
 
 
 def swept_keys() -> tuple[str, ...]:

@@ -55,10 +55,12 @@ class Component:
     group: str
     choice: str
     node: Mapping[str, Any]
+    # the user's declared `_target_`s (`allowed_targets`), besides leukexp's own and the libraries it builds from
+    allowed_targets: tuple[str, ...] = ()
 
     def build(self, **kwargs: Any) -> Any:
         """The object the node describes (`config.compose.build`: a failure is one line naming the group)."""
-        return build(self.values(), self.group, **kwargs)
+        return build(self.values(), self.group, allowed=self.allowed_targets, **kwargs)
 
     def values(self) -> dict[str, Any]:
         """The node as a plain dict."""
@@ -180,8 +182,9 @@ class RunPlan:
             raise LeukexpError(f"config key '{key}' has no value: set it on the command line, e.g. {key}=...")
         resolved = OmegaConf.to_container(cfg, resolve=True)
         identity = run_identity(cfg)
+        declared = tuple(str(name) for name in resolved.get("allowed_targets") or ())
         components = {group: Component(group, identity.choices.get(group, str(resolved[group].get("name", "?"))),
-                                       _frozen(resolved[group]))
+                                       _frozen(resolved[group]), declared)
                       for group in COMPONENT_GROUPS if group in resolved}
         for group, node in ABSENT_DEFAULTS.items():
             components.setdefault(group, Component(group, "none", _frozen(node)))

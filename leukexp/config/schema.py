@@ -104,6 +104,9 @@ class Key:
 
 SCHEMA: tuple[Key, ...] = (
     Key("seed", integer(), "a whole number, e.g. seed=42"),
+    Key("allowed_targets", lambda v: isinstance(v, list) and all(isinstance(t, str) and t.strip() for t in v),
+        "a list of your modules or classes that configs may build, e.g. allowed_targets=[mylab.heads.]",
+        identity=False, default=[]),
     Key("optimizer.lr", number(0, low_open=True), "a positive learning rate, e.g. optimizer.lr=0.001"),
     Key("training.batch_size", integer(1, MAX_BATCH), f"a whole number from 1 to {MAX_BATCH:,}, e.g. 32"),
     Key("training.binary_outputs", one_of(1, 2), "1 (one logit, BCE) or 2 (two logits, cross-entropy)"),

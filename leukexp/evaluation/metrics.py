@@ -111,9 +111,11 @@ def confusion(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.D
     return pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
 
 
-def best_epoch_metrics(history: pd.DataFrame, best_epoch: int) -> dict[str, float]:
-    """`best/<metric>` for every metric of the selected epoch, and `best/epoch`."""
-    metrics: dict[str, float] = {BEST_EPOCH: float(best_epoch)}
+def best_epoch_metrics(history: pd.DataFrame, best_epoch: int | None) -> dict[str, float]:
+    """`best/<metric>` for every metric of the selected epoch, and `best/epoch`; for a head without epochs (None),
+    its one fit's metrics and no `best/epoch`."""
+    metrics: dict[str, float] = {} if best_epoch is None else {BEST_EPOCH: float(best_epoch)}
+    best_epoch = 0 if best_epoch is None else best_epoch
     if len(history) and 0 <= best_epoch < len(history):
         row = history.iloc[best_epoch]
         metrics.update({f"{BEST}{key}": float(value) for key, value in row.items() if key != EPOCH})

@@ -103,7 +103,8 @@ def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None
             ax.axvline(best_epoch + 1, color="grey", linestyle="--", linewidth=0.8, label="best val acc")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     return _save(fig, path)
 
 

@@ -87,7 +87,9 @@ class Head(Registered, ABC):
     saved head is read back by the adapter of its kind (`leukexp.heads.kinds`).
     """
 
-    best_epoch: int = 0
+    # the selected epoch of a head trained in epochs; None for one fitted at once (scikit-learn estimators: no
+    # `best/epoch` metric, no epoch aggregates on its parent)
+    best_epoch: int | None = 0
     # an aggregator scores bags (`predict_proba(features, bags)`, `attention(features, bags)`); others score rows
     aggregates: ClassVar[bool] = False
 

@@ -200,7 +200,7 @@ class VoteHead(Head, kind="vote"):
                                     Split(self._targets(val), val.features))
         self.prior = self.instance_proba(train.features).mean(0)
         self.best_epoch = self.instance.best_epoch
-        row = history.iloc[[self.best_epoch]].to_dict("records")[0] if len(history) else {}
+        row = history.iloc[[self.best_epoch or 0]].to_dict("records")[0] if len(history) else {}
         probs = self.predict_proba(val.features, val.bags)
         from leukexp.vocabulary import VAL_ACC
         return history_frame([{**row, "epoch": 0, VAL_ACC: accuracy(probs, val.labels)}])

@@ -73,6 +73,7 @@ class SklearnHead(Head, kind="sklearn"):
         standardize: put a `StandardScaler` in front of it.
     """
 
+    best_epoch = None  # fitted at once: no epochs
 
     def __init__(self, context: HeadContext, estimator: BaseEstimator, standardize: bool = True) -> None:
         if not hasattr(estimator, "predict_proba"):
@@ -91,6 +92,7 @@ class SklearnHead(Head, kind="sklearn"):
             raise LeukexpError("a scikit-learn head needs cached training features: not augmentation=online")
         from threadpoolctl import threadpool_limits
 
+        check_calibration_folds(self.pipeline, train.labels)
         with threadpool_limits(limits=self.cpu_threads):  # BLAS threads, as `training.head_threads` (None: as is)
             self.pipeline.fit(train.features, train.labels)
         row = {EPOCH: 0.0, TRAIN_ACC: accuracy(self.predict_proba(train.features), train.labels)}
@@ -146,7 +148,7 @@ class SklearnHead(Head, kind="sklearn"):
         head.num_classes = int(spec["num_classes"])
         head.cpu_threads = None
         head.pipeline = skops.io.load(path, trusted=untrusted)
-        head.best_epoch = 0
+        head.best_epoch = None
         return head
 
 
@@ -201,6 +203,23 @@ def sklearn_head(context: HeadContext, estimator: BaseEstimator, standardize: bo
             raise LeukexpError(f"head.C={C!r}: {type(estimator).__name__} has no C parameter")
         estimator = clone(estimator).set_params(C=C)
     return SklearnHead(context, estimator, standardize)
+
+
+def check_calibration_folds(pipeline: Pipeline | BaseEstimator, labels: np.ndarray) -> None:
+    """A calibrated estimator's folds must fit the smallest class of the training split: one line naming the key and
+    what would do, instead of scikit-learn's error."""
+    estimator = pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
+    folds = getattr(estimator, "cv", None) if isinstance(estimator, CalibratedClassifierCV) else None
+    if not isinstance(folds, int) or not len(labels):
+        return
+    present = np.bincount(labels)
+    fewest = int(present[present > 0].min())
+    if fewest < folds:
+        raise LeukexpError(f"head.calibration_folds={folds}: a class has {fewest} training image(s) in this fold, too"
+                           f" few to calibrate in {folds} folds; use head.calibration_folds={max(2, fewest)} (at"
+                           " least 2), add images or lower fold.n_splits" if fewest >= 2 else
+                           f"head.calibration_folds={folds}: a class has {fewest} training image(s) in this fold;"
+                           " calibration needs 2: add images or lower fold.n_splits")
 
 
 def svm(context: HeadContext, C: float = 1.0, kernel: str = "linear", calibration_folds: int = 3,  # noqa: N803

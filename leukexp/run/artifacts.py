@@ -89,7 +89,9 @@ def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbo
         optional("confusion_matrix.png", figures, lambda: plot_confusion(matrix, out / "confusion_matrix.png", title)),
         optional("roc.png", figures, lambda: plot_roc([("test", predictions.labels, predictions.probs)],
                                                       fold_data.classes, out / "roc.png")),
-        optional("curves.png", figures, lambda: plot_curves(result.history, out / "curves.png", result.best_epoch)),
+        *([optional("curves.png", figures, lambda: plot_curves(result.history, out / "curves.png",
+                                                                result.best_epoch))]
+          if result.best_epoch is not None else []),  # a head fitted at once has no epochs to draw
         optional(RELIABILITY_FILE, figures, lambda: plot_reliability(predictions.labels, predictions.probs,
                                                                      out / RELIABILITY_FILE, title)),
         optional("the MLflow model (model/)", rerun,

@@ -22,7 +22,7 @@ class FitResult:
     val_probs: np.ndarray
     test_probs: np.ndarray
     history: pd.DataFrame
-    best_epoch: int
+    best_epoch: int | None
     temperature: float = 1.0  # scales the probabilities above (and the saved model's), 1: as the head gives them
     operating_point: OperatingPoint | None = None  # the decision threshold chosen on validation (positive class)
 

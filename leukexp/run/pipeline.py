@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from leukexp.backbones.base import Backbone
+from leukexp.config.identity import changes_the_result, identity_groups
 from leukexp.config.plan import RunPlan
 from leukexp.console import Stopwatch, console, describe_fold, print_frame
 from leukexp.data.dataset import ViewDataset
@@ -50,7 +51,12 @@ def open_fold_run(plan: RunPlan, fold_data: FoldData) -> tuple[FoldRun | None, d
                        tracking.create_store_folder, str(plan.paths.root_dir))
     fold_run = FoldRun(logger, run_tags(plan, fold_data), plan.paths.cache_dir / "locks")
     try:
-        claimed = fold_run.open(resume=tracking.resume and is_multirun(), params=flatten(plan.plain()))
+        params = flatten(plan.plain())
+        # the parent's params: the settings its folds share (not fold.index...) and each identifying group's choice
+        shared = {key: value for key, value in params.items() if changes_the_result(key)} | {
+            group: plan.identity.choices[group] for group in identity_groups(dict(plan.identity.choices))
+            if "@" not in group}  # a group placed under another key (aliases@task.aliases) is in its key's params
+        claimed = fold_run.open(resume=tracking.resume and is_multirun(), params=params, parent_params=shared)
         if claimed is None:
             fold_run.log_dataset(fold_data.manifest(), f"{fold_run.tags[DATA_TAG]} · {fold_data.task.name}",
                                  str(fold_data.catalog.root), fold_data.data_fingerprint())

@@ -58,6 +58,15 @@ def is_online(option: str) -> bool:
     return bool(getattr(get_class(str(load_option("augmentation", option)["_target_"])), "online", False))
 
 
+def check_config_targets(cfg: DictConfig) -> None:
+    """Every `_target_` of the run's config is leukexp's, a library's it builds from, or declared in
+    `allowed_targets` (Hydra's own node, its launchers and sweepers, is Hydra's business)."""
+    from leukexp.config.compose import check_targets, declared_targets
+
+    config = OmegaConf.to_container(cfg, resolve=False)
+    check_targets({k: v for k, v in config.items() if k != "hydra"}, "", declared_targets(cfg))
+
+
 def check_model(cfg: DictConfig) -> None:
     """The checks the backbone class declares (`Backbone.check_config`: a timm name that exists, stages the
     architecture has, a weights file that exists, a fusion's members), before any weights load."""
@@ -167,6 +176,7 @@ def check_external(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Every check of the composed config, in the order a user would fix them."""
     check_rules(cfg)
+    check_config_targets(cfg)
     check_accelerator(cfg)
     check_model(cfg)
     check_bags(cfg, check_head(cfg))

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from leukexp.console import console
 from leukexp.runtime.process import usable_cores
-from leukexp.vocabulary import SWEPT_KEYS_ENV
+from leukexp.vocabulary import NON_IDENTITY_GROUPS, SWEPT_KEYS_ENV
 
 log = logging.getLogger(__name__)
 FAILURES = "failures.jsonl"
@@ -101,7 +101,9 @@ def describe_sweep(config: DictConfig) -> None:
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
+    from leukexp.config.identity import changes_the_result, config_groups
     from leukexp.tracking.store import artifact_root, describe_experiment, ensure_experiment
+    from leukexp.tracking.views import save_ranking_view
 
     uri = str(config.mlflow.tracking_uri)
     client = MlflowClient(uri)
@@ -111,6 +113,22 @@ def describe_sweep(config: DictConfig) -> None:
     data = f"{config.data.get('name', 'folder')}" + (f" ({root})" if root else "")
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     describe_experiment(client, experiment_id, sweep_description(sys.argv[1:], data, started, None))
+    metric, maximize = compared_metric(config)
+    keys = swept(list(config.hydra.overrides.task), dict(config.hydra.sweeper.get("params") or {}))
+    shown = [k for k in keys if ("." not in k and k in config_groups() and k not in NON_IDENTITY_GROUPS)
+             or ("." in k and changes_the_result(k))]
+    save_ranking_view(client, experiment_id, metric, shown, maximize)
+
+
+def compared_metric(config: DictConfig) -> tuple[str, bool]:
+    """The fold metric a sweep compares its configurations on, and whether higher is better: a search's
+    objective (`cv/<metric>_mean`, its direction), else test accuracy."""
+    from leukexp.vocabulary import CV, TEST_ACC
+
+    objective = str(config.hydra.sweeper.get("objective") or "")
+    if objective.startswith(CV) and objective.endswith("_mean"):
+        return objective[len(CV):-len("_mean")], str(config.hydra.sweeper.get("direction", "maximize")) != "minimize"
+    return TEST_ACC, True
 
 
 class SweepCallback(Callback):

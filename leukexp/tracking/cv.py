@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from mlflow.entities import Metric, Run
+from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -29,6 +29,7 @@ from leukexp.vocabulary import (
     DATA_HASH_TAG,
     EPOCH,
     EXTERNAL,
+    FOLD_NAME_SEPARATOR,
     FOLD_TAG,
     FOLDS_FINISHED_METRIC,
     FOLDS_FINISHED_TAG,
@@ -42,7 +43,6 @@ from leukexp.vocabulary import (
     PARENT_TAG,
     PREDICTIONS_FILE,
     RESULT_TAG,
-    RUN_NAME_SEPARATOR,
     SEARCH_RUN_TAG,
     STUDY_TAG,
     TEST,
@@ -101,8 +101,10 @@ def _parents(client: MlflowClient, experiment_id: str, cv_group: str, data_hash:
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
-def get_or_create_parent(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str:
-    """The configuration's parent run id, created if it does not exist yet (call under `store_lock`).
+def get_or_create_parent(client: MlflowClient, experiment_id: str, tags: dict[str, str],
+                         params: dict[str, str] | None = None) -> str:
+    """The configuration's parent run id, created if it does not exist yet (call under `store_lock`), with
+    `params` (the configuration's settings, the same for all its folds: the UI's columns of swept keys).
 
     Without a shared lock (jobs on several machines) two parents may be created at once: the oldest wins
     and the newer is deleted, so every job ends up under the same parent.
@@ -116,6 +118,9 @@ def get_or_create_parent(client: MlflowClient, experiment_id: str, tags: dict[st
     name = unique_name(client, experiment_id, tags.get(NAME_TAG) or "default", tags[CV_GROUP_TAG])
     parent_tags[NAME_TAG] = name
     run = client.create_run(experiment_id, run_name=name, tags=parent_tags)
+    items = [Param(k, v) for k, v in (params or {}).items()]
+    for start in range(0, len(items), 100):  # MLflow's batch limit
+        client.log_batch(run.info.run_id, params=items[start:start + 100])
     found = _parents(client, experiment_id, tags[CV_GROUP_TAG], tags[DATA_HASH_TAG])
     winner = found[0].info.run_id if found else run.info.run_id
     if winner != run.info.run_id:
@@ -270,20 +275,26 @@ class FoldRun:
         """Record the run's data as its MLflow dataset input (and keep what it was for a later upload)."""
         self.dataset = {"name": name, "source": source, "digest": digest}
         self.logger.log_dataset(manifest, name, source, digest)
+        if self.parent_id is not None:  # the parent's lineage: the same input (a fold's split is in its manifest)
+            parent = self.logger.client.get_run(self.parent_id)
+            if not any(i.dataset.digest == digest and i.dataset.name == name for i in parent.inputs.dataset_inputs):
+                self.logger.log_dataset(manifest, name, source, digest, run_id=self.parent_id)
 
     def _locked(self) -> AbstractContextManager[None]:
         return store_lock(self.lock_dir, self.logger.tracking_uri, self.logger.experiment_id)
 
-    def open(self, resume: bool, params: dict[str, str]) -> Run | str | None:
+    def open(self, resume: bool, params: dict[str, str], parent_params: dict[str, str] | None = None) -> (
+            Run | str | None):
         """Find or create the parent and, under the store lock, claim this fold by creating its run.
 
         With `resume`: an earlier FINISHED run of this fold is returned (to skip); a fold RUNNING in another
         live process returns that process's owner tag (to skip); runs of processes that are gone are marked
-        KILLED. Otherwise the fold run is created (None is returned).
+        KILLED. Otherwise the fold run is created (None is returned). `parent_params` go on a parent this call
+        creates (the settings its folds share).
         """
         client, experiment, fold = self.logger.client, self.logger.experiment_id, self.tags[FOLD_TAG]
         with self._locked():
-            self.parent_id = get_or_create_parent(client, experiment, self.tags)
+            self.parent_id = get_or_create_parent(client, experiment, self.tags, parent_params)
             if resume:
                 done = finished_fold(client, experiment, self.parent_id, fold)
                 if done is not None:
@@ -297,7 +308,7 @@ class FoldRun:
                     return elsewhere[0].data.tags.get(OWNER_TAG, "another process")
             parent_name = client.get_run(self.parent_id).data.tags.get(NAME_TAG, self.tags.get(NAME_TAG, ""))
             tags = self.tags | {OWNER_TAG: this_process(), NAME_TAG: parent_name}
-            run_id = self.logger.start(RUN_NAME_SEPARATOR.join(p for p in (fold, parent_name) if p), tags,
+            run_id = self.logger.start(FOLD_NAME_SEPARATOR.join(p for p in (parent_name, fold) if p), tags,
                                        parent_run_id=self.parent_id)
             if resume and (earlier := earlier_claim(client, experiment, self.parent_id, fold, run_id)) is not None:
                 client.delete_run(run_id)  # another machine claimed this fold first (no shared lock file there)

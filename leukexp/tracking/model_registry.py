@@ -2,7 +2,8 @@
 
 The configuration with the best `cv/<metric>_mean` (complete studies first) is chosen, and of its fold
 models the one whose own score is closest to that mean: a typical model of the configuration, not the one
-that drew the easiest test fold. The version's tags link back to the CV parent.
+that drew the easiest test fold. The version's tags link back to the CV parent and to the data (its hash and the
+fold run's dataset input).
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
+from leukexp.runtime.secrets import redact
 from leukexp.tracking.cv import fold_runs
 from leukexp.vocabulary import (
     CHAMPION_ALIAS,
     CV_GROUP_TAG,
+    DATA_HASH_TAG,
+    DATASET_DIGEST_TAG,
+    DATASET_NAME_TAG,
+    DATASET_SOURCE_TAG,
     FOLD_TAG,
     KIND_CV,
     MODEL_DIR,
@@ -75,6 +81,17 @@ def select(client: MlflowClient, experiment_id: str, metric: str = TEST_ACC) -> 
     return Selection(parent, run, metric, mean, run.data.metrics[metric])
 
 
+def data_lineage(run: Run) -> dict[str, str]:
+    """Tags that link a model version back to its data: the data hash, and the run's dataset input (name, digest,
+    source), as the fold run logged them."""
+    tags = {DATA_HASH_TAG: run.data.tags.get(DATA_HASH_TAG, "")}
+    for item in run.inputs.dataset_inputs if run.inputs else []:
+        tags |= {DATASET_NAME_TAG: item.dataset.name, DATASET_DIGEST_TAG: item.dataset.digest,
+                 DATASET_SOURCE_TAG: redact(item.dataset.source)}
+        break
+    return tags
+
+
 def register(client: MlflowClient, experiment_id: str, name: str, metric: str = TEST_ACC) -> tuple[str, Selection]:
     """Register the selected fold model under `name` and move the alias `champion` to it; return the new version
     number and the selection."""
@@ -86,7 +103,7 @@ def register(client: MlflowClient, experiment_id: str, name: str, metric: str = 
     run = selection.run
     tags = {REGISTRY_PARENT_TAG: selection.parent.info.run_id, CV_GROUP_TAG: run.data.tags.get(CV_GROUP_TAG, ""),
             REGISTRY_METRIC_TAG: metric, cv_metric(metric, "mean"): f"{selection.mean:.6f}", FOLD_TAG: selection.fold,
-            REGISTRY_SELECTION_TAG: selection.reason}
+            REGISTRY_SELECTION_TAG: selection.reason} | data_lineage(run)
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run.info.run_id,
                                           tags=tags, description=selection.reason)
     client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version.version))

@@ -225,9 +225,10 @@ class RunLogger:
         self.run_id = run.info.run_id
         return self.run_id
 
-    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, digest: str) -> None:
+    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, digest: str, run_id: str | None = None) -> None:
         """The run's data as an MLflow dataset input (training context): `frame` is its profile and schema (the
-        manifest), `digest` what identifies it (the data hash), `source` where it lives (the data root)."""
+        manifest), `digest` what identifies it (the data hash), `source` where it lives (the data root); `run_id`:
+        another run than this logger's (its CV parent)."""
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
@@ -237,7 +238,7 @@ class RunLogger:
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
             entity = dataset._to_mlflow_entity()
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+        self.client.log_inputs(run_id or self.run_id, datasets=[DatasetInput(
             entity, tags=[InputTag(DATASET_CONTEXT_TAG, TRAINING_CONTEXT)])])
 
     def log_params(self, params: Mapping[str, str]) -> None:

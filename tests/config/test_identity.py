@@ -41,9 +41,13 @@ DEFAULTS = {"data": "synthetic", "task": "multiclass", "fold": "f0", "augmentati
 @pytest.mark.parametrize(("choices", "overrides", "swept", "expected"), [
     ({"head": "svm"}, ["head=svm", "fold=f0"], ("head", "fold"), "svm"),
     ({"head": "mlp1"}, ["head=mlp1", "fold=f3"], ("head", "fold"), "mlp1"),
-    ({"model": "senet154", "head": "svm"}, ["model=senet154", "head=svm"], ("model", "head"), "senet154 · svm"),
-    ({"model": "senet154", "head": "svm"}, ["experiment=thesis_heads", "head=svm"], ("head",), "svm · senet154"),
-    ({"head": "mlp3"}, ["head=mlp3", "head.dropout=0.2", "hydra/launcher=local2"], (), "mlp3 · dropout=0.2"),
+    ({"model": "senet154", "head": "svm"}, ["model=senet154", "head=svm"], ("model", "head"), "senet154 svm"),
+    ({"model": "senet154", "head": "svm"}, ["experiment=thesis_heads", "head=svm"], ("head",), "svm"),
+    ({"model": "efficientnet_lite2"}, ["model=efficientnet_lite2", "model.pooling=avgstd", "data.root=/tmp/x/smears"],
+     ("model.pooling", "model"), "avgstd lite2"),
+    ({"model": "resnext101_32x8d"}, ["model=resnext101_32x8d", "model.center_crop=true", "data.root=/tmp/x/smears"],
+     (), "rx101 crop=true root=smears"),
+    ({"head": "mlp3"}, ["head=mlp3", "head.dropout=0.2", "hydra/launcher=local2"], (), "mlp3 drop=0.2"),
     ({}, [], (), "default"),
     ({}, ["seed=7"], (), "seed=7"),
 ])
@@ -52,11 +56,26 @@ def test_names_say_what_varies_first(choices: dict, overrides: list[str], swept:
                               swept) == expected
 
 
-def test_what_the_sweep_varies_fits_the_name_column() -> None:
-    name = configuration_name(DEFAULTS | {"head": "svm", "model": "timm"},
-                              ["model=timm", "model.name=test_efficientnet", "head=svm", "task=multiclass"],
-                              DEFAULTS, 42, ("head",))
-    assert name.startswith("svm · timm"), "what varies comes first, inside the 16 characters the UI shows"
+@pytest.mark.parametrize("sweep", [
+    {"model": ["efficientnet_lite0", "efficientnet_lite2"], "model.pooling": ["avg", "avgstd"]},
+    {"model": ["efficientnet_lite0", "resnext101_32x8d", "senet154"], "head": ["logreg", "mlp1", "mlp3_dropout"],
+     "stain": ["none", "macenko", "reinhard"]},
+    {"head": ["mlp3"], "head.dropout": ["0.1", "0.25", "0.5"], "optimizer.lr": ["0.001", "0.0001"]},
+])
+def test_the_first_20_characters_tell_every_configuration_of_a_sweep_apart(sweep: dict[str, list[str]]) -> None:
+    import itertools
+
+    constant = ["head=logreg", "task=folders", "data=folder", "data.root=/tmp/pytest/long/path/images",
+                "evaluation.tta=flips", "model.stages=all"]
+    names = []
+    for values in itertools.product(*sweep.values()):
+        given = dict(zip(sweep, values, strict=True))
+        choices = DEFAULTS | {"head": "logreg", "task": "folders", "data": "folder"} | {
+            k: v for k, v in given.items() if "." not in k}
+        overrides = [o for o in constant if o.split("=")[0] not in given] + [f"{k}={v}" for k, v in given.items()]
+        names.append(configuration_name(choices, overrides, DEFAULTS, 42, tuple(k for k in sweep if len(sweep[k]) > 1)))
+    assert len({name[:20] for name in names}) == len(names), names
+    assert not any("folder" in name or "flips" in name or "root" in name for name in names), "constant parts left out"
 
 
 def test_default_choices_come_from_train_yaml() -> None:

@@ -78,6 +78,8 @@ def test_a_component_parameter_defaults_where_the_schema_does(compose_cfg) -> No
     compared = 0
     for entry in SCHEMA:
         group, _, parameter = entry.key.partition(".")
+        if not parameter:  # a top-level key (seed, allowed_targets) belongs to no component
+            continue
         target = lookup(cfg, f"{group}._target_")
         if entry.default is MISSING or not parameter or "." in parameter or not str(target).startswith("leukexp."):
             continue

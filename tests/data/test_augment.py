@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from conftest import TINY_DATA
 from leukexp.data.augment import Augmentation, OfflineViews, OnlineAugment
 from leukexp.data.synthetic import generate_image
+from leukexp.errors import LeukexpError
 
 
 @pytest.fixture
@@ -98,9 +99,12 @@ def test_a_new_augmentation_kind_is_one_class_and_a_config(compose_plan) -> None
     from leukexp.data.fold_data import build_fold_data
 
     plain = build_fold_data(compose_plan(*TINY_DATA, "task=binary", "augmentation=none"))
-    fold_data = build_fold_data(compose_plan(*TINY_DATA, "task=binary", "augmentation=none",
-                                    "~augmentation.repeats", "~augmentation.seed", "~augmentation.transforms",
-                                    "~augmentation.flips", "augmentation._target_=test_augment.Transposed"))
+    own = [*TINY_DATA, "task=binary", "augmentation=none", "~augmentation.repeats", "~augmentation.seed",
+           "~augmentation.transforms", "~augmentation.flips", "augmentation._target_=test_augment.Transposed"]
+    with pytest.raises(LeukexpError, match=r"augmentation\._target_='test_augment\.Transposed': .* declare it: "
+                                           r"allowed_targets=\[test_augment\.\]"):
+        build_fold_data(compose_plan(*own))
+    fold_data = build_fold_data(compose_plan(*own, "allowed_targets=[test_augment.]"))
     assert isinstance(fold_data.augmentation, Transposed) and not fold_data.augmentation.online
     assert len(fold_data.samples.train) == 2 * len(plain.samples.train), "every training image gives both views"
     assert sorted(fold_data.samples.train["view"].unique()) == [0, 1]

@@ -49,6 +49,8 @@ def test_best_epoch_metrics() -> None:
     history = pd.DataFrame({"epoch": [0, 1, 2], VAL_ACC: [0.5, 0.9, 0.7], TRAIN_LOSS: [1.0, 0.5, 0.4]})
     assert best_epoch_metrics(history, 1) == {BEST_EPOCH: 1.0, BEST + VAL_ACC: 0.9, "best/train/loss": 0.5}
     assert best_epoch_metrics(pd.DataFrame(), -1) == {BEST_EPOCH: -1.0}
+    assert best_epoch_metrics(history.iloc[:1], None) == {BEST + VAL_ACC: 0.5, "best/train/loss": 1.0}, (
+        "a head without epochs: its one fit's metrics, no best/epoch")
 
 
 def test_agreement_beyond_accuracy() -> None:

@@ -91,8 +91,8 @@ def assert_complete_study(root: Path, n_configs: int = 2, n_folds: int = 2) -> N
         assert {"cv_folds.csv", "cv_confusion_matrix.png", "cv_roc.png"} <= artifacts
         # the UI: a parent named by what varies, its folds named after it, its page holding the fold table
         name = parent.info.run_name
-        assert parent.data.tags["head"] in name.split(" · "), name
-        assert sorted(r.info.run_name for r in children) == [f"f0 · {name}", f"f1 · {name}"]
+        assert parent.data.tags["head"] in name.split(" "), name
+        assert sorted(r.info.run_name for r in children) == [f"{name} · f0", f"{name} · f1"]
         note = parent.data.tags[NOTE_CONTENT]
         assert f"**{accuracies.mean():.4f}**" in note and note.count("\n| f") - note.count("\n| fold") == n_folds
     assert len({p.info.run_name for p in parents}) == len(parents), "names are unique in the experiment"
@@ -104,7 +104,9 @@ def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete_study(tmp_path)
     parents, folds = runs_by_kind(tmp_path)
-    assert sorted(p.info.run_name.split(" · ")[0] for p in parents) == ["mlp1", "svm"], "what the sweep varies first"
+    assert sorted(p.info.run_name for p in parents) == ["mlp1", "svm"], "only what the sweep varies"
+    epochs = {p.info.run_name: sorted(k for k in p.data.metrics if "epoch" in k) for p in parents}
+    assert epochs["svm"] == [] and "cv/best/epoch_mean" in epochs["mlp1"], "no epoch numbers for a head without epochs"
     tags = folds[0].data.tags
     assert {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit"} <= set(tags)
 

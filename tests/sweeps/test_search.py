@@ -137,7 +137,7 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
     for parent in runs["cv"]:
         assert parent.data.tags[PARENT_TAG] == search_run.info.run_id, "trials sit under the search run"
         assert parent.data.tags[TRIAL_STATE_TAG] == "complete"
-        assert parent.info.run_name.startswith(("logreg · C=", "svm · C=")), "named by the sampled values"
+        assert parent.info.run_name.startswith(("logreg C=", "svm C=")), "named by the sampled values"
         assert cv_metric(BEST + VAL_ACC, "mean") in parent.data.metrics
 
     report = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "search_linear", "--out",

@@ -7,7 +7,16 @@ from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
 from leukexp.tracking.model_registry import register, select
-from leukexp.vocabulary import REGISTRY_METRIC_TAG, REGISTRY_PARENT_TAG, TEST_ACC, cv_metric
+from leukexp.vocabulary import (
+    DATA_HASH_TAG,
+    DATASET_DIGEST_TAG,
+    DATASET_NAME_TAG,
+    DATASET_SOURCE_TAG,
+    REGISTRY_METRIC_TAG,
+    REGISTRY_PARENT_TAG,
+    TEST_ACC,
+    cv_metric,
+)
 
 
 def store(root: Path) -> tuple[MlflowClient, str]:
@@ -36,6 +45,12 @@ def test_register_links_the_version_back_to_its_study(study_store: Path) -> None
     assert stored.tags[REGISTRY_PARENT_TAG] == selection.parent.info.run_id
     assert stored.tags["fold"] == selection.fold and stored.tags[REGISTRY_METRIC_TAG] == TEST_ACC
     assert str(client.get_model_version_by_alias("unit-best", "champion").version) == "1"
+    # the data: the version's tags name the fold run's dataset input, which its CV parent carries too
+    (fold_input,) = client.get_run(selection.run.info.run_id).inputs.dataset_inputs
+    parent_inputs = client.get_run(selection.parent.info.run_id).inputs.dataset_inputs
+    assert [i.dataset.digest for i in parent_inputs] == [fold_input.dataset.digest], "one input, the folds' digest"
+    assert stored.tags[DATASET_DIGEST_TAG] == fold_input.dataset.digest == selection.run.data.tags[DATA_HASH_TAG]
+    assert stored.tags[DATASET_NAME_TAG] == fold_input.dataset.name and stored.tags[DATASET_SOURCE_TAG]
     assert register(client, experiment, "unit-best")[0] == "2", "registering again adds a version"
     assert str(client.get_model_version_by_alias("unit-best", "champion").version) == "2", "the alias moves to it"
 
