@@ -1,18 +1,21 @@
 """Screenshots of the MLflow UI and the report for the README (for maintainers; not a CI dependency).
 
 Starts `mlflow ui` on a store, drives Debian's Chromium with Playwright and saves:
-  docs/mlflow-runs.png     the experiment's runs table (parents named by what varies, grouped by parent)
+  docs/mlflow-views.png    the runs page's Views menu holding the experiment's saved ranking view
+  docs/mlflow-runs.png     the runs table through that view (parents ranked, the deciding columns)
   docs/mlflow-parent.png   the best parent run's page (its description: the fold table and the aggregates)
   docs/mlflow-chart.png    the chart view with cv/test/acc_mean per configuration
   docs/report-comparison.png and docs/report-activation-maps.png from `leukexp-report`'s output folder
 
     pip install playwright && apt-get install chromium
-    python scripts/ui_screenshot.py --store mlruns/mlflow.db --experiment quickstart --report reports/quickstart
+    leukexp-train -m experiment=ui_tour
+    python scripts/ui_screenshot.py --store mlruns/mlflow.db --experiment ui_tour --report reports/ui_tour
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from leukexp.tracking.views import RANKING_VIEW_ID, view_url
 from leukexp.vocabulary import TEST_ACC, cv_metric
 
 
@@ -62,7 +66,7 @@ def main() -> int:
     """Take the screenshots."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=Path("mlruns/mlflow.db"))
-    parser.add_argument("--experiment", default="quickstart")
+    parser.add_argument("--experiment", default="ui_tour")
     parser.add_argument("--report", type=Path, default=None, help="a leukexp-report output folder")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
@@ -75,7 +79,7 @@ def main() -> int:
     if experiment is None:
         raise SystemExit(f"{args.experiment}: not in {store}")
     parents = client.search_runs([experiment.experiment_id], "tags.`leukexp.kind` = 'cv'",
-                                 order_by=["metrics.`cv/test/acc_mean` DESC"])
+                                 order_by=[f"metrics.`{cv_metric(TEST_ACC, 'mean')}` DESC"])
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     ui = start_ui(store, port)
@@ -83,11 +87,26 @@ def main() -> int:
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page = browser.new_page(viewport={"width": 1800, "height": 900})
             parents_only = "searchFilter=tags.%60leukexp.kind%60%20%3D%20%27cv%27"
-            page.goto(f"{base}/runs?workflowType=machine_learning&{parents_only}"
-                      "&orderByKey=metrics.%60cv%2Ftest%2Facc_mean%60&orderByAsc=false")
+            page.goto(f"{base}/runs?workflowType=machine_learning")  # as a user arrives: then the Views menu
             settle(page)
+            menu = page.get_by_test_id("saved-views-trigger")
+            with contextlib.suppress(Exception):  # the menu appears once the experiment's tags have loaded
+                menu.first.wait_for(timeout=20000)
+            page.wait_for_timeout(3000)  # and the first runs have loaded (a view opened earlier races that fetch)
+            if menu.count():
+                menu.first.click()
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(args.out / "mlflow-views.png"))
+                entry = page.get_by_text("leukexp ranking", exact=False)
+                if entry.count():
+                    entry.first.click()
+                else:
+                    page.goto(view_url(f"http://127.0.0.1:{port}", experiment.experiment_id, RANKING_VIEW_ID))
+            else:
+                page.goto(view_url(f"http://127.0.0.1:{port}", experiment.experiment_id, RANKING_VIEW_ID))
+            settle(page, 12000)  # the view's filter and sort apply on a second fetch of the runs
             page.screenshot(path=str(args.out / "mlflow-runs.png"))
             if parents:
                 page.goto(f"{base}/runs/{parents[0].info.run_id}?workflowType=machine_learning")

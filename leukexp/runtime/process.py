@@ -36,7 +36,8 @@ QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.acc
                  "mlflow.store.db.utils", "alembic")  # a new SQLite store's table creation
 HARMLESS_WARNINGS = (".*in eval mode at the start of training.*", ".*LeafSpec.*", ".*litlogger.*",
                      ".*does not have many workers.*", ".*The number of training batches.*",
-                     ".*An input example was not provided.*")
+                     ".*An input example was not provided.*",
+                     ".*The `srun` command is available on your system.*")  # Lightning, where Slurm is installed
 
 
 def prepare_process() -> None:

@@ -68,6 +68,7 @@ def ranking_state(metric: str, swept: Sequence[str], maximize: bool = True) -> d
         "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
         "selectedColumns": list(dict.fromkeys(columns)),
+        "columnOrder": list(dict.fromkeys(columns)),  # the deciding columns first, in this order
         "runsHiddenMode": "SHOW_ALL",
         "runListHidden": False,
         "viewMaximized": False,
