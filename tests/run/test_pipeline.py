@@ -14,6 +14,7 @@ from leukexp.features.cache import entry_codes
 from leukexp.inference.classifier import load_classifier
 from leukexp.run.pipeline import train
 from leukexp.vocabulary import (
+    BEST_EPOCH,
     CI_HIGH,
     CI_LOW,
     DECISION_COLUMN,
@@ -40,8 +41,7 @@ pytestmark = pytest.mark.slow
 
 FAST = [*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=3"]
 TAGS = {"model", "head", "task", "fold", "augmentation", "data", "protocol", "seed", "git_commit", "cv_group"}
-ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "curves.png", "calibration.png",
-             "predictions.csv",
+ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "calibration.png", "predictions.csv",
              "model"}
 
 
@@ -99,6 +99,8 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
     assert '"num_rows": 30' in data.dataset.profile, "the manifest: one row per source image"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts >= ARTIFACTS | {"cam"}
+    epochs = TARGETS[head].startswith("torch_head")
+    assert ("curves.png" in artifacts) is epochs and (BEST_EPOCH in logged) is epochs, "epochs only where there are"
     panel = {a.path for a in client.list_artifacts(run.info.run_id, "cam")}
     assert panel == ({"cam/no_panel.txt"} if head == "knn" else {"cam/panel.png"}), "kNN has no class scores"
 
