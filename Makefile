@@ -11,11 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# --no-compile: no byte-compiling of every installed module (torch alone has thousands); the modules a run imports
-# are compiled on first import and cached
+# modules are byte-compiled at install (no): where PYTHONDONTWRITEBYTECODE is set, as on this project's
+# machines, nothing would cache them later and every process would compile torch again
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-compile torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet --no-compile -e ".[dev,sweep,keras]"
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,keras]"
 
 run: install
 	$(BIN)/leukexp-train $(ARGS)
