@@ -187,11 +187,16 @@ def study_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SLOW_FIXTURES = {"study_store", "inception"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses a slow fixture `slow`, so that `-m "not slow"` (make test-fast) skips it."""
+    """Mark every test that uses a slow fixture `slow`, so that `-m "not slow"` (make test-fast) skips it; the
+    tests of one such fixture run on one pytest-xdist worker (`--dist loadgroup`), which builds it once."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        slow = sorted(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if slow:
             item.add_marker(pytest.mark.slow)
+            if not item.get_closest_marker("xdist_group"):
+                item.add_marker(pytest.mark.xdist_group(slow[0]))
 
 
 # a real MLflow tracking server for the tests that log over HTTP
