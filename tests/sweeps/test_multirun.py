@@ -136,16 +136,6 @@ def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_pat
 
 
 @pytest.mark.slow
-def test_joblib_launcher_with_two_parallel_jobs(tmp_path: Path) -> None:
-    result = sweep(tmp_path, *SWEEP, "hydra/launcher=local2", "features.num_workers=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
-    assert "Joblib" in output
-    assert "pickle error" not in output, "DataLoader workers start inside joblib workers"
-    assert_complete_study(tmp_path)
-
-
-@pytest.mark.slow
 def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_once(tmp_path: Path) -> None:
     """The distributed path: submitit's local executor (Slurm's code path) runs the folds as parallel processes that
     log to a real `mlflow server` over HTTP and share one feature cache folder. Where a real one-node Slurm cluster

@@ -98,16 +98,19 @@ def holds(run: dict, key: str) -> bool:
 
 @pytest.mark.slow
 def test_a_multi_key_sweep_opens_ranked_in_the_saved_view(tmp_path: Path) -> None:
-    # model.pooling x head x 2 folds, with Hydra's and MLflow's deprecations as errors
+    # model.pooling x head x 2 folds, with Hydra's and MLflow's deprecations as errors, two parallel joblib jobs
+    # (the local2 launcher) whose extraction starts DataLoader workers inside the joblib workers
     sweep = subprocess.run(
         [sys.executable, "-m", "leukexp.commands.train", "-m", "model=timm", "model.name=test_efficientnet",
          "model.pretrained=false", "model.input_size=64", "data.counts={ALL: 8, HLT: 8}", "data.image_size=64",
          "task=binary", "fold.n_splits=2", "fold=f0,f1", "augmentation=none", "head=logreg,svm",
-         "model.pooling=avg,avgstd", "mlflow.experiment_name=views"],
+         "model.pooling=avg,avgstd", "mlflow.experiment_name=views", "hydra/launcher=local2",
+         "features.num_workers=1"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "CI": "true", **strict_deprecations()})
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
     assert "Warning" not in sweep.stderr, sweep.stderr[-3000:]
+    assert "Joblib" in sweep.stdout + sweep.stderr and "pickle error" not in sweep.stdout + sweep.stderr
 
     port = free_port()
     server = start_server(tmp_path, port, backend=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -138,8 +141,8 @@ def test_a_multi_key_sweep_opens_ranked_in_the_saved_view(tmp_path: Path) -> Non
     for run in runs:
         parent = client.get_run(run["info"]["run_id"])
         folds = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        assert sorted(f.info.run_name for f in folds) == [f"{parent.info.run_name} · f0",
-                                                          f"{parent.info.run_name} · f1"]
+        assert sorted((f.info.run_name, f.info.status) for f in folds) == [
+            (f"{parent.info.run_name} · f0", "FINISHED"), (f"{parent.info.run_name} · f1", "FINISHED")]
         digests = {i.dataset.digest for f in folds for i in f.inputs.dataset_inputs}
         assert [i.dataset.digest for i in parent.inputs.dataset_inputs] == [parent.data.tags[DATA_HASH_TAG]]
         assert digests == {parent.data.tags[DATA_HASH_TAG]}, "the parent's input is its folds' data"
