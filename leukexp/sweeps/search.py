@@ -502,10 +502,19 @@ class SearchTracker:
         return cls(client, experiment, run_id, name)
 
     def end(self, status: str) -> None:
-        """Mark the search run ended (`FAILED`, `KILLED`) when the search stops early."""
+        """Mark the search run ended (`FAILED`, `KILLED`) when the search stops early: its workers are stopped first,
+        then its trials' parents and folds they left RUNNING are KILLED."""
         import contextlib
 
+        from leukexp.runtime.signals import reap_children
+        from leukexp.tracking.cv import close_stopped
+
+        reap_children()  # a worker stopped half-way may not have closed its runs
         with contextlib.suppress(Exception):  # the store may be what failed: the original error is the one to see
+            query = f"tags.`{PARENT_TAG}` = {quote_filter(self.run_id)} and attributes.status = 'RUNNING'"
+            running = self.client.search_runs([self.experiment_id], query, max_results=10000)
+            close_stopped(self.client, self.experiment_id, [r.info.run_id for r in running])
+        with contextlib.suppress(Exception):
             self.client.set_terminated(self.run_id, status)
 
     def record(self, study: Any, number: int, state: str) -> None:

@@ -172,6 +172,17 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str, f
     return len(stale)
 
 
+def close_stopped(client: MlflowClient, experiment_id: str, parent_ids: list[str]) -> None:
+    """After a stop, once its processes are gone: each fold run still RUNNING whose process is gone is KILLED, and so
+    is each of these parents left RUNNING with no running fold (a worker killed before it could close its parent)."""
+    for parent_id in parent_ids:
+        for run in running_runs(client, experiment_id, parent_id):
+            if not owner_alive(run.data.tags.get(OWNER_TAG, "")):
+                client.set_terminated(run.info.run_id, status="KILLED")
+        if client.get_run(parent_id).info.status == "RUNNING" and not running_runs(client, experiment_id, parent_id):
+            client.set_terminated(parent_id, status="KILLED")
+
+
 def earlier_claim(client: MlflowClient, experiment_id: str, parent_id: str, fold: str, run_id: str) -> Run | str | None:
     """A claim on this fold older than `run_id`: its FINISHED run, or the owner of a RUNNING one in a live process.
 
