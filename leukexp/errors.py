@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from omegaconf.errors import OmegaConfBaseException
 
 from leukexp.runtime.secrets import redact
-from leukexp.runtime.signals import Interrupted
+from leukexp.runtime.signals import Interrupted, exception_chain
 
 EXIT_USER_ERROR = 2
 
@@ -52,13 +52,8 @@ def os_error_message(error: OSError) -> str | None:
 def file_system_fault(error: BaseException) -> OSError | None:
     """The file-system fault the user can fix (full, read-only, not permitted...) behind an error, if any: the error
     itself or one in its chain of causes."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and (error.errno or -1) in _OS_FIXES:
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+    return next((cause for cause in exception_chain(error)
+                 if isinstance(cause, OSError) and (cause.errno or -1) in _OS_FIXES), None)
 
 
 def os_error_reason(error: OSError) -> str:

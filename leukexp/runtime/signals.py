@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -37,6 +38,15 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """An exception, then its causes (`__cause__`, else `__context__`), each once."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 class DropInterruptedTracebacks(logging.Filter):
     """Drop a library's log record of an exception caused by the stop (`Interrupted` in its chain): the stop is
     reported once, by the command, as one line (MLflow's SQLite store logs every failed session with its
@@ -45,13 +55,7 @@ class DropInterruptedTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """False for a record whose exception was caused by a stop signal."""
         error = record.exc_info[1] if record.exc_info else None
-        seen: set[int] = set()
-        while error is not None and id(error) not in seen:
-            if isinstance(error, Interrupted | KeyboardInterrupt):
-                return False
-            seen.add(id(error))
-            error = error.__cause__ or error.__context__
-        return True
+        return not any(isinstance(cause, Interrupted | KeyboardInterrupt) for cause in exception_chain(error))
 
 
 # libraries that log an exception's traceback where a stop signal may cut their work short

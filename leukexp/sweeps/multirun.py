@@ -122,12 +122,13 @@ def describe_sweep(config: DictConfig) -> None:
 
 def compared_metric(config: DictConfig) -> tuple[str, bool]:
     """The fold metric a sweep compares its configurations on, and whether higher is better: a search's
-    objective (`cv/<metric>_mean`, its direction), else test accuracy."""
-    from leukexp.vocabulary import CV, TEST_ACC
+    objective (`cv/<metric>_mean`, its direction; `search.fold_metric` checks it), else test accuracy."""
+    from leukexp.sweeps.search import fold_metric
+    from leukexp.vocabulary import TEST_ACC
 
-    objective = str(config.hydra.sweeper.get("objective") or "")
-    if objective.startswith(CV) and objective.endswith("_mean"):
-        return objective[len(CV):-len("_mean")], str(config.hydra.sweeper.get("direction", "maximize")) != "minimize"
+    objective = config.hydra.sweeper.get("objective")
+    if objective:
+        return fold_metric(str(objective)), str(config.hydra.sweeper.get("direction", "maximize")) != "minimize"
     return TEST_ACC, True
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -118,9 +118,9 @@ def get_or_create_parent(client: MlflowClient, experiment_id: str, tags: dict[st
     name = unique_name(client, experiment_id, tags.get(NAME_TAG) or "default", tags[CV_GROUP_TAG])
     parent_tags[NAME_TAG] = name
     run = client.create_run(experiment_id, run_name=name, tags=parent_tags)
-    items = [Param(k, v) for k, v in (params or {}).items()]
-    for start in range(0, len(items), 100):  # MLflow's batch limit
-        client.log_batch(run.info.run_id, params=items[start:start + 100])
+    from leukexp.tracking.store import log_params
+
+    log_params(client, run.info.run_id, params or {})
     found = _parents(client, experiment_id, tags[CV_GROUP_TAG], tags[DATA_HASH_TAG])
     winner = found[0].info.run_id if found else run.info.run_id
     if winner != run.info.run_id:
@@ -162,8 +162,9 @@ def running_runs(client: MlflowClient, experiment_id: str, parent_id: str, fold:
     return [r for r in runs if fold is None or r.data.tags.get(FOLD_TAG) == fold]
 
 
-def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str, fold: str) -> int:
-    """Mark RUNNING runs of this fold whose process is gone KILLED (a killed sweep that is now re-run)."""
+def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str, fold: str | None) -> int:
+    """Mark RUNNING runs of this fold (None: of every fold) whose process is gone KILLED (a killed sweep that is now
+    re-run, or a stopped one)."""
     stale = [r for r in running_runs(client, experiment_id, parent_id, fold)
              if not owner_alive(r.data.tags.get(OWNER_TAG, ""))]
     for run in stale:
@@ -176,9 +177,7 @@ def close_stopped(client: MlflowClient, experiment_id: str, parent_ids: list[str
     """After a stop, once its processes are gone: each fold run still RUNNING whose process is gone is KILLED, and so
     is each of these parents left RUNNING with no running fold (a worker killed before it could close its parent)."""
     for parent_id in parent_ids:
-        for run in running_runs(client, experiment_id, parent_id):
-            if not owner_alive(run.data.tags.get(OWNER_TAG, "")):
-                client.set_terminated(run.info.run_id, status="KILLED")
+        close_stale_runs(client, experiment_id, parent_id, None)
         if client.get_run(parent_id).info.status == "RUNNING" and not running_runs(client, experiment_id, parent_id):
             client.set_terminated(parent_id, status="KILLED")
 

@@ -193,6 +193,13 @@ def describe_experiment(client: MlflowClient, experiment_id: str, text: str) -> 
     client.set_experiment_tag(experiment_id, NOTE_CONTENT, text)
 
 
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    """Log params on a run in batches of 100 (MLflow's limit)."""
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
 class RunLogger:
     """Logs one study cell to an MLflow run through the client (no global active-run state).
 
@@ -243,9 +250,7 @@ class RunLogger:
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log params in batches of 100 (MLflow's limit)."""
-        items = [Param(k, v) for k, v in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+        log_params(self.client, self.run_id, params)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log metrics at one step."""
