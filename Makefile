@@ -15,7 +15,7 @@ $(BIN)/python:
 # machines, nothing would cache them later and every process would compile torch again
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,keras]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,keras,ray]"
 
 run: install
 	$(BIN)/leukexp-train $(ARGS)

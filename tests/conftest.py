@@ -199,6 +199,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.xdist_group(slow[0]))
 
 
+@pytest.hookimpl(tryfirst=True)  # after every collection hook (pytest-xdist names the groups in one), before the run
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under `--dist loadgroup`, stop at once if the groups did not take: tests of one machine-wide engine (a Slurm
+    or Ray cluster) on two workers would stop each other's cluster. (pytest-xdist 3.8 names a group by rewriting
+    `item._nodeid`, which pytest 9.2 no longer reads: hence `pytest<9.2` in the dev extra.)"""
+    if not getattr(session.config.option, "loadgroup", False):  # set in pytest-xdist's workers
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist could not group {lost[0]} (and {len(lost) - 1} more) with this"
+                                " pytest: install the dev extra's pytest (pip install -e '.[dev]')")
+
+
+@pytest.fixture(scope="session")
+def command_server() -> Iterator[object]:
+    """One preloaded command server per pytest worker (`tests/forkserver.py`): a leukexp command as a real process
+    without the seconds of imports each one would pay. For commands run to their end; a test that signals a command's
+    process group mid-run starts it with `subprocess`."""
+    from forkserver import CommandServer
+
+    with CommandServer() as server:
+        yield server
+
+
 # a real MLflow tracking server for the tests that log over HTTP
 def free_port() -> int:
     with socket.socket() as sock:

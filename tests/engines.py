@@ -1,6 +1,7 @@
 """Real job engines for the tests: a one-node Slurm cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) started
-from Debian's packages under a temporary folder, as root. `make test` installs the packages where it can
-(`make engines`); where they cannot be installed or started, the tests that need them skip saying why."""
+from Debian's packages under a temporary folder, as root, and a local Ray cluster (`ray start --head`). `make test`
+installs the packages where it can (`make engines`, and Ray with `leukexp[ray]`); where they cannot be installed or
+started, the tests that need them skip saying why."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -174,3 +177,43 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+class RayCluster:
+    """A one-node Ray cluster (`ray start --head`) with `cpus` CPUs: `env` points commands at it (`RAY_ADDRESS`),
+    `workers()` lists the pids of the worker processes running a task of that name, `stop()` ends it."""
+
+    def __init__(self, cpus: int = 2) -> None:
+        self.cpus = cpus
+        self.ray = str(Path(sys.executable).parent / "ray")
+        # Ray's sockets live under its temp folder: a short path (a socket's path is at most 107 bytes)
+        self.root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        self.port = free_port()
+        self.env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{self.port}"}
+
+    @staticmethod
+    def why_not() -> str:
+        """Why no cluster can be started here ('' when it can)."""
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            return "Ray not installed: pip install 'leukexp[ray]' (make test installs it)"
+        if subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).returncode == 0:
+            return "a Ray cluster is already running on this machine"
+        return ""
+
+    def start(self) -> RayCluster:
+        subprocess.run([self.ray, "start", "--head", f"--port={self.port}", f"--num-cpus={self.cpus}",
+                        "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                        f"--temp-dir={self.root}"], env=self.env, check=True, capture_output=True, timeout=120)
+        return self
+
+    def workers(self, task: str) -> list[int]:
+        """Pids of the Ray workers running a task of this name now (a worker's title is `ray::<task>`)."""
+        found = subprocess.run(["pgrep", "-f", f"^ray::{task}"], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([self.ray, "stop", "--force"], env=self.env, capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -343,13 +343,6 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[..., Path]]:
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-@pytest.fixture(scope="module")
-def commands() -> Iterator[CommandServer]:
-    """One preloaded command server for the module's file-system cases."""
-    with CommandServer() as server:
-        yield server
-
-
 def run_train(server: CommandServer, root: Path, *args: str) -> subprocess.CompletedProcess:
     data = make_data(root, "binary")
     return server.run(["leukexp.commands.train", *binary(str(data)), *args], cwd=root, timeout=300,
@@ -370,21 +363,21 @@ def fold_statuses(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_file_system_faults_of_the_run_folder_are_one_line(tmp_path: Path, small_disk, commands) -> None:
+def test_file_system_faults_of_the_run_folder_are_one_line(tmp_path: Path, small_disk, command_server) -> None:
     full, read_only = small_disk("full", "160k"), small_disk("read-only", read_only=True)
-    line = one_error_line(run_train(commands, tmp_path, f"hydra.run.dir={full}/run"))
+    line = one_error_line(run_train(command_server, tmp_path, f"hydra.run.dir={full}/run"))
     assert "no space left on the device" in line
     assert fold_statuses(tmp_path) == ["FAILED"], "the run that could not keep its files is FAILED, not RUNNING"
     assert not list(full.rglob("*.tmp")), "nothing half-written"
-    line = one_error_line(run_train(commands, tmp_path, f"hydra.run.dir={read_only}/run"))
+    line = one_error_line(run_train(command_server, tmp_path, f"hydra.run.dir={read_only}/run"))
     assert f"{read_only}/run" in line and "read-only file system" in line
 
 
 @pytest.mark.slow
 def test_a_cache_that_is_full_or_read_only_keeps_features_in_memory(tmp_path: Path, small_disk,
-                                                                      commands) -> None:
+                                                                      command_server) -> None:
     for disk in (small_disk("full", "8k"), small_disk("read-only", read_only=True)):
-        result = run_train(commands, tmp_path, f"features.dir={disk}/features", f"paths.cache_dir={disk}/cache")
+        result = run_train(command_server, tmp_path, f"features.dir={disk}/features", f"paths.cache_dir={disk}/cache")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "cannot be written" in result.stderr + result.stdout and "not written:" in result.stdout
         assert not list(disk.rglob("*.tmp"))
@@ -393,14 +386,14 @@ def test_a_cache_that_is_full_or_read_only_keeps_features_in_memory(tmp_path: Pa
 
 @pytest.mark.slow
 def test_a_read_only_or_full_artifact_folder_is_named_and_the_run_kept(tmp_path: Path, small_disk,
-                                                                      commands) -> None:
-    assert run_train(commands, tmp_path).returncode == 0  # the store and its experiment exist
+                                                                      command_server) -> None:
+    assert run_train(command_server, tmp_path).returncode == 0  # the store and its experiment exist
     artifacts = tmp_path / "mlruns" / "artifacts"
     for fault, (seed, why) in {"read-only": (1, "read-only file system"), "full": (2, "no space left")}.items():
         disk = small_disk(fault, "96k", read_only=fault == "read-only")
         shutil.rmtree(artifacts)
         artifacts.symlink_to(disk, target_is_directory=True)  # the experiment's artifact folder is now that disk
-        line = one_error_line(run_train(commands, tmp_path, f"seed={seed}"))
+        line = one_error_line(run_train(command_server, tmp_path, f"seed={seed}"))
         assert str(artifacts) in line and why in line and "leukexp-sync" in line, line
         assert "stopped answering" not in line
         artifacts.unlink()

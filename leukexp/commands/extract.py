@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -139,24 +140,73 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compact", action="store_true",
                         help="then merge the store's small shard files (safe while other jobs read; a pass merges"
                              " on its own once 8 small ones pile up)")
+    parser.add_argument("--ray-tasks", type=int, default=0, metavar="N",
+                        help="run the N shards as Ray tasks on the cluster at RAY_ADDRESS (or the one started on this"
+                             " machine with `ray start --head`) and wait for them all")
+    parser.add_argument("--ray-cpus", type=float, default=1.0, metavar="C", help="CPUs per Ray task (default 1)")
+    parser.add_argument("--ray-gpus", type=float, default=0.0, metavar="G",
+                        help="GPUs per Ray task (default 0; with features.device=cuda, 1)")
     parser.add_argument("overrides", nargs="*", help="the overrides a leukexp-train run of the study takes")
     args = parser.parse_args(argv)
     prepare_process()
     with user_errors(PROGRAM):
         shard = ShardSpec.parse(args.shard)
-        cfg = compose_hydra_errors(args.overrides)
-        from leukexp.config.plan import RunPlan
-        from leukexp.run.validation import validate
-
-        validate(cfg)
-        plan = RunPlan.from_config(cfg)
-        from leukexp.console import console
-
+        if args.ray_tasks:
+            return extract_with_ray(args, shard)
+        plan = plan_from_overrides(args.overrides)
         result = extract(plan, shard, args.compact)
-        rate = result["misses"] / result["seconds"] if result["seconds"] else 0.0
-        console.print(f"{PROGRAM}: shard {shard.index}/{shard.count}: {result['views']:,} views needed,"
-                      f" {result['misses']:,} computed in {result['seconds']:.1f} s ({rate:.1f} views/s)"
-                      + (f"; compacted: {result['fewer_files']} files fewer" if args.compact else ""))
+        print_shard(shard, result, args.compact)
+    return 0
+
+
+def plan_from_overrides(overrides: list[str]) -> RunPlan:
+    """The study's run plan from `leukexp-train` overrides, checked before any work."""
+    from leukexp.config.plan import RunPlan
+    from leukexp.run.validation import validate
+
+    cfg = compose_hydra_errors(overrides)
+    validate(cfg)
+    return RunPlan.from_config(cfg)
+
+
+def print_shard(shard: ShardSpec, result: dict[str, float], compact: bool) -> None:
+    """The line every shard prints: views needed, views computed, time and rate."""
+    from leukexp.console import console
+
+    rate = result["misses"] / result["seconds"] if result["seconds"] else 0.0
+    console.print(f"{PROGRAM}: shard {shard.index}/{shard.count}: {result['views']:,} views needed,"
+                  f" {result['misses']:,} computed in {result['seconds']:.1f} s ({rate:.1f} views/s)"
+                  + (f"; compacted: {result['fewer_files']} files fewer" if compact else ""))
+
+
+def run_shard(shard: str, overrides: list[str], compact: bool) -> dict[str, Any]:
+    """One shard's extraction in a process of its own (a Ray task): what `leukexp-extract --shard` does."""
+    from leukexp.runtime.process import prepare_process
+
+    prepare_process()
+    return {"shard": shard, **extract(plan_from_overrides(overrides), ShardSpec.parse(shard), compact)}
+
+
+def extract_with_ray(args: argparse.Namespace, shard: ShardSpec) -> int:
+    """`--ray-tasks N`: the config checked here, then the N shards as Ray tasks; their lines and the total."""
+    from leukexp.console import console
+    from leukexp.sweeps.ray_cluster import RayResources, extract_on_ray, import_ray
+
+    if shard.count != 1:
+        raise LeukexpError(f"--shard {args.shard} with --ray-tasks {args.ray_tasks}: the Ray tasks are the shards;"
+                           " give one of the two")
+    if args.ray_tasks < 1 or args.ray_cpus <= 0 or args.ray_gpus < 0:
+        raise LeukexpError("--ray-tasks must be at least 1, --ray-cpus above 0 and --ray-gpus 0 or more")
+    import_ray()
+    plan_from_overrides(args.overrides)  # a config mistake is one line here, before any task starts
+    started = time.perf_counter()
+    task = functools.partial(run_shard, overrides=list(args.overrides), compact=args.compact)
+    results = extract_on_ray(task, args.ray_tasks, RayResources(args.ray_cpus, args.ray_gpus))
+    for result in results:
+        print_shard(ShardSpec.parse(result["shard"]), result, args.compact)
+    views, misses = sum(r["views"] for r in results), sum(r["misses"] for r in results)
+    console.print(f"{PROGRAM}: {len(results)} Ray tasks: {views:,} views needed, {misses:,} computed in"
+                  f" {time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -60,6 +60,9 @@ def open_fold_run(plan: RunPlan, fold_data: FoldData) -> tuple[FoldRun | None, d
         if claimed is None:
             fold_run.log_dataset(fold_data.manifest(), f"{fold_run.tags[DATA_TAG]} · {fold_data.task.name}",
                                  str(fold_data.catalog.root), fold_data.data_fingerprint())
+    except Interrupted:  # stopped between the claim and the training: the claimed run ends KILLED, not RUNNING
+        fold_run.kill()
+        raise
     except Exception as error:  # the server went away, or refused what was logged, while the run was set up
         fold_run.abandon()
         raise LeukexpError(f"mlflow.tracking_uri={logger.tracking_uri}: {store_failure(error)} while the run was"
@@ -98,6 +101,9 @@ def log_to_mlflow(fold_run: FoldRun, out: Path, result: FitResult, metrics: dict
     try:
         if fold_run.finish(result.history, metrics, artifacts):
             console.print(f"all {fold_run.n_splits} folds finished: aggregates on parent run {fold_run.parent_id}")
+    except Interrupted:  # stopped while the results were logged: KILLED (a resumed sweep runs the fold again)
+        fold_run.kill()
+        raise
     except Exception as error:  # a server that went away, a store that refused a key or value, a disk that did
         save_pending(out, fold_run, metrics, artifacts)
         fold_run.abandon()  # FAILED where the store still answers, so nothing stays RUNNING

@@ -6,6 +6,7 @@ What it sets, and why:
 - `GOMP_SPINCOUNT=20000` (before torch loads GNU OpenMP): idle OpenMP threads spin 300,000 times by default before
   sleeping, which makes a head training on two threads crawl when other processes want the cores (mlp3: 121 s under
   a two-process load, 19-22 s alone); 20,000 spins keep it as fast alone and let it share (53 s).
+- `RAY_DEDUP_LOGS=0`: Ray shows every job's lines (it would merge two folds' alike metric tables into one).
 - `HYDRA_FULL_ERROR=1`: Hydra re-raises composition errors, so `leukexp-train` reports them as one line itself.
 - Quiet libraries: MLflow's artifact progress bars and database set-up lines, GitPython's refresh warning,
   Lightning's hardware banners and tips, and warnings known to be harmless here.
@@ -30,10 +31,12 @@ ENVIRONMENT = {
     "HYDRA_FULL_ERROR": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    "RAY_DEDUP_LOGS": "0",  # Ray would merge alike lines of different jobs (two folds' metric tables into one)
 }
 QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.seed",
-                 "mlflow.store.db.utils", "alembic")  # a new SQLite store's table creation
+                 "mlflow.store.db.utils", "alembic",  # a new SQLite store's table creation
+                 "torch._subclasses.fake_tensor")  # its cache statistics at exit (a Ray worker's job logs INFO)
 HARMLESS_WARNINGS = (".*in eval mode at the start of training.*", ".*LeafSpec.*", ".*litlogger.*",
                      ".*does not have many workers.*", ".*The number of training batches.*",
                      ".*An input example was not provided.*",

@@ -440,7 +440,9 @@ class FoldSearch(Sweeper):
 
 def launcher_slots(launcher: Any) -> int | None:
     """The launcher's parallel jobs (joblib's `n_jobs`, submitit's `array_parallelism`; 1 for the basic launcher);
-    None for joblib's -1 (every core)."""
+    None for joblib's -1 (every core) and for Ray (its cluster schedules every job it is given)."""
+    if getattr(launcher, "ray_cfg", None) is not None:
+        return None
     settings = dict(getattr(launcher, "joblib", None) or getattr(launcher, "params", None) or {})
     jobs = int(settings.get("n_jobs", settings.get("array_parallelism", 1)) or 1)
     return None if jobs < 1 else jobs

@@ -105,6 +105,27 @@ def test_each_head_trains_and_logs_everything(compose_cfg, tmp_path: Path, head:
     assert panel == ({"cam/no_panel.txt"} if head == "knn" else {"cam/panel.png"}), "kNN has no class scores"
 
 
+@pytest.mark.parametrize("stage", ["log_dataset", "finish"])
+def test_a_stop_while_the_run_is_claimed_or_closed_leaves_it_killed_not_running(
+        compose_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    """The moments outside training: just after the fold run is created (a Ray worker stopped as soon as its run
+    shows RUNNING), and while the results are logged."""
+    import signal
+
+    from leukexp.runtime.signals import Interrupted
+    from leukexp.tracking.cv import FoldRun
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(FoldRun, stage, stopped)
+    with pytest.raises(Interrupted):
+        train(compose_cfg(*FAST, "head=logreg"))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("leukexp").experiment_id])
+    assert sorted((r.data.tags["leukexp.kind"], r.info.status) for r in runs) == [("cv", "KILLED"), ("fold", "KILLED")]
+
+
 @pytest.mark.parametrize("outputs", [1, 2])
 def test_binary_task_logits_and_reloadable_head(compose_cfg, tmp_path: Path, outputs: int) -> None:
     cfg = compose_cfg(*FAST, "task=binary", f"training.binary_outputs={outputs}")

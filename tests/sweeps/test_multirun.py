@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from forkserver import CommandServer
 from mlflow.tracking import MlflowClient
 
 from leukexp.report.runs import load_runs
@@ -49,9 +50,10 @@ def test_swept_keys_from_the_command_line_and_the_sweeper() -> None:
     assert keys == ["head", "fold", "model"]
 
 
-def sweep(root: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukexp.commands.train", "-m", *TINY, *overrides], cwd=root,
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "CI": "true"})
+def sweep(server: CommandServer, root: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`leukexp-train -m TINY overrides` in `root`, run to its end (as a child of the preloaded command server)."""
+    return server.run(["leukexp.commands.train", "-m", *TINY, *overrides], cwd=root, timeout=timeout,
+                      env={**os.environ, "CI": "true"})
 
 
 def client_for(root: Path) -> tuple[MlflowClient, str]:
@@ -99,8 +101,9 @@ def assert_complete_study(root: Path, n_configs: int = 2, n_folds: int = 2) -> N
 
 
 @pytest.mark.slow
-def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_path: Path) -> None:
-    result = sweep(tmp_path, *SWEEP)
+def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(command_server: CommandServer,
+                                                                        tmp_path: Path) -> None:
+    result = sweep(command_server, tmp_path, *SWEEP)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete_study(tmp_path)
     parents, folds = runs_by_kind(tmp_path)
@@ -124,13 +127,14 @@ def test_basic_sweep_builds_parents_children_and_aggregates_then_reports(tmp_pat
     assert "## Summary of every configuration" in text and "fold noise" in text
     assert (tmp_path / "report" / "comparison.png").is_file() and (tmp_path / "report" / "per_class_f1.png").is_file()
 
-    cli = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "leukexp", "--out",
-                          str(tmp_path / "cli-report"), "--filter", "tags.head='svm'"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "CI": "true"}
+    cli = command_server.run(["leukexp.commands.report", "--experiment", "leukexp", "--out",
+                              str(tmp_path / "cli-report"), "--filter", "tags.head='svm'"], cwd=tmp_path, env=env,
+                             timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert "1 configurations, 2 fold runs" in cli.stdout
-    missing = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "nope"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
+    missing = command_server.run(["leukexp.commands.report", "--experiment", "nope"], cwd=tmp_path, env=env,
+                                 timeout=120)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "leukexp-report: error: --experiment nope: not in this store" in missing.stderr
 
@@ -179,7 +183,7 @@ def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_onc
 
 
 @pytest.mark.slow
-def test_resume_after_the_sweep_is_killed(tmp_path: Path) -> None:
+def test_resume_after_the_sweep_is_killed(command_server: CommandServer, tmp_path: Path) -> None:
     longer = [*SWEEP, "trainer.max_epochs=60"]  # long enough jobs to kill one mid-way
     command = [sys.executable, "-m", "leukexp.commands.train", "-m", *TINY, *longer]
     log = tmp_path / "first-sweep.log"
@@ -196,7 +200,7 @@ def test_resume_after_the_sweep_is_killed(tmp_path: Path) -> None:
     assert "open the UI" in log.read_text(), "one fold run finished (and was logged) before the kill"
     before = {r.info.run_id for r in runs_by_kind(tmp_path)[1] if r.info.status == "FINISHED"}
 
-    result = sweep(tmp_path, *longer)
+    result = sweep(command_server, tmp_path, *longer)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete_study(tmp_path)
     after = {r.info.run_id for r in runs_by_kind(tmp_path)[1] if r.info.status == "FINISHED"}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna.distributions as dist
 import pytest
+from forkserver import CommandServer
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -72,16 +73,22 @@ def test_objectives_and_batches() -> None:
     class Everything:
         joblib = {"n_jobs": -1}
 
-    assert (parallel_jobs(object(), 5), parallel_jobs(Joblib(), 5), parallel_jobs(Everything(), 5)) == (1, 2, 5)
+    class Ray:
+        ray_cfg = {"init": {"address": None}, "remote": {"num_cpus": 1}}
+
+    assert (parallel_jobs(object(), 5), parallel_jobs(Joblib(), 5), parallel_jobs(Everything(), 5),
+            parallel_jobs(Ray(), 5)) == (1, 2, 5, 5)
 
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
         "data.counts={ALL:10,HLT:10}", "data.image_size=64", "task=binary", "fold.n_splits=2"]
 
 
-def search(root: Path, *overrides: str, space: str = "experiment=search_linear") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukexp.commands.train", "-m", space, *TINY, *overrides],
-                          cwd=root, capture_output=True, text=True, timeout=600, env={**os.environ, "CI": "true"})
+def search(server: CommandServer, root: Path, *overrides: str, space: str = "experiment=search_linear"
+           ) -> subprocess.CompletedProcess:
+    """`leukexp-train -m <space> TINY overrides` in `root`, run to its end (a child of the preloaded command server)."""
+    return server.run(["leukexp.commands.train", "-m", space, *TINY, *overrides], cwd=root, timeout=600,
+                      env={**os.environ, "CI": "true"})
 
 
 def store_runs(root: Path) -> dict[str, list]:
@@ -103,7 +110,8 @@ def study(root: Path):
 
 
 @pytest.mark.slow
-def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_report(tmp_path: Path) -> None:
+def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_report(
+        command_server: CommandServer, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "leukexp.commands.train", "-m", "experiment=search_linear", *TINY,
                "hydra.sweeper.n_trials=3"]
     log = tmp_path / "first.log"
@@ -116,17 +124,17 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
         assert process.poll() is None, log.read_text()[-3000:]
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "CI": "true"})
+    resumed = search(command_server, tmp_path, "hydra.sweeper.n_trials=3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "already FINISHED" in resumed.stdout, "the interrupted trial's finished fold was reused"
     assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 3, "the killed trial was redone"
 
-    again = search(tmp_path, "hydra.sweeper.n_trials=4")  # the same command, one trial more: the study continues
+    # the same command, one trial more: the study continues
+    again = search(command_server, tmp_path, "hydra.sweeper.n_trials=4")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 of 4 trials done" in again.stdout + again.stderr
     assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 4
-    done = search(tmp_path, "hydra.sweeper.n_trials=4")  # nothing left to run
+    done = search(command_server, tmp_path, "hydra.sweeper.n_trials=4")  # nothing left to run
     assert done.returncode == 0, done.stderr[-3000:]
     runs = store_runs(tmp_path)
     (search_run,) = runs["search"]
@@ -140,8 +148,8 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
         assert parent.info.run_name.startswith(("logreg C=", "svm C=")), "named by the sampled values"
         assert cv_metric(BEST + VAL_ACC, "mean") in parent.data.metrics
 
-    report = subprocess.run([sys.executable, "-m", "leukexp.commands.report", "--experiment", "search_linear", "--out",
-                             str(tmp_path / "report")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    report = command_server.run(["leukexp.commands.report", "--experiment", "search_linear", "--out",
+                                 str(tmp_path / "report")], cwd=tmp_path, env=dict(os.environ), timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Search search_linear-search-" in text and "4 trials (4 complete, 0 pruned, 0 failed)" in text
@@ -149,10 +157,10 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
 
 
 @pytest.mark.slow
-def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(tmp_path: Path) -> None:
+def test_a_trial_whose_first_fold_is_clearly_worse_is_pruned(command_server: CommandServer, tmp_path: Path) -> None:
     # an objective that cannot tie: the test samples of a fold (protocol=thesis scores each of 3 views apart, strict
     # scores each image once), maximized; trial 0 thesis, trial 1 strict: below the median at its first fold
-    result = search(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.objective=cv/test/n_mean",
+    result = search(command_server, tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.objective=cv/test/n_mean",
                     "hydra.sweeper.pruner_startup_trials=1", "augmentation=flips", "head=logreg",
                     "mlflow.experiment_name=search_linear", "protocol=thesis,strict",
                     "hydra.sweeper.enqueue=[{protocol: thesis},{protocol: strict}]", space="hydra/sweeper=optuna")
