@@ -256,6 +256,15 @@ def stop(server: subprocess.Popen) -> None:
     server.wait(30)
 
 
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server for a module's tests (the job engines' tests log to it over HTTP): its URI."""
+    port = free_port()
+    process = start_server(tmp_path_factory.mktemp("server"), port)
+    yield f"http://127.0.0.1:{port}"
+    stop(process)
+
 def plan_of(cfg: DictConfig):
     from leukexp.config.plan import RunPlan
     from leukexp.run.validation import validate

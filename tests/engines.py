@@ -37,6 +37,18 @@ def wait_for(check, seconds: float, what: str) -> None:
     raise RuntimeError(f"{what} did not come up within {seconds:.0f} s")
 
 
+def fold_runs(uri: str, experiment: str) -> list:
+    """The fold runs of an experiment in the tracking store at `uri` (none when it does not exist yet)."""
+    from mlflow.tracking import MlflowClient
+
+    from leukexp.vocabulary import KIND_TAG
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=200) if found else []
+    return [run for run in runs if run.data.tags.get(KIND_TAG) == "fold"]
+
+
 class SlurmCluster:
     """A one-node Slurm cluster with accounting (`sacct` works), its files under `root`.
 

@@ -11,15 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from engines import RayCluster, wait_for
+from engines import RayCluster, fold_runs, wait_for
 from forkserver import CommandServer
-from mlflow.tracking import MlflowClient
 
 from leukexp.commands import extract
 from leukexp.config.compose import compose_train
 from leukexp.features.cache import FeatureCache
 from leukexp.sweeps.ray_cluster import task_error
-from leukexp.vocabulary import KIND_TAG
 
 on_the_cluster = pytest.mark.xdist_group("ray")  # one cluster: its tests on one pytest worker
 
@@ -40,34 +38,17 @@ def ray_cluster():
     cluster.stop()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from conftest import free_port, start_server, stop
-
-    port = free_port()
-    process = start_server(tmp_path_factory.mktemp("server"), port)
-    yield f"http://127.0.0.1:{port}"
-    stop(process)
-
-
 def leukexp(module: str, *arguments: str, root: Path, uri: str) -> list[str]:
     """A leukexp command's module and arguments (for the command server; `python -m` before it for a process)."""
     return [f"leukexp.commands.{module}", *arguments, f"paths.root_dir={root}", f"mlflow.tracking_uri={uri}"]
 
 
-def fold_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id], max_results=200) if found else []
-    return [run for run in runs if run.data.tags.get(KIND_TAG) == "fold"]
-
-
 @pytest.mark.slow
 @on_the_cluster
-def test_extraction_as_ray_tasks_then_a_head_sweep_on_ray(ray_cluster: RayCluster, server: str,
+def test_extraction_as_ray_tasks_then_a_head_sweep_on_ray(ray_cluster: RayCluster, tracking_server: str,
                                                           command_server: CommandServer, tmp_path: Path) -> None:
     env = {**ray_cluster.env, "CI": "true"}
-    extract = command_server.run(leukexp("extract", "--ray-tasks", "2", *TINY, root=tmp_path, uri=server),
+    extract = command_server.run(leukexp("extract", "--ray-tasks", "2", *TINY, root=tmp_path, uri=tracking_server),
                                  cwd=tmp_path, env=env, timeout=600)
     assert extract.returncode == 0, extract.stdout[-2000:] + extract.stderr[-3000:]
     shards = {int(index): (int(needed.replace(",", "")), int(computed.replace(",", "")))
@@ -82,13 +63,13 @@ def test_extraction_as_ray_tasks_then_a_head_sweep_on_ray(ray_cluster: RayCluste
         "each shard ran as a Ray task in a worker process of its own"
 
     sweep = command_server.run(leukexp("train", "-m", "hydra/launcher=ray", *TINY, "head=logreg,knn", "fold=f0",
-                                       "mlflow.experiment_name=ray-sweep", root=tmp_path, uri=server),
+                                       "mlflow.experiment_name=ray-sweep", root=tmp_path, uri=tracking_server),
                                cwd=tmp_path, env=env, timeout=900)
     output = sweep.stdout + sweep.stderr
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
     assert "Ray Launcher is launching 2 jobs" in output and "Connecting to existing Ray cluster" in output
     assert len(set(re.findall(r"\(_run_job pid=(\d+)\)", output))) == 2, "each job in a worker process of its own"
-    runs = fold_runs(server, "ray-sweep")
+    runs = fold_runs(tracking_server, "ray-sweep")
     assert sorted((r.data.tags["head"], r.data.tags["fold"], r.info.status) for r in runs) == [
         ("knn", "f0", "FINISHED"), ("logreg", "f0", "FINISHED")], "every fold once, on Ray"
     misses = [int(m) for m in MISSES.findall(output)]
@@ -99,15 +80,15 @@ def test_extraction_as_ray_tasks_then_a_head_sweep_on_ray(ray_cluster: RayCluste
 @pytest.mark.slow
 @on_the_cluster
 def test_a_job_stopped_on_ray_is_killed_in_mlflow_and_the_sweep_run_again_finishes_it(
-        ray_cluster: RayCluster, server: str, command_server: CommandServer, tmp_path: Path) -> None:
+        ray_cluster: RayCluster, tracking_server: str, command_server: CommandServer, tmp_path: Path) -> None:
     command = leukexp("train", "-m", "hydra/launcher=ray", *TINY, "head=mlp1", "fold=f0", "trainer.max_epochs=250",
-                      "mlflow.experiment_name=ray-stop", root=tmp_path, uri=server)
+                      "mlflow.experiment_name=ray-stop", root=tmp_path, uri=tracking_server)
     env = {**ray_cluster.env, "CI": "true"}
     with open(tmp_path / "sweep.log", "w") as log:
         sweep = subprocess.Popen([sys.executable, "-m", *command], cwd=tmp_path, env=env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: any(run.info.status == "RUNNING" for run in fold_runs(server, "ray-stop")), 300,
+            wait_for(lambda: any(run.info.status == "RUNNING" for run in fold_runs(tracking_server, "ray-stop")), 300,
                      "a training fold")
             (worker,) = ray_cluster.workers("_run_job")
             os.kill(worker, signal.SIGTERM)  # what a node's shutdown does to its workers
@@ -117,12 +98,12 @@ def test_a_job_stopped_on_ray_is_killed_in_mlflow_and_the_sweep_run_again_finish
                 os.killpg(sweep.pid, signal.SIGKILL)
     log_text = (tmp_path / "sweep.log").read_text()
     assert sweep.returncode != 0, log_text[-3000:]
-    statuses = sorted(run.info.status for run in fold_runs(server, "ray-stop"))
+    statuses = sorted(run.info.status for run in fold_runs(tracking_server, "ray-stop"))
     assert statuses == ["KILLED"], (statuses, log_text[-3000:])
 
     resumed = command_server.run(command, cwd=tmp_path, env=env, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    runs = fold_runs(server, "ray-stop")
+    runs = fold_runs(tracking_server, "ray-stop")
     assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"], "run again, the fold finished"
     wait_for(lambda: ray_cluster.workers("_run_job") == [], 30, "the cluster's jobs' end")
 

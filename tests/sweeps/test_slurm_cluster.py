@@ -12,11 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from engines import SlurmCluster
-from mlflow.tracking import MlflowClient
+from engines import SlurmCluster, fold_runs
 
 from leukexp.features.cache import FeatureCache
-from leukexp.vocabulary import KIND_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster: one pytest worker
 
@@ -38,26 +36,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
     cluster.stop()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from conftest import free_port, start_server, stop
-
-    port = free_port()
-    process = start_server(tmp_path_factory.mktemp("server"), port)
-    yield f"http://127.0.0.1:{port}"
-    stop(process)
-
-
 def leukexp(module: str, *arguments: str, root: Path, cluster: SlurmCluster, uri: str) -> list[str]:
     return [sys.executable, "-m", f"leukexp.commands.{module}", *arguments, f"paths.root_dir={root}",
             f"mlflow.tracking_uri={uri}"]
-
-
-def fold_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id], max_results=200) if found else []
-    return [run for run in runs if run.data.tags.get(KIND_TAG) == "fold"]
 
 
 def settled(slurm: SlurmCluster, ids: list[str]) -> None:
@@ -73,10 +54,11 @@ def job_ids(sweep_dir: Path) -> list[str]:
                    and path.name[0].isdigit()})
 
 
-def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, server: str, tmp_path: Path) -> None:
+def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, tracking_server: str,
+                                                        tmp_path: Path) -> None:
     env = {**slurm.env, "CI": "true"}
     extract = " ".join(leukexp("extract", "--shard", "$SLURM_ARRAY_TASK_ID/2", *TINY, root=tmp_path, cluster=slurm,
-                               uri=server))
+                               uri=tracking_server))
     submitted = slurm.run("sbatch", "--parsable", "--array=0-1", "--wait", "--cpus-per-task=1", "--mem=2G",
                           f"--output={tmp_path}/extract-%A_%a.out", f"--chdir={tmp_path}", "--wrap", extract,
                           timeout=600)
@@ -90,10 +72,11 @@ def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, ser
     assert len(computed) == 2 and sum(computed) == entries > 16, "the two array tasks split the study, once each"
 
     sweep = subprocess.run(leukexp("train", "-m", *ON_SLURM, *TINY, "head=logreg,knn", "fold=f0",
-                                   "mlflow.experiment_name=slurm-sweep", root=tmp_path, cluster=slurm, uri=server),
+                                   "mlflow.experiment_name=slurm-sweep", root=tmp_path, cluster=slurm,
+                                   uri=tracking_server),
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
-    runs = fold_runs(server, "slurm-sweep")
+    runs = fold_runs(tracking_server, "slurm-sweep")
     assert sorted((r.data.tags["head"], r.data.tags["fold"], r.info.status) for r in runs) == [
         ("knn", "f0", "FINISHED"), ("logreg", "f0", "FINISHED")], "every fold once, on Slurm"
     job_logs = "".join(p.read_text() for p in (tmp_path / "logs" / "multiruns").rglob("*_log.out"))
@@ -106,17 +89,17 @@ def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, ser
 
 
 def test_a_job_cancelled_with_scancel_is_killed_in_mlflow_and_the_resumed_sweep_finishes_it(
-        slurm: SlurmCluster, server: str, tmp_path: Path) -> None:
+        slurm: SlurmCluster, tracking_server: str, tmp_path: Path) -> None:
     longer = [*ON_SLURM, *TINY, "head=mlp1", "fold=f0", "trainer.max_epochs=250",
               "mlflow.experiment_name=slurm-cancel"]
-    command = leukexp("train", "-m", *longer, root=tmp_path, cluster=slurm, uri=server)
+    command = leukexp("train", "-m", *longer, root=tmp_path, cluster=slurm, uri=tracking_server)
     env = {**slurm.env, "CI": "true"}
     with open(tmp_path / "sweep.log", "w") as log:
         sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         deadline, victim = time.time() + 300, None
         while time.time() < deadline and victim is None:
-            running = [run for run in fold_runs(server, "slurm-cancel") if run.info.status == "RUNNING"]
+            running = [run for run in fold_runs(tracking_server, "slurm-cancel") if run.info.status == "RUNNING"]
             if running:  # a fold is training: cancel the Slurm job behind it
                 queue = slurm.run("squeue", "-h", "-t", "RUNNING", "-o", "%i").stdout.split()
                 victim = queue[0] if queue else None
@@ -130,12 +113,12 @@ def test_a_job_cancelled_with_scancel_is_killed_in_mlflow_and_the_resumed_sweep_
                 os.killpg(sweep.pid, signal.SIGKILL)
     settled(slurm, [victim.split("_")[0]])
     assert slurm.states(victim.split("_")[0]).get(victim, "").startswith("CANCELLED"), slurm.states(victim)
-    statuses = sorted(run.info.status for run in fold_runs(server, "slurm-cancel"))
+    statuses = sorted(run.info.status for run in fold_runs(tracking_server, "slurm-cancel"))
     assert "KILLED" in statuses and "RUNNING" not in statuses, statuses
 
     resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    runs = fold_runs(server, "slurm-cancel")
+    runs = fold_runs(tracking_server, "slurm-cancel")
     finished = sorted(r.data.tags["fold"] for r in runs if r.info.status == "FINISHED")
     assert finished == ["f0"] and not [r for r in runs if r.info.status == "RUNNING"], "resumed and finished"
     ids = job_ids(tmp_path / "logs" / "multiruns")
