@@ -226,6 +226,7 @@ class RayCluster:
         return [int(pid) for pid in found.stdout.split()]
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([self.ray, "stop", "--force"], env=self.env, capture_output=True, timeout=60)
-        shutil.rmtree(self.root, ignore_errors=True)
+        """`ray stop --force`, then its folder removed, in the background: the stop takes ~8 s (its CLI's imports and
+        process scan) that the next test need not wait for (no other test starts a Ray cluster)."""
+        subprocess.Popen(f"'{self.ray}' stop --force; rm -rf '{self.root}'", shell=True, env=self.env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

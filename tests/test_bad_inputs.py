@@ -268,7 +268,8 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) -> None:
+def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path,
+                                                               command_server: CommandServer) -> None:
     assert len(CASES) >= 40
     commands = {name: command(case, workspace) for name, case in CASES.items()}
     servers = Queue()
@@ -280,8 +281,8 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path) 
         finally:
             servers.put(server)
 
-    with CommandServer() as first, CommandServer() as second, ThreadPoolExecutor(max_workers=2) as pool:
-        servers.put(first)
+    with CommandServer() as second, ThreadPoolExecutor(max_workers=2) as pool:  # the worker's own, and one more
+        servers.put(command_server)
         servers.put(second)
         results = dict(zip(CASES, pool.map(run, CASES), strict=True))
     problems = []

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from forkserver import CommandServer
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL, free_port, start_server, stop
@@ -80,7 +81,8 @@ def test_training_and_report_against_a_tracking_server(compose_cfg, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(tmp_path: Path) -> None:
+def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(command_server: CommandServer,
+                                                                                tmp_path: Path) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
@@ -118,8 +120,7 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
 
     server = start_server(tmp_path, port)
     try:
-        sync = subprocess.run([sys.executable, "-m", "leukexp.commands.sync", str(run_dir)], capture_output=True,
-                              text=True, timeout=120, env=env)
+        sync = command_server.run(["leukexp.commands.sync", str(run_dir)], cwd=tmp_path, env=env, timeout=120)
         assert sync.returncode == 0, sync.stderr[-2000:]
         experiment = client.get_experiment_by_name("fault").experiment_id
         (run,) = client.search_runs([experiment], "tags.`leukexp.kind` = 'fold'")
@@ -184,7 +185,7 @@ def test_params_carry_no_credentials_and_keys_mlflow_accepts() -> None:
 
 
 @pytest.mark.slow
-def test_credentials_in_the_tracking_uri_are_found_nowhere(tmp_path: Path) -> None:
+def test_credentials_in_the_tracking_uri_are_found_nowhere(command_server: CommandServer, tmp_path: Path) -> None:
     port = free_port()
     server = start_server(tmp_path, port)
     secret = "hunter2-do-not-log"
@@ -193,11 +194,10 @@ def test_credentials_in_the_tracking_uri_are_found_nowhere(tmp_path: Path) -> No
     try:
         # a sweep, with the URI on the command line: Hydra's copies of it (overrides.yaml, multirun.yaml) are scrubbed;
         # the jobs with 20 folds fail (10 images a class): their files, the failure list and summary are scrubbed too
-        job = subprocess.run([sys.executable, "-m", "leukexp.commands.train", "-m", "fold=f0,f1",
-                              f"mlflow.tracking_uri={uri}", "fold.n_splits=2,20",
-                              *TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=1",
-                              "task=binary", "data.counts={ALL: 10, HLT: 10}", "mlflow.experiment_name=secret"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        job = command_server.run(["leukexp.commands.train", "-m", "fold=f0,f1", f"mlflow.tracking_uri={uri}",
+                                  "fold.n_splits=2,20", *TINY_MODEL, *TINY_DATA, "augmentation=none",
+                                  "trainer.max_epochs=1", "task=binary", "data.counts={ALL: 10, HLT: 10}",
+                                  "mlflow.experiment_name=secret"], cwd=tmp_path, env=env, timeout=300)
         assert job.returncode == 1 and "2 job(s) failed" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
         assert "http://***@127.0.0.1" in job.stdout, "the failed jobs are listed, redacted"
         assert "fewer than fold.n_splits=20" in job.stdout, "listed with their reason"
