@@ -2,6 +2,7 @@
 
     leukexp-extract data=folder data.root=/data/pbc augmentation=paper            # everything, here
     leukexp-extract data=folder data.root=/data/pbc --shard 3/20                  # one task of a Slurm array
+    leukexp-extract data=folder data.root=/data/pbc --ray-tasks 20 --ray-gpus 1   # 20 Ray tasks, waited for
 
 It takes the same overrides as `leukexp-train` (data, task, model, augmentation, stain, protocol, fold.n_splits,
 evaluation.tta, evaluation.external, features.*) and embeds every (image, view) any fold of that study will ask
