@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from engines import SlurmCluster, fold_runs
+from forkserver import CommandServer
 
 from leukexp.features.cache import FeatureCache
 
@@ -37,6 +38,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
 
 
 def leukexp(module: str, *arguments: str, root: Path, cluster: SlurmCluster, uri: str) -> list[str]:
+    """`python -m leukexp.commands.<module> ...` (from [2:] on, what the command server takes)."""
     return [sys.executable, "-m", f"leukexp.commands.{module}", *arguments, f"paths.root_dir={root}",
             f"mlflow.tracking_uri={uri}"]
 
@@ -55,7 +57,7 @@ def job_ids(sweep_dir: Path) -> list[str]:
 
 
 def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, tracking_server: str,
-                                                        tmp_path: Path) -> None:
+                                                        command_server: CommandServer, tmp_path: Path) -> None:
     env = {**slurm.env, "CI": "true"}
     extract = " ".join(leukexp("extract", "--shard", "$SLURM_ARRAY_TASK_ID/2", *TINY, root=tmp_path, cluster=slurm,
                                uri=tracking_server))
@@ -71,10 +73,9 @@ def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, tra
     entries = FeatureCache(folder.parent, folder.name).entry_count()
     assert len(computed) == 2 and sum(computed) == entries > 16, "the two array tasks split the study, once each"
 
-    sweep = subprocess.run(leukexp("train", "-m", *ON_SLURM, *TINY, "head=logreg,knn", "fold=f0",
-                                   "mlflow.experiment_name=slurm-sweep", root=tmp_path, cluster=slurm,
-                                   uri=tracking_server),
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    sweep = command_server.run(leukexp("train", "-m", *ON_SLURM, *TINY, "head=logreg,knn", "fold=f0",
+                                       "mlflow.experiment_name=slurm-sweep", root=tmp_path, cluster=slurm,
+                                       uri=tracking_server)[2:], cwd=tmp_path, env=env, timeout=900)
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
     runs = fold_runs(tracking_server, "slurm-sweep")
     assert sorted((r.data.tags["head"], r.data.tags["fold"], r.info.status) for r in runs) == [
@@ -89,7 +90,7 @@ def test_an_extraction_array_then_a_head_sweep_on_slurm(slurm: SlurmCluster, tra
 
 
 def test_a_job_cancelled_with_scancel_is_killed_in_mlflow_and_the_resumed_sweep_finishes_it(
-        slurm: SlurmCluster, tracking_server: str, tmp_path: Path) -> None:
+        slurm: SlurmCluster, tracking_server: str, command_server: CommandServer, tmp_path: Path) -> None:
     longer = [*ON_SLURM, *TINY, "head=mlp1", "fold=f0", "trainer.max_epochs=250",
               "mlflow.experiment_name=slurm-cancel"]
     command = leukexp("train", "-m", *longer, root=tmp_path, cluster=slurm, uri=tracking_server)
@@ -116,7 +117,7 @@ def test_a_job_cancelled_with_scancel_is_killed_in_mlflow_and_the_resumed_sweep_
     statuses = sorted(run.info.status for run in fold_runs(tracking_server, "slurm-cancel"))
     assert "KILLED" in statuses and "RUNNING" not in statuses, statuses
 
-    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    resumed = command_server.run(command[2:], cwd=tmp_path, env=env, timeout=900)  # without `python -m`
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     runs = fold_runs(tracking_server, "slurm-cancel")
     finished = sorted(r.data.tags["fold"] for r in runs if r.info.status == "FINISHED")
