@@ -201,7 +201,9 @@ class RayCluster:
         # Ray's sockets live under its temp folder: a short path (a socket's path is at most 107 bytes)
         self.root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         self.port = free_port()
-        self.env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{self.port}"}
+        # a loopback cluster without token authentication, whatever ~/.ray holds: Ray turns tokens on when it finds
+        # one there (left by any earlier `ray.init()` that started a Ray), and a driver of this environment joins it
+        self.env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{self.port}", "RAY_AUTH_MODE": "disabled"}
 
     @staticmethod
     def why_not() -> str:
