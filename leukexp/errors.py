@@ -45,8 +45,14 @@ def os_error_message(error: OSError) -> str | None:
     fix = _OS_FIXES.get(error.errno or -1)
     if fix is None:
         return None
-    where = error.filename if error.filename is not None else "a file"
-    return f"{where}: {fix}"
+    return f"{fault_path(error) or 'a file'}: {fix}"
+
+
+def fault_path(error: OSError) -> str | None:
+    """The path a file-system fault is about: a copy's destination (`filename2`: the disk that is full or read-only),
+    else its file."""
+    path = error.filename2 if error.filename2 is not None else error.filename
+    return None if path is None else str(path)
 
 
 def file_system_fault(error: BaseException) -> OSError | None:
@@ -84,6 +90,12 @@ def user_errors(program: str = "leukexp") -> Iterator[None]:
         print(f"{program}: stopped by signal {stop.signum}; finished folds are kept, re-run the same command to"
               " resume", file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None
+    except Exception as error:  # a library's error caused by a file-system fault (a log file in a read-only folder)
+        fault = file_system_fault(error)
+        message = os_error_message(fault) if fault is not None else None
+        if message is None:
+            raise
+        _exit(program, message)
 
 
 def _exit(program: str, message: str) -> None:

@@ -38,3 +38,20 @@ def test_error_lines_never_show_credentials(capsys: pytest.CaptureFixture) -> No
         raise LeukexpError("mlflow.tracking_uri=http://u:hunter2@host: the store does not answer")
     err = capsys.readouterr().err
     assert "hunter2" not in err and "http://***@host" in err
+
+
+def test_a_copy_that_fills_a_disk_is_named_by_its_destination() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/a/predictions.csv", None, "/store/artifacts/x.csv")
+    assert os_error_message(full).startswith("/store/artifacts/x.csv: no space left on the device")
+    assert os_error_message(OSError(errno.EROFS, "Read-only", "/ro/train.log")).startswith("/ro/train.log: read-only")
+
+
+def test_a_library_error_caused_by_a_file_system_fault_is_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as stop, user_errors("leukexp-train"):
+        try:
+            raise OSError(errno.EROFS, "Read-only file system", "/ro/train.log")
+        except OSError as error:
+            raise ValueError("Unable to configure handler 'file'") from error
+    assert stop.value.code == EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip() == ("leukexp-train: error: /ro/train.log: read-only file system: point the"
+                                              " run at a writable folder (hydra.run.dir=..., paths.*)")

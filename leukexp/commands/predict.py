@@ -18,8 +18,9 @@ import pandas as pd
 
 from leukexp.config.compose import group_options
 from leukexp.console import console, progress_bar
+from leukexp.csv_files import write_csv
 from leukexp.data.augment import Augmentation
-from leukexp.data.io import BadImageError, file_digest, is_image_file, read_image
+from leukexp.data.io import BadImageError, decode_image, file_digest, image_notes, is_image_file
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
 from leukexp.inference.classifier import Classifier, load_classifier
@@ -73,7 +74,11 @@ def collect_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if is_image_file(p))
+            found_here = sorted(p for p in path.rglob("*") if is_image_file(p))
+            images = [p for p in found_here if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            if len(images) < len(found_here):
+                console.print(f"[yellow]left out:[/] {len(found_here) - len(images)} image(s) in hidden folders or"
+                              f" with hidden names under {path} (a name starting with '.')")
             if not images:
                 raise LeukexpError(f"{path}: no images (.jpg .jpeg .png .tif .tiff .bmp) in this folder")
             found += images
@@ -104,7 +109,9 @@ def score(classifier: Classifier, paths: list[Path], views: Augmentation | None 
             for path in paths[start:start + batch_size]:
                 try:
                     data = path.read_bytes()
-                    images[path] = read_image(path)
+                    images[path] = decode_image(data, path)
+                    for note in image_notes(data, path):
+                        console.print(f"[yellow]note:[/] {note}")
                     chunk.append((path, file_digest(data)))
                 except (BadImageError, OSError) as error:
                     bad.append(str(error))
@@ -123,61 +130,111 @@ def score(classifier: Classifier, paths: list[Path], views: Augmentation | None 
     return frame, images, bad
 
 
-def collect_bags(inputs: list[str]) -> dict[str, list[Path]]:
-    """Bags of images for an aggregator: a folder whose sub-folders hold images is a folder of bags (one per
-    sub-folder: a folder of patient folders); a folder holding images is one bag; loose files are one bag."""
+def given_name(item: str) -> str:
+    """An input as the user gave it, as a bag name's first part (`cohortA/`, `./x/` -> `cohortA`, `x`)."""
+    text = Path(item).as_posix().rstrip("/")
+    return Path(text).name if text not in ("", ".") else Path.cwd().name
+
+
+def collect_bags(inputs: list[str], per_image: bool = False) -> dict[str, list[Path]]:
+    """Bags of images for an aggregator, named by their path relative to what was given, so that two cohorts'
+    patients `p1` stay two bags (`cohortA/p1`, `cohortB/p1`): a folder whose sub-folders hold images is a folder of
+    bags (one per sub-folder: a folder of patient folders); a folder holding images is one bag; loose files are one
+    bag. With `per_image` (a tile model whose bag is one field) every image is a bag of its own. Two bags that would
+    share a name are one line; hidden sub-folders left out are said once."""
     bags: dict[str, list[Path]] = {}
+    where: dict[str, str] = {}
     loose: list[Path] = []
+    hidden: list[str] = []
+
+    def add(name: str, paths: list[Path], origin: Path) -> None:
+        if name in bags:
+            raise LeukexpError(f"two bags would be named {name!r} ({where[name]} and {origin}); give each patient"
+                               " folder once, or folders whose names differ")
+        bags[name], where[name] = paths, str(origin)
+
     for item in inputs:
         path = Path(item).expanduser()
         if not path.is_dir():
             loose.extend(collect_images([item]))
             continue
-        inner = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        base = given_name(item)
+        if per_image:
+            for image in collect_images([str(path)]):
+                add(f"{base}/{image.relative_to(path).as_posix()}", [image], image)
+            continue
+        folders = sorted(p for p in path.iterdir() if p.is_dir())
+        hidden += [str(p) for p in folders if p.name.startswith(".")]
+        inner = [p for p in folders if not p.name.startswith(".")]
         own = [p for p in path.iterdir() if is_image_file(p)]
         for folder in ([] if own else inner):
-            bags[folder.name] = collect_images([str(folder)])
+            add(f"{base}/{folder.name}", collect_images([str(folder)]), folder)
         if own or not inner:
-            bags[path.name] = collect_images([str(path)])
-    if loose:
-        bags["images"] = loose
+            add(base, collect_images([str(path)]), path)
+    if hidden:
+        console.print(f"[yellow]left out:[/] {len(hidden)} hidden folder(s) (a name starting with '.'), e.g."
+                      f" {hidden[0]}; rename them to score them")
+    for image in loose:
+        if per_image:
+            add(given_name(str(image)), [image], image)
+    if loose and not per_image:
+        add("images", loose, loose[0].parent)
     return bags
 
 
+def read_noted(path: Path) -> np.ndarray:
+    """An image as training reads it, with what a reader should know said once (a multi-page TIFF's other pages)."""
+    data = path.read_bytes()
+    for note in image_notes(data, path):
+        console.print(f"[yellow]note:[/] {note}")
+    return decode_image(data, path)
+
+
 def score_bags(classifier: Classifier, bags: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per bag (bag, instances, predicted, p_<class>, decision) and every image's weight in its bag."""
+    """One row per bag (bag, instances, predicted, p_<class>, decision) and every instance's weight in its bag,
+    with its box where the model cuts tiles."""
     rows, weights = [], []
     for name, paths in bags.items():
-        probs, attention = classifier.predict_bag([read_image(p) for p in paths])
-        rows.append((name, len(paths), probs))
-        weights.append(pd.DataFrame({"bag": name, "file": [str(p) for p in paths], "weight": attention}))
+        scored = classifier.predict_bag([read_noted(p) for p in paths], [str(p) for p in paths])
+        rows.append((name, len(scored.weights), scored.probs))
+        boxes = [box if box is not None else (None,) * 4 for box in scored.boxes]
+        x, y, width, height = (list(c) for c in zip(*boxes, strict=True)) if boxes else ([], [], [], [])
+        weights.append(pd.DataFrame({"bag": name, "file": [str(paths[i]) for i in scored.sources], "x": x, "y": y,
+                                     "width": width, "height": height, "weight": scored.weights}))
     probs = np.stack([row[2] for row in rows])
     frame = probability_frame(probs, classifier.classes, classifier.decisions(probs))
     frame.insert(0, "instances", [row[1] for row in rows])
     frame.insert(0, "bag", [row[0] for row in rows])
     table = pd.concat(weights, ignore_index=True)
+    if table["x"].isna().all():
+        table = table.drop(columns=["x", "y", "width", "height"])
     table["rank"] = table.groupby("bag")["weight"].rank(ascending=False, method="first").astype(int)
     return frame, table.sort_values(["bag", "rank"], kind="stable")
 
 
 def predict_bags(classifier: Classifier, inputs: list[str], out: Path) -> None:
-    """`leukexp-predict` with an aggregator: a diagnosis per bag, and the attention table beside `out`."""
-    bags = collect_bags(inputs)
+    """`leukexp-predict` with an aggregator: a diagnosis per bag, and the attention table beside `out` (both
+    written, or neither)."""
+    bags = collect_bags(inputs, per_image=classifier.bags.per_image)
     empty = [name for name, paths in bags.items() if not paths]
     if empty:
         raise LeukexpError(f"bag {empty[0]}: no images in it; give a folder of images (one patient) or a folder of"
                            " such folders")
-    frame, table = score_bags(classifier, bags)
     attention = out.with_name(f"{out.stem}_attention.csv")
-    with atomic_path(out) as staging:
-        frame.to_csv(staging, index=False)
-    with atomic_path(attention) as staging:
-        table.to_csv(staging, index=False)
+    for target in (out, attention):
+        if target.is_dir():
+            raise LeukexpError(f"{target}: is a folder; give --out a file path (the attention table is written"
+                               f" beside it as {attention.name})")
+    frame, table = score_bags(classifier, bags)
+    with atomic_path(out) as staging, atomic_path(attention) as beside:
+        write_csv(frame, staging)
+        write_csv(table, beside)
     for _, row in frame.iterrows():
         sure = row[f"p_{row['predicted']}"]
         decision = f", decision {row['decision']}" if "decision" in frame else ""
-        console.print(f"{row['bag']}: {row['predicted']} (p {sure:.3f}{decision}; {row['instances']} images)")
-    console.print(f"wrote {len(frame)} bag prediction(s) to {out} and the images' weights to {attention}")
+        unit = "tiles" if "x" in table else "images"
+        console.print(f"{row['bag']}: {row['predicted']} (p {sure:.3f}{decision}; {row['instances']} {unit})")
+    console.print(f"wrote {len(frame)} bag prediction(s) to {out} and the instances' weights to {attention}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,17 +252,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="store for runs:/ and models:/ (default:"
                                                                " $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--allow-weight-mismatch", action="store_true",
+                        help="score even where the backbone weights here differ from those the head was trained on")
     args = parser.parse_args(argv)
     prepare_process()
     with user_errors("leukexp-predict"):
-        classifier = load_classifier(resolve_model(args.model, args.tracking_uri))
+        classifier = load_classifier(resolve_model(args.model, args.tracking_uri), args.allow_weight_mismatch)
         if classifier.scores_bags:
             predict_bags(classifier, args.images, args.out)
             return 0
         paths = collect_images(args.images)
         frame, images, bad = score(classifier, paths, tta_views(args.tta), args.batch_size)
         with atomic_path(args.out) as staging:
-            frame.to_csv(staging, index=False)
+            write_csv(frame, staging)
         counts = ", ".join(f"{c} {n}" for c, n in frame["predicted"].value_counts().items()) if len(frame) else "-"
         console.print(f"wrote {len(frame)} prediction(s) to {args.out} ({counts})")
         if args.cam is not None and len(frame):

@@ -63,6 +63,41 @@ def check_targets(node: Any, key: str, declared: Sequence[str] = ()) -> None:
             check_targets(value, path, declared)
 
 
+def accepted_keys(target: str) -> set[str] | None:
+    """The keyword arguments a `_target_` takes (None where it takes any, `**kwargs`, or cannot be read)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        signature = inspect.signature(get_object(target))
+    except Exception:  # not importable or no signature: instantiate reports it
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return {name for name, p in signature.parameters.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def check_keys(node: Any, key: str) -> None:
+    """Every key of a `_target_` node is an argument of its target: one line naming the unknown key and the known
+    ones (a typo or a `+group.key=...` that would otherwise end in a TypeError deep in a run, or be ignored)."""
+    is_dict = isinstance(node, Mapping) or OmegaConf.is_dict(node)
+    items = node.items() if is_dict else (
+        enumerate(node) if isinstance(node, list | tuple) or OmegaConf.is_list(node) else ())
+    if is_dict and isinstance(target := node.get("_target_"), str):
+        known = accepted_keys(target)
+        unknown = [str(k) for k in node if not str(k).startswith("_")
+                   and known is not None and str(k) not in known] if known is not None else []
+        if unknown:
+            keys = ", ".join(sorted(k for k in known if k not in ("self", "context")))
+            raise LeukexpError(f"{key}.{unknown[0]}: not a key of {key} ({target.rsplit('.', 1)[-1]}; its keys:"
+                               f" {keys}); check the spelling, or drop it")
+    for child, value in items:
+        if isinstance(value, Mapping | list | tuple) or OmegaConf.is_config(value):
+            check_keys(value, f"{key}.{child}" if key else str(child))
+
+
 def build(node: Any, key: str, allowed: Sequence[str] = (), **kwargs: Any) -> Any:
     """Instantiate a `_target_` config node; a failure is one `LeukexpError` naming the config key.
 
@@ -75,6 +110,7 @@ def build(node: Any, key: str, allowed: Sequence[str] = (), **kwargs: Any) -> An
     from hydra.utils import instantiate
 
     check_targets(node, key, (*allowed, *declared_targets(node)))
+    check_keys(node, key)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
@@ -136,3 +172,9 @@ def _default_choices() -> dict[str, str]:
     """`default_choices`, composed once per process (each run's tags ask for it)."""
     choices = compose_train(return_hydra_config=True).hydra.runtime.choices
     return {str(k): str(v) for k, v in choices.items() if v is not None and "/" not in str(k)}
+
+
+@functools.cache
+def top_level_keys() -> frozenset[str]:
+    """The top-level keys of `train.yaml` composed with its defaults (its groups and sections)."""
+    return frozenset(str(key) for key in compose_train(return_hydra_config=True))

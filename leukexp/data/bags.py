@@ -6,11 +6,12 @@
 - `bags=tiles` (`TileBags`): each image is cut at its native resolution into `tile` x `tile` pixel tiles every
   `stride` pixels; a bag is an image (or, with `bags.per=group`, a group of images). A tile is dropped as blank when
   its grey levels barely vary (standard deviation below `min_std`) or it is mostly glare (mean grey above
-  `max_mean`); of the rest at most `max_tiles` are kept, those with the most structure, in grid order.
+  `max_mean`); of the rest at most `max_tiles` are kept, those with the most structure, in grid order. The number
+  of candidate tiles is known from the image's header before it is decoded: past `max_candidates` it is one line.
 
 A tile is a view of its image: view `1 + t * V + v` is tile `t` of the tiling's grid (row-major, `GRID_COLUMNS`
-wide) under view `v` of the run's augmentation (V views), so its key in the feature store is the image's content
-hash and its box, and every run that reads it finds it embedded.
+wide: wider than any image within `data.max_pixels` can be) under view `v` of the run's augmentation (V views), so
+its key in the feature store is the image's content hash and its box, and every run that reads it finds it embedded.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,8 +30,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from leukexp.csv_files import unique_rows
 from leukexp.data.augment import Augmentation
-from leukexp.data.io import read_image
+from leukexp.data.io import decode_image, header_size
 from leukexp.errors import LeukexpError
 from leukexp.files import atomic_path
 from leukexp.registry import Registered
@@ -39,7 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GRID_COLUMNS = 4096  # tile t sits at row t // GRID_COLUMNS, column t % GRID_COLUMNS of the grid
+# tile t sits at row t // GRID_COLUMNS, column t % GRID_COLUMNS of the grid: 2**27 columns, more than an image of
+# data.max_pixels' default (10**8) can have, and small enough that a view index (1 + t * views + v) of any such image
+# fits in 64 bits
+GRID_COLUMNS = 1 << 27
+MAX_CANDIDATES = 1_000_000  # the default of `bags.max_candidates`: grid tiles scored per image
+TILE_LIST_FORMAT = 2  # the tile list file's layout (2: tiles with a checksum, GRID_COLUMNS = 2**27)
 INSTANCES_FILE = "instances.csv"  # optional, in a data root: file, instance_label (a cell's own label)
 
 
@@ -76,6 +84,34 @@ class Bags(Registered, ABC):
         """One line for the console."""
         return f"bags: {self.kind}"
 
+    def spec(self) -> dict[str, Any]:
+        """What a saved model needs to make the same instances of new images (its constructor's arguments)."""
+        return {}
+
+    def saved(self) -> dict[str, Any]:
+        """`spec` with the kind: what `classifier.json` keeps (`Bags.from_saved` reads it back)."""
+        return {"kind": self.kind, **self.spec()}
+
+    @classmethod
+    def from_saved(cls, saved: object, where: str) -> Bags:
+        """The bags a saved model names (one line naming `where` for a damaged entry)."""
+        if not isinstance(saved, dict):
+            raise LeukexpError(f"{where}: bags is damaged (not a mapping)")
+        arguments = {k: v for k, v in saved.items() if k != "kind"}
+        try:
+            return cls.of_kind(saved.get("kind"), f"{where}: bags")(**arguments)
+        except TypeError as error:
+            raise LeukexpError(f"{where}: bags is damaged ({error})") from None
+
+    def instances(self, image: np.ndarray, where: str) -> list[tuple[np.ndarray, tuple[int, int, int, int] | None]]:
+        """The instances one new image gives, as the study made them: (pixels, box in the image or None)."""
+        return [(image, None)]
+
+    @property
+    def per_image(self) -> bool:
+        """Whether each image is a bag of its own (tiles of one field), rather than a folder of images."""
+        return False
+
 
 class NoBags(Bags, kind="none"):
     """The per-image study: no bags."""
@@ -99,8 +135,24 @@ def _instance_labels(catalog: Catalog) -> pd.Series:
                            " or remove the file") from None
     if not {"file", "instance_label"} <= set(table.columns):
         raise LeukexpError(f"{path}: needs columns 'file' and 'instance_label' (found {', '.join(table.columns)})")
-    lookup = dict(zip(table["file"], table["instance_label"], strict=True))
+    lookup = unique_rows(table, "file", "instance_label", path)
     return catalog.frame["file"].map(lookup).fillna("")
+
+
+def check_own_labels(table: BagTable, classes: list[str], root: Path) -> None:
+    """`head.labels=own` trains on the instances' own labels: one line where the data gives none, or gives labels
+    that are not the task's classes."""
+    path = Path(root) / INSTANCES_FILE
+    given = table.instances["instance_label"]
+    if not (given != "").any():
+        raise LeukexpError(f"head.labels=own: no instance carries its own label ({path} is missing or names none of"
+                           f" these images); add {INSTANCES_FILE} (columns file,instance_label) or use"
+                           " head.labels=bag")
+    foreign = sorted(set(given[given != ""]) - set(classes))
+    if foreign:
+        raise LeukexpError(f"head.labels=own: {path} labels instances {', '.join(map(repr, foreign[:5]))}, which are"
+                           f" not classes of this task ({', '.join(classes)}); write class names, or use"
+                           " head.labels=bag")
 
 
 def bag_frame(instances: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
@@ -127,6 +179,10 @@ class ImageBags(Bags, kind="images"):
             raise LeukexpError(f"bags.layout={layout!r}: expected folders (ROOT/<class>/<bag>/<images>) or groups"
                                " (data.groups_csv names each image's bag)")
         self.layout = layout
+
+    def spec(self) -> dict[str, Any]:
+        """The layout."""
+        return {"layout": self.layout}
 
     def prepare(self, source: FolderSource) -> None:
         """Bag folders are read as bags; with `layout=groups` the groups CSV is required."""
@@ -164,13 +220,42 @@ class Tiling:
         row, column = divmod(int(tile), GRID_COLUMNS)
         return column * self.stride, row * self.stride, self.size, self.size
 
-    def grid(self, height: int, width: int) -> np.ndarray:
-        """Every tile index that fits inside an image of this size (row-major)."""
+    def shape(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of the grid inside an image of this size (0 where not one tile fits)."""
         rows = (height - self.size) // self.stride + 1
         columns = (width - self.size) // self.stride + 1
         if rows < 1 or columns < 1:
-            return np.zeros(0, int)
-        return (np.arange(rows)[:, None] * GRID_COLUMNS + np.arange(columns)[None, :]).ravel()
+            return 0, 0
+        if columns > GRID_COLUMNS:
+            raise LeukexpError(f"an image {width:,} px wide gives {columns:,} tile columns, more than a tile index"
+                               f" holds ({GRID_COLUMNS:,}); raise bags.stride, or lower data.max_pixels")
+        return rows, columns
+
+    def grid(self, height: int, width: int) -> np.ndarray:
+        """Every tile index that fits inside an image of this size (row-major)."""
+        rows, columns = self.shape(height, width)
+        return (np.arange(rows, dtype=np.int64)[:, None] * GRID_COLUMNS
+                + np.arange(columns, dtype=np.int64)[None, :]).ravel()
+
+    def statistics(self, grey: np.ndarray, stop: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Standard deviation and mean of every grid tile's grey levels (row-major, as `grid`): one band of tile
+        rows at a time through running sums, so the memory is a few bands of the image, whatever the tile count;
+        a set `stop` ends it between bands."""
+        height, width = grey.shape
+        rows, columns = self.shape(height, width)
+        starts = np.arange(columns, dtype=np.int64) * self.stride
+        std, mean = np.empty((rows, columns), np.float32), np.empty((rows, columns), np.float32)
+        area = float(self.size * self.size)
+        for row in range(rows):
+            if stop is not None and stop.is_set():
+                raise InterruptedError("tiling stopped")
+            band = grey[row * self.stride:row * self.stride + self.size].astype(np.float64)
+            sums = np.concatenate([[0.0], np.cumsum(band.sum(0))])
+            squares = np.concatenate([[0.0], np.cumsum(np.square(band).sum(0))])
+            average = (sums[starts + self.size] - sums[starts]) / area
+            variance = (squares[starts + self.size] - squares[starts]) / area - average ** 2
+            mean[row], std[row] = average, np.sqrt(np.maximum(variance, 0.0))
+        return std.ravel(), mean.ravel()
 
 
 class TileViews(Augmentation):
@@ -222,18 +307,24 @@ class TileBags(Bags, kind="tiles"):
         min_std: a tile whose grey levels vary less than this (0-255) is blank and dropped.
         max_mean: a tile whose mean grey is above this (0-255) is glare or empty glass and dropped.
         per: `image` (each image a bag) or `group` (the images of a bag folder or group together).
+        max_candidates: at most this many grid tiles scored in one image (read from its header before decoding):
+            a 10,000 px field cut into 2 px tiles would be 25 M.
     """
 
     def __init__(self, tile: int = 224, stride: int | None = None, max_tiles: int = 128, min_std: float = 6.0,
-                 max_mean: float = 245.0, per: str = "image") -> None:
+                 max_mean: float = 245.0, per: str = "image", max_candidates: int = MAX_CANDIDATES) -> None:
         for key, value in (("tile", tile), ("stride", stride if stride is not None else tile),
-                           ("max_tiles", max_tiles)):
+                           ("max_tiles", max_tiles), ("max_candidates", max_candidates)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LeukexpError(f"bags.{key}={value!r}: expected a whole number of pixels (tiles) >= 1")
+        for key, value in (("min_std", min_std), ("max_mean", max_mean)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 255:
+                raise LeukexpError(f"bags.{key}={value!r}: expected a grey level from 0 to 255")
         if per not in ("image", "group"):
             raise LeukexpError(f"bags.per={per!r}: expected image (each image a bag) or group")
         self.tiling = Tiling(int(tile), int(stride if stride is not None else tile))
         self.max_tiles, self.min_std, self.max_mean, self.per = int(max_tiles), float(min_std), float(max_mean), per
+        self.max_candidates = int(max_candidates)
 
     def prepare(self, source: FolderSource) -> None:
         """With `per=group`, bag folders are read as bags."""
@@ -242,7 +333,7 @@ class TileBags(Bags, kind="tiles"):
 
     def fingerprint(self) -> str:
         """Everything that decides which tiles an image gives."""
-        spec = [self.tiling.size, self.tiling.stride, self.max_tiles, self.min_std, self.max_mean]
+        spec = [self.tiling.size, self.tiling.stride, self.max_tiles, self.min_std, self.max_mean, TILE_LIST_FORMAT]
         return hashlib.sha1(json.dumps(spec).encode(), usedforsecurity=False).hexdigest()[:10]
 
     def views(self, augmentation: Augmentation) -> Augmentation:
@@ -258,61 +349,81 @@ class TileBags(Bags, kind="tiles"):
         return (f"bags: tiles of {self.tiling.size} px every {self.tiling.stride} px, at most {self.max_tiles} per"
                 f" image, blank below grey std {self.min_std:g} or above mean {self.max_mean:g}")
 
-    def kept_tiles(self, image: np.ndarray, where: str) -> np.ndarray:
+    def spec(self) -> dict[str, Any]:
+        """What cuts an image's tiles (saved with a model, so prediction cuts the same ones)."""
+        return {"tile": self.tiling.size, "stride": self.tiling.stride, "max_tiles": self.max_tiles,
+                "min_std": self.min_std, "max_mean": self.max_mean, "per": self.per,
+                "max_candidates": self.max_candidates}
+
+    @property
+    def per_image(self) -> bool:
+        """`per=image`: each field is a bag."""
+        return self.per == "image"
+
+    def instances(self, image: np.ndarray, where: str) -> list[tuple[np.ndarray, tuple[int, int, int, int] | None]]:
+        """The kept tiles of a new image, cut as in training, with their boxes."""
+        boxes = [self.tiling.box(t) for t in self.kept_tiles(image, where)]
+        return [(np.ascontiguousarray(image[y:y + h, x:x + w]), (x, y, w, h)) for x, y, w, h in boxes]
+
+    def check_candidates(self, height: int, width: int, where: str) -> None:
+        """One line, before the image is decoded, where its grid has more tiles than `max_candidates`."""
+        rows, columns = self.tiling.shape(height, width)
+        if rows * columns > self.max_candidates:
+            raise LeukexpError(f"{where}: {width:,} x {height:,} px cut into {self.tiling.size} px tiles every"
+                               f" {self.tiling.stride} px is {rows * columns:,} candidate tiles, more than"
+                               f" bags.max_candidates={self.max_candidates:,}; raise bags.tile or bags.stride (or"
+                               " bags.max_candidates)")
+
+    def kept_tiles(self, image: np.ndarray, where: str, stop: threading.Event | None = None) -> np.ndarray:
         """The tiles of one image that are not blank, at most `max_tiles` (most structure first, kept in grid
-        order); an image smaller than one tile is one line naming it."""
+        order); an image smaller than one tile, or with every tile blank, is one line naming it and the key."""
         height, width = image.shape[:2]
-        grid = self.tiling.grid(height, width)
-        if not len(grid):
+        rows, columns = self.tiling.shape(height, width)
+        if not rows:
             raise LeukexpError(f"{where}: {width}x{height} px is smaller than one tile (bags.tile={self.tiling.size});"
                                " lower bags.tile or leave the image out")
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        stats = []
-        for tile in grid:
-            x, y, size, _ = self.tiling.box(tile)
-            patch = grey[y:y + size, x:x + size]
-            stats.append((float(patch.std()), float(patch.mean())))
-        std, mean = np.array(stats).T
-        keep = grid[(std >= self.min_std) & (mean <= self.max_mean)]
-        if len(keep) > self.max_tiles:
-            order = np.argsort(-std[np.isin(grid, keep)], kind="stable")[:self.max_tiles]
-            keep = np.sort(keep[order])
-        return keep
+        self.check_candidates(height, width, where)
+        std, mean = self.tiling.statistics(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), stop)
+        structured, dark = std >= self.min_std, mean <= self.max_mean
+        del mean
+        kept = np.flatnonzero(structured & dark)  # grid positions, row-major
+        if not len(kept):
+            raise LeukexpError(f"{where}: every tile is blank ({self._blank_reason(structured, dark)}); leave the"
+                               " image out or change that key")
+        if len(kept) > self.max_tiles:  # the most structure; among equals, the first in grid order
+            scores = std[kept]
+            cut = np.partition(scores, len(scores) - self.max_tiles)[len(scores) - self.max_tiles]
+            above = scores > cut
+            ties = np.flatnonzero(scores == cut)[:self.max_tiles - int(above.sum())]
+            kept = np.sort(np.concatenate([kept[above], kept[ties]]))
+        return (kept // columns) * GRID_COLUMNS + kept % columns
+
+    def _blank_reason(self, structured: np.ndarray, dark: np.ndarray) -> str:
+        """Which rule dropped every tile, named by its key."""
+        reasons = []
+        if not structured.any():
+            reasons.append(f"grey std below bags.min_std={self.min_std:g}")
+        if not dark.any():
+            reasons.append(f"mean grey above bags.max_mean={self.max_mean:g}")
+        return " and ".join(reasons) or (f"each tile is either below bags.min_std={self.min_std:g} or above"
+                                         f" bags.max_mean={self.max_mean:g}")
 
     def table(self, catalog: Catalog, cache_dir: str | Path | None = None) -> BagTable:
         """Every kept tile of every image an instance; tile lists are remembered per image content and tiling in
         one file (`cache_dir/tiles/<fingerprint>.json`), so a later run decodes no image to list them."""
         frame = catalog.frame
         store = Path(cache_dir) / "tiles" / f"{self.fingerprint()}.json" if cache_dir else None
-        known: dict[str, list[int]] = {}
-        if store is not None and store.is_file():
-            try:
-                known = json.loads(store.read_text())
-            except (OSError, ValueError):
-                known = {}
-            if not isinstance(known, dict) or not all(
-                    isinstance(tiles, list) and all(isinstance(t, int) and t >= 0 for t in tiles)
-                    for tiles in known.values()):
-                known = {}  # a damaged or foreign file: the tile lists are made again (and the file rewritten)
-        missing = [i for i, key in enumerate(frame["sha1"]) if key not in known]
+        known = read_tile_lists(store)
+        missing = [i for i, key in enumerate(frame["sha1"]) if key not in known or not known[key]]
         if missing:
-            def listed(i: int) -> tuple[str, list[int]]:
-                row = frame.iloc[i]
-                return str(row["sha1"]), self.kept_tiles(read_image(row["path"]), str(row["file"])).tolist()
-
-            with ThreadPoolExecutor(4) as pool:
-                known |= dict(pool.map(listed, missing))
+            known |= self._list_tiles(frame, missing)
             if store is not None:
                 try:
                     store.parent.mkdir(parents=True, exist_ok=True)
                     with atomic_path(store) as staging:
-                        staging.write_text(json.dumps(known))
+                        staging.write_text(tile_list_text(known))
                 except OSError as error:  # a read-only cache costs the next run a decode, not this run
                     log.warning("tile lists not kept in %s (%s)", store, error.strerror)
-        empty = [str(frame.iloc[i]["file"]) for i, key in enumerate(frame["sha1"]) if not known[key]]
-        if empty:
-            raise LeukexpError(f"{empty[0]}: every tile is blank (grey std below bags.min_std={self.min_std:g});"
-                               " lower bags.min_std or leave the image out")
         bags = frame["bag"] if self.per == "group" else frame["file"]
         labels = _instance_labels(catalog)
         parts = [pd.DataFrame({"bag": bags.iloc[i], "source": i, "tile": known[key],
@@ -320,9 +431,51 @@ class TileBags(Bags, kind="tiles"):
                  for i, key in enumerate(frame["sha1"])]
         return _indexed(pd.concat(parts, ignore_index=True), catalog)
 
+    def _list_tiles(self, frame: pd.DataFrame, rows: list[int]) -> dict[str, list[int]]:
+        """The kept tiles of some images, four at a time: each image's candidate count is checked from its header
+        before it is decoded, and a failure or a stop signal ends the others within one band of tiles."""
+        stop = threading.Event()
 
-def check_bag_config(config: dict[str, Any]) -> None:
-    """Cheap checks of a `bags` config before any work (its class builds it: the constructor checks its keys)."""
-    from leukexp.config.compose import build
+        def listed(i: int) -> tuple[str, list[int]]:
+            row = frame.iloc[i]
+            data = Path(row["path"]).read_bytes()
+            size = header_size(data)
+            if size is not None:
+                self.check_candidates(size[1], size[0], str(row["file"]))
+            return str(row["sha1"]), self.kept_tiles(decode_image(data, row["path"]), str(row["file"]), stop).tolist()
 
-    build(dict(config), "bags")
+        pool = ThreadPoolExecutor(4)
+        futures = [pool.submit(listed, i) for i in rows]
+        try:
+            return dict(future.result() for future in futures)
+        except BaseException:
+            stop.set()  # the running ones stop at their next band; those not started never start
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def tile_list_text(known: dict[str, list[int]]) -> str:
+    """The tile list file: the lists and a checksum of them (an edited or damaged file is made again)."""
+    body = json.dumps(known, sort_keys=True)
+    check = hashlib.sha256(body.encode()).hexdigest()
+    return json.dumps({"format": TILE_LIST_FORMAT, "check": check, "tiles": known}, sort_keys=True)
+
+
+def read_tile_lists(store: Path | None) -> dict[str, list[int]]:
+    """The remembered tile lists (image content hash -> kept tiles): empty where the file is missing, damaged,
+    foreign or edited (its checksum disagrees), so the lists are made again."""
+    if store is None or not store.is_file():
+        return {}
+    try:
+        saved = json.loads(store.read_text())
+        known = saved["tiles"]
+        valid = (saved.get("format") == TILE_LIST_FORMAT and isinstance(known, dict) and all(
+            isinstance(tiles, list) and all(isinstance(t, int) and t >= 0 for t in tiles) for tiles in known.values()))
+        if valid and hashlib.sha256(json.dumps(known, sort_keys=True).encode()).hexdigest() == saved.get("check"):
+            return known
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    log.warning("tile lists %s are damaged or were edited: the images are tiled again", store)
+    return {}
+

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.config.plan import RunPlan
+from leukexp.csv_files import write_csv
 from leukexp.data.augment import Augmentation
 from leukexp.data.bags import Bags, BagTable
 from leukexp.data.protocol import Protocol, Samples
@@ -38,6 +39,7 @@ class FoldData:
     stain: StainNormalizer = dataclasses.field(default_factory=NoStain)
     bags: BagTable | None = None  # with `bags=images|tiles`: the bags; samples are then instance rows with a `unit`
     views: Augmentation | None = None  # what instances are embedded through (tiles crop first); None: augmentation
+    bagging: Bags | None = None  # how the bags were made (a saved model makes a new image's instances the same way)
 
     @property
     def instance_views(self) -> Augmentation:
@@ -97,7 +99,7 @@ class FoldData:
     def write_manifest(self, path: Path) -> Path:
         """Write the split manifest as CSV (atomically) and return its path."""
         with atomic_path(path) as staging:
-            self.manifest().to_csv(staging, index=False)
+            write_csv(self.manifest(), staging)
         return path
 
 
@@ -123,7 +125,8 @@ def build_fold_data(plan: RunPlan) -> FoldData:
     stain: StainNormalizer = plan.stain.build()
     train = catalog.frame.iloc[samples.train["source"].unique()]
     stain.fit_to_study(train["path"].tolist(), train["sha1"].tolist())
-    return FoldData(task, catalog, fold, protocol, augmentation, split, samples, stain, table, views)
+    return FoldData(task, catalog, fold, protocol, augmentation, split, samples, stain, table, views,
+                    bagging if bagging.active else None)
 
 
 def bag_split(catalog: Catalog, table: BagTable, fold: FoldSpec, augmentation: Augmentation, bagging: Bags,
@@ -133,7 +136,7 @@ def bag_split(catalog: Catalog, table: BagTable, fold: FoldSpec, augmentation: A
     validation and test bags as they are (a unit per bag)."""
     bags = table.bags
     groups = catalog.frame.groupby("bag", sort=False)["group"].first()
-    per_bag = assign_splits(pd.DataFrame({"label": bags["label"], "group": bags["bag"].map(groups)}), fold)
+    per_bag = assign_splits(pd.DataFrame({"label": bags["label"], "group": bags["bag"].map(groups)}), fold, "bag")
     split = pd.Series(catalog.frame["bag"].map(dict(zip(bags["bag"], per_bag, strict=True))).to_numpy(),
                       index=catalog.frame.index)
     class_index = {label: i for i, label in enumerate(catalog.classes)}

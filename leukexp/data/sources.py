@@ -13,6 +13,7 @@ from typing import Literal
 
 import pandas as pd
 
+from leukexp.csv_files import read_csv, unique_rows, write_csv
 from leukexp.data.io import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -100,7 +101,10 @@ class FolderSource:
             if label is None:
                 continue
             if self.bag_folders:
-                rows.extend(self._bag_rows(root, folder, label))
+                found = len(notes)
+                rows.extend(self._bag_rows(root, folder, label, notes))
+                for note in notes[found:]:
+                    log.warning("%s", note)
                 continue
             nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
             if nested:
@@ -129,23 +133,37 @@ class FolderSource:
         frame = frame[CATALOG_COLUMNS].reset_index(drop=True)
         return Catalog(root=root, classes=classes, frame=frame, skipped=notes + skipped, duplicates=duplicates)
 
-    def _bag_rows(self, root: Path, folder: Path, label: str) -> list[dict[str, object]]:
+    def _bag_rows(self, root: Path, folder: Path, label: str, notes: list[str]) -> list[dict[str, object]]:
         """The images of every bag folder of one class folder (`<class>/<bag>/<images>`): one line for a class
-        folder without bags, a bag without images, or images lying loose in the class folder."""
-        loose = [p.name for p in folder.iterdir() if is_image_file(p, tuple(self.extensions))]
+        folder without bags, a bag without images, or images lying loose in the class folder; what is left out
+        (hidden bag folders, images in a bag's sub-folders) is added to `notes`."""
+        extensions = tuple(self.extensions)
+        loose = [p.name for p in folder.iterdir() if is_image_file(p, extensions)]
         if loose:
             raise LeukexpError(f"{folder}: images lie directly in the class folder (e.g. {sorted(loose)[0]}); with"
                                " bags=images put each bag's images in its own folder: <class>/<bag>/<images>")
-        bags = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = sorted(p for p in folder.iterdir() if p.is_dir())
+        hidden = [p for p in folders if p.name.startswith(".")]
+        if hidden:
+            notes.append(f"{folder.name}/: hidden folder(s) {', '.join(p.name for p in hidden)} left out (a name"
+                         " starting with '.' is hidden); rename them to read them as bags")
+        bags = [p for p in folders if not p.name.startswith(".")]
         if not bags:
             raise LeukexpError(f"class folder {folder} has no bag folders; with bags=images each bag (a patient, a"
                                " smear) is a folder of images: <class>/<bag>/<images>")
         rows = []
         for bag in bags:
-            files = sorted(p for p in bag.iterdir() if is_image_file(p, tuple(self.extensions)))
+            files = sorted(p for p in bag.iterdir() if is_image_file(p, extensions))
+            nested = sorted(p for p in bag.rglob("*") if p.parent != bag and is_image_file(p, extensions))
             if not files:
-                raise LeukexpError(f"bag folder {bag} has no images ({', '.join(self.extensions)}); add its images"
-                                   " or remove the folder")
+                where = (f"; its {len(nested)} image(s) lie in sub-folders (e.g."
+                         f" {nested[0].relative_to(root).as_posix()}): move them into the bag folder") if nested else (
+                    f" ({', '.join(self.extensions)}); add its images or remove the folder")
+                raise LeukexpError(f"bag folder {bag} has no images directly in it{where}")
+            if nested:
+                notes.append(f"{bag.relative_to(root).as_posix()}/: {len(nested)} image(s) in sub-folders left out"
+                             f" (e.g. {nested[0].relative_to(root).as_posix()}): a bag's images lie directly in its"
+                             " folder")
             rows.extend({"path": str(p), "file": p.relative_to(root).as_posix(), "folder": folder.name,
                          "label": label, "bag": f"{folder.name}/{bag.name}"} for p in files)
         return rows
@@ -190,10 +208,10 @@ class FolderSource:
         csv_path = Path(self.groups_csv).expanduser()
         if not csv_path.is_file():
             raise LeukexpError(f"data.groups_csv={csv_path}: no such file; give a CSV with columns file,group")
-        table = pd.read_csv(csv_path, dtype=str)
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
         if not {"file", "group"} <= set(table.columns):
             raise LeukexpError(f"{csv_path}: needs columns 'file' and 'group' (found {', '.join(table.columns)})")
-        lookup = dict(zip(table["file"].str.strip(), table["group"].str.strip(), strict=True))
+        lookup = unique_rows(table, "file", "group", csv_path)
         groups = frame["file"].map(lookup)
         by_name = frame["file"].map(lambda f: lookup.get(Path(f).name))
         groups = groups.fillna(by_name)
@@ -224,8 +242,14 @@ def _resolve_duplicates(frame: pd.DataFrame) -> list[list[str]]:
     for _, copies in frame[frame.duplicated("sha1", keep=False)].groupby("sha1", sort=False):
         files = copies["file"].tolist()
         if copies["label"].nunique() > 1:
+            first, other = copies.iloc[0], copies[copies["label"] != copies["label"].iloc[0]].iloc[0]
+            if _is_blank(str(first["path"])):
+                raise LeukexpError(
+                    f"'{first['file']}' ({first['label']}) and '{other['file']}' ({other['label']}) are the same blank"
+                    " image (one colour, no cells): it says nothing of a class; remove the blank images"
+                )
             raise LeukexpError(
-                f"duplicate image in two classes: '{files[0]}' and '{files[1]}' have the same content;"
+                f"duplicate image in two classes: '{first['file']}' and '{other['file']}' have the same content;"
                 " remove the wrong copy"
             )
         duplicates.append(files)
@@ -238,6 +262,15 @@ def _resolve_duplicates(frame: pd.DataFrame) -> list[list[str]]:
     return duplicates
 
 
+def _is_blank(path: str) -> bool:
+    """Whether an image is one colour (a blank field or an empty frame)."""
+    try:
+        image = decode_image(Path(path).read_bytes(), path)
+    except (LeukexpError, OSError):
+        return False
+    return bool((image.reshape(-1, 3).max(0) == image.reshape(-1, 3).min(0)).all())
+
+
 class DigestCache:
     """Content hashes of verified images by file signature, one CSV per scanned root.
 
@@ -245,10 +278,12 @@ class DigestCache:
     the kernel on every write or rename, never by `cp -p`, `rsync -a` or unzip), inode, and a hash of the file's
     first and last 4 KiB (for file systems whose times are coarse or whose inodes are reused). A file whose
     signature is unchanged is not decoded again; anything new or changed is read, decoded and hashed as on a first
-    scan, and bad images are never kept. A missing, unreadable or foreign cache file only means a full scan.
+    scan, and bad images are never kept. Each row carries a checksum of its fields: a row that was edited (another
+    image's hash pasted in would hand this image that image's features) is read again, never trusted. A missing,
+    unreadable or foreign cache file only means a full scan.
     """
 
-    COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "inode", "ends", "sha1")
+    COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "inode", "ends", "sha1", "check")
 
     def __init__(self, file: Path | None) -> None:
         self.file = file
@@ -263,18 +298,29 @@ class DigestCache:
         key = hashlib.sha1(str(root).encode(), usedforsecurity=False).hexdigest()[:16]
         return cls(Path(folder).expanduser() / f"{key}.csv")
 
+    @staticmethod
+    def row_check(path: str, entry: tuple[object, ...]) -> str:
+        """The checksum of one row's fields."""
+        text = "\x1f".join(str(field) for field in (path, *entry))
+        return hashlib.sha256(text.encode(), usedforsecurity=False).hexdigest()[:16]
+
     def known(self, rows: list[dict[str, object]]) -> dict[str, str]:
         """path -> hash for the rows whose file is unchanged since it was verified."""
         if self.file is None or not self.file.is_file():
             return {}
         try:
-            table = pd.read_csv(self.file, dtype={"path": str, "ends": str, "sha1": str})
-            self._cached = {path: (int(size), int(mtime), int(ctime), int(inode), str(ends), sha1)
-                            for path, size, mtime, ctime, inode, ends, sha1
-                            in table[list(self.COLUMNS)].itertuples(index=False)}
+            table = read_csv(self.file, dtype={"path": str, "ends": str, "sha1": str, "check": str},
+                             keep_default_na=False)
+            entries = {path: ((int(size), int(mtime), int(ctime), int(inode), str(ends), sha1), check)
+                       for path, size, mtime, ctime, inode, ends, sha1, check
+                       in table[list(self.COLUMNS)].itertuples(index=False)}
         except Exception:  # a damaged or foreign file: scan everything, rewrite it afterwards
             log.warning("digest cache %s unreadable: every image is read again", self.file)
             return {}
+        self._cached = {path: entry for path, (entry, check) in entries.items() if self.row_check(path, entry) == check}
+        if len(self._cached) < len(entries):
+            log.warning("digest cache %s: %d row(s) were edited or damaged; those images are read again", self.file,
+                        len(entries) - len(self._cached))
         known = {}
         for row in rows:
             path = str(row["path"])
@@ -298,8 +344,9 @@ class DigestCache:
             return
         try:
             with atomic_path(self.file) as staging:
-                pd.DataFrame([(path, *entry) for path, entry in entries.items()],
-                             columns=list(self.COLUMNS)).to_csv(staging, index=False)
+                table = pd.DataFrame([(path, *entry, self.row_check(path, entry)) for path, entry in entries.items()],
+                                     columns=list(self.COLUMNS))
+                write_csv(table, staging)
         except OSError as error:  # a read-only cache folder costs speed, not the run
             log.warning("digest cache %s not written (%s)", self.file, error.strerror)
 

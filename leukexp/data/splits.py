@@ -41,25 +41,26 @@ class FoldSpec:
             raise LeukexpError(f"fold.val_fraction={self.val_fraction}: must be between 0 and 1")
 
 
-def assign_splits(frame: pd.DataFrame, fold: FoldSpec) -> pd.Series:
-    """Return `train`/`val`/`test` per row of a catalog frame (columns `label`, `group`)."""
+def assign_splits(frame: pd.DataFrame, fold: FoldSpec, unit: str = "image") -> pd.Series:
+    """Return `train`/`val`/`test` per row of a catalog frame (columns `label`, `group`); `unit` is what a row is,
+    in the messages (`image`, or `bag` in a bag study)."""
     labels = frame["label"].to_numpy()
     groups = frame["group"].to_numpy()
     counts = frame["label"].value_counts()
     if (counts < fold.n_splits).any():
         label = counts.idxmin()
         raise LeukexpError(
-            f"class {label} has {counts[label]} image(s), fewer than fold.n_splits={fold.n_splits};"
-            " add images to it or lower fold.n_splits"
+            f"class {label} has {counts[label]} {unit}(s), fewer than fold.n_splits={fold.n_splits};"
+            f" add {unit}s to it or lower fold.n_splits"
         )
     grouped = frame["group"].duplicated().any()
     least = minimum_per_class(fold.n_splits)
     if not grouped and (counts < least).any():
         label = counts.idxmin()
         raise LeukexpError(
-            f"class {label} has {counts[label]} image(s): with fold.n_splits={fold.n_splits} a fold's training part"
+            f"class {label} has {counts[label]} {unit}(s): with fold.n_splits={fold.n_splits} a fold's training part"
             f" keeps {counts[label] - -(-counts[label] // fold.n_splits)} of them, too few to stratify a validation"
-            f" split (2 needed); a class needs at least {least} images: add images to it or lower fold.n_splits"
+            f" split (2 needed); a class needs at least {least} {unit}s: add {unit}s to it or lower fold.n_splits"
         )
     if grouped and frame["group"].nunique() < fold.n_splits:
         raise LeukexpError(
@@ -71,7 +72,7 @@ def assign_splits(frame: pd.DataFrame, fold: FoldSpec) -> pd.Series:
     )
     folds = list(splitter.split(np.zeros(len(frame)), labels, groups if grouped else None))
     train_idx, test_idx = folds[fold.index]
-    val_idx = _validation_subset(labels[train_idx], groups[train_idx], fold, grouped)
+    val_idx = _validation_subset(labels[train_idx], groups[train_idx], fold, grouped, unit)
     split = np.full(len(frame), TRAIN, dtype=object)
     split[test_idx] = TEST
     split[train_idx[val_idx]] = VAL
@@ -87,13 +88,14 @@ def minimum_per_class(n_splits: int) -> int:
     return count
 
 
-def _validation_subset(labels: np.ndarray, groups: np.ndarray, fold: FoldSpec, grouped: bool) -> np.ndarray:
+def _validation_subset(labels: np.ndarray, groups: np.ndarray, fold: FoldSpec, grouped: bool, unit: str = "image"
+                       ) -> np.ndarray:
     positions = np.arange(len(labels))
     n_classes = len(np.unique(labels))
     if int(np.ceil(fold.val_fraction * len(labels))) < n_classes:
         raise LeukexpError(
-            f"fold.val_fraction={fold.val_fraction} leaves fewer validation images than the {n_classes} classes"
-            f" ({len(labels)} training images in this fold); raise fold.val_fraction or add images"
+            f"fold.val_fraction={fold.val_fraction} leaves fewer validation {unit}s than the {n_classes} classes"
+            f" ({len(labels)} training {unit}s in this fold); raise fold.val_fraction or add {unit}s"
         )
     if not grouped:
         _, val = train_test_split(positions, test_size=fold.val_fraction, stratify=labels, random_state=fold.seed)

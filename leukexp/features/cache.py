@@ -155,6 +155,15 @@ def _tensor(header: dict, name: str, start: int, size: int) -> _Tensor:
     return _Tensor(dtype, tuple(shape), start + offsets[0])
 
 
+def _index_matches(arrays: dict[str, np.ndarray], shards: Sequence[Shard]) -> bool:
+    """Whether every code of an index is the code its shard holds at its row (the shards' own keys are the truth)."""
+    for number, shard in enumerate(shards):
+        mine = arrays["shard"] == number
+        if mine.any() and not np.array_equal(shard.codes[arrays["row"][mine].astype(np.int64)], arrays["codes"][mine]):
+            return False
+    return True
+
+
 def _open_regular(path: Path) -> tuple[IO[bytes], int]:
     """A regular file opened for reading without following a link or blocking (a pipe, a device), and its size."""
     try:
@@ -373,6 +382,10 @@ class FeatureCache:
                      or np.any(arrays["row"] >= np.array([s.shape[0] for s in shards])[arrays["shard"]])):
             log.warning("feature cache %s: its index disagrees with its shards; the shards are indexed instead",
                         self.folder)
+            return
+        if not _index_matches(arrays, shards):  # rows edited or swapped: an image would get another's features
+            log.warning("feature cache %s: its index names rows whose codes differ (edited or damaged); the shards"
+                        " are indexed instead", self.folder)
             return
         self._shards = shards
         self._names = {name: number for number, name in enumerate(listed)}

@@ -22,6 +22,7 @@ import torch
 
 from leukexp.backbones.base import Backbone
 from leukexp.backbones.loading import build_backbone
+from leukexp.data.bags import Bags, ImageBags
 from leukexp.data.io import read_image
 from leukexp.data.stain import NoStain, StainNormalizer, stain_from_state, to_state
 from leukexp.errors import LeukexpError
@@ -37,16 +38,30 @@ MANIFEST = "classifier.json"
 
 def save_classifier(folder: Path, head: Head, backbone: Backbone, model_config: dict[str, Any],
                     classes: list[str], temperature: float = 1.0, operating_point: OperatingPoint | None = None,
-                    stain: StainNormalizer | None = None) -> Path:
+                    stain: StainNormalizer | None = None, bags: Bags | None = None, seed: int | None = None) -> Path:
     """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint, the
-    temperature its probabilities are scaled with, the decision threshold and the fitted stain normalization)."""
+    temperature its probabilities are scaled with, the decision threshold, the fitted stain normalization and, for
+    an aggregator, how a new image becomes instances: its tiling; `seed`: the one torch was seeded with when the
+    backbone was built, so a random-init backbone is rebuilt the same)."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"classes": classes, "head": head.save(folder), "model": model_config, "backbone": backbone.reference(),
             "temperature": float(temperature),
             "operating_point": operating_point.to_dict() if operating_point is not None else None,
-            "stain": to_state(stain) if stain is not None and stain.active else None}
+            "stain": to_state(stain) if stain is not None and stain.active else None,
+            "bags": bags.saved() if bags is not None else None, "seed": seed}
     (folder / MANIFEST).write_text(json.dumps(meta, indent=2, default=str))
     return folder
+
+
+@dataclass
+class BagScore:
+    """A scored bag: class probabilities, and per instance its weight, the index of its image and its box in that
+    image ((x, y, width, height); None for a whole image)."""
+
+    probs: np.ndarray
+    weights: np.ndarray
+    sources: np.ndarray
+    boxes: list[tuple[int, int, int, int] | None]
 
 
 @dataclass
@@ -61,6 +76,7 @@ class Classifier:
     temperature: float = 1.0
     operating_point: OperatingPoint | None = None  # the screening decision's threshold, chosen on validation
     stain: StainNormalizer = field(default_factory=NoStain)  # applied to every image first, as in training
+    bags: Bags = field(default_factory=ImageBags)  # an aggregator's: how an image becomes instances (tiles or itself)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """An 8-bit RGB image as the backbone takes it: stain-normalized (as in training), resized, normalized."""
@@ -90,11 +106,20 @@ class Classifier:
         """Whether the head is an aggregator (one prediction per bag of images)."""
         return bool(self.head.aggregates)
 
-    def predict_bag(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """One bag of 8-bit RGB images: its class probabilities (classes,) and each image's weight in them."""
-        features = self.embed(images)
+    def predict_bag(self, images: list[np.ndarray], names: list[str] | None = None) -> BagScore:
+        """One bag of 8-bit RGB images, made into instances as in training (a tile model cuts the same tiles): its
+        class probabilities, and each instance's weight, image and box."""
+        names = names or [f"image {i}" for i in range(len(images))]
+        pixels, sources, boxes = [], [], []
+        for index, (image, name) in enumerate(zip(images, names, strict=True)):
+            for crop, box in self.bags.instances(image, name):
+                pixels.append(crop)
+                sources.append(index)
+                boxes.append(box)
+        features = self.embed(pixels)
         probs = apply_temperature(self.head.predict_proba(features), self.temperature)[0]
-        return probs, self.head.attention(features)  # type: ignore[attr-defined]
+        weights = self.head.attention(features)  # type: ignore[attr-defined]
+        return BagScore(probs, np.asarray(weights, float), np.asarray(sources, int), boxes)
 
     def decisions(self, probs: np.ndarray) -> list[str] | None:
         """The screening decision per row of `probs` at the operating point (None without one)."""
@@ -129,8 +154,11 @@ def classifier_folder(folder: str | Path) -> Path:
     raise LeukexpError(f"{folder}: no {MANIFEST} or MLmodel; point at a run folder or its 'model' artifact")
 
 
-def load_classifier(folder: str | Path) -> Classifier:
-    """Rebuild backbone and head from a saved classifier, a run's MLflow `model/` folder or a run folder."""
+def load_classifier(folder: str | Path, allow_weight_mismatch: bool = False) -> Classifier:
+    """Rebuild backbone and head from a saved classifier, a run's MLflow `model/` folder or a run folder.
+
+    Backbone weights that differ from those the head was trained on make its answers meaningless: one line, unless
+    `allow_weight_mismatch` (then a warning)."""
     folder = classifier_folder(folder)
     manifest = folder / MANIFEST
     try:
@@ -138,11 +166,11 @@ def load_classifier(folder: str | Path) -> Classifier:
         classes, head_spec, model_config = list(meta["classes"]), dict(meta["head"]), dict(meta["model"])
     except (ValueError, KeyError, TypeError) as error:
         raise LeukexpError(f"{manifest}: not a leukexp model manifest ({type(error).__name__}: {error})") from error
-    backbone = build_backbone(model_config, where=str(manifest))
-    expected = meta.get("backbone", {}).get("fingerprint")
-    if expected and backbone.fingerprint != expected:
-        log.warning("backbone weights differ from those the head was trained on (%s != %s)",
-                    backbone.fingerprint, expected)
+    seed = meta.get("seed")
+    with torch.random.fork_rng(devices=[]):  # the run built its backbone right after seeding: random init the same
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            torch.manual_seed(seed)
+        backbone = build_backbone(model_config, where=str(manifest))
     temperature = meta.get("temperature", 1.0)
     if not isinstance(temperature, int | float) or not 0 < temperature < float("inf"):
         raise LeukexpError(f"{manifest}: temperature {temperature!r} is not a positive number")
@@ -158,7 +186,16 @@ def load_classifier(folder: str | Path) -> Classifier:
         raise LeukexpError(f"{manifest}: stain is damaged ({type(error).__name__}: {error})") from error
     head = load_head(folder, head_spec)
     check_parts_agree(head, backbone.num_features, classes, manifest)
-    return Classifier(backbone, head, classes, float(temperature), point, stain)
+    expected = meta.get("backbone", {}).get("fingerprint")
+    if expected and backbone.fingerprint != expected:
+        if not allow_weight_mismatch:
+            raise LeukexpError(f"{manifest}: the backbone weights here differ from those the head was trained on"
+                               f" ({backbone.fingerprint} != {expected}), so its predictions would be meaningless;"
+                               " install the weights the study used, or pass --allow-weight-mismatch")
+        log.warning("backbone weights differ from those the head was trained on (%s != %s)",
+                    backbone.fingerprint, expected)
+    bags = Bags.from_saved(meta["bags"], str(manifest)) if meta.get("bags") else ImageBags()
+    return Classifier(backbone, head, classes, float(temperature), point, stain, bags)
 
 
 def check_parts_agree(head: Head, width: int, classes: list[str], manifest: Path) -> None:

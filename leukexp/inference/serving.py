@@ -89,7 +89,7 @@ class LeukexpModel:
         names, rows = [], []
         for name, part in frame.groupby(bags, sort=False):
             names.append(name)
-            rows.append(self.classifier.predict_bag([self._image(row) for row in part.to_dict("records")])[0])
+            rows.append(self.classifier.predict_bag([self._image(row) for row in part.to_dict("records")]).probs)
         probs = np.stack(rows)
         result = probability_frame(probs, self.classifier.classes, self.classifier.decisions(probs))
         result.insert(0, "bag", names)

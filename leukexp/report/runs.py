@@ -9,6 +9,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from leukexp.csv_files import read_csv
 from leukexp.errors import LeukexpError
 from leukexp.tracking.store import probe_server
 from leukexp.vocabulary import (
@@ -90,7 +91,7 @@ def download_table(client: MlflowClient, run_id: str, name: str, out: Path) -> p
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        return pd.read_csv(client.download_artifacts(run_id, name, tmp))
+        return read_csv(client.download_artifacts(run_id, name, tmp))
 
 
 def download_predictions(client: MlflowClient, run_id: str, out: Path) -> Predictions:

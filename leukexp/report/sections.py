@@ -11,6 +11,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from leukexp.csv_files import write_csv
 from leukexp.errors import LeukexpError
 from leukexp.report.runs import StudyRuns, download_predictions, download_table
 from leukexp.report.tables import (
@@ -68,7 +69,7 @@ def summary_section(context: ReportContext) -> list[str]:
     from leukexp.evaluation.plots import bar_chart
 
     summary = summary_table(context.folds, context.metric)
-    summary.to_csv(context.out / "summary.csv", index=False)
+    write_csv(summary, context.out / "summary.csv")
     bar_chart(summary["configuration"], summary["mean"], summary["ci95_low"], summary["ci95_high"],
               context.out / "comparison.png", f"{context.metric} (mean and 95% CI over folds)")
     return ["## Summary of every configuration", "",
@@ -81,7 +82,7 @@ def pooled_section(context: ReportContext) -> list[str]:
     pooled = pooled_accuracy_table(context.folds)
     if pooled.empty:
         return []
-    pooled.to_csv(context.out / "pooled_accuracy.csv", index=False)
+    write_csv(pooled, context.out / "pooled_accuracy.csv")
     return ["## Accuracy over the pooled test predictions", "",
             "All folds' test samples together; 95% Wilson interval (it stays inside [0, 1], unlike the t interval"
             " over a few folds).", "", markdown(pooled, ("accuracy", "wilson"), index=False), ""]
@@ -98,7 +99,7 @@ def bootstrap_section(context: ReportContext) -> list[str]:
                             not in ("", "None", "null"))
     if table.empty:
         return []
-    table.to_csv(out / "bootstrap.csv", index=False)
+    write_csv(table, out / "bootstrap.csv")
     shown = pd.DataFrame({
         "configuration": table["configuration"], "resampled": table["resampled"], "units": table["units"],
         **{measure: [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
@@ -118,7 +119,7 @@ def external_section(context: ReportContext) -> list[str]:
     table = external_table(context.folds, context.metric)
     if table.empty:
         return []
-    table.to_csv(context.out / "external.csv", index=False)
+    write_csv(table, context.out / "external.csv")
     return ["## External validation", "",
             f"`{context.metric}` on each fold's internal test split and on the external set, scored by the same"
             " fold model; difference = external - internal, paired over folds (t interval, paired t-test).", "",
@@ -130,7 +131,7 @@ def per_fold_section(context: ReportContext) -> list[str]:
     lines = ["## Accuracy and loss per fold", ""]
     for i, (config, table) in enumerate(per_fold_tables(context.folds).items(), start=1):
         table.index.name = "metric"
-        table.to_csv(context.out / f"folds_{i:02d}.csv")
+        write_csv(table, context.out / f"folds_{i:02d}.csv", index=True)
         lines += [f"### {config}", "", markdown(table, ("acc",)), ""]
     return lines
 
@@ -140,7 +141,7 @@ def per_class_section(context: ReportContext) -> list[str]:
     from leukexp.evaluation.plots import grouped_bars
 
     classes = per_class_table(context.folds)
-    classes.to_csv(context.out / "per_class.csv", index=False)
+    write_csv(classes, context.out / "per_class.csv")
     lines = ["## Average precision, recall and F1 per class", ""]
     if classes.empty:
         return lines
@@ -158,7 +159,7 @@ def comparison_section(context: ReportContext) -> list[str]:
     if not pairs:
         return []
     results = pd.DataFrame([paired_comparison(folds, a, b, context.metric) for a, b in pairs])
-    results.to_csv(context.out / "comparisons.csv", index=False)
+    write_csv(results, context.out / "comparisons.csv")
     return ["## Paired comparisons over shared folds", "", markdown(results, ("mean_difference", "ci95"), index=False),
             ""]
 
@@ -251,7 +252,7 @@ def search_lines(name: str, storage: Path, out: Path) -> list[str]:
     table = pd.DataFrame([{"trial": t.number, "value": t.value, **{k: override_value(v) for k, v in t.params.items()}}
                           for t in best])
     slug = name.replace("/", "_")
-    table.to_csv(out / f"search_{slug}.csv", index=False)
+    write_csv(table, out / f"search_{slug}.csv")
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     summary = f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
     lines = [f"## Search {name}", "",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from leukexp.csv_files import write_csv
 from leukexp.evaluation.metrics import confusion
 from leukexp.evaluation.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from leukexp.vocabulary import (
@@ -28,6 +29,7 @@ from leukexp.vocabulary import (
 
 if TYPE_CHECKING:
     from leukexp.backbones.base import Backbone
+    from leukexp.data.bags import Bags
     from leukexp.data.fold_data import FoldData
     from leukexp.data.stain import StainNormalizer
     from leukexp.run.fit import FitResult
@@ -72,16 +74,17 @@ def prediction_table(fold_data: FoldData, result: FitResult) -> Predictions:
 def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbone: Backbone,
                         model_config: dict[str, Any],
                         result: FitResult, metrics: dict[str, float], cam_per_class: int = 0,
-                        external: Predictions | None = None) -> list[Path]:
+                        external: Predictions | None = None, seed: int | None = None) -> list[Path]:
     """Config, manifest, confusion matrix, predictions (and the external set's), history, figures, the trained model
-    and (with `cam_per_class`) a panel of activation maps, in `out`."""
+    and (with `cam_per_class`) a panel of activation maps, in `out`; `seed` is the one the backbone was built under
+    (a random-init backbone is rebuilt with it)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config_yaml)
     predictions = prediction_table(fold_data, result)
     matrix = confusion(predictions.labels, predictions.probs, fold_data.classes)
-    matrix.to_csv(out / CONFUSION_FILE)
-    predictions.to_frame().to_csv(out / PREDICTIONS_FILE, index=False)
-    result.history.to_csv(out / HISTORY_FILE, index=False)
+    write_csv(matrix, out / CONFUSION_FILE, index=True)
+    write_csv(predictions.to_frame(), out / PREDICTIONS_FILE)
+    write_csv(result.history, out / HISTORY_FILE)
     title = f"{fold_data.task.name} {fold_data.fold.name}: acc {metrics[TEST_ACC]:.3f}"
     rerun = "Re-run the same command to make it (finished folds are kept)."
     figures = "Every figure can be redrawn from predictions.csv and history.csv in the run folder."
@@ -96,7 +99,7 @@ def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbo
                                                                      out / RELIABILITY_FILE, title)),
         optional("the MLflow model (model/)", rerun,
                  lambda: write_model(out / MODEL_DIR, result, backbone, model_config, fold_data.classes,
-                                     fold_data.stain)),
+                                     fold_data.stain, fold_data.bagging, seed)),
     ]
     if cam_per_class and fold_data.bags is None:  # with bags the attention pictures show what decided
         optional_files.append(optional(
@@ -105,7 +108,7 @@ def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbo
             lambda: write_cam_panel(out / CAM_DIR, fold_data, backbone, result, cam_per_class)))
     required = [out / name for name in (CONFIG_FILE, MANIFEST_FILE, CONFUSION_FILE, PREDICTIONS_FILE, HISTORY_FILE)]
     if external is not None:
-        external.to_frame().to_csv(out / EXTERNAL_PREDICTIONS_FILE, index=False)
+        write_csv(external.to_frame(), out / EXTERNAL_PREDICTIONS_FILE)
         required.append(out / EXTERNAL_PREDICTIONS_FILE)
     return required + [path for path in optional_files if path is not None]
 
@@ -132,13 +135,15 @@ def write_cam_panel(folder: Path, fold_data: FoldData, backbone: Backbone, resul
 
 
 def write_model(path: Path, result: FitResult, backbone: Backbone, model_config: dict[str, Any],
-                classes: list[str], stain: StainNormalizer | None = None) -> Path:
-    """The run's MLflow model: the trained head and its backbone reference, loadable by `mlflow.pyfunc`."""
+                classes: list[str], stain: StainNormalizer | None = None, bagging: Bags | None = None,
+                seed: int | None = None) -> Path:
+    """The run's MLflow model: the trained head, its backbone reference and (with bags) how a new image becomes
+    instances, loadable by `mlflow.pyfunc`."""
     from leukexp.inference.classifier import save_classifier
     from leukexp.inference.serving import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes,
-                                     result.temperature, result.operating_point, stain)
+                                     result.temperature, result.operating_point, stain, bagging, seed)
         return save_model(path, classifier, classes, decision=result.operating_point is not None,
                           bags=result.head.aggregates)

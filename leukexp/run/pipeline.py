@@ -15,10 +15,11 @@ from leukexp.backbones.base import Backbone
 from leukexp.config.identity import changes_the_result, identity_groups
 from leukexp.config.plan import RunPlan
 from leukexp.console import Stopwatch, console, describe_fold, print_frame
+from leukexp.data.bags import check_own_labels
 from leukexp.data.dataset import ViewDataset
 from leukexp.data.external import scan_external
 from leukexp.data.fold_data import FoldData, build_fold_data
-from leukexp.errors import LeukexpError, file_system_fault, os_error_reason
+from leukexp.errors import LeukexpError, fault_path, file_system_fault, os_error_reason
 from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds, split_features
 from leukexp.run.fit import FitResult, fit_head
 from leukexp.run.settings import backbone_from_plan, head_from_plan
@@ -109,7 +110,7 @@ def log_to_mlflow(fold_run: FoldRun, out: Path, result: FitResult, metrics: dict
         fold_run.abandon()  # FAILED where the store still answers, so nothing stays RUNNING
         fault = file_system_fault(error)
         if fault is not None:  # the store answers; its artifact folder cannot take the files
-            where = fault.filename or fold_run.logger.artifact_location or "the store's artifact folder"
+            where = fault_path(fault) or fold_run.logger.artifact_location or "the store's artifact folder"
             raise LeukexpError(
                 f"{where}: {os_error_reason(fault)}, so the run's artifacts could not be stored; the results are"
                 f" kept in {out}; make that folder writable (or free space), then upload them with: leukexp-sync"
@@ -167,7 +168,12 @@ def fit_and_evaluate(plan: RunPlan, fold_data: FoldData, backbone: Backbone, clo
     for step in POST_FIT_STEPS:
         if step.applies(outcome):
             with clock.phase(step.phase):
-                step.run(outcome)
+                try:
+                    step.run(outcome)
+                except OSError as error:  # a write that failed unnamed (a full disk mid-file): name the run folder
+                    if error.filename is None and file_system_fault(error) is error:
+                        raise OSError(error.errno, error.strerror, str(plan.paths.output_dir)) from error
+                    raise
     return outcome, cache_note(caches)
 
 
@@ -189,6 +195,8 @@ def run_plan(plan: RunPlan) -> dict[str, float]:
     clock = Stopwatch()
     with clock.phase("data"):
         fold_data = build_fold_data(plan)
+        if fold_data.bags is not None and plan.head.get("labels") == "own":  # an instance classifier on own labels
+            check_own_labels(fold_data.bags, fold_data.classes, fold_data.catalog.root)
         describe_fold(fold_data)
         out = plan.paths.output_dir
         fold_data.write_manifest(out / MANIFEST_FILE)

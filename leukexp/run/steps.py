@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from leukexp.csv_files import write_csv
 from leukexp.evaluation.calibration import apply_temperature, brier_score, expected_calibration_error, fit_temperature
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.evaluation.operating import choose, operating_metrics
@@ -178,7 +179,7 @@ class WriteArtifacts(PostFitStep):
         outcome.artifacts += write_run_artifacts(
             plan.paths.output_dir, plan.config_yaml(), outcome.fold_data, outcome.backbone, plan.model.values(),
             outcome.result, outcome.metrics, plan.evaluation.cam_images,
-            outcome.external.predictions if outcome.external is not None else None)
+            outcome.external.predictions if outcome.external is not None else None, plan.seed)
 
 
 class ExplainBags(PostFitStep):
@@ -201,7 +202,7 @@ class ExplainBags(PostFitStep):
         table = attention_table(fold_data.samples.test, fold_data.catalog.frame, fold_data.bag_names("test"),
                                 weights, fold_data.instance_views)
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / ATTENTION_FILE, index=False)
+        write_csv(table, out / ATTENTION_FILE)
         outcome.artifacts.append(out / ATTENTION_FILE)
         outcome.metrics |= witness_metrics(table, fold_data)
         predictions = prediction_table(fold_data, outcome.result).to_frame()

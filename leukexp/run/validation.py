@@ -7,6 +7,7 @@ by the code that uses them.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +17,8 @@ from leukexp.errors import LeukexpError
 
 if TYPE_CHECKING:
     from leukexp.heads.base import Head
+
+log = logging.getLogger("leukexp")
 
 
 def check_rules(cfg: DictConfig, schema: tuple[Key, ...] = SCHEMA) -> None:
@@ -36,6 +39,17 @@ def check_rules(cfg: DictConfig, schema: tuple[Key, ...] = SCHEMA) -> None:
     if is_int(index) and is_int(n_splits) and index >= n_splits:
         raise LeukexpError(f"fold.index={index}: out of range for fold.n_splits={n_splits}"
                            f" (use 0..{n_splits - 1}, e.g. fold=f0)")
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """A top-level key leukexp does not read (`+lr=0.1` for `optimizer.lr`) changes nothing: one warning naming it."""
+    from leukexp.config.compose import top_level_keys
+
+    unknown = sorted(str(key) for key in cfg if str(key) not in top_level_keys())
+    if unknown:
+        log.warning("%s: not a leukexp setting, so it changes nothing unless your config interpolates it (top-level"
+                    " keys: %s); check the spelling", ", ".join(unknown),
+                    ", ".join(sorted(k for k in top_level_keys() if k != "hydra")))
 
 
 def check_test_views(name: str) -> None:
@@ -176,6 +190,7 @@ def check_external(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Every check of the composed config, in the order a user would fix them."""
     check_rules(cfg)
+    check_top_level(cfg)
     check_config_targets(cfg)
     check_accelerator(cfg)
     check_model(cfg)

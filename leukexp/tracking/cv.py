@@ -305,6 +305,9 @@ class FoldRun:
         client, experiment, fold = self.logger.client, self.logger.experiment_id, self.tags[FOLD_TAG]
         with self._locked():
             self.parent_id = get_or_create_parent(client, experiment, self.tags, parent_params)
+            # runs of this configuration whose process is gone (killed, a machine that went down) end KILLED
+            # whether or not this run resumes: otherwise they, and so their parent, would stay RUNNING for good
+            close_stale_runs(client, experiment, self.parent_id, None)
             if resume:
                 done = finished_fold(client, experiment, self.parent_id, fold)
                 if done is not None:
@@ -312,7 +315,6 @@ class FoldRun:
                     if not is_up_to_date(client, self.parent_id, finished):
                         aggregate(client, experiment, self.parent_id, self.n_splits)
                     return done
-                close_stale_runs(client, experiment, self.parent_id, fold)
                 elsewhere = running_runs(client, experiment, self.parent_id, fold)
                 if elsewhere:
                     return elsewhere[0].data.tags.get(OWNER_TAG, "another process")

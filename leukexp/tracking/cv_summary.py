@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from leukexp.csv_files import read_csv, write_csv
 from leukexp.evaluation.metrics import confusion
 from leukexp.evaluation.plots import plot_confusion, plot_roc
 from leukexp.vocabulary import (
@@ -24,7 +25,7 @@ from leukexp.vocabulary import (
 
 def read_predictions(path: Path) -> Predictions:
     """A fold run's `predictions.csv`."""
-    return Predictions.from_frame(pd.read_csv(path))
+    return Predictions.from_frame(read_csv(path))
 
 
 def write_cv_artifacts(out: Path, table: pd.DataFrame, predictions: dict[str, Predictions],
@@ -32,14 +33,14 @@ def write_cv_artifacts(out: Path, table: pd.DataFrame, predictions: dict[str, Pr
     """The parent's `cv_folds.csv` (per-fold table with mean and std), mean confusion matrix and all folds' ROC."""
     summary = pd.concat([table, table.mean().to_frame("mean").T, table.std(ddof=1).to_frame("std").T])
     summary.index.name = "fold"
-    summary.to_csv(out / "cv_folds.csv")
+    write_csv(summary, out / "cv_folds.csv", index=True)
     paths = [out / "cv_folds.csv"]
     if not predictions:
         return paths
     classes = next(iter(predictions.values())).classes
     matrices = [confusion(p.labels, p.probs, classes).astype(float) for p in predictions.values()]
     mean_matrix = sum(matrices) / len(matrices)
-    mean_matrix.to_csv(out / "cv_confusion_matrix.csv")
+    write_csv(mean_matrix, out / "cv_confusion_matrix.csv", index=True)
     accuracy = metrics.get(cv_metric(TEST_ACC, "mean"), float("nan"))
     return [
         *paths, out / "cv_confusion_matrix.csv",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from leukexp.csv_files import read_csv
 from leukexp.errors import LeukexpError
 from leukexp.runtime.secrets import REDACTED, redact
 from leukexp.vocabulary import HISTORY_FILE, MANIFEST_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
@@ -98,9 +99,9 @@ def upload(folder: Path, tracking_uri: str | None = None) -> str:
         fold_run.open(resume=False, params=pending["params"])
         dataset, manifest = pending.get("dataset"), folder / MANIFEST_FILE
         if isinstance(dataset, dict) and manifest.is_file():  # the new run says what data it saw, as the first did
-            fold_run.log_dataset(pd.read_csv(manifest), **{k: str(dataset[k]) for k in ("name", "source", "digest")})
+            fold_run.log_dataset(read_csv(manifest), **{k: str(dataset[k]) for k in ("name", "source", "digest")})
     history_file = folder / HISTORY_FILE
-    history = pd.read_csv(history_file) if history_file.is_file() else pd.DataFrame()
+    history = read_csv(history_file) if history_file.is_file() else pd.DataFrame()
     fold_run.finish(history, pending["metrics"], [Path(a) for a in pending["artifacts"]])
     path.unlink()
     return str(logger.run_id)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_image
-from leukexp.commands.predict import collect_images, main, resolve_model, tta_views
+from leukexp.commands.predict import collect_bags, collect_images, main, resolve_model, tta_views
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
@@ -31,6 +31,26 @@ def test_collect_images_from_files_and_folders(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(LeukexpError, match="no images"):
         collect_images([str(tmp_path / "empty")])
+
+
+def test_two_cohorts_with_the_same_patient_names_give_every_patient_a_bag(tmp_path: Path, capsys) -> None:
+    for cohort in ("cohortA", "cohortB"):
+        for patient in ("p1", "p2"):
+            for i in range(2):
+                write_image(tmp_path / cohort / patient / f"c{i}.png", hash((cohort, patient, i)) % 1000)
+    write_image(tmp_path / "cohortA" / ".trash" / "c.png", 9)
+    os.chdir(tmp_path)
+    bags = collect_bags(["cohortA", "cohortB/"])
+    assert sorted(bags) == ["cohortA/p1", "cohortA/p2", "cohortB/p1", "cohortB/p2"], "4 patients in, 4 bags out"
+    assert all(len(paths) == 2 for paths in bags.values())
+    assert "left out: 1 hidden folder(s)" in capsys.readouterr().out
+    assert sorted(collect_bags(["cohortA/p1", "cohortB"])) == ["cohortB/p1", "cohortB/p2", "p1"]
+    with pytest.raises(LeukexpError, match=r"two bags would be named 'p1' \(cohortA/p1 and cohortB/p1\)"):
+        collect_bags(["cohortA/p1", "cohortB/p1"])
+    capsys.readouterr()
+    fields = collect_bags(["cohortA"], per_image=True)  # a tile model: each field a bag of its own
+    assert "left out: 1 image(s) in hidden folders" in capsys.readouterr().out
+    assert sorted(fields) == ["cohortA/p1/c0.png", "cohortA/p1/c1.png", "cohortA/p2/c0.png", "cohortA/p2/c1.png"]
 
 
 def test_unknown_models_are_one_line(tmp_path: Path) -> None:

@@ -64,3 +64,25 @@ def test_an_environment_variable_set_but_empty_counts_as_unset(monkeypatch: pyte
 
     shipped = "\n".join(path.read_text() for path in config_dir().rglob("*.yaml"))
     assert "oc.env" not in shipped, "every environment default in the shipped configs treats empty as unset"
+
+
+def test_a_key_its_target_does_not_take_is_one_line_naming_the_keys() -> None:
+    from leukexp.config.compose import build
+
+    head = compose_train(["head=abmil", "+head.bogus=1"]).head
+    with pytest.raises(LeukexpError, match=r"^head\.bogus: not a key of head \(bag_network; its keys: attention,"
+                                           r" dropout, hidden, pool\)"):
+        build(head, "head")
+    nested = compose_train(["head=logreg", "+head.estimator.Cee=1"]).head
+    with pytest.raises(LeukexpError, match=r"^head\.estimator\.Cee: not a key of head\.estimator"):
+        build(nested, "head")
+
+
+def test_every_shipped_option_names_only_keys_its_target_takes() -> None:
+    from omegaconf import OmegaConf
+
+    from leukexp.config.compose import check_keys
+
+    for group in ("data", "task", "fold", "protocol", "augmentation", "stain", "bags", "model", "head", "trainer"):
+        for option in group_options(group):
+            check_keys(OmegaConf.to_container(compose_train([f"{group}={option}"])[group]), group)

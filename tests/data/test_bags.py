@@ -141,3 +141,152 @@ def test_an_instances_file_that_is_not_a_csv_is_one_line(compose_plan) -> None:
     (root / "instances.csv").write_bytes(b'"\x00\xff\xfe unterminated')
     with pytest.raises(LeukexpError, match=r"instances\.csv: not a readable CSV"):
         build_fold_data(compose_plan(*PATIENTS))
+
+
+def one_colour_png(path: Path, width: int, height: int, grey: int = 0) -> Path:
+    """A real PNG of one grey level, encoded a row at a time (a 10,000 x 10,000 field is ~400 KB on disk and 300 MB
+    decoded, without this test ever holding the pixels)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row, body = zlib.compressobj(9), b"\x00" + bytes([grey]) * width, []
+    body = [packer.compress(row) for _ in range(height)] + [packer.flush()]
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(body))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize(("height", "width"), [(8, 40_000), (40_000, 8)])
+def test_the_tiles_of_a_very_wide_or_tall_image_lie_inside_it_and_are_distinct(height: int, width: int) -> None:
+    tiling = Tiling(4, 4)  # 10,000 tile columns (or rows): the old 4,096-column grid aliased them
+    grid = tiling.grid(height, width)
+    boxes = [tiling.box(t) for t in grid]
+    assert len(grid) == (height // 4) * (width // 4) == len(set(boxes))
+    assert all(x >= 0 and x + w <= width and y >= 0 and y + h <= height for x, y, w, h in boxes)
+    covered = {(x, y) for x, y, _, _ in boxes}
+    assert covered == {(x, y) for x in range(0, width - 3, 4) for y in range(0, height - 3, 4)}, "every part tiled"
+    views = TileViews(tiling, OfflineViews(repeats=0))
+    assert views.split(views.view_index(grid[-1], 0)) == (grid[-1], 0)
+
+
+def test_the_candidate_tiles_of_a_huge_field_are_counted_from_its_header_before_decoding(tmp_path: Path) -> None:
+    import tracemalloc
+
+    import pandas as pd
+
+    field = one_colour_png(tmp_path / "field.png", 10_000, 10_000, 200)
+    assert field.stat().st_size < 1_000_000
+    frame = pd.DataFrame({"path": [str(field)], "file": ["HLT/field.png"], "sha1": ["x"]})
+    tracemalloc.start()
+    with pytest.raises(LeukexpError, match=r"^HLT/field\.png: 10,000 x 10,000 px cut into 2 px tiles every 2 px is"
+                                           r" 25,000,000 candidate tiles, more than bags\.max_candidates=1,000,000"):
+        TileBags(tile=2)._list_tiles(frame, [0])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 20_000_000, "refused before the 300 MB of pixels were decoded"
+
+
+def test_a_tiling_pass_holds_memory_of_the_field_not_of_its_tiles() -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    field = rng.integers(0, 255, (2000, 2000, 3), dtype=np.uint8)
+    bags = TileBags(tile=4, stride=2, max_candidates=2_000_000, max_tiles=64)
+    tracemalloc.start()
+    kept = bags.kept_tiles(field, "field.png")  # 999 x 999 = 998,001 candidate tiles
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(kept) == 64
+    assert peak < 3 * field.nbytes, f"peak {peak / 1e6:.0f} MB for a {field.nbytes / 1e6:.0f} MB field"
+
+
+def test_a_stop_ends_tiling_between_bands() -> None:
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(InterruptedError):
+        TileBags(tile=4).kept_tiles(np.zeros((64, 64, 3), np.uint8), "field.png", stop)
+
+
+def test_grey_levels_out_of_range_and_blank_fields_are_named_by_their_key() -> None:
+    with pytest.raises(LeukexpError, match=r"^bags\.max_mean=-1: expected a grey level from 0 to 255"):
+        TileBags(max_mean=-1)
+    with pytest.raises(LeukexpError, match=r"^bags\.min_std=300: expected a grey level"):
+        TileBags(min_std=300)
+    glare = np.full((64, 64, 3), 255, np.uint8)
+    glare[::10] = 200  # structure (grey std ~16), but glare (mean ~249)
+    with pytest.raises(LeukexpError, match=r"every tile is blank \(mean grey above bags\.max_mean=245\)"):
+        TileBags(tile=32).kept_tiles(glare, "glare.png")
+    with pytest.raises(LeukexpError, match=r"every tile is blank \(grey std below bags\.min_std=6\)"):
+        TileBags(tile=32).kept_tiles(np.full((64, 64, 3), 100, np.uint8), "flat.png")
+
+
+def test_an_edited_tile_list_file_is_made_again(compose_plan, tmp_path: Path) -> None:
+    import json
+
+    args = [*TINY_DATA, "bags=tiles", "bags.tile=32", "head=abmil", "task=binary", "augmentation=none",
+            "fold.n_splits=2"]
+    first = build_fold_data(compose_plan(*args)).bags.instances
+    (store,) = (tmp_path / "cache" / "tiles").glob("*.json")
+    saved = json.loads(store.read_text())
+    key = next(iter(saved["tiles"]))
+    saved["tiles"][key] = [GRID_COLUMNS * 1000]  # a tile far outside its image, checksum left as it was
+    store.write_text(json.dumps(saved))
+    again = build_fold_data(compose_plan(*args)).bags.instances
+    assert again.equals(first), "the edited list was not trusted"
+
+
+def test_what_a_bag_folder_leaves_out_is_said_and_a_bag_deeper_down_is_named(compose_plan, tmp_path: Path,
+                                                                              caplog) -> None:
+    root = make_bags(tmp_path / "bags", {"ALL": {"p1": 2, "p2": 2, "p3": 2, "p4": 2},
+                                         "HLT": {"q1": 2, "q2": 2, "q3": 2, "q4": 2}})
+    write_image(root / "ALL" / "p1" / "more" / "x.png", 90)
+    make_bags(root, {"HLT": {".hidden": 2, "...": 2}})
+    args = ["data=folder", f"data.root={root}", "task=binary", "bags=images", "head=abmil", "augmentation=none",
+            "fold.n_splits=2", "fold.val_fraction=0.5"]
+    fold_data = build_fold_data(compose_plan(*args))
+    expected = [f"{label}/{bag}{i}" for label, bag in (("ALL", "p"), ("HLT", "q")) for i in range(1, 5)]
+    assert sorted(fold_data.bags.bags["bag"]) == expected
+    assert caplog.text.count("ALL/p1/: 1 image(s) in sub-folders left out (e.g. ALL/p1/more/x.png)") == 1
+    assert caplog.text.count("HLT/: hidden folder(s) ..., .hidden left out") == 1
+    deep = root / "HLT" / "q3" / "a" / "b"
+    deep.mkdir(parents=True)
+    for path in (root / "HLT" / "q3").glob("*.png"):
+        path.rename(deep / path.name)
+    with pytest.raises(LeukexpError, match=r"bag folder .*HLT/q3 has no images directly in it; its 2 image\(s\) lie"
+                                           r" in sub-folders \(e\.g\. HLT/q3/a/b/"):
+        build_fold_data(compose_plan(*args))
+
+
+def test_own_instance_labels_must_exist_and_be_classes(compose_plan) -> None:
+    from leukexp.data.bags import check_own_labels
+
+    fold_data = build_fold_data(compose_plan(*PATIENTS))
+    check_own_labels(fold_data.bags, fold_data.classes, fold_data.catalog.root)  # the synthetic cells: fine
+    table = fold_data.bags
+    foreign = type(table)(table.instances.assign(instance_label="lymphoblast"), table.bags)
+    with pytest.raises(LeukexpError, match=r"head\.labels=own: .*instances\.csv labels instances 'lymphoblast', which"
+                                           r" are not classes of this task \(ALL, HLT\)"):
+        check_own_labels(foreign, fold_data.classes, fold_data.catalog.root)
+    none = type(table)(table.instances.assign(instance_label=""), table.bags)
+    with pytest.raises(LeukexpError, match=r"head\.labels=own: no instance carries its own label"):
+        check_own_labels(none, fold_data.classes, fold_data.catalog.root)
+
+
+def test_an_instance_listed_twice_with_two_labels_is_one_line(compose_plan) -> None:
+    root = build_fold_data(compose_plan(*PATIENTS)).catalog.root
+    instances = (root / "instances.csv").read_text().splitlines()
+    moved = instances[1].rsplit(",", 1)[0] + ",HLT" if instances[1].endswith("ALL") else instances[1] + "x"
+    (root / "instances.csv").write_text("\n".join([*instances, moved]) + "\n")
+    with pytest.raises(LeukexpError, match=r"instances\.csv: file '.*' is listed twice with two instance_labels"):
+        build_fold_data(compose_plan(*PATIENTS))
+
+
+def test_too_few_bags_are_counted_as_bags(compose_plan) -> None:
+    with pytest.raises(LeukexpError, match=r"leaves fewer validation bags than the 2 classes \(\d+ training bags"):
+        build_fold_data(compose_plan(*PATIENTS, "data.counts={ALL: 3, HLT: 3}", "fold.val_fraction=0.1"))

@@ -145,7 +145,21 @@ def test_a_damaged_digest_cache_means_a_full_scan_and_is_rewritten(make_folder: 
     cache_file.write_text("not,a\ncache")
     catalog = FolderSource(root, digest_cache=folder).scan(STUDY)
     assert catalog.frame["sha1"].tolist() == FolderSource(root).scan(STUDY).frame["sha1"].tolist()
-    assert cache_file.read_text().startswith("path,size,mtime_ns,ctime_ns,inode,ends,sha1")
+    assert cache_file.read_text().startswith("path,size,mtime_ns,ctime_ns,inode,ends,sha1,check")
+
+
+def test_an_edited_digest_cache_row_is_read_again_never_trusted(make_folder: Callable[..., Path],
+                                                               tmp_path: Path) -> None:
+    root = make_folder({"ALL": 2, "HLT": 2})
+    folder = tmp_path / "catalog"
+    first = FolderSource(root, digest_cache=folder).scan(STUDY)
+    (cache_file,) = folder.glob("*.csv")
+    hashes = first.frame["sha1"].tolist()
+    text = cache_file.read_text()
+    assert hashes[0] in text and hashes[1] in text
+    # another image's hash pasted into a row would hand this image that image's features
+    cache_file.write_text(text.replace(hashes[0], "#").replace(hashes[1], hashes[0]).replace("#", hashes[1]))
+    assert FolderSource(root, digest_cache=folder).scan(STUDY).frame["sha1"].tolist() == hashes
 
 
 def test_bad_images_are_never_remembered(make_folder: Callable[..., Path], tmp_path: Path) -> None:

@@ -211,6 +211,26 @@ def test_the_folders_index_is_used_and_a_stale_one_is_not_trusted(tmp_path: Path
     assert stale.get_many(keys, 4)[1].sum() == 150
 
 
+def test_an_index_whose_rows_were_edited_never_hands_an_image_another_images_features(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from safetensors import safe_open
+
+    keys, values = stored_pairs(50)
+    writer = FeatureCache(tmp_path, "bb")
+    writer.put_many(keys, values)
+    writer.flush()
+    writer.save_index()
+    index = tmp_path / "bb" / INDEX_NAME
+    with safe_open(str(index), "np") as handle:
+        arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        metadata = handle.metadata()
+    arrays["row"][[0, 1]] = arrays["row"][[1, 0]]  # two entries swapped: sorted, in range, and wrong
+    cache_module.write_tensors(index, arrays, metadata)
+    read, found = FeatureCache(tmp_path, "bb").get_many(keys, 4)
+    assert found.all() and np.array_equal(read, values), "the shards' own keys decided"
+    assert "its index names rows whose codes differ" in caplog.text
+
+
 def test_compaction_merges_small_shards_while_a_reader_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache_module, "SHARD_ENTRIES", 50)
     keys, values = stored_pairs(400)

@@ -28,7 +28,7 @@ def saved(folder: Path) -> tuple[Path, np.ndarray]:
     head.best_epoch = 0
     head.network.eval()
     probs = head.predict_proba(features)
-    save_classifier(folder, head, backbone, MODEL, ["A", "B", "C"])
+    save_classifier(folder, head, backbone, MODEL, ["A", "B", "C"], seed=0)
     return folder, probs
 
 
@@ -56,7 +56,7 @@ def test_the_stain_normalization_travels_with_the_model(tmp_path: Path) -> None:
     head.network.eval()
     stain = Macenko()
     stain.fit([generate_image("AML", 0, size=64)])
-    save_classifier(tmp_path / "m", head, backbone, MODEL, ["A", "B", "C"], stain=stain)
+    save_classifier(tmp_path / "m", head, backbone, MODEL, ["A", "B", "C"], stain=stain, seed=0)
     assert json.loads((tmp_path / "m" / MANIFEST).read_text())["stain"]["name"] == "macenko"
     torch.manual_seed(0)
     classifier = load_classifier(tmp_path / "m")
@@ -128,8 +128,20 @@ def test_a_folder_whose_parts_disagree_is_one_line(tmp_path: Path) -> None:
     meta["classes"] = ["A", "B", "C"]
     meta["model"]["input_size"] = 48  # still test_efficientnet: the same width, so the head fits
     manifest.write_text(json.dumps(meta))
-    assert load_classifier(folder).classes == ["A", "B", "C"]
+    assert load_classifier(folder, allow_weight_mismatch=True).classes == ["A", "B", "C"]
     meta["model"] = {**MODEL, "name": "resnet18"}  # another backbone: 512 features, not the head's
     manifest.write_text(json.dumps(meta))
     with pytest.raises(LeukexpError, match=r"its head does not take this backbone's 512 features"):
         load_classifier(folder)
+
+
+def test_backbone_weights_other_than_the_heads_are_refused_unless_allowed(tmp_path: Path, caplog) -> None:
+    folder, _ = saved(tmp_path / "model")
+    assert load_classifier(folder).classes == ["A", "B", "C"], "rebuilt with its own seed: the head's weights"
+    meta = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**meta, "seed": 1}))  # a random init other than the head's
+    with pytest.raises(LeukexpError, match=r"backbone weights here differ from those the head was trained on .*"
+                                           r"--allow-weight-mismatch"):
+        load_classifier(folder)
+    assert load_classifier(folder, allow_weight_mismatch=True).classes == ["A", "B", "C"]
+    assert "backbone weights differ" in caplog.text

@@ -1,5 +1,6 @@
 """Training runs end to end: every head logs the full metric and artifact set to MLflow."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -290,9 +291,25 @@ def test_bags_of_cells_end_to_end_each_embedded_once_and_predicted_per_patient(c
     assert done.returncode == 0, done.stderr[-2000:]
     rows = pd.read_csv(table)
     assert rows["bag"].iloc[0] == "all_patient_000" and len(rows) == 1 + len(list(healthy.iterdir()))
+    assert set(rows["bag"].iloc[1:]) == {f"HLT/{p.name}" for p in healthy.iterdir()}, "named as given"
     assert rows["instances"].iloc[0] == len(list(patient.glob("*.png")))
     weights = pd.read_csv(tmp_path / "patient_attention.csv")
     assert np.isclose(weights[weights["bag"] == "all_patient_000"]["weight"].sum(), 1.0)
+    hostile = tmp_path / "=cmd|' -C calc'!A0"  # a folder name that a spreadsheet would run as a formula
+    shutil.copytree(patient, hostile)
+    (tmp_path / "hostile_attention.csv").mkdir()  # ... and a folder where the attention table would go
+    refused = subprocess.run([sys.executable, "-m", "leukexp.commands.predict", str(out), str(hostile), "--out",
+                              str(tmp_path / "hostile.csv")], capture_output=True, text=True, timeout=300)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("leukexp-predict: error:")]
+    assert refused.returncode == 2 and len(errors) == 1 and "hostile_attention.csv: is a folder" in errors[0]
+    assert not (tmp_path / "hostile.csv").exists(), "both tables or neither"
+    (tmp_path / "hostile_attention.csv").rmdir()
+    done = subprocess.run([sys.executable, "-m", "leukexp.commands.predict", str(out), str(hostile), "--out",
+                           str(tmp_path / "hostile.csv")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for written in ("hostile.csv", "hostile_attention.csv"):
+        cells = pd.read_csv(tmp_path / written, dtype=str)["bag"]
+        assert (cells == "'" + hostile.name).all(), f"{written}: the name is text, not a formula"
     import mlflow.pyfunc
 
     served = mlflow.pyfunc.load_model(str(out / "model"))  # the MLflow model takes a bag: rows sharing `bag`
@@ -315,5 +332,24 @@ def test_tiles_of_fields_are_embedded_once_per_tile(compose_cfg, tmp_path: Path)
     attention = pd.read_csv(tmp_path / "outputs" / ATTENTION_FILE)
     assert attention["x"].notna().all() and (attention["width"] == 48).all()
     assert (tmp_path / "outputs" / ATTENTION_DIR / "fields.png").is_file()
+    manifest = pd.read_csv(tmp_path / "outputs" / "manifest.csv")
+    field = manifest.iloc[0]
+    (path,) = (tmp_path / "cache" / "synthetic").glob(f"fields-*/{field['file']}")
+    import subprocess
+    import sys
+
+    table = tmp_path / "field.csv"
+    done = subprocess.run([sys.executable, "-m", "leukexp.commands.predict", str(tmp_path / "outputs"), str(path),
+                           "--out", str(table)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pd.read_csv(table)["instances"].tolist() == [field["instances"]], "the same tiles as in training"
+    boxes = pd.read_csv(tmp_path / "field_attention.csv")
+    assert (boxes["width"] == 48).all() and (boxes["x"] + 48 <= 144).all() and np.isclose(boxes["weight"].sum(), 1)
+    import mlflow.pyfunc
+
+    served = mlflow.pyfunc.load_model(str(tmp_path / "outputs" / "model"))
+    scored = served.predict(pd.DataFrame({"path": [str(path)]}))
+    assert np.allclose(scored.filter(like="p_").to_numpy(), pd.read_csv(table).filter(like="p_").to_numpy(),
+                       atol=1e-5), "the served model cuts the same tiles"
     train(compose_cfg(*run, "head=meanpool", "fold.index=1"))
     assert len(stored(tmp_path)) == tiles, "read again by another run, computed once"

@@ -102,3 +102,11 @@ def test_a_stain_reference_and_an_external_set_are_checked_before_any_work(compo
     with pytest.raises(LeukexpError, match=r"^evaluation\.external: class folder 'Benign' is not a class"):
         validate(compose_cfg(f"evaluation.external={other}"))
     validate(compose_cfg("stain=reinhard", "evaluation.external=synthetic_b"))
+
+
+def test_a_top_level_key_leukexp_does_not_read_is_named_in_a_warning(compose_cfg, caplog) -> None:
+    validate(compose_cfg(*TINY_MODEL, "+lr=0.1"))
+    assert "lr: not a leukexp setting, so it changes nothing" in caplog.text
+    caplog.clear()
+    validate(compose_cfg(*TINY_MODEL))
+    assert "not a leukexp setting" not in caplog.text

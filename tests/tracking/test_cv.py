@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -162,3 +163,17 @@ def test_a_stop_signal_ends_the_run_and_its_idle_parent_killed(tmp_path: Path) -
     client = fold_run.logger.client
     assert client.get_run(fold_run.logger.run_id).info.status == "KILLED"
     assert client.get_run(fold_run.parent_id).info.status == "KILLED"
+
+
+def test_a_rerun_without_resume_closes_a_killed_fold_and_its_parent_follows(tmp_path: Path) -> None:
+    # a process killed with SIGKILL leaves its fold run, and so its parent, RUNNING; the same command run again
+    # (no sweep, so no resume) closes the dead run, and the parent ends FINISHED once the new run finishes
+    dead = FoldRun(store(tmp_path), TAGS | {"n_splits": "1"}, tmp_path / "locks")
+    assert dead.open(resume=False, params={"a": "1"}) is None
+    dead.logger.client.set_tag(dead.logger.run_id, OWNER_TAG, this_process().rsplit(":", 1)[0] + ":999999999")
+    again = FoldRun(store(tmp_path), TAGS | {"n_splits": "1"}, tmp_path / "locks")
+    assert again.open(resume=False, params={"a": "1"}) is None
+    client = again.logger.client
+    assert client.get_run(dead.logger.run_id).info.status == "KILLED"
+    assert again.finish(pd.DataFrame(), {TEST_ACC: 0.5}, [])
+    assert client.get_run(again.parent_id).info.status == "FINISHED"
