@@ -56,6 +56,8 @@ def binary(root: str, own: list[str] | None = None) -> list[str]:
     return args
 
 
+BAGS = ["bags=images", "head=abmil"]
+TWO_FOLDS = ["fold.n_splits=2", "fold.val_fraction=0.5"]  # 4 patients a class
 REPORT, SYNC, PREDICT = "leukexp.commands.report", "leukexp.commands.sync", "leukexp.commands.predict"
 # the module each case runs, and the command name its error line starts with
 COMMANDS = {"leukexp.commands.train": "leukexp-train", REPORT: "leukexp-report", SYNC: "leukexp-sync",
@@ -151,6 +153,25 @@ CASES = {
     "predict_parts": Case([], "the model folder's parts disagree", program=PREDICT, extra=["model_parts"]),
     "report_out_file": Case(["--experiment", "leukexp", "--out"], "is a file; give a folder", program=REPORT,
                             extra=["out_file"]),
+    # bags and tiles (issue 39)
+    "bag_key": Case([*BAGS, "+head.bogus=1"], "head.bogus: not a key of head (bag_network", data="bags"),
+    "tile_max_mean": Case(["bags=tiles", "head=abmil", "bags.max_mean=-1"], "bags.max_mean=-1: expected a grey level"),
+    "tile_candidates": Case(["bags=tiles", "head=abmil", "bags.tile=2"],
+                            "4,000 x 4,000 px cut into 2 px tiles every 2 px is 4,000,000 candidate tiles, more than"
+                            " bags.max_candidates=1,000,000", data="huge_field"),
+    "own_labels_missing": Case(["bags=images", "head=vote", "head.labels=own", *TWO_FOLDS],
+                               "head.labels=own: no instance carries its own label", data="bags"),
+    "own_labels_foreign": Case(["bags=images", "head=vote", "head.labels=own", *TWO_FOLDS],
+                               "labels instances 'lymphoblast', which are not classes", data="bags_foreign"),
+    "instances_twice": Case(BAGS, "is listed twice with two instance_labels", data="bags_twice"),
+    "groups_twice": Case([], "is listed twice with two groups", extra=["groups_twice"]),
+    "bag_deep": Case(BAGS, "has no images directly in it; its 2 image(s) lie in sub-folders", data="bags_deep"),
+    "few_bags": Case([*BAGS, "fold.n_splits=5"], "class ALL has 4 bag(s), fewer than fold.n_splits=5", data="bags"),
+    "blank_two_classes": Case([], "are the same blank image (one colour, no cells)", data="blank_two_classes"),
+    "predict_weights": Case([], "pass --allow-weight-mismatch", program=PREDICT, extra=["weights_mismatch"]),
+    "predict_same_name": Case([], "two bags would be named 'p1'", program=PREDICT, extra=["same_name"]),
+    "predict_table_folder": Case([], "is a folder; give --out a file path", program=PREDICT,
+                                 extra=["attention_folder"]),
 }
 if not torch.cuda.is_available():  # where CUDA exists, trainer=gpu is no mistake
     CASES["gpu_trainer"] = Case(["trainer=gpu"], "trainer.accelerator=gpu: no CUDA device here")
@@ -161,8 +182,11 @@ def make_data(root: Path, kind: str) -> Path:
     folder = root / kind
     if folder.exists():
         return folder
+    if kind.startswith("bags"):
+        return make_bag_data(folder, kind)
     seed = {"binary": 0, "unknown_folder": 100, "empty_class": 200, "corrupt": 300, "zero_byte": 400,
-            "two_classes": 500, "pixel_bomb": 600, "small_class": 700}[kind]
+            "two_classes": 500, "pixel_bomb": 600, "small_class": 700, "blank_two_classes": 800,
+            "huge_field": 900}[kind]
     for i in range(6):
         if kind != "small_class" or i < 2:
             write_image(folder / "ALL" / f"a{i}.png", seed + i)
@@ -181,6 +205,29 @@ def make_data(root: Path, kind: str) -> Path:
         (folder / "HLT" / "bomb.png").write_bytes(claiming_png(20_000, 20_000))
     elif kind == "two_classes":
         (folder / "HLT" / "copy.png").write_bytes((folder / "ALL" / "a0.png").read_bytes())
+    elif kind == "blank_two_classes":  # the same empty field filed under both classes
+        for label in ("ALL", "HLT"):
+            cv2.imwrite(str(folder / label / "empty-field.png"), np.full((48, 48, 3), 240, np.uint8))
+    elif kind == "huge_field":  # 4,000 x 4,000 px: 48 MB of pixels, 4 M tiles of 2 px
+        cv2.imwrite(str(folder / "HLT" / "huge.png"), np.full((4000, 4000), 120, np.uint8))
+    return folder
+
+
+def make_bag_data(folder: Path, kind: str) -> Path:
+    """Patients as bag folders, 4 a class of 2 cells each (`ROOT/<class>/<patient>/`), spoilt as the case needs."""
+    for label, name in (("ALL", "p"), ("HLT", "q")):
+        for patient in range(4):
+            for cell in range(2):
+                write_image(folder / label / f"{name}{patient}" / f"c{cell}.png", 1000 + patient * 10 + cell
+                            + (0 if label == "ALL" else 500))
+    if kind == "bags_foreign":  # cell types, not the task's classes
+        (folder / "instances.csv").write_text("file,instance_label\nALL/p0/c0.png,lymphoblast\n")
+    elif kind == "bags_twice":  # one cell moved to the other class by a second row
+        (folder / "instances.csv").write_text("file,instance_label\nALL/p0/c0.png,ALL\nALL/p0/c0.png,HLT\n")
+    elif kind == "bags_deep":  # a patient whose cells lie two folders further down
+        (folder / "HLT" / "q3" / "scan" / "day1").mkdir(parents=True)
+        for cell in (folder / "HLT" / "q3").glob("*.png"):
+            cell.rename(folder / "HLT" / "q3" / "scan" / "day1" / cell.name)
     return folder
 
 
@@ -244,6 +291,30 @@ def command(case: Case, root: Path) -> list[str]:
                 saved = json.loads(manifest.read_text())
                 manifest.write_text(json.dumps({**saved, "classes": [*saved["classes"], "AML"]}))
             args += [str(model), str(make_data(root, "binary") / "ALL")]
+        elif extra == "groups_twice":
+            csv = root / "groups_twice.csv"
+            data = make_data(root, "binary")
+            files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+            rows = [f"{f},p{i}" for i, f in enumerate(files)] + [f"{files[0]},p99"]
+            csv.write_text("file,group\n" + "\n".join(rows) + "\n")
+            args.append(f"data.groups_csv={csv}")
+        elif extra == "weights_mismatch":  # a random-init model whose recorded seed is not the one it was built with
+            model = root / "weights-differ"
+            if not model.exists():
+                shutil.copytree(next((root / "logs" / "runs").glob("*/model")), model)
+                manifest = model / "data" / "classifier" / "classifier.json"
+                manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "seed": 7}))
+            args += [str(model), str(make_data(root, "binary") / "ALL")]
+        elif extra == "same_name":  # two cohorts' patient folders of one name, given directly
+            cohorts = root / "cohorts"
+            for cohort in ("A", "B"):
+                if not (cohorts / cohort / "p1").exists():
+                    shutil.copytree(make_data(root, "bags") / "ALL" / "p0", cohorts / cohort / "p1")
+            args += [str(root / "bag-run"), str(cohorts / "A" / "p1"), str(cohorts / "B" / "p1")]
+        elif extra == "attention_folder":  # a folder where the attention table would go
+            (root / "taken_attention.csv").mkdir(exist_ok=True)
+            args += [str(root / "bag-run"), str(make_data(root, "bags") / "ALL" / "p0"), "--out",
+                     str(root / "taken.csv")]
         elif extra == "run_dir_under_file":
             (root / "plain-file").write_text("not a folder")
             args.append(f"hydra.run.dir={root / 'plain-file' / 'run'}")
@@ -257,6 +328,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = make_data(root, "binary")
     result = subprocess.run([sys.executable, "-m", "leukexp.commands.train", *binary(str(data))], cwd=root,
                             capture_output=True, text=True, timeout=300, env={"CI": "true", **_env()})
+    assert result.returncode == 0, result.stderr[-2000:]
+    bags = [*binary(str(make_data(root, "bags"))), *BAGS, *TWO_FOLDS,
+            "mlflow.enabled=false", f"hydra.run.dir={root / 'bag-run'}"]  # a bag model, for leukexp-predict
+    result = subprocess.run([sys.executable, "-m", "leukexp.commands.train", *bags], cwd=root, capture_output=True,
+                            text=True, timeout=300, env={"CI": "true", **_env()})
     assert result.returncode == 0, result.stderr[-2000:]
     return root
 
@@ -321,6 +397,7 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_behind(workspace: Path,
     assert not Path("/nonexistent-leukexp-store").exists(), "no folder was made for a store outside the project"
     assert (workspace / "report.txt").read_text() == "my notes", "nothing already written is lost"
     assert not list(workspace.rglob("*.tmp")), "nothing half-written"
+    assert not (workspace / "taken.csv").exists(), "the bag table is written with its attention table, or not at all"
 
 
 @pytest.fixture
@@ -367,11 +444,13 @@ def fold_statuses(root: Path) -> list[str]:
 def test_file_system_faults_of_the_run_folder_are_one_line(tmp_path: Path, small_disk, command_server) -> None:
     full, read_only = small_disk("full", "160k"), small_disk("read-only", read_only=True)
     line = one_error_line(run_train(command_server, tmp_path, f"hydra.run.dir={full}/run"))
-    assert "no space left on the device" in line
+    assert line.startswith(f"leukexp-train: error: {full}/run") and "no space left on the device" in line, line
     assert fold_statuses(tmp_path) == ["FAILED"], "the run that could not keep its files is FAILED, not RUNNING"
     assert not list(full.rglob("*.tmp")), "nothing half-written"
     line = one_error_line(run_train(command_server, tmp_path, f"hydra.run.dir={read_only}/run"))
     assert f"{read_only}/run" in line and "read-only file system" in line
+    line = one_error_line(run_train(command_server, tmp_path, f"hydra.run.dir={read_only}"))  # Hydra's log file
+    assert f"{read_only}/train.log: read-only file system" in line
 
 
 @pytest.mark.slow
@@ -396,6 +475,7 @@ def test_a_read_only_or_full_artifact_folder_is_named_and_the_run_kept(tmp_path:
         artifacts.symlink_to(disk, target_is_directory=True)  # the experiment's artifact folder is now that disk
         line = one_error_line(run_train(command_server, tmp_path, f"seed={seed}"))
         assert str(artifacts) in line and why in line and "leukexp-sync" in line, line
+        assert line.split(": ")[2].startswith(str(artifacts)), "named by the disk that failed, not the copy's source"
         assert "stopped answering" not in line
         artifacts.unlink()
         artifacts.mkdir()

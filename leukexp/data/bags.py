@@ -192,8 +192,15 @@ class ImageBags(Bags, kind="images"):
             raise LeukexpError("bags.layout=groups: set data.groups_csv (columns file,group) naming each image's bag")
 
     def table(self, catalog: Catalog, cache_dir: str | Path | None = None) -> BagTable:
-        """Every image an instance of its bag."""
+        """Every image an instance of its bag; with `layout=groups` a group whose images lie in two class folders is
+        one line (two patients sharing an id, or a mislabelled row: merging them would be a guess)."""
         frame = catalog.frame
+        folders = frame.groupby("bag", sort=False)["folder"].unique()
+        spread = folders[folders.map(len) > 1]
+        if len(spread):
+            bag, where = spread.index[0], sorted(spread.iloc[0])
+            raise LeukexpError(f"data.groups_csv: group {bag!r} names images in two class folders ({where[0]}/,"
+                               f" {where[1]}/); a bag is one patient: give each folder's patient its own group")
         instances = pd.DataFrame({"bag": frame["bag"].to_numpy(), "source": np.arange(len(frame)), "tile": 0,
                                   "instance_label": _instance_labels(catalog).to_numpy()})
         return _indexed(instances, catalog)

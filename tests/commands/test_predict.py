@@ -96,3 +96,15 @@ def test_tta_is_the_mean_of_the_views(study_store: Path, tmp_path: Path) -> None
     expected = load_classifier(model).predict_proba(variants).mean(0)
     assert np.allclose(pd.read_csv(tmp_path / "tta.csv")[["p_ALL", "p_HLT"]].to_numpy()[0], expected)
     assert not np.allclose(expected, load_classifier(model).predict_proba([image])[0]), "the views change it"
+
+
+def test_a_multi_page_tiff_is_read_as_its_first_page_with_one_note(tmp_path: Path, capsys) -> None:
+    import cv2
+
+    from leukexp.commands.predict import read_noted
+
+    pages = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200)]
+    assert cv2.imwritemulti(str(tmp_path / "stack.tif"), pages)
+    image = read_noted(tmp_path / "stack.tif")
+    assert image.mean() == pytest.approx(10)
+    assert capsys.readouterr().out.count("a multi-page TIFF of 2 frames; only the first frame is used") == 1

@@ -290,3 +290,15 @@ def test_an_instance_listed_twice_with_two_labels_is_one_line(compose_plan) -> N
 def test_too_few_bags_are_counted_as_bags(compose_plan) -> None:
     with pytest.raises(LeukexpError, match=r"leaves fewer validation bags than the 2 classes \(\d+ training bags"):
         build_fold_data(compose_plan(*PATIENTS, "data.counts={ALL: 3, HLT: 3}", "fold.val_fraction=0.1"))
+
+
+def test_a_group_whose_images_lie_in_two_class_folders_is_one_line(compose_plan, make_folder, tmp_path: Path) -> None:
+    root = make_folder({"ALL": 4, "HLT": 4, "Pre": 4})  # ALL and Pre both malignant: one label, two folders
+    groups = tmp_path / "groups.csv"
+    rows = [f"{label}/{label}_{i:02d}.png,{label}{i}" for label in ("ALL", "HLT", "Pre") for i in range(4)]
+    groups.write_text("file,group\n" + "\n".join(rows).replace("Pre0", "ALL0") + "\n")
+    args = ["data=folder", f"data.root={root}", f"data.groups_csv={groups}", "task=folders",
+            "task.mapping={malignant: [ALL, Pre], benign: [HLT]}", "bags=images", "bags.layout=groups",
+            "head=abmil", "augmentation=none", "fold.n_splits=2"]
+    with pytest.raises(LeukexpError, match=r"group 'ALL0' names images in two class folders \(ALL/, Pre/\)"):
+        build_fold_data(compose_plan(*args))
