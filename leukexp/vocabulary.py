@@ -189,6 +189,10 @@ HISTORY_FILE = "history.csv"
 # bags: every test instance's weight in its bag's prediction, and the pictures of what decided
 ATTENTION_FILE = "attention.csv"
 ATTENTION_DIR = "attention"
+# head=differential: each test bag's differential (bag, label, predicted, type, count, percent, soft_percent), and the
+# column prefix of each type's share (%) in predictions.csv, leukexp-predict's table and the served model's output
+DIFFERENTIAL_FILE = "differential.csv"
+SHARE_PREFIX = "pct_"
 CONFUSION_FILE = "confusion_matrix.csv"
 RELIABILITY_FILE = "calibration.png"
 MODEL_DIR = "model"

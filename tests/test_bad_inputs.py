@@ -168,6 +168,13 @@ CASES = {
     "bag_deep": Case(BAGS, "has no images directly in it; its 2 image(s) lie in sub-folders", data="bags_deep"),
     "few_bags": Case([*BAGS, "fold.n_splits=5"], "class ALL has 4 bag(s), fewer than fold.n_splits=5", data="bags"),
     "blank_two_classes": Case([], "are the same blank image (one colour, no cells)", data="blank_two_classes"),
+    "differential_features": Case(["bags=images", "head=differential", "head.features=nope"],
+                                  "head.features='nope': expected soft", data="bags"),
+    "differential_no_types": Case(["bags=images", "head=differential", *TWO_FOLDS],
+                                  "head.cells=own: the training bags' instances carry 0 cell type(s)", data="bags"),
+    "differential_topk": Case(["bags=images", "head=differential", "head.topk=50", *TWO_FOLDS],
+                              "head.topk=50: larger than every training bag (the largest holds 2 instances)",
+                              data="bags_typed"),
     "predict_weights": Case([], "pass --allow-weight-mismatch", program=PREDICT, extra=["weights_mismatch"]),
     "predict_same_name": Case([], "two bags would be named 'p1'", program=PREDICT, extra=["same_name"]),
     "predict_table_folder": Case([], "is a folder; give --out a file path", program=PREDICT,
@@ -220,7 +227,11 @@ def make_bag_data(folder: Path, kind: str) -> Path:
             for cell in range(2):
                 write_image(folder / label / f"{name}{patient}" / f"c{cell}.png", 1000 + patient * 10 + cell
                             + (0 if label == "ALL" else 500))
-    if kind == "bags_foreign":  # cell types, not the task's classes
+    if kind == "bags_typed":  # every cell's type
+        rows = [f"{p.relative_to(folder).as_posix()},{'blast' if p.name == 'c0.png' else 'lymphocyte'}"
+                for p in sorted(folder.rglob("*.png"))]
+        (folder / "instances.csv").write_text("file,instance_label\n" + "\n".join(rows) + "\n")
+    elif kind == "bags_foreign":  # cell types, not the task's classes
         (folder / "instances.csv").write_text("file,instance_label\nALL/p0/c0.png,lymphoblast\n")
     elif kind == "bags_twice":  # one cell moved to the other class by a second row
         (folder / "instances.csv").write_text("file,instance_label\nALL/p0/c0.png,ALL\nALL/p0/c0.png,HLT\n")

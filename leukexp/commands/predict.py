@@ -26,6 +26,7 @@ from leukexp.files import atomic_path
 from leukexp.inference.classifier import Classifier, load_classifier
 from leukexp.inference.serving import probability_frame
 from leukexp.runtime.process import prepare_process
+from leukexp.vocabulary import SHARE_PREFIX
 
 
 def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
@@ -193,10 +194,16 @@ def read_noted(path: Path) -> np.ndarray:
 def score_bags(classifier: Classifier, bags: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per bag (bag, instances, predicted, p_<class>, decision) and every instance's weight in its bag,
     with its box where the model cuts tiles."""
-    rows, weights = [], []
+    rows, weights, shares = [], [], []
     for name, paths in bags.items():
         scored = classifier.predict_bag([read_noted(p) for p in paths], [str(p) for p in paths])
         rows.append((name, len(scored.weights), scored.probs))
+        if scored.differential is not None:  # a differential head: the patient's count, as a hematologist reads it
+            shares.append(dict(zip(SHARE_PREFIX + scored.differential["type"], scored.differential["percent"],
+                                   strict=True)))
+            counts = ", ".join(f"{row.type} {row.count} ({row.percent:.1f} %)"
+                               for row in scored.differential.itertuples())
+            console.print(f"{name}: differential {counts}")
         boxes = [box if box is not None else (None,) * 4 for box in scored.boxes]
         x, y, width, height = (list(c) for c in zip(*boxes, strict=True)) if boxes else ([], [], [], [])
         weights.append(pd.DataFrame({"bag": name, "file": [str(paths[i]) for i in scored.sources], "x": x, "y": y,
@@ -205,6 +212,8 @@ def score_bags(classifier: Classifier, bags: dict[str, list[Path]]) -> tuple[pd.
     frame = probability_frame(probs, classifier.classes, classifier.decisions(probs))
     frame.insert(0, "instances", [row[1] for row in rows])
     frame.insert(0, "bag", [row[0] for row in rows])
+    if shares:
+        frame = frame.join(pd.DataFrame(shares))
     table = pd.concat(weights, ignore_index=True)
     if table["x"].isna().all():
         table = table.drop(columns=["x", "y", "width", "height"])

@@ -195,8 +195,9 @@ class ImageBags(Bags, kind="images"):
         """Every image an instance of its bag; with `layout=groups` a group whose images lie in two class folders is
         one line (two patients sharing an id, or a mislabelled row: merging them would be a guess)."""
         frame = catalog.frame
-        folders = frame.groupby("bag", sort=False)["folder"].unique()
-        spread = folders[folders.map(len) > 1]
+        grouped = frame.groupby("bag", sort=False)
+        folders = grouped["folder"].unique()
+        spread = folders[(folders.map(len) > 1) & (grouped["label"].nunique() == 1)]  # two labels: bag_frame says so
         if len(spread):
             bag, where = spread.index[0], sorted(spread.iloc[0])
             raise LeukexpError(f"data.groups_csv: group {bag!r} names images in two class folders ({where[0]}/,"

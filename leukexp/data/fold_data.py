@@ -68,6 +68,10 @@ class FoldData:
         """With bags: each instance's own class index (-1 where the data gives none); else None."""
         return None if self.bags is None else self.part(name)["instance_index"].to_numpy()
 
+    def instance_types(self, name: str) -> np.ndarray | None:
+        """With bags: each instance's own label as written (a class or a cell type; "" where none); else None."""
+        return None if self.bags is None else self.part(name)["instance_label"].to_numpy(dtype=object)
+
     def bag_names(self, name: str) -> np.ndarray:
         """The bag of each unit of a split."""
         part = self.part(name).drop_duplicates("unit")

@@ -26,8 +26,9 @@ class Split:
     """The labelled samples of one split: their features, or (online views) a dataset of images.
 
     For bags, `labels` are the bags' and `features` the instances' in bag order; `bags` holds the offsets of each
-    bag's rows (bag i is rows `bags[i]:bags[i+1]`) and `instance_labels` each instance's own class index (-1 where
-    it has none).
+    bag's rows (bag i is rows `bags[i]:bags[i+1]`), `instance_labels` each instance's own class index (-1 where
+    it has none) and `instance_types` each instance's own label as written (`instances.csv`: a class or a cell type
+    such as `lymphoblast`; "" where it has none).
     """
 
     labels: np.ndarray
@@ -35,6 +36,7 @@ class Split:
     images: Dataset | None = None
     bags: np.ndarray | None = None
     instance_labels: np.ndarray | None = None
+    instance_types: np.ndarray | None = None
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from leukexp.heads import mil, sklearn_head, torch_head  # noqa: F401 - each adapter registers its kind on import
+from leukexp.heads import differential, mil, sklearn_head, torch_head  # noqa: F401 - each adapter registers its kind on import
 from leukexp.heads.base import Head
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from leukexp.backbones.base import Backbone
@@ -62,6 +63,7 @@ class BagScore:
     weights: np.ndarray
     sources: np.ndarray
     boxes: list[tuple[int, int, int, int] | None]
+    differential: pd.DataFrame | None = None  # a differential head's: per type the count and share (%) of instances
 
 
 @dataclass
@@ -119,7 +121,9 @@ class Classifier:
         features = self.embed(pixels)
         probs = apply_temperature(self.head.predict_proba(features), self.temperature)[0]
         weights = self.head.attention(features)  # type: ignore[attr-defined]
-        return BagScore(probs, np.asarray(weights, float), np.asarray(sources, int), boxes)
+        counts = (self.head.differential(features).drop(columns="bag_index")  # type: ignore[attr-defined]
+                  if hasattr(self.head, "differential") else None)
+        return BagScore(probs, np.asarray(weights, float), np.asarray(sources, int), boxes, counts)
 
     def decisions(self, probs: np.ndarray) -> list[str] | None:
         """The screening decision per row of `probs` at the operating point (None without one)."""

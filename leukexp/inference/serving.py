@@ -23,7 +23,7 @@ import pandas as pd
 from leukexp.data.io import decode_image, read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import Classifier, load_classifier
-from leukexp.vocabulary import DECISION_COLUMN, LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX
+from leukexp.vocabulary import DECISION_COLUMN, LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX, SHARE_PREFIX
 
 
 def signature(classes: list[str], decision: bool = False, bags: bool = False) -> Any:
@@ -86,14 +86,18 @@ class LeukexpModel:
 
     def _predict_bags(self, frame: pd.DataFrame) -> pd.DataFrame:
         bags = frame["bag"].astype(str) if "bag" in frame else pd.Series("bag", index=frame.index)
-        names, rows = [], []
+        names, rows, shares = [], [], []
         for name, part in frame.groupby(bags, sort=False):
             names.append(name)
-            rows.append(self.classifier.predict_bag([self._image(row) for row in part.to_dict("records")]).probs)
+            scored = self.classifier.predict_bag([self._image(row) for row in part.to_dict("records")])
+            rows.append(scored.probs)
+            if scored.differential is not None:  # a differential head: each cell type's share (%)
+                shares.append(dict(zip(SHARE_PREFIX + scored.differential["type"], scored.differential["percent"],
+                                       strict=True)))
         probs = np.stack(rows)
         result = probability_frame(probs, self.classifier.classes, self.classifier.decisions(probs))
         result.insert(0, "bag", names)
-        return result
+        return result.join(pd.DataFrame(shares)) if shares else result
 
     @staticmethod
     def _image(row: dict[str, Any]) -> np.ndarray:

@@ -29,7 +29,8 @@ class FitResult:
 
 def split_of(fold_data: FoldData, name: str, features: np.ndarray | None, images: Dataset | None = None) -> Split:
     """One split's labels and features (for bags: the bags' labels, their instances' features and offsets)."""
-    return Split(fold_data.labels(name), features, images, fold_data.offsets(name), fold_data.instance_labels(name))
+    return Split(fold_data.labels(name), features, images, fold_data.offsets(name), fold_data.instance_labels(name),
+                 fold_data.instance_types(name))
 
 
 def predict(head: Head, split: Split) -> np.ndarray:

@@ -15,7 +15,6 @@ from leukexp.backbones.base import Backbone
 from leukexp.config.identity import changes_the_result, identity_groups
 from leukexp.config.plan import RunPlan
 from leukexp.console import Stopwatch, console, describe_fold, print_frame
-from leukexp.data.bags import check_own_labels
 from leukexp.data.dataset import ViewDataset
 from leukexp.data.external import scan_external
 from leukexp.data.fold_data import FoldData, build_fold_data
@@ -24,7 +23,7 @@ from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds
 from leukexp.run.fit import FitResult, fit_head
 from leukexp.run.settings import backbone_from_plan, head_from_plan
 from leukexp.run.steps import POST_FIT_STEPS, Outcome
-from leukexp.run.validation import validate
+from leukexp.run.validation import check_against_data, validate
 from leukexp.runtime.process import seed_everything, torch_threads
 from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
@@ -195,8 +194,7 @@ def run_plan(plan: RunPlan) -> dict[str, float]:
     clock = Stopwatch()
     with clock.phase("data"):
         fold_data = build_fold_data(plan)
-        if fold_data.bags is not None and plan.head.get("labels") == "own":  # an instance classifier on own labels
-            check_own_labels(fold_data.bags, fold_data.classes, fold_data.catalog.root)
+        check_against_data(plan, fold_data)  # what the head asks of the bags, before any MLflow run
         describe_fold(fold_data)
         out = plan.paths.output_dir
         fold_data.write_manifest(out / MANIFEST_FILE)

@@ -221,6 +221,31 @@ class ExplainBags(PostFitStep):
             outcome.artifacts.append(out / ATTENTION_DIR)  # logged as a folder, as the activation maps are
 
 
+class WriteDifferential(PostFitStep):
+    """`head=differential`: each test bag's differential (`differential.csv`: per type the cells most likely that
+    type, their share and the mean probability, in %), and each type's share as a column of `predictions.csv`."""
+
+    def applies(self, outcome: Outcome) -> bool:
+        """Only with bags and a head that describes them by cell types."""
+        return outcome.fold_data.bags is not None and hasattr(outcome.result.head, "differential")
+
+    def run(self, outcome: Outcome) -> None:
+        """Write the table, add the shares to the predictions."""
+        from leukexp.csv_files import read_csv
+        from leukexp.vocabulary import DIFFERENTIAL_FILE, PREDICTIONS_FILE, SHARE_PREFIX
+
+        fold_data, out = outcome.fold_data, outcome.plan.paths.output_dir
+        table = outcome.result.head.differential(outcome.features.test, fold_data.offsets("test"))
+        predictions = prediction_table(fold_data, outcome.result).to_frame()
+        bags = predictions[["file", "label", "predicted"]].rename(columns={"file": "bag"})
+        table = bags.iloc[table.pop("bag_index").to_numpy()].reset_index(drop=True).join(table)
+        write_csv(table, out / DIFFERENTIAL_FILE)
+        outcome.artifacts.append(out / DIFFERENTIAL_FILE)
+        shares = table.pivot(index="bag", columns="type", values="percent").add_prefix(SHARE_PREFIX)
+        written = read_csv(out / PREDICTIONS_FILE)
+        write_csv(written.join(shares, on="file"), out / PREDICTIONS_FILE)
+
+
 def witness_metrics(table: pd.DataFrame, fold_data: FoldData) -> dict[str, float]:
     """`instance/witness_auc` and `instance/witness_share` where instances carry their own labels and the task has a
     positive class; nothing otherwise."""
@@ -242,4 +267,4 @@ def witness_metrics(table: pd.DataFrame, fold_data: FoldData) -> dict[str, float
 # the order matters: the operating point is chosen on calibrated probabilities, test views use the temperature,
 # the metrics read the final test probabilities, the artifacts everything
 POST_FIT_STEPS: tuple[PostFitStep, ...] = (Calibrate(), ChooseOperatingPoint(), ScoreTestViews(), MeasureTestSet(),
-                                           ScoreExternal(), WriteArtifacts(), ExplainBags())
+                                           ScoreExternal(), WriteArtifacts(), ExplainBags(), WriteDifferential())

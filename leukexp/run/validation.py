@@ -16,6 +16,8 @@ from leukexp.config.schema import MISSING, SCHEMA, Key, any_value, is_int, looku
 from leukexp.errors import LeukexpError
 
 if TYPE_CHECKING:
+    from leukexp.config.plan import RunPlan
+    from leukexp.data.fold_data import FoldData
     from leukexp.heads.base import Head
 
 log = logging.getLogger("leukexp")
@@ -198,3 +200,27 @@ def validate(cfg: DictConfig) -> None:
     check_stain(cfg)
     check_view_path(cfg)
     check_external(cfg)
+
+
+def check_against_data(plan: RunPlan, fold_data: FoldData) -> None:
+    """What a head asks of the fold's bags, checked once they are read and before any MLflow run: instances with their
+    own labels that are classes (`head.labels=own`), two cell types in the training bags (`head.cells=own`), and a
+    `head.topk` no larger than the largest training bag."""
+    if fold_data.bags is None:
+        return
+    from leukexp.data.bags import check_own_labels
+
+    if plan.head.get("labels") == "own":
+        check_own_labels(fold_data.bags, fold_data.classes, fold_data.catalog.root)
+    train = fold_data.samples.train
+    if plan.head.get("cells") == "own":
+        types = sorted(set(train["instance_label"]) - {""})
+        if len(types) < 2:
+            raise LeukexpError(f"head.cells=own: the training bags' instances carry {len(types)} cell type(s) in"
+                               f" {fold_data.catalog.root}/instances.csv ({', '.join(types) or 'none'}); the cell"
+                               " classifier needs at least two: label the cells (file,instance_label)")
+    topk = plan.head.get("topk")
+    largest = int(train.groupby("unit").size().max()) if len(train) else 0
+    if isinstance(topk, int) and not isinstance(topk, bool) and topk > largest:
+        raise LeukexpError(f"head.topk={topk}: larger than every training bag (the largest holds {largest} instances);"
+                           f" use head.topk={min(3, largest)} or head.topk=0")

@@ -317,6 +317,20 @@ def test_bags_of_cells_end_to_end_each_embedded_once_and_predicted_per_patient(c
     frame = pd.DataFrame({"path": cells, "bag": ["p1"] * 3 + ["p2"] * (len(cells) - 3)})
     scored = served.predict(frame)
     assert list(scored["bag"]) == ["p1", "p2"] and {"predicted", "p_ALL", "p_HLT"} <= set(scored.columns)
+    # the differential: the cells typed in the fold, each patient described by its count; nothing embedded again
+    train(compose_cfg(*BAG_RUN, "head=differential", "head.topk=2", "fold.index=2"))
+    assert stored(tmp_path) == first
+    table = pd.read_csv(out / "differential.csv")
+    assert set(table["type"]) == {"ALL", "HLT"} and np.allclose(table.groupby("bag")["percent"].sum(), 100)
+    rows = pd.read_csv(out / PREDICTIONS_FILE)
+    assert np.allclose(rows["pct_ALL"] + rows["pct_HLT"], 100) and set(rows["file"]) == set(table["bag"])
+    done = subprocess.run([sys.executable, "-m", "leukexp.commands.predict", str(out), str(patient), "--out",
+                           str(tmp_path / "count.csv")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "all_patient_000: differential ALL" in done.stdout, done.stderr[-2000:]
+    counted = pd.read_csv(tmp_path / "count.csv")
+    assert counted["pct_ALL"].iloc[0] + counted["pct_HLT"].iloc[0] == pytest.approx(100)
+    served = mlflow.pyfunc.load_model(str(out / "model")).predict(pd.DataFrame({"path": cells}))
+    assert served["pct_ALL"].iloc[0] == pytest.approx(counted["pct_ALL"].iloc[0]), "the served model counts too"
 
 
 def test_tiles_of_fields_are_embedded_once_per_tile(compose_cfg, tmp_path: Path) -> None:

@@ -110,3 +110,17 @@ def test_a_top_level_key_leukexp_does_not_read_is_named_in_a_warning(compose_cfg
     caplog.clear()
     validate(compose_cfg(*TINY_MODEL))
     assert "not a leukexp setting" not in caplog.text
+
+
+def test_what_a_head_asks_of_the_bags_is_checked_before_any_run(compose_plan) -> None:
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.run.validation import check_against_data
+
+    patients = ["data=synthetic_patients", "task=binary", "bags=images", "augmentation=none",
+                "data.counts={ALL: 4, HLT: 4}", "data.cells_min=4", "data.cells_max=6", "fold.n_splits=2",
+                "fold.val_fraction=0.5"]
+    plan = compose_plan(*patients, "head=differential", "head.topk=7")
+    with pytest.raises(LeukexpError, match=r"^head\.topk=7: larger than every training bag \(the largest holds 6"):
+        check_against_data(plan, build_fold_data(plan))
+    plan = compose_plan(*patients, "head=differential", "head.topk=3")
+    check_against_data(plan, build_fold_data(plan))  # typed cells (ALL, HLT) and bags of 4-6: fine
