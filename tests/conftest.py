@@ -297,3 +297,6 @@ class PerImage(SimpleNamespace):
 
     def instance_labels(self, name: str) -> None:
         return None
+
+    def instance_types(self, name: str) -> None:
+        return None

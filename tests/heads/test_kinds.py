@@ -9,9 +9,10 @@ from leukexp.heads.kinds import head_kinds, load_head
 
 
 def test_known_kinds_are_the_two_adapters() -> None:
-    assert set(head_kinds()) == {"torch", "sklearn", "bag", "vote"}
+    assert set(head_kinds()) == {"torch", "sklearn", "bag", "vote", "differential"}
 
 
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(LeukexpError, match=r"unknown kind 'os\.system' \(known: bag, sklearn, torch, vote\)"):
+    with pytest.raises(LeukexpError, match=r"unknown kind 'os\.system' \(known: bag, differential, sklearn, torch,"
+                                           r" vote\)"):
         load_head(tmp_path, {"kind": "os.system"})
