@@ -98,6 +98,7 @@ class Stopwatch:
         return self.clock() - self.started
 
     def summary(self) -> str:
-        """`6.2 s (data 0.4, features 0.3, head 3.1, ...)`: the total and each phase, in seconds."""
-        parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.phases.items())
+        """`6.2 s (data 0.4, features 0.3, head 0.06, ...)`: the total and each phase, in seconds (a phase under a
+        second to two decimals: a head fitted at once is not rounded to nothing)."""
+        parts = ", ".join(f"{name} {seconds:.{2 if seconds < 1 else 1}f}" for name, seconds in self.phases.items())
         return f"{self.total:.1f} s ({parts})" if parts else f"{self.total:.1f} s"

@@ -192,7 +192,10 @@ ATTENTION_DIR = "attention"
 # head=differential: each test bag's differential (bag, label, predicted, type, count, percent, soft_percent), and the
 # column prefix of each type's share (%) in predictions.csv, leukexp-predict's table and the served model's output
 DIFFERENTIAL_FILE = "differential.csv"
+DIFFERENTIAL_FIGURE = "differential.png"
 SHARE_PREFIX = "pct_"
+# a differential run's: per cell type, the odds ratio of the positive class per +1 % of its share, with a bootstrap CI
+ODDS_RATIOS_FILE = "odds_ratios.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 RELIABILITY_FILE = "calibration.png"
 MODEL_DIR = "model"
@@ -201,6 +204,10 @@ LOADER_MODULE = "leukexp.inference.serving"
 # models written before the inference wing existed name the loader where it was then; both load
 LOADER_MODULES = (LOADER_MODULE, "leukexp.serving")
 MODEL_DATA_DIR = "classifier"
+# in a saved classifier: the content hash and file of every picture it was fitted on (training and validation)
+TRAINED_ON_FILE = "trained_on.csv"
+# params of every run whose differential reads its cell types from a finished cell study (`head.cells=URI`)
+CELL_STUDY_PREFIX = "cell_study."
 CAM_DIR = "cam"
 PROBABILITY_PREFIX = "p_"
 # the screening decision at a model's operating point (`leukexp-predict` and the served model, when it has one)

@@ -14,6 +14,13 @@ Each measure runs in this process or as the CLI a user types, under `--root` (de
 - sweep: the warm quickstart sweep (`-m experiment=quickstart`, 4 heads x 5 folds) and its ratio to one pass;
 - cold_sweep: the same sweep with an empty feature cache, against (one pass + the warm sweep).
 
+    python scripts/benchmark.py --bags --heads differential abmil --only head_loop jobs   # the bag study's folds
+
+With `--bags` the head loop is abmil's bare torch loop; with `differential` among the heads also the differential's
+own fitting steps done bare (a scaled logistic regression on the typed training cells, every cell's type
+probabilities, each bag's mean, a scaled logistic regression on the bags, val and test scored), against the warm
+job's `head` phase (its fitting and scoring, from the run's `done in` line).
+
     python scripts/benchmark.py --scale                 # the framework at 5 k, 50 k and 500 k views (~25 min here)
     python scripts/benchmark.py --scale --sizes 2000 20000
     python scripts/benchmark.py --store 500000 5000000  # the feature store alone (synthetic entries), ~4 min
@@ -54,6 +61,7 @@ import torch  # noqa: E402  (after prepare_process, see above)
 MEASURES = ("raw", "extraction", "head_loop", "jobs", "load", "sweep", "cold_sweep")
 DEFAULT_HEADS = ("mlp1", "mlp3", "svm", "logreg")
 DONE = re.compile(r"done in ([0-9.]+) s")
+PHASE = re.compile(r"([A-Za-z]+) ([0-9.]+)[,)]")
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Result:
     sweep: dict[str, float] = field(default_factory=dict)
     cold_sweep: dict[str, float] = field(default_factory=dict)
     head_loop: dict[str, float] = field(default_factory=dict)
+    differential_loop: dict[str, float] = field(default_factory=dict)
 
 
 def done_seconds(output: str) -> float | None:
@@ -231,6 +240,41 @@ def measure_bag_loop(plan, backbone) -> dict[str, float]:
     return {"seconds": seconds, "steps": epochs * -(-len(train_x) // batch), "epochs": epochs}
 
 
+def measure_differential_loop(plan, backbone, repeats: int = 5) -> dict[str, float]:
+    """The limit of a warm differential fold's fitting: its steps done bare with scikit-learn (a scaled logistic
+    regression on the training bags' typed cells, every cell's type probabilities, each bag's mean, a scaled logistic
+    regression on the training bags' means, val and test bags scored) on the fold's own cached features; the median of
+    `repeats` timings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.run.embeds import SPLITS, caches_for, find, fold_embeds
+
+    fold_data = build_fold_data(plan)
+    every = find(fold_embeds(plan, fold_data), SPLITS).features(backbone, caches_for(plan, backbone, fold_data.stain),
+                                                                plan.features)
+    sizes = [len(fold_data.samples.train), len(fold_data.samples.val), len(fold_data.samples.test)]
+    parts = np.split(every, np.cumsum(sizes)[:2])
+    offsets = [fold_data.offsets(name) for name in ("train", "val", "test")]
+    types = fold_data.instance_types("train")
+    labelled = types != ""
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        cells = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=0))
+        cells.fit(parts[0][labelled], types[labelled].astype(str))
+        means = [np.add.reduceat(cells.predict_proba(x), o[:-1], axis=0) / np.diff(o)[:, None]
+                 for x, o in zip(parts, offsets, strict=True)]
+        bag = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=0))
+        bag.fit(means[0], fold_data.labels("train"))
+        bag.predict_proba(means[1])
+        bag.predict_proba(means[2])
+        timings.append(time.perf_counter() - start)
+    return {"seconds": float(np.median(timings)), "cells": int(labelled.sum()), "bags": len(offsets[0]) - 1}
+
+
 def run_cli(args: list[str], root: Path, load: int = 0) -> dict[str, float]:
     """`leukexp-train ARGS` as a user runs it (optionally beside `load` busy-loop processes): seconds."""
     env = {**os.environ, "LEUKEXP_ROOT": str(root), "COLUMNS": "200"}
@@ -250,7 +294,9 @@ def run_cli(args: list[str], root: Path, load: int = 0) -> dict[str, float]:
                          f"\n{done.stderr[-2000:]}")
     inside = done_seconds(done.stdout)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"wall_s": wall, "run_s": inside if inside is not None else float("nan"), "peak_rss_mb": peak}
+    phases = {f"{name}_s": float(value) for line in done.stdout.splitlines() if "done in" in line
+              for name, value in PHASE.findall(line.split("(", 1)[-1])}
+    return {"wall_s": wall, "run_s": inside if inside is not None else float("nan"), "peak_rss_mb": peak, **phases}
 
 
 def fresh_store(root: Path) -> None:
@@ -281,6 +327,10 @@ def table(result: Result) -> str:
         line = f"warm job head={head:<13} {job['run_s']:7.1f} s in run, {job['wall_s']:6.1f} s wall"
         if head in ("mlp1", "abmil") and result.head_loop:
             line += f"  ({job['run_s'] / result.head_loop['seconds']:.2f}x the bare head loop)"
+        if head == "differential" and result.differential_loop and "head_s" in job:
+            loop = result.differential_loop["seconds"]
+            line += (f"  (head phase {job['head_s']:.2f} s: {job['head_s'] / max(loop, 1e-9):.2f}x the bare"
+                     f" differential loop, {loop:.3f} s)")
         if head in result.load:
             loaded = result.load[head]
             line += (f" | under 2-process load {loaded['run_s']:6.1f} s in run"
@@ -617,6 +667,9 @@ def main(argv: list[str] | None = None) -> Result:
     if "head_loop" in chosen:
         result.head_loop = (measure_bag_loop if args.bags else measure_head_loop)(cfg, backbone)
         print(f"bare head loop: {result.head_loop}", flush=True)
+        if args.bags and "differential" in args.heads:
+            result.differential_loop = measure_differential_loop(cfg, backbone)
+            print(f"bare differential loop: {result.differential_loop}", flush=True)
     for head in args.heads if "jobs" in chosen else []:
         fresh_store(root)
         result.jobs[head] = run_cli([*overrides, f"head={head}"], root)

@@ -175,6 +175,14 @@ CASES = {
     "differential_topk": Case(["bags=images", "head=differential", "head.topk=50", *TWO_FOLDS],
                               "head.topk=50: larger than every training bag (the largest holds 2 instances)",
                               data="bags_typed"),
+    "cells_bag_model": Case(["bags=images", "head=differential", *TWO_FOLDS], "a bag model (head bag: one diagnosis"
+                            " per bag), not a classifier of cells", data="bags", extra=["cells_bag_model"]),
+    "cells_missing": Case(["bags=images", "head=differential", *TWO_FOLDS], "no-cell-study: no such folder",
+                          data="bags", extra=["cells_missing"]),
+    "cells_unknown_types": Case(["bags=images", "head=differential", *TWO_FOLDS], "its cell types are unknown",
+                                data="bags", extra=["cells_unknown_types"]),
+    "cells_seen_pictures": Case(["bags=images", "head=differential", *TWO_FOLDS], "picture(s) of this study, e.g. its"
+                                " ALL/a", data="bags_of_binary", extra=["cells_study"]),
     "predict_weights": Case([], "pass --allow-weight-mismatch", program=PREDICT, extra=["weights_mismatch"]),
     "predict_same_name": Case([], "two bags would be named 'p1'", program=PREDICT, extra=["same_name"]),
     "predict_table_folder": Case([], "is a folder; give --out a file path", program=PREDICT,
@@ -235,6 +243,10 @@ def make_bag_data(folder: Path, kind: str) -> Path:
         (folder / "instances.csv").write_text("file,instance_label\nALL/p0/c0.png,lymphoblast\n")
     elif kind == "bags_twice":  # one cell moved to the other class by a second row
         (folder / "instances.csv").write_text("file,instance_label\nALL/p0/c0.png,ALL\nALL/p0/c0.png,HLT\n")
+    elif kind == "bags_of_binary":  # each patient's first cell is a picture of the `binary` set (a cell study's)
+        for label, name, seed in (("ALL", "p", 0), ("HLT", "q", 50)):
+            for patient in range(4):
+                write_image(folder / label / f"{name}{patient}" / "c0.png", seed + patient)
     elif kind == "bags_deep":  # a patient whose cells lie two folders further down
         (folder / "HLT" / "q3" / "scan" / "day1").mkdir(parents=True)
         for cell in (folder / "HLT" / "q3").glob("*.png"):
@@ -309,6 +321,19 @@ def command(case: Case, root: Path) -> list[str]:
             rows = [f"{f},p{i}" for i, f in enumerate(files)] + [f"{files[0]},p99"]
             csv.write_text("file,group\n" + "\n".join(rows) + "\n")
             args.append(f"data.groups_csv={csv}")
+        elif extra == "cells_bag_model":
+            args.append(f"head.cells={root / 'bag-run'}")
+        elif extra == "cells_missing":
+            args.append(f"head.cells={root / 'no-cell-study'}")
+        elif extra == "cells_study":  # the workspace's finished run, a classifier of ALL and HLT pictures
+            args.append(f"head.cells={next((root / 'logs' / 'runs').glob('*/model'))}")
+        elif extra == "cells_unknown_types":  # a cell study whose manifest names one type twice
+            model = root / "types-unknown"
+            if not model.exists():
+                shutil.copytree(next((root / "logs" / "runs").glob("*/model")), model)
+                manifest = model / "data" / "classifier" / "classifier.json"
+                manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "classes": ["ALL", "ALL"]}))
+            args.append(f"head.cells={model}")
         elif extra == "weights_mismatch":  # a random-init model whose recorded seed is not the one it was built with
             model = root / "weights-differ"
             if not model.exists():

@@ -26,6 +26,16 @@ def test_the_run_time_is_read_from_the_last_done_line(benchmark) -> None:
     assert benchmark.done_seconds("Error: data.root=... no such folder") is None
 
 
+def test_the_differential_job_is_set_against_its_bare_loop_by_its_head_phase(benchmark) -> None:
+    line = "done in 9.8 s (data 2.1, backbone 0.6, MLflow 0.4, features 1.5, head 0.06, artifacts 3.1); outputs: a"
+    phases = {f"{n}_s": float(v) for n, v in benchmark.PHASE.findall(line.split("(", 1)[-1])}
+    assert phases == {"data_s": 2.1, "backbone_s": 0.6, "MLflow_s": 0.4, "features_s": 1.5, "head_s": 0.06,
+                      "artifacts_s": 3.1}
+    result = benchmark.Result(jobs={"differential": {"run_s": 9.8, "wall_s": 15.0, **phases}},
+                              differential_loop={"seconds": 0.04, "cells": 900, "bags": 36})
+    assert "head phase 0.06 s: 1.50x the bare differential loop, 0.040 s" in benchmark.table(result)
+
+
 def test_every_view_of_every_image_once(benchmark) -> None:
     samples = benchmark.all_views(3, 4)
     assert len(samples) == 12 and not samples.duplicated(["source", "view"]).any()

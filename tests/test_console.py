@@ -44,7 +44,7 @@ def test_stopwatch_phases_accumulate_in_first_use_order() -> None:
     tick.now += 0.25  # time outside any phase counts in the total only
     assert clock.phases == {"features": 3.25, "head": 0.5}
     assert clock.total == 4.0
-    assert clock.summary() == "4.0 s (features 3.2, head 0.5)"
+    assert clock.summary() == "4.0 s (features 3.2, head 0.50)", "under a second: two decimals"
 
 
 def test_stopwatch_counts_a_failing_phase_and_reads_bare_without_phases() -> None:

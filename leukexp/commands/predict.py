@@ -24,49 +24,9 @@ from leukexp.data.io import BadImageError, decode_image, file_digest, image_note
 from leukexp.errors import LeukexpError, user_errors
 from leukexp.files import atomic_path
 from leukexp.inference.classifier import Classifier, load_classifier
+from leukexp.inference.model_uri import resolve_model
 from leukexp.inference.serving import probability_frame
 from leukexp.runtime.process import prepare_process
-from leukexp.vocabulary import SHARE_PREFIX
-
-
-def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
-    """A local folder for MODEL: the folder itself, or `runs:/` / `models:/` downloaded from the store."""
-    if "://" not in model and ":/" not in model:
-        folder = Path(model).expanduser()
-        if not folder.is_dir():
-            raise LeukexpError(f"MODEL {model}: no such folder; give a run folder, runs:/<id>/model or"
-                               " models:/NAME/VERSION")
-        return folder
-    import mlflow.artifacts
-    from mlflow.tracking import MlflowClient
-
-    from leukexp.tracking.store import configure_http, probe_server, resolve_tracking_uri
-
-    configure_http()
-    uri = resolve_tracking_uri(tracking_uri)
-    probe_server(uri, "--tracking-uri ")
-    try:
-        if model.startswith("models:/"):  # resolved on this store's registry (no global MLflow state touched)
-            model = registered_source(MlflowClient(tracking_uri=uri, registry_uri=uri), model)
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
-    except LeukexpError:
-        raise
-    except Exception as error:  # unknown run, model or version; a store that does not answer
-        detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise LeukexpError(f"MODEL {model}: cannot be loaded from {uri} ({detail})") from error
-
-
-def registered_source(client: object, model: str) -> str:
-    """The artifact location of `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
-    reference = model.removeprefix("models:/")
-    if "@" in reference:
-        name, alias = reference.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
-    else:
-        name, _, version = reference.rpartition("/")
-        if not name or not version.isdigit():
-            raise LeukexpError(f"MODEL {model}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return client.get_model_version_download_uri(name, version)
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
@@ -198,9 +158,8 @@ def score_bags(classifier: Classifier, bags: dict[str, list[Path]]) -> tuple[pd.
     for name, paths in bags.items():
         scored = classifier.predict_bag([read_noted(p) for p in paths], [str(p) for p in paths])
         rows.append((name, len(scored.weights), scored.probs))
+        shares.append(scored.shares())
         if scored.differential is not None:  # a differential head: the patient's count, as a hematologist reads it
-            shares.append(dict(zip(SHARE_PREFIX + scored.differential["type"], scored.differential["percent"],
-                                   strict=True)))
             counts = ", ".join(f"{row.type} {row.count} ({row.percent:.1f} %)"
                                for row in scored.differential.itertuples())
             console.print(f"{name}: differential {counts}")
@@ -212,7 +171,7 @@ def score_bags(classifier: Classifier, bags: dict[str, list[Path]]) -> tuple[pd.
     frame = probability_frame(probs, classifier.classes, classifier.decisions(probs))
     frame.insert(0, "instances", [row[1] for row in rows])
     frame.insert(0, "bag", [row[0] for row in rows])
-    if shares:
+    if any(shares):
         frame = frame.join(pd.DataFrame(shares))
     table = pd.concat(weights, ignore_index=True)
     if table["x"].isna().all():

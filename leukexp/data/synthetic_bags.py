@@ -5,6 +5,9 @@
   leukemic (ALL) patient has the same normal cells plus a share of lymphoblasts (the witnesses) drawn from
   `witness_min` to `witness_max` (some patients with very few), or exactly `witness_share` when it is set. Each
   cell's own label (`ALL` for a blast, `HLT` for a normal cell) is written to `instances.csv`.
+- `SyntheticAtlas` (`data=synthetic_atlas`): a labeled cell atlas, one class folder per cell type (`blast`,
+  `neutrophil`, `lymphocyte`) of the same kinds of pictures, drawn from other seeds than any patient's cells: the
+  cell study a differential (`head=differential head.cells=...`) reads its types from.
 - `SyntheticFields` (`data=synthetic_fields`): `fields` per class of `field_size`-pixel smear fields with about
   `cells_per_field` white cells each, blasts among them in ALL fields as above: one large image per bag, to tile.
 
@@ -158,6 +161,47 @@ class SyntheticPatients(_BagSource):
                             own = BLAST if kind == "blast" else NORMAL
                             rows.append(f"{file.relative_to(staging).as_posix()},{own}")
                 (staging / "instances.csv").write_text("\n".join(rows) + "\n")
+        self.root = target
+        return target
+
+
+CELL_TYPES = ("blast", "neutrophil", "lymphocyte")
+
+
+@dataclass
+class SyntheticAtlas(FolderSource):
+    """A seeded labeled cell atlas: `counts` single-cell pictures per cell type, none of them a patient's.
+
+    Args:
+        counts: pictures per type (`blast`, `neutrophil`, `lymphocyte`).
+        cell_size: side of a picture in pixels.
+        seed: generator seed (the pictures never repeat a patient's: another stream of the generator).
+        cache_dir: where generated atlases are kept.
+    """
+
+    counts: dict[str, int] | None = None
+    cell_size: int = 64
+    seed: int = 0
+    cache_dir: str | Path = "cache/synthetic"
+    name: str = "synthetic_atlas"
+
+    def prepare(self) -> Path:
+        """Generate the atlas if it is not cached yet and return its folder."""
+        counts = {str(k): int(v) for k, v in dict(self.counts or dict.fromkeys(CELL_TYPES, 60)).items()}
+        unknown = sorted(set(counts) - set(CELL_TYPES))
+        if unknown or min(counts.values(), default=0) < 1:
+            raise LeukexpError(f"data.counts: expected a positive count per cell type of {', '.join(CELL_TYPES)}"
+                               f" (got {counts})")
+        spec = [BAG_GENERATOR_VERSION, "atlas", self.seed, counts, self.cell_size]
+        key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:10]
+        target = Path(self.cache_dir).expanduser() / f"atlas-{key}"
+        if not target.is_dir():
+            with atomic_path(target, folder=True) as staging:
+                for kind, count in counts.items():
+                    (staging / kind).mkdir()
+                    for i in range(count):
+                        image = cell_image(kind, [self.seed, 17, CELL_TYPES.index(kind), i], self.cell_size)
+                        cv2.imwrite(str(staging / kind / f"{kind}_{i:03d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         self.root = target
         return target
 

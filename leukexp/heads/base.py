@@ -74,6 +74,7 @@ class HeadContext:
     seed: int = 0
     training: TrainSettings = field(default_factory=TrainSettings)
     backbone: Backbone | None = None
+    positive: int | None = None  # the index of the task's positive class (`task.positive_class`), where it names one
 
     @property
     def num_outputs(self) -> int:

@@ -7,8 +7,10 @@ still count). A bag classifier (`bag`: any per-image head option, `logreg` by de
 labels over those numbers. Every part that is fitted (the cell classifier, the bag classifier and its
 standardization) sees the training bags of the fold only.
 
-The cell classifier (`cells: own`) is trained inside each fold on the training bags' instances that carry their own
-label in `instances.csv`: any names (`lymphoblast`, `neutrophil`, ...), the cell types; never on a test bag.
+The cell classifier comes from `cells`: `own` trains it inside each fold on the training bags' instances that carry
+their own label in `instances.csv` (any names: `lymphoblast`, `neutrophil`, ...; never a test bag's); anything else
+names a finished study of labeled cells (a model folder, `runs:/`, `models:/`), which the run layer loads and checks
+(`inference.cell_study`) and hands over with `use_cells` before `fit`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ def surest(probs: np.ndarray, bags: np.ndarray, k: int) -> np.ndarray:
     return np.array([-np.sort(-probs[a:b], axis=0)[:k].mean(0) for a, b in itertools.pairwise(bags)])
 
 
+def check_training_bags(sizes: np.ndarray, types: list[str], topk: int, own_cells: bool, where: str) -> None:
+    """What the differential asks of the training bags (`sizes`: instances per bag; `types`: the distinct cell types
+    their instances carry, with `head.cells=own`): two types to learn and a `head.topk` no larger than every bag;
+    `where` names the labels' file in the message."""
+    if own_cells and len(types) < 2:
+        raise LeukexpError(f"head.cells=own: the training bags' instances carry {len(types)} cell type(s) in {where}"
+                           f" ({', '.join(types) or 'none'}); the cell classifier needs at least two: label the cells"
+                           " (file,instance_label) or name a cell study (head.cells=models:/NAME@ALIAS)")
+    largest = int(sizes.max()) if len(sizes) else 0
+    if topk > largest:
+        raise LeukexpError(f"head.topk={topk}: larger than every training bag (the largest holds {largest} instances);"
+                           f" use head.topk={min(3, largest)} or head.topk=0")
+
+
 class DifferentialHead(Head, kind="differential"):
     """A cell-type classifier, each bag's differential over its instances, and a bag classifier on the differentials.
 
@@ -55,8 +71,9 @@ class DifferentialHead(Head, kind="differential"):
     best_epoch = None
 
     def __init__(self, context: HeadContext, bag: Any, cell: Any, features: str = "soft", topk: int = 0,
-                 bag_config: str = "logreg", cell_config: str = "logreg") -> None:
+                 bag_config: str = "logreg", cell_config: str = "logreg", cells: str = "own") -> None:
         self.context = context
+        self.source = str(cells)  # own, or the cell study the run layer loads
         self.make_bag, self.make_cell = bag, cell
         self.features, self.topk = features, int(topk)
         self.bag_config, self.cell_config = bag_config, cell_config
@@ -65,12 +82,23 @@ class DifferentialHead(Head, kind="differential"):
         self.bag: Head | None = None
         self.mean = np.zeros(0)
         self.scale = np.ones(0)
+        self.given_cells = False
+        self._typed: tuple[np.ndarray, np.ndarray] | None = None
+
+    def use_cells(self, cells: Head, types: list[str]) -> None:
+        """A trained cell classifier (from a cell study) and the types it scores, used as they are by `fit`."""
+        self.cells, self.types, self.given_cells, self._typed = cells, list(types), True, None
 
     # the differential
 
     def type_proba(self, features: np.ndarray) -> np.ndarray:
-        """Each instance's cell-type probabilities (instances, types)."""
-        return self.cells.predict_proba(features)
+        """Each instance's cell-type probabilities (instances, types); the last array's are kept, so describing,
+        weighing and counting one bag types its cells once."""
+        if self._typed is not None and self._typed[0] is features:
+            return self._typed[1]
+        probs = self.cells.predict_proba(features)
+        self._typed = (features, probs)
+        return probs
 
     def describe(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
         """Each bag's differential, the bag classifier's input (bags, types x (1 + with topk))."""
@@ -99,6 +127,31 @@ class DifferentialHead(Head, kind="differential"):
                 for i in range(len(sizes)) for j, t in enumerate(self.types)]
         return pd.DataFrame(rows)
 
+    def odds_ratios(self, features: np.ndarray, bags: np.ndarray, labels: np.ndarray, positive: int,
+                    rounds: int = 200, seed: int = 0) -> pd.DataFrame | None:
+        """Which cell types drive the diagnosis: per type, the bag classifier's odds ratio of class `positive` per
+        +1 % of that type's share (the other inputs held), with a 95 % bootstrap interval from refitting it on bags
+        drawn with replacement from `features`/`bags`/`labels` (the training bags). None where the bag classifier is
+        not linear (scikit-learn with `coef_`) or the task has more than two classes."""
+        from sklearn.base import clone
+
+        pipeline = getattr(self.bag, "pipeline", None)
+        point = _slopes(pipeline, positive, len(self.types)) if self.context.num_classes == 2 else None
+        if point is None:
+            return None
+        described = self.describe(features, bags)
+        rng = np.random.default_rng(seed)
+        drawn = []
+        for _ in range(rounds):
+            pick = rng.integers(0, len(labels), len(labels))
+            if len(np.unique(labels[pick])) == 2:
+                drawn.append(_slopes(clone(pipeline).fit(described[pick], labels[pick]), positive, len(self.types)))
+        low, high = np.percentile(np.array(drawn), [2.5, 97.5], axis=0) if drawn else (point * np.nan,) * 2
+        per_percent = 0.01  # shares are fractions: +1 % is +0.01
+        return pd.DataFrame({"type": self.types, "odds_ratio": np.exp(point * per_percent),
+                             "ci_low": np.exp(low * per_percent), "ci_high": np.exp(high * per_percent),
+                             "rounds": len(drawn)})
+
     # training and scoring
 
     def _train_cells(self, train: Split, val: Split) -> None:
@@ -106,10 +159,6 @@ class DifferentialHead(Head, kind="differential"):
         own = np.asarray(train.instance_types if train.instance_types is not None else [], dtype=object)
         labelled = own != "" if len(own) else np.zeros(len(train.features), bool)
         self.types = sorted({str(t) for t in own[labelled]})
-        if len(self.types) < 2:
-            raise LeukexpError(f"head=differential head.cells=own: the training bags' instances carry"
-                               f" {len(self.types)} cell type(s) in instances.csv ({', '.join(self.types) or 'none'});"
-                               " the cell classifier needs at least two: label the cells (file,instance_label)")
         index = {t: i for i, t in enumerate(self.types)}
         targets = np.array([index[str(t)] for t in own[labelled]])
         val_own = np.asarray(val.instance_types if val.instance_types is not None else [], dtype=object)
@@ -124,11 +173,15 @@ class DifferentialHead(Head, kind="differential"):
         value is the bags'."""
         if train.bags is None or val.bags is None or train.features is None or val.features is None:
             raise ValueError("an aggregator trains on bags of features")
-        largest = int(np.diff(train.bags).max())
-        if self.topk > largest:
-            raise LeukexpError(f"head.topk={self.topk}: larger than every training bag (the largest holds {largest}"
-                               f" instances); use head.topk={min(3, largest)} or head.topk=0")
-        self._train_cells(train, val)
+        own = np.asarray(train.instance_types if train.instance_types is not None else [], dtype=object)
+        check_training_bags(np.diff(train.bags), sorted({str(t) for t in own if t != ""}), self.topk,
+                            not self.given_cells and self.source == "own", "instances.csv")
+        self._typed = None
+        if not self.given_cells:
+            if self.source != "own":
+                raise LeukexpError(f"head.cells={self.source}: the cell study was not loaded; train through"
+                                   " leukexp-train, which loads and checks it")
+            self._train_cells(train, val)
         described = self.describe(train.features, train.bags)
         self.mean, self.scale = described.mean(0), np.where(described.std(0) > 1e-9, described.std(0), 1.0)
         width = described.shape[1]
@@ -163,6 +216,7 @@ class DifferentialHead(Head, kind="differential"):
         return {"kind": self.kind, "cells": self.cells.save(folder / "cells"), "bag": self.bag.save(folder / "bag"),
                 "types": self.types, "features": self.features, "topk": self.topk, "mean": self.mean.tolist(),
                 "scale": self.scale.tolist(), "bag_config": self.bag_config, "cell_config": self.cell_config,
+                "cells_source": self.source,
                 "in_features": self.context.in_features, "num_classes": self.context.num_classes}
 
     @classmethod
@@ -173,10 +227,27 @@ class DifferentialHead(Head, kind="differential"):
             part = dict(spec[name])
             parts[name] = Head.of_kind(part.get("kind"), str(folder)).load(folder / name, part)
         head = cls(HeadContext(int(spec["in_features"]), int(spec["num_classes"])), None, None, spec["features"],
-                   spec["topk"], spec["bag_config"], spec["cell_config"])
+                   spec["topk"], spec["bag_config"], spec["cell_config"], spec.get("cells_source", "own"))
         head.cells, head.bag, head.types = parts["cells"], parts["bag"], [str(t) for t in spec["types"]]
         head.mean, head.scale = np.asarray(spec["mean"], float), np.asarray(spec["scale"], float)
         return head
+
+
+def _slopes(model: Any, positive: int, width: int) -> np.ndarray | None:
+    """A fitted binary linear scikit-learn model's change in the log-odds of class `positive` per unit of each of its
+    first `width` inputs (a leading StandardScaler undone); None for a model without `coef_`."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [step for _, step in model.steps] if isinstance(model, Pipeline) else [model]
+    estimator = steps[-1]
+    if not hasattr(estimator, "coef_") or np.asarray(estimator.coef_).shape[0] != 1:
+        return None
+    slopes = np.asarray(estimator.coef_, float)[0]  # log-odds of classes_[1] per unit (of the scaled input)
+    if isinstance(steps[0], StandardScaler):
+        slopes = slopes / np.where(steps[0].scale_ == 0, 1.0, steps[0].scale_)
+    sign = 1.0 if int(np.asarray(estimator.classes_)[1]) == positive else -1.0
+    return sign * slopes[:width]
 
 
 def _per_image_head(option: str, key: str) -> Any:
@@ -193,14 +264,15 @@ def _per_image_head(option: str, key: str) -> Any:
 def differential(context: HeadContext, cells: str = "own", bag: str = "logreg", features: str = "soft",
                  topk: int = 0, cell: str = "logreg") -> DifferentialHead:
     """`head=differential`: the cell classifier (`cells: own`, a per-image head `cell`) types every instance, a
-    per-image head `bag` classifies the bags' differentials (`features`: soft or counted; `topk`)."""
-    if cells != "own":
-        raise LeukexpError(f"head.cells={cells!r}: only own (a cell classifier trained in each fold on instances.csv)"
-                           " is available yet")
+    per-image head `bag` classifies the bags' differentials (`features`: soft or counted; `topk`); `cells`: own or
+    a finished cell study (a model folder, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS)."""
+    if not isinstance(cells, str) or not cells.strip():
+        raise LeukexpError(f"head.cells={cells!r}: expected own (cell types learnt in each fold from instances.csv) or"
+                           " a finished cell study: a model folder, runs:/<id>/model or models:/NAME@ALIAS")
     if features not in FEATURES:
         raise LeukexpError(f"head.features={features!r}: expected soft (mean type probabilities) or counted (share of"
                            " cells most likely each type); head.topk=K adds the K surest cells of each type")
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
         raise LeukexpError(f"head.topk={topk!r}: expected a whole number >= 0 (0: no surest-cells features)")
     return DifferentialHead(context, _per_image_head(bag, "head.bag"), _per_image_head(cell, "head.cell"), features,
-                            topk, str(bag), str(cell))
+                            topk, str(bag), str(cell), cells.strip())

@@ -166,21 +166,26 @@ class VoteHead(Head, kind="vote"):
     Args:
         instance: the per-image head that scores instances.
         context: the problem's shape.
-        labels: `bag` (each instance takes its bag's label) or `own` (an instance's own label where the data gives
-            one, as a class name in `instances.csv`; its bag's elsewhere).
+        labels: `bag` (each instance takes its bag's label), `own` (an instance's own label where the data gives
+            one, as a class name in `instances.csv`; its bag's elsewhere) or `self` (mi-SVM-style self-training for
+            two classes: every cell of a negative bag is negative; in each positive bag its `share` surest cells are
+            positive, the rest negative, re-chosen for `rounds` rounds).
         reduce: `mean` or `topk` (the mean of the `k` instances most sure of each class).
         k: instances of `topk`.
         instance_config: the instance head's option, saved with the head.
+        share, rounds: `labels=self`'s share of a positive bag taken as positive, and its rounds.
     """
 
     aggregates = True
 
     def __init__(self, instance: Head, context: HeadContext, labels: str = "bag", reduce: str = "mean", k: int = 5,
-                 instance_config: str = "logreg") -> None:
+                 instance_config: str = "logreg", share: float = 0.1, rounds: int = 3) -> None:
         self.instance = instance
         self.context = context
         self.labels, self.reduce, self.k = labels, reduce, int(k)
         self.instance_config = instance_config
+        self.share, self.rounds = float(share), int(rounds)
+        self.positive = context.positive if context.positive is not None else 0
         self.prior = np.full(context.num_classes, 1.0 / context.num_classes)  # training instances' mean vote
 
     def _targets(self, split: Split) -> np.ndarray:
@@ -190,14 +195,44 @@ class VoteHead(Head, kind="vote"):
             per_instance = np.where(own >= 0, own, per_instance)
         return per_instance
 
+    def _self_targets(self, split: Split, targets: np.ndarray) -> np.ndarray:
+        """`labels=self`: each positive bag's `share` surest instances (at least one) positive, the rest negative."""
+        negative = 1 - self.positive
+        scores = self.instance_proba(split.features)[:, self.positive]
+        chosen = np.full(len(targets), negative)
+        for label, (start, stop) in zip(split.labels, itertools.pairwise(split.bags), strict=True):
+            if label == self.positive:
+                top = np.argsort(-scores[start:stop], kind="stable")[:max(1, round(self.share * (stop - start)))]
+                chosen[start + top] = self.positive
+        return chosen
+
+    def _self_train(self, train: Split, val: Split) -> pd.DataFrame:
+        """mi-SVM-style rounds: fit on the current instance labels, re-choose each positive bag's positives; stop
+        when nothing changes."""
+        targets = self._targets(train)  # round 0: a positive bag's instances all positive
+        val_targets = self._targets(val)
+        history = self.instance.fit(Split(targets, train.features), Split(val_targets, val.features))
+        for _ in range(self.rounds):
+            chosen = self._self_targets(train, targets)
+            if np.array_equal(chosen, targets):
+                break
+            targets = chosen
+            val_targets = self._self_targets(val, val_targets)
+            history = self.instance.fit(Split(targets, train.features), Split(val_targets, val.features))
+        return history
+
     def fit(self, train: Split, val: Split) -> pd.DataFrame:
         """Train the instance head on instances; the history's validation values are the bags'."""
         from leukexp.heads.base import accuracy, history_frame
 
         if train.bags is None or val.bags is None:
             raise ValueError("an aggregator trains on bags of features")
-        history = self.instance.fit(Split(self._targets(train), train.features),
-                                    Split(self._targets(val), val.features))
+        if self.labels == "self":
+            check_self_training(self.context.num_classes)
+            history = self._self_train(train, val)
+        else:
+            history = self.instance.fit(Split(self._targets(train), train.features),
+                                        Split(self._targets(val), val.features))
         self.prior = self.instance_proba(train.features).mean(0)
         self.best_epoch = self.instance.best_epoch
         row = history.iloc[[self.best_epoch or 0]].to_dict("records")[0] if len(history) else {}
@@ -239,7 +274,8 @@ class VoteHead(Head, kind="vote"):
         """The instance head in `instance/`, and how instances vote."""
         spec = self.instance.save(folder / "instance")
         return {"kind": self.kind, "instance": spec, "labels": self.labels, "reduce": self.reduce, "k": self.k,
-                "instance_config": self.instance_config, "in_features": self.context.in_features,
+                "instance_config": self.instance_config, "share": self.share, "rounds": self.rounds,
+                "positive": self.positive, "in_features": self.context.in_features,
                 "num_classes": self.context.num_classes, "prior": [float(p) for p in self.prior]}
 
     @classmethod
@@ -247,19 +283,33 @@ class VoteHead(Head, kind="vote"):
         """The instance head by its own kind, then the vote around it."""
         instance_spec = dict(spec["instance"])
         instance = Head.of_kind(instance_spec.get("kind"), str(folder)).load(folder / "instance", instance_spec)
-        context = HeadContext(int(spec["in_features"]), int(spec["num_classes"]))
-        head = cls(instance, context, spec["labels"], spec["reduce"], spec["k"], spec["instance_config"])
+        context = HeadContext(int(spec["in_features"]), int(spec["num_classes"]), positive=spec.get("positive"))
+        head = cls(instance, context, spec["labels"], spec["reduce"], spec["k"], spec["instance_config"],
+                   spec.get("share", 0.1), spec.get("rounds", 3))
         head.prior = np.asarray(spec.get("prior", head.prior), float)
         return head
 
 
+def check_self_training(classes: int) -> None:
+    """`head.labels=self` needs two bag classes: a positive one (whose bags hold a few witnesses) and a negative."""
+    if classes != 2:
+        raise LeukexpError(f"head.labels=self: self-training needs two bag classes (a positive and a negative); this"
+                           f" task has {classes}: use head.labels=bag, or a binary task")
+
+
 def vote(context: HeadContext, instance: str = "logreg", labels: str = "bag", reduce: str = "mean",
-         k: int = 5) -> VoteHead:
-    """`head=vote`: the per-image head option `instance` scores instances; a bag is their vote."""
+         k: int = 5, share: float = 0.1, rounds: int = 3) -> VoteHead:
+    """`head=vote`: the per-image head option `instance` scores instances; a bag is their vote (`labels=self`:
+    self-trained from bag labels, `share` and `rounds`)."""
     from leukexp.config.compose import build, load_option
 
-    if labels not in ("bag", "own"):
-        raise LeukexpError(f"head.labels={labels!r}: expected bag (instances take their bag's label) or own")
+    if labels not in ("bag", "own", "self"):
+        raise LeukexpError(f"head.labels={labels!r}: expected bag (instances take their bag's label), own (their own"
+                           " labels in instances.csv) or self (self-training from the bag labels)")
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        raise LeukexpError(f"head.share={share!r}: expected the share of a positive bag's cells taken as positive,"
+                           " in (0, 1]")
+    _check_width("rounds", rounds)
     if reduce not in ("mean", "topk"):
         raise LeukexpError(f"head.reduce={reduce!r}: expected mean or topk")
     _check_width("k", k)
@@ -268,4 +318,4 @@ def vote(context: HeadContext, instance: str = "logreg", labels: str = "bag", re
     head = factory(context)
     if getattr(head, "aggregates", False):
         raise LeukexpError(f"head.instance={instance}: an aggregator; name a per-image head such as logreg or mlp1")
-    return VoteHead(head, context, labels, reduce, k, str(instance))
+    return VoteHead(head, context, labels, reduce, k, str(instance), float(share), int(rounds))

@@ -113,3 +113,74 @@ def field_overlays(table: pd.DataFrame, paths: dict[str, str], bags: list[str], 
     figure.savefig(out, dpi=80)
     plt.close(figure)
     return out
+
+
+SUREST_CELLS = 4  # cells of the deciding type shown beside a bag's differential
+
+
+def deciding_types(test: pd.DataFrame, train: pd.DataFrame) -> dict[str, str]:
+    """Per test bag, the cell type whose share lies furthest from the training bags' mean (in their spreads): the
+    type that moved its decision most. `test`: bag, type, percent; `train`: type, percent (one row per bag and type)."""
+    stats = train.groupby("type")["percent"].agg(["mean", "std"])
+    spread = stats["std"].where(stats["std"] > 1e-9, 1.0)
+    distance = (test["percent"] - test["type"].map(stats["mean"])).abs() / test["type"].map(spread)
+    return dict(test.assign(distance=distance).sort_values("distance", ascending=False)
+                .drop_duplicates("bag")[["bag", "type"]].itertuples(index=False, name=None))
+
+
+def differential_figure(test: pd.DataFrame, train: pd.DataFrame, cells: pd.DataFrame, paths: dict[str, str],
+                        bags: list[str], out: Path, titles: dict[str, str]) -> Path:
+    """A row per bag: its share of each cell type (dots) against the range the training bags of each class span
+    (bands: 5th to 95th percentile), and beside it its surest cells of the deciding type.
+
+    Args:
+        test: the test bags' differential (bag, type, percent).
+        train: the training bags' (label, type, percent).
+        cells: per bag its surest cells of its deciding type (bag, type, file, x, y, width, height, probability).
+        paths: file -> path.
+        bags: the bags to draw.
+        out: the PNG to write.
+        titles: bag -> its row's title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    types = sorted(test["type"].unique())
+    labels = sorted(train["label"].unique())
+    colors = plt.get_cmap("tab10")
+    figure = plt.figure(figsize=(4 + 1.3 * SUREST_CELLS, 0.4 + (0.35 * len(types) + 0.6) * len(bags)))
+    grid = figure.add_gridspec(len(bags), 1 + SUREST_CELLS, width_ratios=[3] + [1] * SUREST_CELLS)
+    bands = train.groupby(["label", "type"])["percent"].quantile([0.05, 0.95]).unstack()
+    for row, bag in enumerate(bags):
+        ax = figure.add_subplot(grid[row, 0])
+        for offset, label in enumerate(labels):
+            for y, kind in enumerate(types):
+                if (label, kind) in bands.index:
+                    low, high = bands.loc[(label, kind)]
+                    ax.plot([low, high], [y + 0.15 * (offset - 0.5)] * 2, lw=5, alpha=0.45, color=colors(offset),
+                            solid_capstyle="butt", label=f"training {label}" if y == 0 else None)
+        mine = test[test["bag"] == bag].set_index("type")["percent"].reindex(types)
+        ax.scatter(mine.to_numpy(), range(len(types)), color="black", zorder=3, s=16, label="this bag")
+        ax.set_yticks(range(len(types)), types, fontsize=7)
+        ax.set_xlabel("share of the bag's cells (%)", fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(titles.get(bag, bag), fontsize=7, loc="left")
+        if row == 0:
+            ax.legend(fontsize=6, loc="center right")
+        shown = cells[cells["bag"] == bag].head(SUREST_CELLS)
+        for column in range(SUREST_CELLS):
+            cell_ax = figure.add_subplot(grid[row, 1 + column])
+            cell_ax.axis("off")
+            if column < len(shown):
+                item = shown.iloc[column]
+                cell_ax.imshow(_crop(paths[item["file"]], item))
+                cell_ax.set_title(f"{item['type']} {item['probability']:.2f}", fontsize=7)
+    figure.suptitle("each bag's differential against the training bags of each class; its surest cells of the type"
+                    " that moved the decision most", fontsize=8)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out

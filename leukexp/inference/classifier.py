@@ -23,6 +23,7 @@ import torch
 
 from leukexp.backbones.base import Backbone
 from leukexp.backbones.loading import build_backbone
+from leukexp.csv_files import read_csv, write_csv
 from leukexp.data.bags import Bags, ImageBags
 from leukexp.data.io import read_image
 from leukexp.data.stain import NoStain, StainNormalizer, stain_from_state, to_state
@@ -31,7 +32,7 @@ from leukexp.evaluation.calibration import apply_temperature
 from leukexp.evaluation.operating import OperatingPoint
 from leukexp.heads.base import Head
 from leukexp.heads.kinds import load_head
-from leukexp.vocabulary import LOADER_MODULES, MODEL_DATA_DIR
+from leukexp.vocabulary import LOADER_MODULES, MODEL_DATA_DIR, SHARE_PREFIX, TRAINED_ON_FILE
 
 log = logging.getLogger(__name__)
 MANIFEST = "classifier.json"
@@ -39,19 +40,48 @@ MANIFEST = "classifier.json"
 
 def save_classifier(folder: Path, head: Head, backbone: Backbone, model_config: dict[str, Any],
                     classes: list[str], temperature: float = 1.0, operating_point: OperatingPoint | None = None,
-                    stain: StainNormalizer | None = None, bags: Bags | None = None, seed: int | None = None) -> Path:
+                    stain: StainNormalizer | None = None, bags: Bags | None = None, seed: int | None = None,
+                    trained_on: TrainedOn | None = None) -> Path:
     """Write the head's files and `classifier.json` (classes, head spec, backbone config and fingerprint, the
     temperature its probabilities are scaled with, the decision threshold, the fitted stain normalization and, for
     an aggregator, how a new image becomes instances: its tiling; `seed`: the one torch was seeded with when the
-    backbone was built, so a random-init backbone is rebuilt the same)."""
+    backbone was built, so a random-init backbone is rebuilt the same; `trained_on`: the pictures it was fitted on,
+    by content, so a later study can refuse to test on them)."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"classes": classes, "head": head.save(folder), "model": model_config, "backbone": backbone.reference(),
             "temperature": float(temperature),
             "operating_point": operating_point.to_dict() if operating_point is not None else None,
             "stain": to_state(stain) if stain is not None and stain.active else None,
-            "bags": bags.saved() if bags is not None else None, "seed": seed}
+            "bags": bags.saved() if bags is not None else None, "seed": seed,
+            "trained_on": trained_on.save(folder) if trained_on is not None else None}
     (folder / MANIFEST).write_text(json.dumps(meta, indent=2, default=str))
     return folder
+
+
+@dataclass
+class TrainedOn:
+    """The pictures a model was fitted on (its training and validation images): their content hashes and files, and
+    the study's data fingerprint (`FoldData.data_fingerprint`)."""
+
+    pictures: pd.DataFrame  # sha1, file
+    data: str
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """`trained_on.csv` in `folder`; returns the manifest's entry."""
+        write_csv(self.pictures[["sha1", "file"]], folder / TRAINED_ON_FILE)
+        return {"data": self.data, "pictures": len(self.pictures), "file": TRAINED_ON_FILE}
+
+    @classmethod
+    def load(cls, folder: Path, entry: dict[str, Any] | None) -> TrainedOn | None:
+        """What `save` wrote (None for a model saved without it)."""
+        if not entry:
+            return None
+        try:
+            pictures = read_csv(folder / str(entry["file"]), dtype=str)
+            return cls(pictures[["sha1", "file"]], str(entry["data"]))
+        except (OSError, KeyError, ValueError) as error:
+            raise LeukexpError(f"{folder / MANIFEST}: trained_on is damaged ({type(error).__name__}: {error});"
+                               " export the model again from its run") from error
 
 
 @dataclass
@@ -64,6 +94,12 @@ class BagScore:
     sources: np.ndarray
     boxes: list[tuple[int, int, int, int] | None]
     differential: pd.DataFrame | None = None  # a differential head's: per type the count and share (%) of instances
+
+    def shares(self) -> dict[str, float]:
+        """Each cell type's share (%) as `pct_<type>` columns (none without a differential)."""
+        if self.differential is None:
+            return {}
+        return dict(zip(SHARE_PREFIX + self.differential["type"], self.differential["percent"], strict=True))
 
 
 @dataclass

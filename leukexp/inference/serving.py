@@ -23,7 +23,7 @@ import pandas as pd
 from leukexp.data.io import decode_image, read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import Classifier, load_classifier
-from leukexp.vocabulary import DECISION_COLUMN, LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX, SHARE_PREFIX
+from leukexp.vocabulary import DECISION_COLUMN, LOADER_MODULE, MODEL_DATA_DIR, PROBABILITY_PREFIX
 
 
 def signature(classes: list[str], decision: bool = False, bags: bool = False) -> Any:
@@ -91,13 +91,11 @@ class LeukexpModel:
             names.append(name)
             scored = self.classifier.predict_bag([self._image(row) for row in part.to_dict("records")])
             rows.append(scored.probs)
-            if scored.differential is not None:  # a differential head: each cell type's share (%)
-                shares.append(dict(zip(SHARE_PREFIX + scored.differential["type"], scored.differential["percent"],
-                                       strict=True)))
+            shares.append(scored.shares())  # a differential head: each cell type's share (%)
         probs = np.stack(rows)
         result = probability_frame(probs, self.classifier.classes, self.classifier.decisions(probs))
         result.insert(0, "bag", names)
-        return result.join(pd.DataFrame(shares)) if shares else result
+        return result.join(pd.DataFrame(shares)) if any(shares) else result
 
     @staticmethod
     def _image(row: dict[str, Any]) -> np.ndarray:

@@ -33,6 +33,7 @@ from leukexp.vocabulary import (
     INSTANCE,
     KIND_SEARCH,
     MANIFEST_FILE,
+    ODDS_RATIOS_FILE,
     SEARCH_STORAGE_TAG,
     SEARCH_TAG,
     TEST_ACC,
@@ -219,6 +220,36 @@ def bag_section(context: ReportContext) -> list[str]:
     return [*lines, markdown(pd.DataFrame(rows), (), index=False), "", *pictures]
 
 
+def differential_section(context: ReportContext) -> list[str]:
+    """Differential runs: which cell types drive the diagnosis, per configuration and type the bag classifier's odds
+    ratio per +1 % of the type's share (the median over folds of each fold's `odds_ratios.csv`, its bootstrap CI over
+    training bags likewise)."""
+    if context.client is None or context.folds.empty:
+        return []
+    blocks = []
+    for config, runs in context.folds.groupby("config", sort=True):
+        tables = []
+        for run_id in runs["run_id"]:
+            try:
+                tables.append(download_table(context.client, run_id, ODDS_RATIOS_FILE, context.out))
+            except (MlflowException, OSError):
+                break  # not a differential run (its folds have none either)
+        if not tables:
+            continue
+        pooled = pd.concat(tables).groupby(["type", "odds_of"], sort=False).agg(
+            odds_ratio=("odds_ratio", "median"), ci_low=("ci_low", "median"), ci_high=("ci_high", "median"),
+            folds=("odds_ratio", "size")).reset_index()
+        pooled["per +1 %"] = [f"{r.odds_ratio:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" for r in pooled.itertuples()]
+        blocks += [f"{config}:", "", markdown(pooled[["type", "odds_of", "per +1 %", "folds"]], (), index=False), ""]
+    if not blocks:
+        return []
+    return ["## Which cell types drive the diagnosis", "",
+            "Per differential configuration and cell type: the bag classifier's odds ratio of `odds_of` per +1 % of"
+            " that type's share in a bag (the other shares held), the median over folds, with the median of the folds'"
+            " 95 % bootstrap intervals over training bags. Above 1: more of the type, more likely `odds_of`.", "",
+            *blocks]
+
+
 def search_section(context: ReportContext) -> list[str]:
     """Each search of the experiment (`hydra/sweeper=optuna`): its best trials, the objective over trials and
     Optuna's parameter importances, read from the study's journal beside the store."""
@@ -287,7 +318,7 @@ def unfinished_section(context: ReportContext) -> list[str]:
 # the report, in order: a new table is one function here
 SECTIONS: list[Section] = [summary_section, pooled_section, bootstrap_section, external_section, per_fold_section,
                            per_class_section, comparison_section, activation_map_section, bag_section,
-                           search_section, unfinished_section]
+                           differential_section, search_section, unfinished_section]
 
 
 def guarded(section: Section, context: ReportContext) -> list[str]:

@@ -28,10 +28,13 @@ from leukexp.vocabulary import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from leukexp.backbones.base import Backbone
     from leukexp.data.bags import Bags
     from leukexp.data.fold_data import FoldData
     from leukexp.data.stain import StainNormalizer
+    from leukexp.inference.classifier import TrainedOn
     from leukexp.run.fit import FitResult
 
 log = logging.getLogger("leukexp")
@@ -74,16 +77,19 @@ def prediction_table(fold_data: FoldData, result: FitResult) -> Predictions:
 def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbone: Backbone,
                         model_config: dict[str, Any],
                         result: FitResult, metrics: dict[str, float], cam_per_class: int = 0,
-                        external: Predictions | None = None, seed: int | None = None) -> list[Path]:
+                        external: Predictions | None = None, seed: int | None = None,
+                        shares: pd.DataFrame | None = None) -> list[Path]:
     """Config, manifest, confusion matrix, predictions (and the external set's), history, figures, the trained model
     and (with `cam_per_class`) a panel of activation maps, in `out`; `seed` is the one the backbone was built under
-    (a random-init backbone is rebuilt with it)."""
+    (a random-init backbone is rebuilt with it); `shares`: a differential's `pct_<type>` columns per test bag, added
+    to `predictions.csv`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config_yaml)
     predictions = prediction_table(fold_data, result)
     matrix = confusion(predictions.labels, predictions.probs, fold_data.classes)
     write_csv(matrix, out / CONFUSION_FILE, index=True)
-    write_csv(predictions.to_frame(), out / PREDICTIONS_FILE)
+    table = predictions.to_frame()
+    write_csv(table.join(shares, on="file") if shares is not None else table, out / PREDICTIONS_FILE)
     write_csv(result.history, out / HISTORY_FILE)
     title = f"{fold_data.task.name} {fold_data.fold.name}: acc {metrics[TEST_ACC]:.3f}"
     rerun = "Re-run the same command to make it (finished folds are kept)."
@@ -99,7 +105,7 @@ def write_run_artifacts(out: Path, config_yaml: str, fold_data: FoldData, backbo
                                                                      out / RELIABILITY_FILE, title)),
         optional("the MLflow model (model/)", rerun,
                  lambda: write_model(out / MODEL_DIR, result, backbone, model_config, fold_data.classes,
-                                     fold_data.stain, fold_data.bagging, seed)),
+                                     fold_data.stain, fold_data.bagging, seed, fitted_pictures(fold_data))),
     ]
     if cam_per_class and fold_data.bags is None:  # with bags the attention pictures show what decided
         optional_files.append(optional(
@@ -134,16 +140,26 @@ def write_cam_panel(folder: Path, fold_data: FoldData, backbone: Backbone, resul
     return folder
 
 
+def fitted_pictures(fold_data: FoldData) -> TrainedOn:
+    """The fold's training and validation pictures (content hash, file) and its data fingerprint."""
+    from leukexp.data.splits import TRAIN, VAL
+    from leukexp.inference.classifier import TrainedOn
+
+    table = fold_data.manifest()
+    fitted = table[table["split"].isin([TRAIN, VAL])].drop_duplicates("sha1")
+    return TrainedOn(fitted[["sha1", "file"]].reset_index(drop=True), fold_data.data_fingerprint())
+
+
 def write_model(path: Path, result: FitResult, backbone: Backbone, model_config: dict[str, Any],
                 classes: list[str], stain: StainNormalizer | None = None, bagging: Bags | None = None,
-                seed: int | None = None) -> Path:
-    """The run's MLflow model: the trained head, its backbone reference and (with bags) how a new image becomes
-    instances, loadable by `mlflow.pyfunc`."""
+                seed: int | None = None, trained_on: TrainedOn | None = None) -> Path:
+    """The run's MLflow model: the trained head, its backbone reference, (with bags) how a new image becomes
+    instances and the pictures it was fitted on, loadable by `mlflow.pyfunc`."""
     from leukexp.inference.classifier import save_classifier
     from leukexp.inference.serving import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = save_classifier(Path(tmp) / "classifier", result.head, backbone, model_config, classes,
-                                     result.temperature, result.operating_point, stain, bagging, seed)
+                                     result.temperature, result.operating_point, stain, bagging, seed, trained_on)
         return save_model(path, classifier, classes, decision=result.operating_point is not None,
                           bags=result.head.aggregates)

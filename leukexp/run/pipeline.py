@@ -21,7 +21,7 @@ from leukexp.data.fold_data import FoldData, build_fold_data
 from leukexp.errors import LeukexpError, fault_path, file_system_fault, os_error_reason
 from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds, split_features
 from leukexp.run.fit import FitResult, fit_head
-from leukexp.run.settings import backbone_from_plan, head_from_plan
+from leukexp.run.settings import backbone_from_plan, cell_study_from_plan, head_from_plan
 from leukexp.run.steps import POST_FIT_STEPS, Outcome
 from leukexp.run.validation import check_against_data, validate
 from leukexp.runtime.process import seed_everything, torch_threads
@@ -29,17 +29,20 @@ from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
 from leukexp.tracking.identity import run_tags
 from leukexp.tracking.sync import save_pending
-from leukexp.vocabulary import DATA_TAG, EXTERNAL, MANIFEST_FILE, TEST
+from leukexp.vocabulary import CELL_STUDY_PREFIX, CV_GROUP_TAG, DATA_TAG, EXTERNAL, MANIFEST_FILE, TEST
 
 if TYPE_CHECKING:
     from leukexp.data.sources import Catalog
+    from leukexp.inference.cell_study import CellStudy
     from leukexp.tracking.cv import FoldRun
 
 # MLflow, Lightning and matplotlib load when a run gets to them: a mistake in the data is reported first
 
 
-def open_fold_run(plan: RunPlan, fold_data: FoldData) -> tuple[FoldRun | None, dict[str, float] | None]:
-    """The fold's MLflow run (None when tracking is off), or the metrics to return instead of running it."""
+def open_fold_run(plan: RunPlan, fold_data: FoldData, lineage: dict[str, str] | None = None
+                  ) -> tuple[FoldRun | None, dict[str, float] | None]:
+    """The fold's MLflow run (None when tracking is off), or the metrics to return instead of running it;
+    `lineage`: params of the fold and its parent naming what the run was built on (a cell study)."""
     tracking = plan.tracking
     if not tracking.enabled:
         return None, None
@@ -49,13 +52,18 @@ def open_fold_run(plan: RunPlan, fold_data: FoldData) -> tuple[FoldRun | None, d
     configure_http(tracking.http_timeout, tracking.http_max_retries)
     logger = RunLogger(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_location,
                        tracking.create_store_folder, str(plan.paths.root_dir))
-    fold_run = FoldRun(logger, run_tags(plan, fold_data), plan.paths.cache_dir / "locks")
+    tags = run_tags(plan, fold_data)
+    if lineage:  # another cell study (or version of one) is another configuration: never resumed as this one
+        tags[CV_GROUP_TAG] += (f" {CELL_STUDY_PREFIX}version={lineage[f'{CELL_STUDY_PREFIX}version']}"
+                               f"@{lineage[f'{CELL_STUDY_PREFIX}data']}")
+    fold_run = FoldRun(logger, tags, plan.paths.cache_dir / "locks")
     try:
         params = flatten(plan.plain())
         # the parent's params: the settings its folds share (not fold.index...) and each identifying group's choice
         shared = {key: value for key, value in params.items() if changes_the_result(key)} | {
             group: plan.identity.choices[group] for group in identity_groups(dict(plan.identity.choices))
             if "@" not in group}  # a group placed under another key (aliases@task.aliases) is in its key's params
+        params, shared = params | (lineage or {}), shared | (lineage or {})
         claimed = fold_run.open(resume=tracking.resume and is_multirun(), params=params, parent_params=shared)
         if claimed is None:
             fold_run.log_dataset(fold_data.manifest(), f"{fold_run.tags[DATA_TAG]} · {fold_data.task.name}",
@@ -146,9 +154,10 @@ def check_sizes(plan: RunPlan, backbone: Backbone, num_classes: int) -> None:
 
 
 def fit_and_evaluate(plan: RunPlan, fold_data: FoldData, backbone: Backbone, clock: Stopwatch,
-                     external: Catalog | None = None) -> tuple[Outcome, str]:
-    """The embeddings the plan derives (from the store where present), the trained head, then every step after
-    fitting (`POST_FIT_STEPS`): metrics, artifacts, the MLflow model. Returns the outcome and the store's note."""
+                     external: Catalog | None = None, cell_study: CellStudy | None = None) -> tuple[Outcome, str]:
+    """The embeddings the plan derives (from the store where present), the trained head (given the cell study's
+    classifier, where the head reads cell types from one), then every step after fitting (`POST_FIT_STEPS`):
+    metrics, artifacts, the MLflow model. Returns the outcome and the store's note."""
     embeds = fold_embeds(plan, fold_data, external)
     caches = caches_for(plan, backbone, fold_data.stain)
     with clock.phase("features"):
@@ -156,7 +165,11 @@ def fit_and_evaluate(plan: RunPlan, fold_data: FoldData, backbone: Backbone, clo
         samples = fold_data.samples
     with clock.phase("head"):
         seed_everything(plan.seed)  # after extraction: warm and cold runs agree
-        head = head_from_plan(plan, backbone, len(fold_data.classes), samples.class_weights)
+        positive = fold_data.task.positive_class
+        head = head_from_plan(plan, backbone, len(fold_data.classes), samples.class_weights,
+                              fold_data.classes.index(positive) if positive in fold_data.classes else None)
+        if cell_study is not None:
+            head.use_cells(cell_study.head, cell_study.types)  # type: ignore[attr-defined]
         images = (ViewDataset(fold_data.catalog.frame, samples.train, fold_data.augmentation, backbone.preprocess,
                               random=True, stain=fold_data.stain if fold_data.stain.active else None)
                   if features.train is None else None)
@@ -193,8 +206,9 @@ def run_plan(plan: RunPlan) -> dict[str, float]:
     """The run's steps, timed per phase."""
     clock = Stopwatch()
     with clock.phase("data"):
+        cell_study = cell_study_from_plan(plan)  # head.cells=URI: loaded and checked before the data is read
         fold_data = build_fold_data(plan)
-        check_against_data(plan, fold_data)  # what the head asks of the bags, before any MLflow run
+        check_against_data(plan, fold_data, cell_study)  # what the head asks of the bags, before any MLflow run
         describe_fold(fold_data)
         out = plan.paths.output_dir
         fold_data.write_manifest(out / MANIFEST_FILE)
@@ -208,12 +222,14 @@ def run_plan(plan: RunPlan) -> dict[str, float]:
         seed_everything(plan.seed)  # random-init backbones are reproducible too
         backbone = backbone_from_plan(plan)
         check_sizes(plan, backbone, len(fold_data.classes))
+        if cell_study is not None:
+            cell_study.check_fingerprint(backbone.fingerprint)
     with clock.phase("MLflow"):
-        fold_run, earlier = open_fold_run(plan, fold_data)
+        fold_run, earlier = open_fold_run(plan, fold_data, cell_study.lineage() if cell_study is not None else None)
     if earlier is not None:
         return earlier
     try:
-        outcome, note = fit_and_evaluate(plan, fold_data, backbone, clock, external)
+        outcome, note = fit_and_evaluate(plan, fold_data, backbone, clock, external, cell_study)
     except Interrupted:
         if fold_run:
             fold_run.kill()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from leukexp.backbones.base import Backbone
 from leukexp.config.plan import RunPlan
 from leukexp.heads.base import Head, HeadContext, TrainSettings
+
+if TYPE_CHECKING:
+    from leukexp.inference.cell_study import CellStudy
 
 
 def train_settings(plan: RunPlan) -> TrainSettings:
@@ -27,8 +32,10 @@ def backbone_from_plan(plan: RunPlan) -> Backbone:
     return backbone.place(plan.features.device, plan.features.precision)
 
 
-def head_from_plan(plan: RunPlan, backbone: Backbone, num_classes: int, class_weights: list[float] | None) -> Head:
-    """The plan's head for this problem (its YAML is a partial taking a `HeadContext`)."""
+def head_from_plan(plan: RunPlan, backbone: Backbone, num_classes: int, class_weights: list[float] | None,
+                   positive: int | None = None) -> Head:
+    """The plan's head for this problem (its YAML is a partial taking a `HeadContext`); `positive`: the index of the
+    task's positive class."""
     context = HeadContext(
         in_features=backbone.num_features,
         num_classes=num_classes,
@@ -37,5 +44,20 @@ def head_from_plan(plan: RunPlan, backbone: Backbone, num_classes: int, class_we
         seed=plan.seed,
         training=train_settings(plan),
         backbone=backbone,
+        positive=positive,
     )
     return plan.head.build()(context)
+
+
+def cell_study_from_plan(plan: RunPlan) -> CellStudy | None:
+    """The finished cell study `head.cells` names, loaded and checked against the plan's backbone (None for
+    `head.cells=own` or a head without cells)."""
+    source = plan.head.get("cells")
+    if not isinstance(source, str) or source.strip() in ("", "own"):
+        return None
+    from leukexp.config.identity import changes_the_result
+    from leukexp.inference.cell_study import open_cell_study
+
+    study = open_cell_study(source.strip(), plan.tracking.tracking_uri)
+    study.check_backbone(plan.model.values(), changes_the_result)
+    return study

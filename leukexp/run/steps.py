@@ -51,6 +51,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     external: ExternalScores | None = None
     artifacts: list[Path] = field(default_factory=list)
+    shares: pd.DataFrame | None = None  # a differential's: each test bag's share (%) per cell type, `pct_<type>`
 
     def has(self, purpose: str) -> bool:
         """Whether the plan derived a set of embeddings for `purpose`."""
@@ -179,7 +180,7 @@ class WriteArtifacts(PostFitStep):
         outcome.artifacts += write_run_artifacts(
             plan.paths.output_dir, plan.config_yaml(), outcome.fold_data, outcome.backbone, plan.model.values(),
             outcome.result, outcome.metrics, plan.evaluation.cam_images,
-            outcome.external.predictions if outcome.external is not None else None, plan.seed)
+            outcome.external.predictions if outcome.external is not None else None, plan.seed, outcome.shares)
 
 
 class ExplainBags(PostFitStep):
@@ -223,27 +224,64 @@ class ExplainBags(PostFitStep):
 
 class WriteDifferential(PostFitStep):
     """`head=differential`: each test bag's differential (`differential.csv`: per type the cells most likely that
-    type, their share and the mean probability, in %), and each type's share as a column of `predictions.csv`."""
+    type, their share and the mean probability, in %), each type's share as a column of `predictions.csv`, and with
+    a linear bag classifier of two classes the odds ratio per +1 % of each type (`odds_ratios.csv`, bootstrap CI
+    over the training bags)."""
 
     def applies(self, outcome: Outcome) -> bool:
         """Only with bags and a head that describes them by cell types."""
         return outcome.fold_data.bags is not None and hasattr(outcome.result.head, "differential")
 
     def run(self, outcome: Outcome) -> None:
-        """Write the table, add the shares to the predictions."""
-        from leukexp.csv_files import read_csv
-        from leukexp.vocabulary import DIFFERENTIAL_FILE, PREDICTIONS_FILE, SHARE_PREFIX
+        """Write the table; keep the shares for `predictions.csv` (`WriteArtifacts`)."""
+        from leukexp.run.artifacts import optional
+        from leukexp.vocabulary import DIFFERENTIAL_FIGURE, DIFFERENTIAL_FILE, ODDS_RATIOS_FILE, SHARE_PREFIX
 
         fold_data, out = outcome.fold_data, outcome.plan.paths.output_dir
         table = outcome.result.head.differential(outcome.features.test, fold_data.offsets("test"))
         predictions = prediction_table(fold_data, outcome.result).to_frame()
         bags = predictions[["file", "label", "predicted"]].rename(columns={"file": "bag"})
         table = bags.iloc[table.pop("bag_index").to_numpy()].reset_index(drop=True).join(table)
+        out.mkdir(parents=True, exist_ok=True)
         write_csv(table, out / DIFFERENTIAL_FILE)
         outcome.artifacts.append(out / DIFFERENTIAL_FILE)
-        shares = table.pivot(index="bag", columns="type", values="percent").add_prefix(SHARE_PREFIX)
-        written = read_csv(out / PREDICTIONS_FILE)
-        write_csv(written.join(shares, on="file"), out / PREDICTIONS_FILE)
+        outcome.shares = table.pivot(index="bag", columns="type", values="percent").add_prefix(SHARE_PREFIX)
+        classes = fold_data.classes
+        positive = fold_data.task.positive_class or classes[0]
+        ratios = outcome.result.head.odds_ratios(outcome.features.train, fold_data.offsets("train"),
+                                                 fold_data.labels("train"), classes.index(positive),
+                                                 seed=outcome.plan.seed)
+        if ratios is not None:  # a linear bag classifier of two classes: which types drive the diagnosis
+            ratios.insert(1, "odds_of", positive)
+            write_csv(ratios, out / ODDS_RATIOS_FILE)
+            outcome.artifacts.append(out / ODDS_RATIOS_FILE)
+        figure = optional(DIFFERENTIAL_FIGURE, "The counts are in differential.csv; the run goes on without the"
+                          " picture.", lambda: self.draw(outcome, table, predictions, out / DIFFERENTIAL_FIGURE))
+        if figure is not None:
+            outcome.artifacts.append(figure)
+
+    @staticmethod
+    def draw(outcome: Outcome, table: pd.DataFrame, predictions: pd.DataFrame, path: Path) -> Path:
+        """`differential.png`: the surest right and wrong test bags' differentials against the training bags' of
+        each class, and each one's surest cells of the type that moved its decision most."""
+        from leukexp.inference.attention import deciding_types, differential_figure
+
+        fold_data, head, features = outcome.fold_data, outcome.result.head, outcome.features
+        train = head.differential(features.train, fold_data.offsets("train"))
+        train["label"] = np.asarray(fold_data.classes)[fold_data.labels("train")][train["bag_index"].to_numpy()]
+        bags = chosen_bags(predictions, 4)
+        deciding = deciding_types(table, train)
+        test = fold_data.samples.test
+        names = fold_data.bag_names("test")
+        probs = head.type_proba(features.test)
+        wanted = [head.types.index(deciding.get(name, head.types[0])) for name in names[test["unit"].to_numpy()]]
+        cells = attention_table(test, fold_data.catalog.frame, names, probs[np.arange(len(test)), wanted],
+                                fold_data.instance_views).rename(columns={"weight": "probability"})
+        cells["type"] = cells["bag"].map(deciding)
+        paths = dict(zip(fold_data.catalog.frame["file"], fold_data.catalog.frame["path"], strict=True))
+        titles = {row["file"]: f"{row['file']}: {row['label']} -> {row['predicted']}"
+                  for _, row in predictions.iterrows()}
+        return differential_figure(table, train, cells, paths, bags, path, titles)
 
 
 def witness_metrics(table: pd.DataFrame, fold_data: FoldData) -> dict[str, float]:
@@ -265,6 +303,6 @@ def witness_metrics(table: pd.DataFrame, fold_data: FoldData) -> dict[str, float
 
 
 # the order matters: the operating point is chosen on calibrated probabilities, test views use the temperature,
-# the metrics read the final test probabilities, the artifacts everything
+# the metrics read the final test probabilities, the artifacts everything (the differential's shares too)
 POST_FIT_STEPS: tuple[PostFitStep, ...] = (Calibrate(), ChooseOperatingPoint(), ScoreTestViews(), MeasureTestSet(),
-                                           ScoreExternal(), WriteArtifacts(), ExplainBags(), WriteDifferential())
+                                           ScoreExternal(), WriteDifferential(), WriteArtifacts(), ExplainBags())

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from leukexp.config.plan import RunPlan
     from leukexp.data.fold_data import FoldData
     from leukexp.heads.base import Head
+    from leukexp.inference.cell_study import CellStudy
 
 log = logging.getLogger("leukexp")
 
@@ -202,25 +203,29 @@ def validate(cfg: DictConfig) -> None:
     check_external(cfg)
 
 
-def check_against_data(plan: RunPlan, fold_data: FoldData) -> None:
+def check_against_data(plan: RunPlan, fold_data: FoldData, cell_study: CellStudy | None = None) -> None:
     """What a head asks of the fold's bags, checked once they are read and before any MLflow run: instances with their
-    own labels that are classes (`head.labels=own`), two cell types in the training bags (`head.cells=own`), and a
-    `head.topk` no larger than the largest training bag."""
+    own labels that are classes (`head.labels=own`), two cell types in the training bags (`head.cells=own`), a
+    `head.topk` no larger than the largest training bag, and a cell study (`head.cells=URI`) of the same stain that
+    was fitted on none of the study's pictures."""
+    if cell_study is not None:
+        cell_study.check_stain(fold_data.stain.name if fold_data.stain.active else "none")
+        cell_study.check_pictures(fold_data.catalog.frame, fold_data.catalog.root)
     if fold_data.bags is None:
         return
     from leukexp.data.bags import check_own_labels
 
     if plan.head.get("labels") == "own":
         check_own_labels(fold_data.bags, fold_data.classes, fold_data.catalog.root)
-    train = fold_data.samples.train
-    if plan.head.get("cells") == "own":
-        types = sorted(set(train["instance_label"]) - {""})
-        if len(types) < 2:
-            raise LeukexpError(f"head.cells=own: the training bags' instances carry {len(types)} cell type(s) in"
-                               f" {fold_data.catalog.root}/instances.csv ({', '.join(types) or 'none'}); the cell"
-                               " classifier needs at least two: label the cells (file,instance_label)")
+    if plan.head.get("labels") == "self":
+        from leukexp.heads.mil import check_self_training
+
+        check_self_training(len(fold_data.classes))
     topk = plan.head.get("topk")
-    largest = int(train.groupby("unit").size().max()) if len(train) else 0
-    if isinstance(topk, int) and not isinstance(topk, bool) and topk > largest:
-        raise LeukexpError(f"head.topk={topk}: larger than every training bag (the largest holds {largest} instances);"
-                           f" use head.topk={min(3, largest)} or head.topk=0")
+    if plan.head.get("cells") is not None or topk is not None:  # the differential's
+        from leukexp.heads.differential import check_training_bags
+
+        train = fold_data.samples.train
+        check_training_bags(train.groupby("unit").size().to_numpy(), sorted(set(train["instance_label"]) - {""}),
+                            topk if isinstance(topk, int) and not isinstance(topk, bool) else 0,
+                            plan.head.get("cells") == "own", f"{fold_data.catalog.root}/instances.csv")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_image
-from leukexp.commands.predict import collect_bags, collect_images, main, resolve_model, tta_views
+from leukexp.commands.predict import collect_bags, collect_images, main, tta_views
 from leukexp.data.io import read_image
 from leukexp.errors import LeukexpError
 from leukexp.inference.classifier import load_classifier
@@ -51,16 +51,6 @@ def test_two_cohorts_with_the_same_patient_names_give_every_patient_a_bag(tmp_pa
     fields = collect_bags(["cohortA"], per_image=True)  # a tile model: each field a bag of its own
     assert "left out: 1 image(s) in hidden folders" in capsys.readouterr().out
     assert sorted(fields) == ["cohortA/p1/c0.png", "cohortA/p1/c1.png", "cohortA/p2/c0.png", "cohortA/p2/c1.png"]
-
-
-def test_unknown_models_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(LeukexpError, match="no such folder"):
-        resolve_model(str(tmp_path / "nope"))
-    with pytest.raises(LeukexpError, match=r"models:/nope/1: cannot be loaded"):
-        resolve_model("models:/nope/1", f"sqlite:///{tmp_path}/store.db")
-    with pytest.raises(LeukexpError, match="expected models:/NAME/VERSION"):
-        resolve_model("models:/nope/latest", f"sqlite:///{tmp_path}/store.db")
-    assert "MLFLOW_TRACKING_URI" not in os.environ, "no global MLflow state is changed"
 
 
 def test_cli_writes_predictions_maps_and_names_bad_images(study_store: Path, tmp_path: Path,

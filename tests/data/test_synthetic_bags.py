@@ -45,3 +45,25 @@ def test_unknown_classes_and_shares_are_one_line(tmp_path: Path) -> None:
         SyntheticPatients(counts={"AML": 2}, cache_dir=tmp_path).prepare()
     with pytest.raises(LeukexpError, match=r"^data\.witness_min/witness_max/witness_share"):
         SyntheticPatients(witness_share=0.0, cache_dir=tmp_path).prepare()
+
+
+def test_an_atlas_is_a_folder_per_cell_type_of_pictures_no_patient_holds(tmp_path: Path) -> None:
+    import hashlib
+
+    from leukexp.data.synthetic_bags import SyntheticAtlas
+
+    atlas = SyntheticAtlas(counts={"blast": 3, "neutrophil": 2, "lymphocyte": 2}, cell_size=32,
+                           cache_dir=tmp_path).prepare()
+    assert sorted((p.parent.name, len(list(p.parent.glob("*.png")))) for p in atlas.glob("*/*_000.png")) == [
+        ("blast", 3), ("lymphocyte", 2), ("neutrophil", 2)]
+    assert SyntheticAtlas(counts={"blast": 3, "neutrophil": 2, "lymphocyte": 2}, cell_size=32,
+                          cache_dir=tmp_path).prepare() == atlas, "generated once"
+    patients = SyntheticPatients(counts={"ALL": 2, "HLT": 2}, cells_min=4, cells_max=4, cell_size=32,
+                                 cache_dir=tmp_path).prepare()
+
+    def digests(folder: Path) -> set[str]:
+        return {hashlib.sha1(p.read_bytes(), usedforsecurity=False).hexdigest() for p in folder.rglob("*.png")}
+
+    assert not digests(atlas) & digests(patients), "no atlas picture is a patient's"
+    with pytest.raises(LeukexpError, match=r"^data\.counts: expected a positive count per cell type of blast"):
+        SyntheticAtlas(counts={"monocyte": 3}, cache_dir=tmp_path).prepare()

@@ -90,3 +90,32 @@ def test_bad_differential_settings_are_one_line() -> None:
     with pytest.raises(LeukexpError, match=r"head\.cells=own: the training bags' instances carry 0 cell type"):
         differential(context).fit(Split(y, x, bags=bags, instance_types=blank),
                                   Split(y, x, bags=bags, instance_types=blank))
+
+
+def test_a_cell_study_classifier_is_used_as_it_is_and_types_each_bag_once() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from leukexp.heads.sklearn_head import sklearn_head
+
+    atlas, _, _, atlas_types = patients(20, 5)  # labeled cells of no bag below
+    index = {t: i for i, t in enumerate(TYPES)}
+    cells = sklearn_head(HeadContext(8, 3), LogisticRegression())
+    cells.fit(Split(np.array([index[t] for t in atlas_types]), atlas),
+              Split(np.array([index[t] for t in atlas_types]), atlas))
+    calls = []
+    original = cells.predict_proba
+    cells.predict_proba = lambda features: calls.append(len(features)) or original(features)
+    head = differential(HeadContext(8, 2), cells="models:/atlas@champion", topk=2)
+    x, y, bags, _ = patients(20, 0)
+    blank = np.full(len(x), "", dtype=object)  # the bags carry no cell labels: the study's types are used
+    with pytest.raises(LeukexpError, match=r"^head\.cells=models:/atlas@champion: the cell study was not loaded"):
+        head.fit(Split(y, x, bags=bags, instance_types=blank), Split(y, x, bags=bags, instance_types=blank))
+    head.use_cells(cells, list(TYPES))
+    head.fit(Split(y, x, bags=bags, instance_types=blank), Split(y, x, bags=bags, instance_types=blank))
+    assert head.cells is cells and head.types == list(TYPES)
+    tx, ty, tbags, _ = patients(20, 4)
+    calls.clear()
+    probs, weights, table = head.predict_proba(tx, tbags), head.attention(tx, tbags), head.differential(tx, tbags)
+    assert calls == [len(tx)], "the bags' cells typed once for the probabilities, weights and counts"
+    assert roc_auc_score(ty == 0, probs[:, 0]) >= 0.95 and len(weights) == len(tx)
+    assert set(table["type"]) == set(TYPES)

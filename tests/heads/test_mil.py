@@ -87,3 +87,21 @@ def test_a_vote_of_a_cell_classifier_trained_on_the_cells_own_labels(compose_pla
     again = load_head(tmp_path, vote.save(tmp_path))
     assert np.allclose(again.predict_proba(tx, tbags), vote.predict_proba(tx, tbags))
     assert np.isclose(vote.attention(tx, tbags)[tbags[0]:tbags[1]].sum(), 1)
+
+
+def test_self_training_from_bag_labels_finds_the_witnesses_that_bag_labels_hide(compose_plan, tmp_path: Path) -> None:
+    from leukexp.errors import LeukexpError
+
+    topk = ("head.reduce=topk", "head.k=3")
+    trained, self_auc, (tx, tbags) = fit_and_score(compose_plan, "vote", 0, "head.labels=self", "head.share=0.06",
+                                                   *topk)
+    _, bag_auc, _ = fit_and_score(compose_plan, "vote", 0, *topk)
+    assert self_auc >= 0.9 and self_auc > bag_auc + 0.1, (self_auc, bag_auc)
+    again = load_head(tmp_path, trained.save(tmp_path))
+    assert again.labels == "self" and np.allclose(again.predict_proba(tx, tbags), trained.predict_proba(tx, tbags))
+    three = head_from_plan(compose_plan(*BAGS, "head=vote", "head.labels=self"), Stub(), 3, None)
+    with pytest.raises(LeukexpError, match=r"^head\.labels=self: self-training needs two bag classes .* has 3"):
+        three.fit(Split(np.zeros(2, int), tx[:4], bags=np.array([0, 2, 4])),
+                  Split(np.zeros(2, int), tx[:4], bags=np.array([0, 2, 4])))
+    with pytest.raises(LeukexpError, match=r"^head\.share=0: expected the share"):
+        head_from_plan(compose_plan(*BAGS, "head=vote", "head.labels=self", "head.share=0"), Stub(), 2, None)

@@ -119,7 +119,7 @@ def test_report_has_every_section(tmp_path: Path) -> None:
     for heading in ("## Summary", "## Accuracy over the pooled", "## Accuracy and loss per fold",
                     "## Average precision", "## Paired comparisons"):
         assert heading in text
-    assert len(SECTIONS) == 11  # the search and bag sections show only for experiments that hold them
+    assert len(SECTIONS) == 12  # the search, bag and differential sections show only for experiments that hold them
     assert "## Bags" not in text, "no bag runs: no bag section"
     assert {"summary.csv", "pooled_accuracy.csv", "comparisons.csv", "comparison.png"} <= {
         p.name for p in tmp_path.iterdir()}
@@ -131,6 +131,33 @@ def test_bag_runs_get_a_section_on_what_decided(tmp_path: Path) -> None:
     text = write_report(StudyRuns(frame, pd.DataFrame(), {}), tmp_path, "demo").read_text()
     section = text.split("## Bags: what decided", 1)[1]
     assert "| head=svm | 0.9500 | 0.5000 | 3 |" in section and "| head=mlp1 | 0.8500 | 0.9000 | 3 |" in section
+
+
+def test_differential_runs_get_the_odds_ratio_of_each_cell_type(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from leukexp.csv_files import write_csv
+    from leukexp.report.sections import ReportContext, differential_section
+
+    frame = folds()
+    frame["run_id"] = frame["config"].str.removeprefix("head=") + "-" + frame["fold"]
+    ratios = {fold: pd.DataFrame({"type": ["blast", "neutrophil"], "odds_of": "ALL", "odds_ratio": [1.2 + d, 0.9],
+                                  "ci_low": [1.1 + d, 0.8], "ci_high": [1.4 + d, 1.0], "rounds": 200})
+              for fold, d in (("f0", 0.0), ("f1", 0.1), ("f2", 0.2))}
+
+    class Store:  # the svm runs are not differential runs: no odds_ratios.csv
+        def download_artifacts(self, run_id: str, name: str, dst: str) -> str:
+            head, fold = run_id.split("-")
+            if head == "svm":
+                raise MlflowException(f"{name}: no such artifact")
+            write_csv(ratios[fold], Path(dst) / name)
+            return str(Path(dst) / name)
+
+    lines = differential_section(ReportContext(StudyRuns(frame, pd.DataFrame(), {}), tmp_path, client=Store()))
+    text = "\n".join(lines)
+    assert text.startswith("## Which cell types drive the diagnosis") and "head=svm" not in text
+    assert "| blast | ALL | 1.3 [1.2, 1.5] | 3 |" in text and "| neutrophil | ALL | 0.9 [0.8, 1] | 3 |" in text
+    assert differential_section(ReportContext(StudyRuns(frame, pd.DataFrame(), {}), tmp_path)) == [], "no store"
 
 
 def test_cli_exits_0_and_honours_mlflow_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -333,6 +333,30 @@ def test_bags_of_cells_end_to_end_each_embedded_once_and_predicted_per_patient(c
     assert counted["pct_ALL"].iloc[0] + counted["pct_HLT"].iloc[0] == pytest.approx(100)
     served = mlflow.pyfunc.load_model(str(out / "model")).predict(pd.DataFrame({"path": cells}))
     assert served["pct_ALL"].iloc[0] == pytest.approx(counted["pct_ALL"].iloc[0]), "the served model counts too"
+    # the types from a finished cell study (an atlas of pictures no patient holds), registered: models:/atlas@champion
+    from conftest import compose
+    from leukexp.tracking.model_registry import register
+
+    train(compose(tmp_path, *TINY_MODEL, "data=synthetic_atlas", "data.counts={blast: 6, neutrophil: 6, lymphocyte: 6}",
+                  "data.cell_size=32", "task=folders", "head=logreg", "augmentation=none", "fold.n_splits=3",
+                  "mlflow.experiment_name=atlas", output_dir=tmp_path / "atlas"))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    register(client, client.get_experiment_by_name("atlas").experiment_id, "atlas")
+    train(compose_cfg(*BAG_RUN, "head=differential", "head.cells=models:/atlas@champion", "fold.index=2"))
+    assert set(pd.read_csv(out / "differential.csv")["type"]) == {"blast", "lymphocyte", "neutrophil"}
+    ratios = pd.read_csv(out / "odds_ratios.csv")
+    assert list(ratios["type"]) == ["blast", "lymphocyte", "neutrophil"] and (ratios["odds_of"] == "ALL").all()
+    assert ((ratios["ci_low"] <= ratios["odds_ratio"]) & (ratios["odds_ratio"] <= ratios["ci_high"])).all()
+    assert (out / "differential.png").stat().st_size > 10_000
+    assert {"pct_blast", "pct_lymphocyte", "pct_neutrophil"} <= set(pd.read_csv(out / PREDICTIONS_FILE).columns)
+    fold = client.search_runs([client.get_experiment_by_name("leukexp").experiment_id],
+                              "params.`cell_study.version` = 'atlas/1' and tags.`leukexp.kind` = 'fold'")
+    assert len(fold) == 1 and fold[0].data.params["cell_study.types"] == "blast,lymphocyte,neutrophil"
+    fitted = pd.read_csv(tmp_path / "atlas" / "model" / "data" / "classifier" / "trained_on.csv")
+    assert fold[0].data.params["cell_study.pictures"] == str(len(fitted)) and 0 < len(fitted) < 18
+    parent = client.get_run(fold[0].data.tags[PARENT_TAG])
+    assert parent.data.params["cell_study.source"] == "models:/atlas@champion", "lineage on the parent too"
+    assert "cell_study.version=atlas/1@" in fold[0].data.tags["cv_group"], "another version: another configuration"
 
 
 def test_tiles_of_fields_are_embedded_once_per_tile(compose_cfg, tmp_path: Path) -> None:

@@ -47,8 +47,8 @@ def outcome(calibration: str = "none", positive: str | None = None, classes: int
 
 def test_the_steps_are_one_interface_in_their_order() -> None:
     assert [type(step) for step in POST_FIT_STEPS] == [Calibrate, ChooseOperatingPoint, ScoreTestViews,
-                                                       MeasureTestSet, ScoreExternal, WriteArtifacts, ExplainBags,
-                                                       WriteDifferential]
+                                                       MeasureTestSet, ScoreExternal, WriteDifferential,
+                                                       WriteArtifacts, ExplainBags]
     assert all(isinstance(step, PostFitStep) for step in POST_FIT_STEPS)
 
 

@@ -124,3 +124,15 @@ def test_what_a_head_asks_of_the_bags_is_checked_before_any_run(compose_plan) ->
         check_against_data(plan, build_fold_data(plan))
     plan = compose_plan(*patients, "head=differential", "head.topk=3")
     check_against_data(plan, build_fold_data(plan))  # typed cells (ALL, HLT) and bags of 4-6: fine
+
+
+def test_self_training_without_two_bag_classes_is_one_line_before_any_run(compose_plan) -> None:
+    from types import SimpleNamespace
+
+    from leukexp.run.validation import check_against_data
+
+    plan = compose_plan("data=synthetic_patients", "bags=images", "head=vote", "head.labels=self")
+    three = SimpleNamespace(bags=object(), classes=["ALL", "AML", "HLT"])
+    with pytest.raises(LeukexpError, match=r"^head\.labels=self: self-training needs two bag classes .* has 3"):
+        check_against_data(plan, three)
+    check_against_data(plan, SimpleNamespace(bags=object(), classes=["ALL", "HLT"]))
