@@ -163,6 +163,9 @@ SCHEMA: tuple[Key, ...] = (
         default=None),
     Key("stain.fit_images", integer(1), "a whole number of training images >= 1", default=32),
     Key("evaluation.cam_per_class", integer(1), "a whole number of images >= 1", identity=False),
+    Key("evaluation.rank_by", lambda v: v == "auto" or (isinstance(v, str) and v.count("/") >= 1
+                                                         and v.split("/", 1)[0] in ("test", "val", "best", "external")),
+        "auto or a fold metric, e.g. test/auc_macro or test/balanced_acc", identity=False, default="auto"),
     Key("mlflow.enabled", boolean, "true or false", identity=False),
     Key("mlflow.http_timeout", number(0, low_open=True), "seconds > 0", identity=False),
     Key("mlflow.http_max_retries", integer(0), "a whole number >= 0", identity=False),

@@ -122,14 +122,24 @@ def describe_sweep(config: DictConfig) -> None:
 
 def compared_metric(config: DictConfig) -> tuple[str, bool]:
     """The fold metric a sweep compares its configurations on, and whether higher is better: a search's
-    objective (`cv/<metric>_mean`, its direction; `search.fold_metric` checks it), else test accuracy."""
+    objective (`cv/<metric>_mean`, its direction; `search.fold_metric` checks it), else `evaluation.rank_by`
+    (`auto`: test AUROC for a bag study, test accuracy otherwise; a loss, ECE or Brier score lowest first)."""
+    from omegaconf import OmegaConf
+
     from leukexp.sweeps.search import fold_metric
-    from leukexp.vocabulary import TEST_ACC
+    from leukexp.vocabulary import TEST_ACC, TEST_AUC_MACRO
 
     objective = config.hydra.sweeper.get("objective")
     if objective:
         return fold_metric(str(objective)), str(config.hydra.sweeper.get("direction", "maximize")) != "minimize"
-    return TEST_ACC, True
+    metric = str(OmegaConf.select(config, "evaluation.rank_by", default="auto"))
+    if metric == "auto":
+        bags = str(OmegaConf.select(config, "bags._target_", default="") or "")
+        metric = TEST_AUC_MACRO if bags and not bags.endswith(".NoBags") else TEST_ACC
+    return metric, metric.rsplit("/", 1)[-1].split("_", 1)[0] not in LOWER_IS_BETTER
+
+
+LOWER_IS_BETTER = ("loss", "ece", "brier")
 
 
 class SweepCallback(Callback):

@@ -25,6 +25,7 @@ from leukexp.run.validation import check_accelerator, check_head, check_model, c
     ("evaluation.cam_per_class=0", "evaluation.cam_per_class=0"),
     ("evaluation.target_sensitivity=1.5", "evaluation.target_sensitivity=1.5: expected a sensitivity above 0"),
     ("evaluation.calibration=platt", "evaluation.calibration='platt': expected none or temperature"),
+    ("evaluation.rank_by=accuracy", "evaluation.rank_by='accuracy': expected auto or a fold metric, e.g."),
     ("stain=macenko stain.fit_images=0", "stain.fit_images=0: expected a whole number of training images"),
 ])
 def test_rules_name_the_key_and_what_it_expects(compose_cfg, override: str, message: str) -> None:

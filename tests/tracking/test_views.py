@@ -50,6 +50,14 @@ def test_the_compared_metric_is_a_searchs_objective_or_test_accuracy() -> None:
     assert compared_metric(plain) == (TEST_ACC, True)
     assert compared_metric(search) == ("best/val/acc", True)
     assert compared_metric(loss) == ("val/loss", False)
+    bags = OmegaConf.create({"hydra": {"sweeper": {}}, "bags": {"_target_": "leukexp.data.bags.ImageBags"},
+                             "evaluation": {"rank_by": "auto"}})
+    assert compared_metric(bags) == ("test/auc_macro", True), "a bag study ranks by AUROC"
+    images = OmegaConf.create({"hydra": {"sweeper": {}}, "bags": {"_target_": "leukexp.data.bags.NoBags"},
+                               "evaluation": {"rank_by": "auto"}})
+    assert compared_metric(images) == (TEST_ACC, True)
+    chosen = OmegaConf.merge(images, {"evaluation": {"rank_by": "test/ece_raw"}})
+    assert compared_metric(chosen) == ("test/ece_raw", False), "a calibration error: lowest first"
 
 
 def test_a_view_is_refreshed_never_duplicated(tmp_path: Path) -> None:
