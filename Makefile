@@ -15,7 +15,7 @@ $(BIN)/python:
 # machines, nothing would cache them later and every process would compile torch again
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,keras,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,keras,ray,server]"
 
 run: install
 	$(BIN)/leukexp-train $(ARGS)
@@ -25,13 +25,14 @@ lint: install
 
 # the job engines the tests start for real (a one-node Slurm cluster with accounting): Debian's packages, installed
 # once where this runs as root with apt; elsewhere their tests skip and say why
-ENGINE_PACKAGES := slurm-wlm slurmdbd munge mariadb-server
+ENGINE_PACKAGES := slurm-wlm slurmdbd munge mariadb-server postgresql
 engines:
 	@command -v slurmctld >/dev/null && command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null \
+	  && { command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; } \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive \
 	       && { apt-get install -y -q $(ENGINE_PACKAGES) >/dev/null 2>&1 \
 	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(ENGINE_PACKAGES) >/dev/null 2>&1; }; }; } \
-	  || echo "engines: Slurm could not be installed here (root and apt needed); its tests skip and say why"
+	  || echo "engines: Slurm or PostgreSQL could not be installed here (root and apt needed); their tests skip and say why"
 
 # two pytest workers: the slow cases spend much of their time waiting on subprocesses and servers (14 min instead
 # of 16 for the whole suite on this project's 2-core machine)

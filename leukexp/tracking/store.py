@@ -281,7 +281,9 @@ class RunLogger:
             self.client.set_terminated(self.run_id, status=status)
 
     def ui_hint(self) -> str:
-        """The command that opens the MLflow UI on this store."""
+        """How to open the MLflow UI on this store: a server's own address, or the command for a local store."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"open {redact(self.tracking_uri)} in a browser"
         return f"mlflow ui --backend-store-uri {redact(self.tracking_uri)}"
 
 
