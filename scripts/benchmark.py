@@ -164,18 +164,24 @@ def warm_workers(cfg, backbone, cache_dir: Path) -> None:
     shutil.rmtree(cache_dir, ignore_errors=True)
 
 
+def fold_features(plan, backbone) -> tuple:
+    """The plan's fold data and its samples' features (train, val, test rows in order), from the store."""
+    from leukexp.data.fold_data import build_fold_data
+    from leukexp.run.embeds import SPLITS, caches_for, find, fold_embeds
+
+    fold_data = build_fold_data(plan)
+    every = find(fold_embeds(plan, fold_data), SPLITS).features(backbone, caches_for(plan, backbone, fold_data.stain),
+                                                                plan.features)
+    return fold_data, every
+
+
 def measure_head_loop(plan, backbone) -> dict[str, float]:
     """The limit of a warm run: a bare torch loop of the default head's steps (features -> 128 -> classes, Adam,
     the run's batch size and epochs, one validation pass per epoch, one thread as the run gives a small head) on the
     run's own cached features, read from the store first (not timed)."""
     from torch import nn
 
-    from leukexp.data.fold_data import build_fold_data
-    from leukexp.run.embeds import SPLITS, caches_for, find, fold_embeds
-
-    fold_data = build_fold_data(plan)
-    every = find(fold_embeds(plan, fold_data), SPLITS).features(backbone, caches_for(plan, backbone, fold_data.stain),
-                                                                 plan.features)
+    fold_data, every = fold_features(plan, backbone)
     samples = fold_data.samples
     train_x = torch.from_numpy(every[:len(samples.train)])
     train_y = torch.from_numpy(samples.train["label_index"].to_numpy())
@@ -206,13 +212,9 @@ def measure_bag_loop(plan, backbone) -> dict[str, float]:
     """The limit of a warm aggregator fold: a bare torch loop of `head=abmil`'s steps (the same gated attention
     network, bags padded once, the run's bags per step and epochs, one validation pass per epoch, one thread) over
     the fold's own bags, their instances' features read from the store first (not timed)."""
-    from leukexp.data.fold_data import build_fold_data
     from leukexp.heads.mil import BagNetwork, pad_bags
-    from leukexp.run.embeds import SPLITS, caches_for, find, fold_embeds
 
-    fold_data = build_fold_data(plan)
-    every = find(fold_embeds(plan, fold_data), SPLITS).features(backbone, caches_for(plan, backbone, fold_data.stain),
-                                                                plan.features)
+    fold_data, every = fold_features(plan, backbone)
     n_train, n_val = len(fold_data.samples.train), len(fold_data.samples.val)
     train_x = pad_bags(every[:n_train], fold_data.offsets("train"))
     val_x = pad_bags(every[n_train:n_train + n_val], fold_data.offsets("val"))
@@ -249,12 +251,7 @@ def measure_differential_loop(plan, backbone, repeats: int = 5) -> dict[str, flo
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from leukexp.data.fold_data import build_fold_data
-    from leukexp.run.embeds import SPLITS, caches_for, find, fold_embeds
-
-    fold_data = build_fold_data(plan)
-    every = find(fold_embeds(plan, fold_data), SPLITS).features(backbone, caches_for(plan, backbone, fold_data.stain),
-                                                                plan.features)
+    fold_data, every = fold_features(plan, backbone)
     sizes = [len(fold_data.samples.train), len(fold_data.samples.val), len(fold_data.samples.test)]
     parts = np.split(every, np.cumsum(sizes)[:2])
     offsets = [fold_data.offsets(name) for name in ("train", "val", "test")]

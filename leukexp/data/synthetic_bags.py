@@ -73,6 +73,12 @@ def field_image(kinds: list[str], seed: list[int], size: int) -> np.ndarray:
     return smear.finish()
 
 
+def cached_folder(cache_dir: str | Path, prefix: str, spec: list[object]) -> Path:
+    """The folder under `cache_dir` that a generator with parameters `spec` writes once (`<prefix>-<hash>`)."""
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:10]
+    return Path(cache_dir).expanduser() / f"{prefix}-{key}"
+
+
 def _normal(rng: np.random.Generator) -> str:
     return "neutrophil" if rng.uniform() < 0.6 else "lymphocyte"
 
@@ -115,8 +121,7 @@ class _BagSource(FolderSource):
         return float(rng.uniform(self.witness_min, self.witness_max))
 
     def _target(self, prefix: str, spec: list[object]) -> Path:
-        key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:10]
-        return Path(self.cache_dir).expanduser() / f"{prefix}-{key}"
+        return cached_folder(self.cache_dir, prefix, spec)
 
 
 @dataclass
@@ -192,9 +197,8 @@ class SyntheticAtlas(FolderSource):
         if unknown or min(counts.values(), default=0) < 1:
             raise LeukexpError(f"data.counts: expected a positive count per cell type of {', '.join(CELL_TYPES)}"
                                f" (got {counts})")
-        spec = [BAG_GENERATOR_VERSION, "atlas", self.seed, counts, self.cell_size]
-        key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:10]
-        target = Path(self.cache_dir).expanduser() / f"atlas-{key}"
+        target = cached_folder(self.cache_dir, "atlas", [BAG_GENERATOR_VERSION, "atlas", self.seed, counts,
+                                                         self.cell_size])
         if not target.is_dir():
             with atomic_path(target, folder=True) as staging:
                 for kind, count in counts.items():

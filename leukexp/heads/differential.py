@@ -154,9 +154,8 @@ class DifferentialHead(Head, kind="differential"):
 
     # training and scoring
 
-    def _train_cells(self, train: Split, val: Split) -> None:
-        """The cell classifier on the training bags' instances that carry their own label (`cells: own`)."""
-        own = np.asarray(train.instance_types if train.instance_types is not None else [], dtype=object)
+    def _train_cells(self, train: Split, val: Split, own: np.ndarray) -> None:
+        """The cell classifier on the training bags' instances that carry their own label (`own`; `cells: own`)."""
         labelled = own != "" if len(own) else np.zeros(len(train.features), bool)
         self.types = sorted({str(t) for t in own[labelled]})
         index = {t: i for i, t in enumerate(self.types)}
@@ -181,7 +180,7 @@ class DifferentialHead(Head, kind="differential"):
             if self.source != "own":
                 raise LeukexpError(f"head.cells={self.source}: the cell study was not loaded; train through"
                                    " leukexp-train, which loads and checks it")
-            self._train_cells(train, val)
+            self._train_cells(train, val, own)
         described = self.describe(train.features, train.bags)
         self.mean, self.scale = described.mean(0), np.where(described.std(0) > 1e-9, described.std(0), 1.0)
         width = described.shape[1]
@@ -196,13 +195,19 @@ class DifferentialHead(Head, kind="differential"):
         """The bags' probabilities from their differentials (all rows one bag when `bags` is None)."""
         return self.bag.predict_proba(self.describe(features, bags))
 
+    def unusual_types(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
+        """Per bag, the index of its most unusual type: the one whose share lies furthest above the training bags'
+        mean, in their spreads (the type that moved its decision most)."""
+        bags = np.array([0, len(features)]) if bags is None else bags
+        described = self.describe(features, bags)[:, :len(self.types)]
+        return ((described - self.mean[:len(self.types)]) / self.scale[:len(self.types)]).argmax(1)
+
     def attention(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
         """Each instance's weight: its probability of its bag's most unusual type (the furthest above the training
         bags' mean, in their spreads), as a share of its bag's; a bag's weights sum to 1."""
         bags = np.array([0, len(features)]) if bags is None else bags
         probs = self.type_proba(features)
-        described = self.describe(features, bags)[:, :len(self.types)]
-        unusual = ((described - self.mean[:len(self.types)]) / self.scale[:len(self.types)]).argmax(1)
+        unusual = self.unusual_types(features, bags)
         weights = np.zeros(len(features))
         for i, (start, stop) in enumerate(itertools.pairwise(bags)):
             share = probs[start:stop, unusual[i]]

@@ -118,16 +118,6 @@ def field_overlays(table: pd.DataFrame, paths: dict[str, str], bags: list[str], 
 SUREST_CELLS = 4  # cells of the deciding type shown beside a bag's differential
 
 
-def deciding_types(test: pd.DataFrame, train: pd.DataFrame) -> dict[str, str]:
-    """Per test bag, the cell type whose share lies furthest from the training bags' mean (in their spreads): the
-    type that moved its decision most. `test`: bag, type, percent; `train`: type, percent (one row per bag and type)."""
-    stats = train.groupby("type")["percent"].agg(["mean", "std"])
-    spread = stats["std"].where(stats["std"] > 1e-9, 1.0)
-    distance = (test["percent"] - test["type"].map(stats["mean"])).abs() / test["type"].map(spread)
-    return dict(test.assign(distance=distance).sort_values("distance", ascending=False)
-                .drop_duplicates("bag")[["bag", "type"]].itertuples(index=False, name=None))
-
-
 def differential_figure(test: pd.DataFrame, train: pd.DataFrame, cells: pd.DataFrame, paths: dict[str, str],
                         bags: list[str], out: Path, titles: dict[str, str]) -> Path:
     """A row per bag: its share of each cell type (dots) against the range the training bags of each class span

@@ -20,7 +20,7 @@ import pandas as pd
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import Head
 from leukexp.inference.classifier import MANIFEST, Classifier, TrainedOn, classifier_folder, load_classifier
-from leukexp.inference.model_uri import is_store_uri, resolve_model
+from leukexp.inference.model_uri import is_store_uri, pin_model, resolve_model
 from leukexp.vocabulary import CELL_STUDY_PREFIX
 
 KEY = "head.cells"
@@ -126,15 +126,12 @@ def _override(value: Any) -> str:
 def open_cell_study(source: str, tracking_uri: str | None = None) -> CellStudy:
     """Load `head.cells`: a model folder or run folder, `runs:/<id>/model`, `models:/NAME/VERSION` or
     `models:/NAME@ALIAS` (pinned to the version the alias names now); every failure is one line naming the key."""
-    version = str(Path(source).expanduser().resolve()) if not is_store_uri(source) else source
+    pinned, version = source, str(Path(source).expanduser().resolve()) if not is_store_uri(source) else source
     if source.startswith("models:/"):
-        name, number = _registered(source, tracking_uri)
-        source_pinned, version = f"models:/{name}/{number}", f"{name}/{number}"
-    else:
-        source_pinned = source
-        if source.startswith("runs:/"):
-            version = source.removeprefix("runs:/").split("/", 1)[0]
-    folder = resolve_model(source_pinned, tracking_uri, key=f"{KEY}=")
+        pinned, version = pin_model(source, tracking_uri, key=f"{KEY}=")
+    elif source.startswith("runs:/"):
+        version = source.removeprefix("runs:/").split("/", 1)[0]
+    folder = resolve_model(pinned, tracking_uri, key=f"{KEY}=")
     try:
         folder = classifier_folder(folder)
         meta = _manifest(folder)
@@ -164,21 +161,3 @@ def _manifest(folder: Path) -> dict[str, Any]:
         raise LeukexpError(f"{folder / MANIFEST}: names no backbone (model); export it again from its run")
     return meta
 
-
-def _registered(source: str, tracking_uri: str | None) -> tuple[str, str]:
-    """The name and version a `models:/` source names now (an alias pinned)."""
-    from mlflow.tracking import MlflowClient
-
-    from leukexp.inference.model_uri import registered_version
-    from leukexp.tracking.store import configure_http, probe_server, resolve_tracking_uri
-
-    configure_http()
-    uri = resolve_tracking_uri(tracking_uri)
-    probe_server(uri, "mlflow.tracking_uri=")
-    try:
-        return registered_version(MlflowClient(tracking_uri=uri, registry_uri=uri), source, f"{KEY}=")
-    except LeukexpError:
-        raise
-    except Exception as error:  # unknown model, version or alias; a store that does not answer
-        detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise LeukexpError(f"{KEY}={source}: cannot be loaded from {uri} ({detail})") from error

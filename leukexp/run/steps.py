@@ -264,24 +264,23 @@ class WriteDifferential(PostFitStep):
     def draw(outcome: Outcome, table: pd.DataFrame, predictions: pd.DataFrame, path: Path) -> Path:
         """`differential.png`: the surest right and wrong test bags' differentials against the training bags' of
         each class, and each one's surest cells of the type that moved its decision most."""
-        from leukexp.inference.attention import deciding_types, differential_figure
+        from leukexp.inference.attention import differential_figure
 
         fold_data, head, features = outcome.fold_data, outcome.result.head, outcome.features
         train = head.differential(features.train, fold_data.offsets("train"))
         train["label"] = np.asarray(fold_data.classes)[fold_data.labels("train")][train["bag_index"].to_numpy()]
-        bags = chosen_bags(predictions, 4)
-        deciding = deciding_types(table, train)
         test = fold_data.samples.test
         names = fold_data.bag_names("test")
+        unusual = head.unusual_types(features.test, fold_data.offsets("test"))  # the attention's type, per bag
+        wanted = unusual[test["unit"].to_numpy()]
         probs = head.type_proba(features.test)
-        wanted = [head.types.index(deciding.get(name, head.types[0])) for name in names[test["unit"].to_numpy()]]
         cells = attention_table(test, fold_data.catalog.frame, names, probs[np.arange(len(test)), wanted],
                                 fold_data.instance_views).rename(columns={"weight": "probability"})
-        cells["type"] = cells["bag"].map(deciding)
+        cells["type"] = cells["bag"].map(dict(zip(names, np.asarray(head.types)[unusual], strict=True)))
         paths = dict(zip(fold_data.catalog.frame["file"], fold_data.catalog.frame["path"], strict=True))
         titles = {row["file"]: f"{row['file']}: {row['label']} -> {row['predicted']}"
                   for _, row in predictions.iterrows()}
-        return differential_figure(table, train, cells, paths, bags, path, titles)
+        return differential_figure(table, train, cells, paths, chosen_bags(predictions, 4), path, titles)
 
 
 def witness_metrics(table: pd.DataFrame, fold_data: FoldData) -> dict[str, float]:

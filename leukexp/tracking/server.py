@@ -244,12 +244,19 @@ def _alive(group: int) -> bool:
     return True
 
 
-def status(root: Path) -> dict[str, object]:
-    """What `server.json` says, and whether the server's processes run and it answers."""
-    folder = ServerFolder(root.expanduser().resolve())
+def _saved_state(folder: ServerFolder) -> dict[str, object]:
+    """What `server.json` says (empty where there is none or it is unreadable)."""
     try:
         state = json.loads(folder.state.read_text())
     except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) and "pid" in state and "uri" in state else {}
+
+
+def status(root: Path) -> dict[str, object]:
+    """What `server.json` says, and whether the server's processes run and it answers."""
+    state = _saved_state(ServerFolder(root.expanduser().resolve()))
+    if not state:
         return {"running": False}
     return {**state, "running": _alive(int(state["pid"])) and _healthy(str(state["uri"]))}
 
@@ -258,11 +265,8 @@ def stop(root: Path, wait_s: float = 30.0) -> bool:
     """Stop every process the server started (its whole session: SIGTERM, then SIGKILL) and the folder's cluster;
     returns whether anything was running."""
     folder = ServerFolder(root.expanduser().resolve())
-    try:
-        state = json.loads(folder.state.read_text())
-    except (OSError, ValueError):
-        state = {}
-    group = int(state["pid"]) if "pid" in state else None
+    state = _saved_state(folder)
+    group = int(state["pid"]) if state else None
     was_running = group is not None and _alive(group)
     if was_running:
         os.killpg(group, signal.SIGTERM)
