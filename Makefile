@@ -11,11 +11,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# modules are byte-compiled at install (no): where PYTHONDONTWRITEBYTECODE is set, as on this project's
-# machines, nothing would cache them later and every process would compile torch again
+# uv installs from its cache in under a minute what pip unpacks in four (torch's CUDA libraries are gigabytes); it
+# reads no pip.conf, so pip's package sources are passed on (scripts/uv_from_pip.py); where uv cannot be had, pip.
+# Modules are byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set, as on this project's machines, nothing
+# would cache them later and every process would compile torch again
+PACKAGES := torch==2.14.1 torchvision==0.29.1 -e ".[dev,sweep,keras,ray,server]"
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,keras,ray,server]"
+	@if $(BIN)/python -m pip install --quiet uv >/dev/null 2>&1; then \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode \
+	    $$($(BIN)/python scripts/uv_from_pip.py) $(PACKAGES); \
+	else \
+	  $(BIN)/python -m pip install --quiet $(PACKAGES); \
+	fi
 
 run: install
 	$(BIN)/leukexp-train $(ARGS)
