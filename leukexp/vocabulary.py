@@ -74,6 +74,8 @@ FOLDS_FINISHED_TAG = "folds_finished"
 CLASSES_TAG = "leukexp.classes"
 # a pending upload's identity (leukexp-sync logs a folder, or a copy of it, once)
 UPLOAD_TAG = "leukexp.upload_id"
+# a run or registered version copied from another store (`leukexp-sync --from`): where from, and whether complete
+MOVED_FROM_TAG, MOVE_STATE_TAG = "leukexp.moved_from", "leukexp.move_state"
 # tags that describe a configuration: shown in reports, copied from a fold run to its CV parent
 MODEL_TAG, HEAD_TAG, TASK_TAG, PROTOCOL_TAG, AUGMENTATION_TAG, DATA_TAG = (
     "model", "head", "task", "protocol", "augmentation", "data")

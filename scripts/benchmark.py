@@ -11,6 +11,8 @@ Each measure runs in this process or as the CLI a user types, under `--root` (de
   (266 images x 33 views = 8,778 views), images/s, its ratio to raw, its wall time and peak memory;
 - jobs: `leukexp-train head=H` with every feature cached, per head: seconds inside the run (`done in`) and wall;
 - load: the same jobs while two busy-loop processes compete for the CPU, and the slow-down;
+- team_server (asked for with `--only`): the same jobs logging to `leukexp-server --auth` (MLflow on PostgreSQL,
+  accounts on) started under ROOT/team-server, their ratio to the bare head loop;
 - sweep: the warm quickstart sweep (`-m experiment=quickstart`, 4 heads x 5 folds) and its ratio to one pass;
 - cold_sweep: the same sweep with an empty feature cache, against (one pass + the warm sweep).
 
@@ -43,6 +45,7 @@ import platform
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -58,7 +61,8 @@ prepare_process()  # before torch loads: the same OpenMP setting as the CLI it i
 
 import torch  # noqa: E402  (after prepare_process, see above)
 
-MEASURES = ("raw", "extraction", "head_loop", "jobs", "load", "sweep", "cold_sweep")
+MEASURES = ("raw", "extraction", "head_loop", "jobs", "team_server", "load", "sweep", "cold_sweep")
+DEFAULT_MEASURES = tuple(m for m in MEASURES if m != "team_server")  # it needs PostgreSQL: asked for by name
 DEFAULT_HEADS = ("mlp1", "mlp3", "svm", "logreg")
 DONE = re.compile(r"done in ([0-9.]+) s")
 PHASE = re.compile(r"([A-Za-z]+) ([0-9.]+)[,)]")
@@ -78,6 +82,7 @@ class Result:
     cold_sweep: dict[str, float] = field(default_factory=dict)
     head_loop: dict[str, float] = field(default_factory=dict)
     differential_loop: dict[str, float] = field(default_factory=dict)
+    team_server: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def done_seconds(output: str) -> float | None:
@@ -296,6 +301,37 @@ def run_cli(args: list[str], root: Path, load: int = 0) -> dict[str, float]:
     return {"wall_s": wall, "run_s": inside if inside is not None else float("nan"), "peak_rss_mb": peak, **phases}
 
 
+def on_team_server(root: Path, args: list[str]) -> dict[str, float]:
+    """`leukexp-train ARGS` logging to a team server (`leukexp-server --auth`: MLflow on PostgreSQL, accounts on)
+    started under ROOT/team-server for this measure and stopped after it."""
+    from leukexp.tracking import server
+    from leukexp.tracking.reach import ACCOUNT_ENV
+
+    folder = root / "team-server"
+    shutil.rmtree(folder, ignore_errors=True)
+    account = {ACCOUNT_ENV[0]: "admin", ACCOUNT_ENV[1]: f"bench-{os.getpid()}-{time.time_ns()}"}
+    saved = {name: os.environ.get(name) for name in account}
+    os.environ.update(account)
+    try:
+        state = server.start(folder, port=free_port(), auth=True)
+        run_cli([*args, f"mlflow.tracking_uri={state['uri']}"], root)  # the server's first run: its experiment
+        return run_cli([*args, f"mlflow.tracking_uri={state['uri']}"], root)
+    finally:
+        server.stop(folder)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def fresh_store(root: Path) -> None:
     """An empty MLflow store: every measured job writes to a store of the same size."""
     shutil.rmtree(root / "mlruns", ignore_errors=True)
@@ -332,6 +368,11 @@ def table(result: Result) -> str:
             loaded = result.load[head]
             line += (f" | under 2-process load {loaded['run_s']:6.1f} s in run"
                      f" ({loaded['run_s'] / job['run_s']:.2f}x)")
+        lines.append(line)
+    for head, job in result.team_server.items():
+        line = f"  on the team server        {job['run_s']:7.1f} s in run (MLflow {job.get('MLflow_s', 0):.1f} s)"
+        if head in ("mlp1", "abmil") and result.head_loop:
+            line += f"  ({job['run_s'] / result.head_loop['seconds']:.2f}x the bare head loop)"
         lines.append(line)
     if result.sweep:
         ratio = result.sweep["wall_s"] / result.extraction["seconds"] if result.extraction else float("nan")
@@ -625,7 +666,7 @@ def main(argv: list[str] | None = None) -> Result:
     if args.scale:
         scale_main(args.root.resolve(), args.sizes, args.overrides, args.json)
         return Result()
-    chosen = [m for m in (args.only or MEASURES) if m not in args.skip]
+    chosen = [m for m in (args.only or DEFAULT_MEASURES) if m not in args.skip]
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     overrides = [*(["experiment=mil_baseline", "head=abmil"] if args.bags else []), f"model={args.model}",
@@ -671,6 +712,9 @@ def main(argv: list[str] | None = None) -> Result:
         fresh_store(root)
         result.jobs[head] = run_cli([*overrides, f"head={head}"], root)
         print(f"warm job {head}: {result.jobs[head]}", flush=True)
+    for head in args.heads if "team_server" in chosen else []:
+        result.team_server[head] = on_team_server(root, [*overrides, f"head={head}"])
+        print(f"warm job {head} on the team server: {result.team_server[head]}", flush=True)
     for head in args.heads if "load" in chosen else []:
         fresh_store(root)
         result.load[head] = run_cli([*overrides, f"head={head}"], root, load=args.load)

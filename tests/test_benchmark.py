@@ -36,6 +36,16 @@ def test_the_differential_job_is_set_against_its_bare_loop_by_its_head_phase(ben
     assert "head phase 0.06 s: 1.50x the bare differential loop, 0.040 s" in benchmark.table(result)
 
 
+def test_the_team_server_job_is_set_against_the_same_bare_loop(benchmark) -> None:
+    result = benchmark.Result(head_loop={"seconds": 7.0, "steps": 4375, "epochs": 25},
+                              jobs={"mlp1": {"run_s": 21.0, "wall_s": 40.0}},
+                              team_server={"mlp1": {"run_s": 24.5, "wall_s": 45.0, "MLflow_s": 2.4}})
+    lines = benchmark.table(result).splitlines()
+    (server,) = [line for line in lines if "on the team server" in line]
+    assert "24.5 s in run (MLflow 2.4 s)" in server and "(3.50x the bare head loop)" in server
+    assert "team_server" not in benchmark.DEFAULT_MEASURES, "it needs PostgreSQL: only when asked for"
+
+
 def test_every_view_of_every_image_once(benchmark) -> None:
     samples = benchmark.all_views(3, 4)
     assert len(samples) == 12 and not samples.duplicated(["source", "view"]).any()

@@ -12,7 +12,8 @@ from leukexp.errors import LeukexpError, user_errors
 from leukexp.report.runs import load_runs, open_client
 from leukexp.report.sections import write_report
 from leukexp.runtime.process import prepare_process
-from leukexp.tracking.store import configure_http, is_sqlite_file, resolve_tracking_uri, sqlite_path
+from leukexp.tracking.reach import configure_http
+from leukexp.tracking.store import is_sqlite_file, resolve_tracking_uri, sqlite_path
 from leukexp.vocabulary import CHAMPION_ALIAS, CV_GROUP_TAG, TEST, TEST_ACC
 
 

@@ -22,7 +22,8 @@ def _store(model: str, tracking_uri: str | None, key: str) -> Iterator[tuple[Any
     `key` and `model`."""
     from mlflow.tracking import MlflowClient
 
-    from leukexp.tracking.store import configure_http, probe_server, resolve_tracking_uri
+    from leukexp.tracking.reach import configure_http, probe_server
+    from leukexp.tracking.store import resolve_tracking_uri
 
     configure_http()
     uri = resolve_tracking_uri(tracking_uri)

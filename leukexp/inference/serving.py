@@ -46,6 +46,9 @@ def save_model(path: Path, classifier_dir: Path, classes: list[str], decision: b
     import mlflow.pyfunc
 
     from leukexp import __version__
+    from leukexp.tracking import warmup
+
+    warmup.wait(warmup.MODEL_SAVING)  # MLflow's map of installed distributions, begun while the head trained
 
     if path.exists():
         shutil.rmtree(path)  # the run folder's own earlier model (a run repeated into the same folder)

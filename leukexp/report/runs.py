@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from leukexp.csv_files import read_csv
 from leukexp.errors import LeukexpError
-from leukexp.tracking.store import probe_server
+from leukexp.tracking.reach import probe_server
 from leukexp.vocabulary import (
     CV_GROUP_TAG,
     DATA_HASH_TAG,

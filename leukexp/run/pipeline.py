@@ -27,7 +27,9 @@ from leukexp.run.validation import check_against_data, validate
 from leukexp.runtime.process import seed_everything, torch_threads
 from leukexp.runtime.signals import Interrupted
 from leukexp.sweeps.multirun import is_multirun, job_threads
+from leukexp.tracking import warmup
 from leukexp.tracking.identity import run_tags
+from leukexp.tracking.reach import configure_http, probe_server
 from leukexp.tracking.sync import save_pending
 from leukexp.vocabulary import CELL_STUDY_PREFIX, CV_GROUP_TAG, DATA_TAG, EXTERNAL, MANIFEST_FILE, TEST
 
@@ -47,9 +49,10 @@ def open_fold_run(plan: RunPlan, fold_data: FoldData, lineage: dict[str, str] | 
     if not tracking.enabled:
         return None, None
     from leukexp.tracking.cv import FoldRun
-    from leukexp.tracking.store import RunLogger, configure_http, flatten
+    from leukexp.tracking.store import RunLogger, flatten
 
     configure_http(tracking.http_timeout, tracking.http_max_retries)
+    warmup.wait(warmup.STORE)
     logger = RunLogger(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_location,
                        tracking.create_store_folder, str(plan.paths.root_dir))
     tags = run_tags(plan, fold_data)
@@ -89,6 +92,8 @@ def store_failure(error: BaseException) -> str:
     """What went wrong with the store, in words: a refusal (MLflow's own message) or a store that stopped answering."""
     from mlflow.exceptions import MlflowException, RestException
 
+    if isinstance(error, MlflowException) and error.get_http_status_code() in (401, 403):
+        return f"the server refused this account (HTTP {error.get_http_status_code()})"
     if isinstance(error, MlflowException) and not _is_connection_failure(error):
         kind = "the server refused" if isinstance(error, RestException) else "the store refused"
         return f"{kind} what was logged ({error.error_code}: {error.message.splitlines()[0][:300]})"
@@ -205,6 +210,12 @@ def train_plan(plan: RunPlan) -> dict[str, float]:
 def run_plan(plan: RunPlan) -> dict[str, float]:
     """The run's steps, timed per phase."""
     clock = Stopwatch()
+    tracking = plan.tracking
+    if tracking.enabled:  # a server that is down or wants an account: one line before any data is read
+        configure_http(tracking.http_timeout, tracking.http_max_retries)
+        probe_server(tracking.tracking_uri)
+    warmup.begin(tracking.tracking_uri if tracking.enabled else None, tracking.create_store_folder,
+                 str(plan.paths.root_dir))
     with clock.phase("data"):
         cell_study = cell_study_from_plan(plan)  # head.cells=URI: loaded and checked before the data is read
         fold_data = build_fold_data(plan)

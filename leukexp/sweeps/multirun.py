@@ -155,7 +155,8 @@ class SweepCallback(Callback):
         (sweep_dir / FAILURES).unlink(missing_ok=True)
         if config.mlflow.enabled:
             from leukexp.errors import user_errors
-            from leukexp.tracking.store import configure_http, prepare_store
+            from leukexp.tracking.reach import configure_http
+            from leukexp.tracking.store import prepare_store
 
             with user_errors("leukexp-train"):
                 configure_http(float(config.mlflow.http_timeout), int(config.mlflow.http_max_retries))

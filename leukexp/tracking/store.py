@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from leukexp.errors import LeukexpError
 from leukexp.files import file_lock
 from leukexp.runtime.secrets import redact
+from leukexp.tracking.reach import account_refusal, probe_server
 from leukexp.vocabulary import (
     DATASET_CONTEXT_TAG,
     EXPERIMENT_KIND_TAG,
@@ -47,18 +48,6 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = redact(str(value))[:PARAM_LIMIT]
     return flat
-
-
-def configure_http(timeout: float = 10, max_retries: int = 2) -> None:
-    """MLflow's HTTP timeout and retry budget for a tracking server (the environment's own settings win).
-
-    MLflow's defaults (120 s timeout, 7 retries with exponential backoff) make an unreachable server take
-    about four minutes to fail; these make it a few seconds.
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(max_retries)))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -121,29 +110,16 @@ def _under_project(folder: Path, project_root: str | Path | None = None) -> bool
     return folder.resolve().is_relative_to(root)
 
 
-def http_deadline() -> float:
-    """Seconds a tracking server has to answer a leukexp command's first request (`mlflow.http_timeout`)."""
+@contextlib.contextmanager
+def account_checked(where: str) -> Iterator[None]:
+    """Turn a tracking server's 401/403 inside the block into `account_refusal`'s line about `where`."""
     try:
-        return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"))
-    except ValueError:
-        return 10.0
-
-
-def probe_server(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None:
-    """One request to a tracking server with one deadline and no retries: a server that is down, unreachable or
-    accepts connections and never answers is one line within `http_deadline()` seconds (MLflow's own client
-    would retry and wait per request: 30-250 s)."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    deadline = http_deadline()
-    try:
-        requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                     timeout=(deadline, deadline))
-    except requests.RequestException as error:
-        raise LeukexpError(f"{option}{redact(tracking_uri)}: the server does not answer within {deadline:g} s"
-                           f" ({type(error).__name__}); start it or fix the URI") from error
+        yield
+    except MlflowException as error:
+        status = error.get_http_status_code()
+        if status not in (401, 403):
+            raise
+        raise account_refusal(status, where) from error
 
 
 def is_sqlite_file(path: Path) -> bool:
@@ -174,17 +150,20 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     """The experiment's id, created if needed (safe when parallel jobs race to create it).
 
     It is marked as a model-training experiment, so the MLflow 3 UI opens on its runs, not the GenAI overview.
+    On a tracking server an existing experiment's tag is written again, so an account that may only read it is one
+    line here, before any work, not a refusal after a fold has trained.
     """
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        with contextlib.suppress(MlflowException):  # another job may have created it a moment ago
-            client.create_experiment(name, artifact_location=artifact_location,
-                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    with account_checked(f"mlflow.experiment_name={name} on {redact(client.tracking_uri)}"):
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise LeukexpError(f"mlflow.experiment_name={name}: the experiment could not be created")
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            with contextlib.suppress(MlflowException):  # another job may have created it a moment ago
+                client.create_experiment(name, artifact_location=artifact_location,
+                                         tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise LeukexpError(f"mlflow.experiment_name={name}: the experiment could not be created")
+        elif EXPERIMENT_KIND_TAG not in experiment.tags or local_store_dir(client.tracking_uri) is None:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return experiment.experiment_id
 
 

@@ -17,9 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL, free_port, start_server, stop
 from leukexp.errors import LeukexpError
-from leukexp.report.runs import load_runs
-from leukexp.run.pipeline import train
-from leukexp.tracking.store import RunLogger, configure_http, flatten, prepare_store
+from leukexp.tracking.reach import configure_http
+from leukexp.tracking.store import RunLogger, flatten, prepare_store
 from leukexp.tracking.sync import PENDING_FILE
 from leukexp.vocabulary import FOLDS_FINISHED_METRIC, TEST_ACC, VAL_ACC
 
@@ -59,25 +58,6 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     assert notes.read_text() == "my notes", "nothing already written is lost"
     with pytest.raises(LeukexpError, match=r"bogus://foo: (cannot open the store|the store does not answer)"):
         prepare_store("bogus://foo")
-
-
-@pytest.mark.slow
-def test_training_and_report_against_a_tracking_server(compose_cfg, tmp_path: Path) -> None:
-    port = free_port()
-    server = start_server(tmp_path, port)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        metrics = train(compose_cfg(*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=1",
-                                    f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=remote"))
-        client = MlflowClient(uri)
-        runs = load_runs(client, "remote")
-        assert len(runs.folds) == 1
-        assert runs.folds.loc[0, TEST_ACC] == pytest.approx(metrics[TEST_ACC])
-        run_id = runs.folds.loc[0, "run_id"]
-        assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run_id)}
-        assert list((tmp_path / "server-artifacts").rglob("confusion_matrix.png"))
-    finally:
-        stop(server)
 
 
 @pytest.mark.slow
