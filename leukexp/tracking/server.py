@@ -28,6 +28,7 @@ from leukexp.tracking.reach import ACCOUNT_ENV
 DATABASE, AUTH_DATABASE = "mlflow", "mlflow_auth"
 STATE_FILE = "server.json"
 AUTH_CACHE_S = 60  # seconds a checked password is remembered (see `auth_config`)
+WORKER_HEALTHCHECK_S = 60  # seconds a server worker may take to answer uvicorn's health check
 USERNAME_ENV, PASSWORD_ENV = ACCOUNT_ENV
 
 
@@ -198,7 +199,10 @@ def start(root: Path, host: str = "127.0.0.1", port: int = 5000, auth: bool = Fa
     backend = database_uri or folder.database_uri()
     env = {k: v for k, v in os.environ.items() if k not in (USERNAME_ENV, PASSWORD_ENV)}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-               str(folder.artifacts), "--host", host, "--port", str(port), "--workers", "2"]
+               str(folder.artifacts), "--host", host, "--port", str(port), "--workers", "2",
+               # uvicorn kills a worker that misses a 5 s health check: on a busy machine (training beside the
+               # server) that cut requests mid-way ("RemoteDisconnected"); a slow worker is not a dead one
+               "--uvicorn-opts", f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_S}"]
     if auth:
         users = sibling_database(database_uri, AUTH_DATABASE) if database_uri else folder.database_uri(AUTH_DATABASE)
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config(folder, users))

@@ -184,7 +184,7 @@ def test_submitit_workers_share_a_tracking_server_and_compute_each_embedding_onc
 
 @pytest.mark.slow
 def test_resume_after_the_sweep_is_killed(command_server: CommandServer, tmp_path: Path) -> None:
-    longer = [*SWEEP, "trainer.max_epochs=60"]  # long enough jobs to kill one mid-way
+    longer = ["head=mlp1", "fold=f0,f1", "trainer.max_epochs=60"]  # long enough jobs to kill one mid-way
     command = [sys.executable, "-m", "leukexp.commands.train", "-m", *TINY, *longer]
     log = tmp_path / "first-sweep.log"
     with open(log, "w") as output:
@@ -202,7 +202,7 @@ def test_resume_after_the_sweep_is_killed(command_server: CommandServer, tmp_pat
 
     result = sweep(command_server, tmp_path, *longer)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_complete_study(tmp_path)
+    assert_complete_study(tmp_path, n_configs=1)
     after = {r.info.run_id for r in runs_by_kind(tmp_path)[1] if r.info.status == "FINISHED"}
     assert before <= after, "finished folds were kept, not re-run"
     assert "already FINISHED" in result.stdout

@@ -113,7 +113,7 @@ def study(root: Path):
 def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_report(
         command_server: CommandServer, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "leukexp.commands.train", "-m", "experiment=search_linear", *TINY,
-               "hydra.sweeper.n_trials=3"]
+               "hydra.sweeper.n_trials=2"]
     log = tmp_path / "first.log"
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
@@ -124,24 +124,24 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
         assert process.poll() is None, log.read_text()[-3000:]
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    resumed = search(command_server, tmp_path, "hydra.sweeper.n_trials=3")
+    resumed = search(command_server, tmp_path, "hydra.sweeper.n_trials=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "already FINISHED" in resumed.stdout, "the interrupted trial's finished fold was reused"
-    assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 3, "the killed trial was redone"
+    assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 2, "the killed trial was redone"
 
     # the same command, one trial more: the study continues
-    again = search(command_server, tmp_path, "hydra.sweeper.n_trials=4")
+    again = search(command_server, tmp_path, "hydra.sweeper.n_trials=3")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 of 4 trials done" in again.stdout + again.stderr
-    assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 4
-    done = search(command_server, tmp_path, "hydra.sweeper.n_trials=4")  # nothing left to run
+    assert "2 of 3 trials done" in again.stdout + again.stderr
+    assert sum(t.state.name == "COMPLETE" for t in study(tmp_path).trials) == 3
+    done = search(command_server, tmp_path, "hydra.sweeper.n_trials=3")  # nothing left to run
     assert done.returncode == 0, done.stderr[-3000:]
     runs = store_runs(tmp_path)
     (search_run,) = runs["search"]
     assert search_run.info.status == "FINISHED", "a finished search run again stays FINISHED"
-    assert search_run.data.metrics["search/trials_complete"] == 4
+    assert search_run.data.metrics["search/trials_complete"] == 3
     finished = [r for r in runs["fold"] if r.info.status == "FINISHED"]
-    assert len(runs["cv"]) == 4 and len(finished) == 8, "no fold of a trial was run twice"
+    assert len(runs["cv"]) == 3 and len(finished) == 6, "no fold of a trial was run twice"
     for parent in runs["cv"]:
         assert parent.data.tags[PARENT_TAG] == search_run.info.run_id, "trials sit under the search run"
         assert parent.data.tags[TRIAL_STATE_TAG] == "complete"
@@ -152,7 +152,7 @@ def test_a_search_resumes_after_a_kill_continues_and_shows_in_the_store_and_the_
                                  str(tmp_path / "report")], cwd=tmp_path, env=dict(os.environ), timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "## Search search_linear-search-" in text and "4 trials (4 complete, 0 pruned, 0 failed)" in text
+    assert "## Search search_linear-search-" in text and "3 trials (3 complete, 0 pruned, 0 failed)" in text
     assert "Parameter importances" in text and list((tmp_path / "report").glob("search_*_trials.png"))
 
 

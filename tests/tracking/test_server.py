@@ -263,7 +263,8 @@ def test_a_command_without_credentials_is_one_line(team: TeamServer, tmp_path: P
 
 
 def test_the_server_killed_mid_sweep_loses_nothing_after_a_rerun(team: TeamServer, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 command_server) -> None:
     team.ensure_running()
     # quick to give up (MLflow's client retries for minutes by default), long folds to kill the server in one
     env = team.env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
@@ -283,10 +284,10 @@ def test_the_server_killed_mid_sweep_loses_nothing_after_a_rerun(team: TeamServe
     assert "1 job(s) failed" in output and "Traceback" not in output, output[-3000:]
 
     team.ensure_running()
-    again = train(tmp_path, env, *overrides)
-    rerun = again.communicate(timeout=600)[0]
-    assert again.returncode == 0, rerun[-3000:]
-    assert "already FINISHED" in rerun, "the fold finished before the kill was kept"
+    rerun = command_server.run(["leukexp.commands.train", "-m", *TINY, *overrides], cwd=tmp_path,
+                               env=team.env(MLFLOW_HTTP_REQUEST_TIMEOUT="60"), timeout=600)  # the usual budget
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "already FINISHED" in rerun.stdout, "the fold finished before the kill was kept"
     runs = runs_of(team.client(ADMIN, monkeypatch), "lab_kill")
     assert_each_fold_once(runs, n_configs=1)
 
