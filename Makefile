@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test test-fast lint engines clean-cache
+.PHONY: install run test test-fast lint docs engines clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 # reads no pip.conf, so pip's package sources are passed on (scripts/uv_from_pip.py); where uv cannot be had, pip.
 # Modules are byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set, as on this project's machines, nothing
 # would cache them later and every process would compile torch again
-PACKAGES := torch==2.14.1 torchvision==0.29.1 -e ".[dev,sweep,keras,ray,server]"
+PACKAGES := torch==2.14.1 torchvision==0.29.1 -e ".[dev,sweep,keras,ray,server,docs]"
 install: $(BIN)/python
 	@if $(BIN)/python -m pip install --quiet uv >/dev/null 2>&1; then \
 	  $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode \
@@ -30,6 +30,12 @@ run: install
 lint: install
 	$(BIN)/ruff check leukexp tests scripts hydra_plugins
 
+# the manual as a site in site/ (offline; --strict: a broken link, anchor or docstring fails it), the configuration
+# page first checked against the configs and the schema it is generated from
+docs: install
+	$(BIN)/python scripts/config_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # the job engines the tests start for real (a one-node Slurm cluster with accounting): Debian's packages, installed
 # once where this runs as root with apt; elsewhere their tests skip and say why
 ENGINE_PACKAGES := slurm-wlm slurmdbd munge mariadb-server postgresql
@@ -43,8 +49,8 @@ engines:
 
 # two pytest workers: the slow cases spend much of their time waiting on subprocesses and servers (14 min instead
 # of 16 for the whole suite on this project's 2-core machine)
-test: lint engines
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS)
+test: lint docs engines
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30 $(ARGS)
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

@@ -2,7 +2,7 @@
 (`leukexp.serving`), and users' scripts import from where a module used to be (`leukexp.cell.pipeline`).
 
 Each old path is a thin module re-exporting the new one's names; nothing is duplicated and no file stands at
-the old place. `LEGACY_MODULES` is the table the README's renames section lists.
+the old place. `LEGACY_MODULES` is the table docs/migration.md lists.
 """
 
 from __future__ import annotations

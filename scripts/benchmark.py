@@ -338,7 +338,7 @@ def fresh_store(root: Path) -> None:
 
 
 def table(result: Result) -> str:
-    """The result as the plain-text table the README quotes."""
+    """The result as the plain-text table docs/benchmarks.md quotes."""
     lines = [f"machine: {result.machine}"]
     if result.raw:
         lines.append(f"raw backbone forward        {result.raw['images_per_s']:9.1f} img/s"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU checks of views made on the device, as one command on a lent GPU machine (see README, "Outgrowing one
+# The GPU checks of views made on the device, as one command on a lent GPU machine (see docs/scaling-out.md, "Outgrowing one
 # machine"): the tensor-view tests on CUDA, then the benchmark's raw bf16 forward against cold extraction with views
 # made on the device and on the CPU workers, for EfficientNet-Lite0 (pretrained) and SENet-154 (random weights),
 # then a profile of the device path's main process. Wheels first: bash ../shared/tools/gpu-wheels.sh (into .whl/).

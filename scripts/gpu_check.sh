@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the README's "Speed" section, on a CUDA machine whose python3 already has torch, timm,
+# The GPU checks of docs/benchmarks.md's "Speed" section, on a CUDA machine whose python3 already has torch, timm,
 # lightning, scikit-learn and OpenCV; the other wheels come from ../shared/tools/gpu-wheels.sh (in .whl/).
 #   bash scripts/gpu_check.sh OUT_DIR [STEP ...]      steps: default_cold bench_lite0 bench_senet warm_gpu thesis_heads
 # Writes OUT_DIR/gpu.log and the benchmark JSON files; each step is timed on its own and a failing step does
@@ -28,7 +28,7 @@ step generate python3 -c "from leukexp.data.synthetic import SyntheticSource
 SyntheticSource(cache_dir='$LEUKEXP_ROOT/cache/synthetic').prepare()"
 for s in $steps; do
   case $s in
-    # the default study cell with a cold feature cache, the head on the GPU: end to end
+    # the default study run with a cold feature cache, the head on the GPU: end to end
     default_cold) rm -rf "$LEUKEXP_ROOT/cache/features"; step default_cold peak python3 -m leukexp.train trainer=gpu ;;
     # raw forward vs extraction: EfficientNet-Lite0 in fp32 and bf16
     bench_lite0) step bench_lite0 bench --json "$out/bench_lite0.json" --only raw extraction

@@ -1,7 +1,7 @@
 """Semi-real bags from the public ALL 4-class cells: a bag is `benign` when all its cells are benign hematogones, and
 `malignant` when a share of them (the witnesses) are lymphoblasts (Early, Pre, Pro). With `--atlas`, a labeled cell
 atlas is set aside first: `--atlas-per-type` cells of each type (Benign, Early, Pre, Pro) that no bag holds, for the
-cell study a differential reads its types from (README: From an atlas to a diagnosis).
+cell study a differential reads its types from (docs/heads-and-bags.md: From an atlas to a diagnosis).
 
     python scripts/semi_real_bags.py ../shared/data/all4class --out cache/semi_real/patients \\
         --atlas cache/semi_real/atlas --atlas-benign 100 --cells 16

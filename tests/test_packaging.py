@@ -21,6 +21,12 @@ def test_wheel_contains_configs_and_composes_from_anywhere(tmp_path: Path) -> No
         names = set(archive.namelist())
         assert {"leukexp/conf/train.yaml", "leukexp/conf/model/efficientnet_lite0.yaml",
                 "leukexp/conf/experiment/quickstart.yaml"} <= names
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        fields = archive.read(metadata).decode()
+        import leukexp
+
+        assert f"Version: {leukexp.__version__}\n" in fields, "the version is written once, in leukexp/__init__.py"
+        assert "License-Expression: Apache-2.0" in fields and any(n.endswith("licenses/LICENSE") for n in names)
         archive.extractall(tmp_path / "site")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

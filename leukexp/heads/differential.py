@@ -64,7 +64,9 @@ class DifferentialHead(Head, kind="differential"):
         cell: builds the cell classifier (a per-image head) for a `HeadContext` of the types' count.
         features: `soft` or `counted`.
         topk: also the mean of the k surest instances of each type (0: not).
-        bag_config, cell_config: the per-image head options, saved with the head.
+        bag_config: the bag classifier's per-image head option, saved with the head.
+        cell_config: the cell classifier's per-image head option, saved with the head.
+        cells: `own` (typed from the bag study's own labelled cells) or where a finished cell study is.
     """
 
     aggregates = True

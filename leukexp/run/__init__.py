@@ -1,2 +1,2 @@
-"""One study cell from a composed config: validated, turned into objects, run (data, backbone, features, head,
-metrics) and written (artifacts, MLflow run)."""
+"""One run of a study configuration: validated, turned into objects, run (data, backbone, features, head, metrics)
+and written (artifacts, MLflow run)."""

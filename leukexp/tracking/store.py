@@ -180,7 +180,7 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
 
 
 class RunLogger:
-    """Logs one study cell to an MLflow run through the client (no global active-run state).
+    """Logs one run of a study configuration to an MLflow run through the client (no global active-run state).
 
     Args:
         tracking_uri: `sqlite:///.../mlruns/mlflow.db` by default, or `http://host:port`.

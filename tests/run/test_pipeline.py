@@ -37,7 +37,7 @@ from leukexp.vocabulary import (
     metric_name,
 )
 
-# every case trains a study cell end to end: `make test-fast` leaves them out
+# every case trains a study run end to end: `make test-fast` leaves them out
 pytestmark = pytest.mark.slow
 
 FAST = [*TINY_MODEL, *TINY_DATA, "augmentation=none", "trainer.max_epochs=3"]
