@@ -51,10 +51,9 @@ def open_fold_run(plan: RunPlan, fold_data: FoldData, lineage: dict[str, str] | 
     from leukexp.tracking.cv import FoldRun
     from leukexp.tracking.store import RunLogger, flatten
 
-    configure_http(tracking.http_timeout, tracking.http_max_retries)
-    warmup.wait(warmup.STORE)
+    prepared = warmup.wait(warmup.STORE)  # `run_plan` set the HTTP budget and began the store's check
     logger = RunLogger(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_location,
-                       tracking.create_store_folder, str(plan.paths.root_dir))
+                       tracking.create_store_folder, str(plan.paths.root_dir), prepared=prepared)
     tags = run_tags(plan, fold_data)
     if lineage:  # another cell study (or version of one) is another configuration: never resumed as this one
         tags[CV_GROUP_TAG] += (f" {CELL_STUDY_PREFIX}version={lineage[f'{CELL_STUDY_PREFIX}version']}"

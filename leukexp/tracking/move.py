@@ -15,14 +15,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
-from leukexp.tracking.store import account_checked, artifact_root, ensure_experiment, prepare_store
+from leukexp.tracking.store import account_checked, artifact_root, ensure_experiment, log_params, prepare_store
 from leukexp.vocabulary import MODEL_DIR, MOVE_STATE_TAG, MOVED_FROM_TAG, quote_filter
 
-BATCH = 1000  # MLflow's log_batch limit on metrics (params: 100)
+BATCH = 1000  # MLflow's log_batch limit on metrics
 COMPLETE = "complete"
 
 
@@ -111,9 +111,7 @@ def _copy_run(source: MlflowClient, target: MlflowClient, run: object, experimen
     tags = {key: _remapped(value, new_ids) for key, value in data.tags.items()} | {MOVED_FROM_TAG: info.run_id}
     copy = target.create_run(experiment_id, start_time=info.start_time, tags=tags, run_name=info.run_name)
     new_id = copy.info.run_id
-    params = [Param(key, value) for key, value in data.params.items()]
-    for start in range(0, len(params), 100):
-        target.log_batch(new_id, params=params[start:start + 100])
+    log_params(target, new_id, data.params)
     history = [Metric(m.key, m.value, m.timestamp, m.step) for key in data.metrics
                for m in source.get_metric_history(info.run_id, key)]
     for start in range(0, len(history), BATCH):

@@ -187,11 +187,15 @@ class RunLogger:
         experiment_name: MLflow experiment.
         artifact_location: where a new experiment stores artifacts (local stores: `mlruns/artifacts`).
         create_folder: create a SQLite store's folder even outside `project_root` (`paths.root_dir`).
+        prepared: the store was already checked (and a SQLite store's schema made) in this process.
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
-                 create_folder: bool = False, project_root: str | Path | None = None) -> None:
-        prepare_store(tracking_uri, create_folder, project_root)
+                 create_folder: bool = False, project_root: str | Path | None = None, prepared: bool = False) -> None:
+        if prepared:  # the schema and the store's answer were checked; a server may have gone since: one line
+            probe_server(tracking_uri)
+        else:
+            prepare_store(tracking_uri, create_folder, project_root)
         if redact(tracking_uri) != tracking_uri:  # MLflow prints "View run ... at: <URI>", credentials included
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = MlflowClient(tracking_uri)

@@ -9,14 +9,20 @@ raises the error where it belongs (a store that does not answer is reported when
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 STORE, MODEL_SAVING = "store", "model saving"
 
-_parts: dict[str, threading.Event] = {}
+
+class _Part(threading.Event):
+    """A part of the warm-up: set when done, `failed` when its step raised."""
+
+    failed = False
+
+
+_parts: dict[str, _Part] = {}
 _lock = threading.Lock()
 
 
@@ -28,25 +34,25 @@ def begin(tracking_uri: str | None, create_folder: bool = False, project_root: s
         steps.append((STORE, lambda: _open_store(tracking_uri, create_folder, project_root)))
     steps.append((MODEL_SAVING, _distribution_map))
     with _lock:
-        begun = [(_parts.setdefault(name, threading.Event()), step) for name, step in steps if name not in _parts]
+        begun = [(_parts.setdefault(name, _Part()), step) for name, step in steps if name not in _parts]
     if begun:
         threading.Thread(target=_run, args=(begun,), name="mlflow-warm-up", daemon=True).start()
 
 
-def wait(part: str, timeout_s: float = 120.0) -> None:
-    """Wait until a part begun earlier is done (at once if none was begun). The store part is taken: the next run in
-    this process opens its own store again."""
+def wait(part: str, timeout_s: float = 120.0) -> bool:
+    """Wait until a part begun earlier is done; whether it was begun and succeeded (False at once if none was
+    begun). The store part is taken: the next run in this process opens its own store again."""
     with _lock:
         done = _parts.pop(part, None) if part == STORE else _parts.get(part)
-    if done is not None:
-        done.wait(timeout_s)
+    return done is not None and done.wait(timeout_s) and not done.failed
 
 
-def _run(steps: list[tuple[threading.Event, Callable[[], None]]]) -> None:
+def _run(steps: list[tuple[_Part, Callable[[], None]]]) -> None:
     for done, step in steps:
         try:
-            with contextlib.suppress(Exception):
-                step()
+            step()
+        except Exception:  # left to the step's own call, which raises it where it belongs
+            done.failed = True
         finally:
             done.set()
 

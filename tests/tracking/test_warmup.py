@@ -27,7 +27,7 @@ def test_a_step_waits_for_its_part_and_a_part_begins_once(monkeypatch: pytest.Mo
     assert warmup.STORE not in warmup._parts, "tracking off: no store to open"
     started = time.perf_counter()
     threading.Timer(0.3, release.set).start()
-    warmup.wait(warmup.MODEL_SAVING)
+    assert warmup.wait(warmup.MODEL_SAVING) is True, "begun and done"
     assert calls == ["map"] and time.perf_counter() - started >= 0.25, "waited until the part was done"
     warmup.wait(warmup.MODEL_SAVING)
     assert calls == ["map"], "the map is made once per process"
@@ -43,7 +43,7 @@ def test_a_failing_store_part_is_left_to_the_steps_own_call(monkeypatch: pytest.
     monkeypatch.setattr(warmup, "_open_store", failing_open)
     monkeypatch.setattr(warmup, "_distribution_map", lambda: None)
     warmup.begin("http://127.0.0.1:9", project_root=tmp_path)
-    warmup.wait(warmup.STORE)  # no error here: the run's own prepare_store raises it where it belongs
+    assert warmup.wait(warmup.STORE) is False, "no error here: the run's own prepare_store raises it"
     assert opened == ["http://127.0.0.1:9"]
     assert warmup.STORE not in warmup._parts, "taken: the next run in this process opens its own store"
-    warmup.wait(warmup.STORE)  # nothing begun: returns at once
+    assert warmup.wait(warmup.STORE) is False, "nothing begun: at once"
