@@ -27,8 +27,11 @@ install: $(BIN)/python
 run: install
 	$(BIN)/leukexp-train $(ARGS)
 
+# ruff everywhere; mypy over the package (its settings in pyproject.toml: no blanket ignore, library stubs where the
+# libraries ship them)
 lint: install
 	$(BIN)/ruff check leukexp tests scripts hydra_plugins
+	$(BIN)/mypy
 
 # the manual as a site in site/ (offline; --strict: a broken link, anchor or docstring fails it), the configuration
 # page first checked against the configs and the schema it is generated from

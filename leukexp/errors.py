@@ -82,20 +82,20 @@ def user_errors(program: str = "leukexp") -> Iterator[None]:
             message = f"config key '{key}' has no value: set it on the command line, e.g. {key}=..."
         _exit(program, f"config error: {message}")
     except OSError as error:
-        message = os_error_message(error)
-        if message is None:
+        fault_line = os_error_message(error)
+        if fault_line is None:
             raise
-        _exit(program, message)
+        _exit(program, fault_line)
     except Interrupted as stop:
         print(f"{program}: stopped by signal {stop.signum}; finished folds are kept, re-run the same command to"
               " resume", file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None
     except Exception as error:  # a library's error caused by a file-system fault (a log file in a read-only folder)
         fault = file_system_fault(error)
-        message = os_error_message(fault) if fault is not None else None
-        if message is None:
+        caused = os_error_message(fault) if fault is not None else None
+        if caused is None:
             raise
-        _exit(program, message)
+        _exit(program, caused)
 
 
 def _exit(program: str, message: str) -> None:

@@ -8,7 +8,8 @@ the kind a saved head or stain normalizer is read back with (`of_kind`), and the
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import sys
+from typing import Any, ClassVar, Self, cast
 
 from leukexp.errors import LeukexpError
 
@@ -22,7 +23,7 @@ class Registered:
     """
 
     kind: ClassVar[str] = ""
-    registry: ClassVar[dict[str, type]]
+    registry: ClassVar[dict[str, type[Registered]]]
     also_allows: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, kind: str | None = None, **kwargs: Any) -> None:
@@ -42,18 +43,27 @@ class Registered:
         return dict(cls.registry)
 
     @classmethod
-    def of_kind(cls, kind: object, where: str) -> type:
+    def of_kind(cls, kind: object, where: str) -> type[Self]:
         """The implementation saved as `kind`; anything else is one line naming `where` and the known kinds."""
         if not isinstance(kind, str) or kind not in cls.registry:
             raise LeukexpError(f"{where}: unknown kind {kind!r} (known: {', '.join(sorted(cls.registry))})")
-        return cls.registry[kind]
+        return cast(type[Self], cls.registry[kind])
 
     @classmethod
     def allowed_targets(cls) -> frozenset[str]:
         """The `_target_`s a saved config of this interface may name: each implementation and what it also allows."""
-        return frozenset({f"{c.__module__}.{c.__qualname__}" for c in cls.registry.values()}
+        return frozenset({target for c in cls.registry.values() for target in target_names(c)}
                          | {target for c in cls.registry.values() for target in c.also_allows})
 
     @classmethod
     def check_config(cls, config: dict[str, Any], key: str) -> None:
         """Cheap checks of a config of this class before any work (one line naming `key`); default: none."""
+
+
+def target_names(cls: type) -> tuple[str, ...]:
+    """The `_target_`s that name a class: its public name where its package exports it (`leukexp.backbones.
+    TimmBackbone`, what configs and saved models write) and its module path (what models saved before the public
+    names wrote)."""
+    package = cls.__module__.rpartition(".")[0]
+    exported = cls.__qualname__ in getattr(sys.modules.get(package), "__all__", ())
+    return (*((f"{package}.{cls.__qualname__}",) if exported else ()), f"{cls.__module__}.{cls.__qualname__}")

@@ -10,7 +10,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchmark import all_views, compose_plan
-
 from leukexp.data.fold_data import build_fold_data
 from leukexp.data.tensor_views import TensorViews
 from leukexp.features.embed import ViewPass, part_caches, sample_features

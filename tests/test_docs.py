@@ -204,7 +204,8 @@ def test_the_configuration_page_is_what_the_configs_and_schema_say(monkeypatch: 
 def test_the_layout_page_names_every_module_and_script() -> None:
     text = (ROOT / "docs" / "layout.md").read_text()
     modules = [p for p in (ROOT / "leukexp").rglob("*.py") if p.name != "__init__.py"]
-    scripts = [p for p in (ROOT / "scripts").iterdir() if p.is_file()]
+    scripts = [p for p in (ROOT / "scripts").rglob("*") if p.is_file() and p.name != "__init__.py"
+               and "__pycache__" not in p.parts]
     assert len(modules) > 50 and scripts
     missing = [str(p.relative_to(ROOT)) for p in [*modules, *scripts] if p.name not in text]
     assert missing == [], f"docs/layout.md does not name {missing}"

@@ -27,7 +27,7 @@ def test_experiment_composes_and_its_sweep_is_valid(compose_cfg, experiment: str
     params = dict(raw.hydra.sweeper.params)
     assert raw.mlflow.experiment_name != "leukexp", "each study logs to its own experiment"
     if "leukexp_search" in str(raw.hydra.sweeper._target_):  # a search runs every fold of each trial itself
-        from leukexp.sweeps.search import parse_space
+        from leukexp.sweeps.space import parse_space
 
         space = parse_space(params, [], raw)
         assert len(space.distributions) >= 2 and raw.hydra.sweeper.objective == cv_metric(BEST + VAL_ACC, "mean")

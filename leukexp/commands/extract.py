@@ -29,7 +29,10 @@ from omegaconf import DictConfig, open_dict
 from leukexp.errors import LeukexpError, one_line, user_errors
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from leukexp.config.plan import RunPlan
+    from leukexp.features.cache import FeatureCache
     from leukexp.run.embeds import Embeds
 
 PROGRAM = "leukexp-extract"
@@ -115,7 +118,7 @@ def extract(plan: RunPlan, shard: ShardSpec, compact: bool = False) -> dict[str,
     seed_everything(plan.seed)
     backbone = backbone_from_plan(plan)
     views, misses, merged, started = 0, 0, 0, time.perf_counter()
-    folders = {}
+    folders: dict[Path, FeatureCache] = {}
     for embeds in study_embeds(plan):
         caches = caches_for(plan, backbone, embeds.stain)
         keys = embeds.catalog["sha1"].to_numpy()
@@ -129,7 +132,10 @@ def extract(plan: RunPlan, shard: ShardSpec, compact: bool = False) -> dict[str,
         console.print(cache_note(caches))
     if compact:
         merged = sum(cache.compact() for cache in folders.values())
-    return {"views": views, "misses": misses, "seconds": time.perf_counter() - started, "fewer_files": merged}
+    stores = list(folders.values())
+    return {"views": views, "misses": misses, "seconds": time.perf_counter() - started, "fewer_files": merged,
+            "entries": sum(cache.entry_count() for cache in stores), "files": sum(cache.files() for cache in stores),
+            "bytes": sum(cache.size_bytes() for cache in stores)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan_from_overrides(overrides: list[str]) -> RunPlan:
     """The study's run plan from `leukexp-train` overrides, checked before any work."""
+
     from leukexp.config.plan import RunPlan
     from leukexp.run.validation import validate
 
@@ -177,7 +184,9 @@ def print_shard(shard: ShardSpec, result: dict[str, float], compact: bool) -> No
     rate = result["misses"] / result["seconds"] if result["seconds"] else 0.0
     console.print(f"{PROGRAM}: shard {shard.index}/{shard.count}: {result['views']:,} views needed,"
                   f" {result['misses']:,} computed in {result['seconds']:.1f} s ({rate:.1f} views/s)"
-                  + (f"; compacted: {result['fewer_files']} files fewer" if compact else ""))
+                  + (f"; compacted: {result['fewer_files']} files fewer" if compact else "")
+                  + (f"; the store holds {result['entries']:,} entries in {result['files']:,} files"
+                     f" ({result['bytes'] / 2**20:,.1f} MiB)" if "entries" in result else ""))
 
 
 def run_shard(shard: str, overrides: list[str], compact: bool) -> dict[str, Any]:

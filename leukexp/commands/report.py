@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.register:
             from leukexp.tracking.model_registry import register
 
-            experiment_id = client.get_experiment_by_name(args.experiment).experiment_id
+            experiment = client.get_experiment_by_name(args.experiment)
+            if experiment is None:
+                raise LeukexpError(f"--experiment {args.experiment}: no such experiment in {uri}")
+            experiment_id = experiment.experiment_id
             version, selection = register(client, experiment_id, args.register, args.metric)
             print(f"registered models:/{args.register}/{version} (also models:/{args.register}@{CHAMPION_ALIAS}):"
                   f" {selection.run.data.tags.get(CV_GROUP_TAG, '')}; {selection.reason}")

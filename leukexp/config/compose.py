@@ -33,6 +33,14 @@ BUILT_IN_TARGETS = ("leukexp.", "hydra_plugins.leukexp_search.", "albumentations
 ALLOWED_TARGETS_KEY = "allowed_targets"
 
 
+def plain_mapping(node: Any, resolve: bool = True) -> dict[str, Any]:
+    """A config mapping as a plain dict (`OmegaConf.to_container`, typed as the mapping it is)."""
+    value = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a config mapping, got {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}
+
+
 def is_allowed_target(target: str, declared: Sequence[str] = ()) -> bool:
     """Whether a `_target_` is leukexp's, a library its configs build from, or one the user declared."""
     return any(target == name or (name.endswith(".") and target.startswith(name))
@@ -90,7 +98,7 @@ def check_keys(node: Any, key: str) -> None:
         unknown = [str(k) for k in node if not str(k).startswith("_")
                    and known is not None and str(k) not in known] if known is not None else []
         if unknown:
-            keys = ", ".join(sorted(k for k in known if k not in ("self", "context")))
+            keys = ", ".join(sorted(k for k in known or () if k not in ("self", "context")))
             raise LeukexpError(f"{key}.{unknown[0]}: not a key of {key} ({target.rsplit('.', 1)[-1]}; its keys:"
                                f" {keys}); check the spelling, or drop it")
     for child, value in items:
@@ -157,9 +165,7 @@ def load_option(group: str, name: str, overrides: Sequence[str] = (), key: str |
 @functools.cache
 def _composed_option(group: str, name: str, overrides: tuple[str, ...]) -> dict[str, Any]:
     """`load_option`'s composition, once per process (validation and building ask for the same members)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(compose_train([f"{group}={name}", *overrides])[group], resolve=True)
+    return plain_mapping(compose_train([f"{group}={name}", *overrides])[group])
 
 
 def default_choices() -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from leukexp.config.compose import plain_mapping
 from leukexp.config.schema import MISSING, lookup
 from leukexp.errors import LeukexpError
 
@@ -29,7 +30,7 @@ def external_setting(cfg: DictConfig) -> Any:
 
 def _path_overrides(cfg: DictConfig) -> list[str]:
     """The run's own folders, so an option's `${paths...}` resolve as the run's do."""
-    paths = OmegaConf.to_container(cfg.paths, resolve=False) if "paths" in cfg else {}
+    paths = plain_mapping(cfg.paths, resolve=False) if "paths" in cfg else {}
     keys = [k for k in ("root_dir", "cache_dir", "shared_data_dir") if k in paths]
     return [f"paths.{k}='{OmegaConf.select(cfg, f'paths.{k}')}'" for k in keys]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from leukexp.config.compose import build
+from leukexp.config.compose import build, plain_mapping
 from leukexp.config.identity import Identity, run_identity
 from leukexp.config.schema import setting
 from leukexp.errors import LeukexpError
@@ -26,8 +26,8 @@ from leukexp.errors import LeukexpError
 COMPONENT_GROUPS = ("data", "task", "fold", "protocol", "augmentation", "stain", "bags", "model", "head",
                     "optimizer", "trainer")
 # the choice of a group a config may lack (composed before the group existed)
-ABSENT_DEFAULTS = {"stain": {"_target_": "leukexp.data.stain.NoStain"},
-                   "bags": {"_target_": "leukexp.data.bags.NoBags"}}
+ABSENT_DEFAULTS = {"stain": {"_target_": "leukexp.data.NoStain"},
+                   "bags": {"_target_": "leukexp.data.NoBags"}}
 
 
 def _frozen(value: Any) -> Any:
@@ -144,6 +144,25 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class LaunchSettings:
+    """What a run needs of how Hydra launched it, read once at the door: whether it is one job of a multirun (its
+    fold run may then resume an earlier one), and how many jobs its launcher runs at once (-1: one per core)."""
+
+    multirun: bool = False
+    parallel_jobs: int = 1
+
+    @classmethod
+    def of_hydra_job(cls) -> LaunchSettings:
+        """The running Hydra job's (a plan composed outside a Hydra app: a single run)."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return cls()
+        return cls(multirun=True, parallel_jobs=int(HydraConfig.get().launcher.get("n_jobs") or 1))
+
+
+@dataclass(frozen=True)
 class Paths:
     """The run's folders."""
 
@@ -167,6 +186,7 @@ class RunPlan:
     search: Mapping[str, Any]
     optimized_metric: str
     resolved: Mapping[str, Any]  # the composed config, resolved: params and config.yaml are written from it
+    launch: LaunchSettings = LaunchSettings()
 
     def __getattr__(self, group: str) -> Component:
         """A component by its group (`plan.model`, `plan.head`, ...)."""
@@ -180,7 +200,7 @@ class RunPlan:
         """The plan of a composed (and validated) config; the job's Hydra runtime gives its group choices."""
         for key in sorted(OmegaConf.missing_keys(cfg)):  # `???` left in a key the run reads (`data.root`)
             raise LeukexpError(f"config key '{key}' has no value: set it on the command line, e.g. {key}=...")
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = plain_mapping(cfg)
         identity = run_identity(cfg)
         declared = tuple(str(name) for name in resolved.get("allowed_targets") or ())
         components = {group: Component(group, identity.choices.get(group, str(resolved[group].get("name", "?"))),
@@ -220,6 +240,7 @@ class RunPlan:
             search=_frozen({k: v for k, v in (resolved.get("search") or {}).items() if v is not None}),
             optimized_metric=str(cfg.optimized_metric),
             resolved=_frozen(resolved),
+            launch=LaunchSettings.of_hydra_job(),
         )
 
     def for_fold(self, index: int) -> RunPlan:

@@ -47,12 +47,10 @@ class Augmentation(ABC):
     Attributes:
         name: short name for tags, reports and the console (`paper`, `flips`).
         online: whether views are drawn anew every epoch.
-        batched: whether a pass's workers only decode and plan, and the views are made in batches (`plan`, `make`).
     """
 
     name: str
     online: ClassVar[bool] = False
-    batched: ClassVar[bool] = False  # views made in batches on the backbone's device (`TensorViews`)
 
     @property
     @abstractmethod

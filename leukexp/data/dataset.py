@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from leukexp.backbones.base import ImagePreprocess
 from leukexp.data.augment import Augmentation
 from leukexp.data.io import read_image
+from leukexp.data.tensor_views import TensorViews
 
 # an image-to-image step applied right after decoding (stain normalization)
 ImageStep = Callable[[np.ndarray], np.ndarray]
@@ -102,7 +103,7 @@ class SourceViews(Dataset):
 
 
 class SourcePlans(SourceViews):
-    """For views made on the device (`augmentation.batched`): item i decodes a few images (about `ROWS_PER_ITEM`
+    """For views made on the device (`TensorViews`): item i decodes a few images (about `ROWS_PER_ITEM`
     wanted views' worth) and returns them resized, 8-bit (S, H, W, 3), with each wanted row's image (`source_of_row`)
     and what the device does for it (`augmentation.plan`: sampling theta, warped or not, flip code): one image to
     move per source instead of one per view, and few items to pass between processes."""
@@ -110,8 +111,9 @@ class SourcePlans(SourceViews):
     ROWS_PER_ITEM = 128
 
     def __init__(self, catalog: pd.DataFrame, sources: np.ndarray, views: np.ndarray,
-                 augmentation: Augmentation, preprocess: ImagePreprocess, stain: ImageStep | None = None) -> None:
+                 augmentation: TensorViews, preprocess: ImagePreprocess, stain: ImageStep | None = None) -> None:
         super().__init__(catalog, sources, views, augmentation, preprocess, stain)
+        self.plans = augmentation
         self.chunks: list[list[tuple[int, list[int]]]] = [[]]
         rows = 0
         for group in self.groups:
@@ -129,7 +131,7 @@ class SourcePlans(SourceViews):
         for position, (source, wanted) in enumerate(self.chunks[index]):
             image = self.preprocess.resize(read_normalized(self.paths[source], self.stain))
             images.append(image)
-            plans.append(self.augmentation.plan(self.views[wanted], self.keys[source], *image.shape[:2]))
+            plans.append(self.plans.plan(self.views[wanted], self.keys[source], *image.shape[:2]))
             source_of_row += [position] * len(wanted)
             rows += wanted
         thetas, warped, flips = (np.concatenate(part) for part in zip(*plans, strict=True))

@@ -64,6 +64,13 @@ class FoldData:
         sizes = self.part(name).groupby("unit", sort=True).size().to_numpy()
         return np.concatenate([[0], np.cumsum(sizes)])
 
+    def bag_offsets(self, name: str) -> np.ndarray:
+        """`offsets` of a bag study (a step for bags reached without them is a bug)."""
+        offsets = self.offsets(name)
+        if offsets is None:
+            raise ValueError("bag offsets asked of a study without bags")
+        return offsets
+
     def instance_labels(self, name: str) -> np.ndarray | None:
         """With bags: each instance's own class index (-1 where the data gives none); else None."""
         return None if self.bags is None else self.part(name)["instance_index"].to_numpy()
@@ -74,6 +81,8 @@ class FoldData:
 
     def bag_names(self, name: str) -> np.ndarray:
         """The bag of each unit of a split."""
+        if self.bags is None:
+            raise ValueError("bag names asked of a study without bags")
         part = self.part(name).drop_duplicates("unit")
         return self.bags.bags["bag"].to_numpy()[part["bag_index"].to_numpy()]
 

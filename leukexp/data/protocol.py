@@ -99,7 +99,8 @@ class Protocol:
             weights = [1.0] * n_classes
             for cls, weight in zip(present, computed, strict=True):
                 weights[int(cls)] = float(weight)
-        return Samples(*(part.reset_index(drop=True) for part in (train, val, test)), class_weights=weights)
+        train, val, test = (part.reset_index(drop=True) for part in (train, val, test))
+        return Samples(train, val, test, class_weights=weights)
 
 
 def _balance(samples: pd.DataFrame, balance: Balance, rng: np.random.Generator) -> pd.DataFrame:

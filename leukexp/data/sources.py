@@ -46,11 +46,6 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.frame)
 
-    def class_counts(self) -> dict[str, int]:
-        """Number of source images per class, in class order."""
-        counts = self.frame["label"].value_counts()
-        return {label: int(counts.get(label, 0)) for label in self.classes}
-
 
 @dataclass
 class FolderSource:
@@ -151,7 +146,7 @@ class FolderSource:
         if not bags:
             raise LeukexpError(f"class folder {folder} has no bag folders; with bags=images each bag (a patient, a"
                                " smear) is a folder of images: <class>/<bag>/<images>")
-        rows = []
+        rows: list[dict[str, object]] = []
         for bag in bags:
             files = sorted(p for p in bag.iterdir() if is_image_file(p, extensions))
             nested = sorted(p for p in bag.rglob("*") if p.parent != bag and is_image_file(p, extensions))

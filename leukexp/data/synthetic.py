@@ -79,7 +79,8 @@ class _Smear:
     def point(self, margin: float = 0.1, spread: float = 1.0) -> tuple[float, float]:
         lo, hi = self.size * margin, self.size * (1 - margin)
         mid = self.size / 2
-        return tuple(float(np.clip(mid + (self.rng.uniform(lo, hi) - mid) * spread, lo, hi)) for _ in range(2))
+        x, y = (float(np.clip(mid + (self.rng.uniform(lo, hi) - mid) * spread, lo, hi)) for _ in range(2))
+        return x, y
 
     def red_cells(self, count: int) -> None:
         for _ in range(count):

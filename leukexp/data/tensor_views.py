@@ -90,8 +90,6 @@ class TensorViews(Augmentation):
         base: the offline views (transforms, flips, repeats and seed) this makes on the device.
     """
 
-    batched = True
-
     def __init__(self, base: OfflineViews) -> None:
         reason = self.unsupported(base)
         if reason:
@@ -189,8 +187,6 @@ def views_for(views: Augmentation, path: str, device: torch.device) -> Augmentat
     if path == "cpu" or (path == "auto" and device.type == "cpu"):
         return views
     reason = TensorViews.unsupported(views)
-    if reason:
-        if path == "device":
-            raise LeukexpError(f"features.views=device: {reason}; use features.views=auto (the CPU for these) or cpu")
-        return views
-    return TensorViews(views)  # type: ignore[arg-type]  # checked by `unsupported`
+    if reason and path == "device":
+        raise LeukexpError(f"features.views=device: {reason}; use features.views=auto (the CPU for these) or cpu")
+    return TensorViews(views) if isinstance(views, OfflineViews) and not reason else views

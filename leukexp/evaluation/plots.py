@@ -123,14 +123,14 @@ def contact_sheet(images: Sequence[np.ndarray], names: Sequence[str], path: Path
 def bar_chart(names: Sequence[str], means: Sequence[float], lows: Sequence[float], highs: Sequence[float],
               path: Path, title: str) -> Path:
     """Horizontal bars with confidence-interval whiskers, one per configuration."""
-    names, means = list(names), np.asarray(means, float)
-    errors = np.abs(np.vstack([means - np.asarray(lows, float), np.asarray(highs, float) - means]))
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
-    ax.barh(range(len(names)), means, xerr=errors, color="#4c72b0", capsize=4)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    labels, centres = list(names), np.asarray(means, float)
+    errors = np.abs(np.vstack([centres - np.asarray(lows, float), np.asarray(highs, float) - centres]))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
+    ax.barh(range(len(labels)), centres, xerr=errors, color="#4c72b0", capsize=4)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
-    for i, value in enumerate(means):
+    for i, value in enumerate(centres):
         ax.text(0.01, i, f"{value:.3f}", va="center", color="white", fontsize=8)
     ax.set_title(title)
     return _save(fig, path)

@@ -20,9 +20,11 @@ from leukexp.console import progress_bar
 from leukexp.data.augment import Augmentation
 from leukexp.data.dataset import SourcePlans, SourceViews, clean_worker_context, quiet_worker
 from leukexp.data.io import DECODER_VERSION
-from leukexp.data.tensor_views import views_for
+from leukexp.data.tensor_views import TensorViews, views_for
 from leukexp.errors import LeukexpError
-from leukexp.features.cache import LOCK_BUCKETS, FeatureCache, bucket_of, image_codes, view_code
+from leukexp.features.cache import FeatureCache
+from leukexp.features.codes import image_codes, view_code
+from leukexp.features.locks import LOCK_BUCKETS, bucket_of
 from leukexp.runtime.process import usable_cores
 
 if TYPE_CHECKING:
@@ -38,6 +40,12 @@ class Features:
     train: np.ndarray | None
     val: np.ndarray
     test: np.ndarray
+
+    def training(self) -> np.ndarray:
+        """`train`, for a step that scores the training rows again (a run on online views has none)."""
+        if self.train is None:
+            raise ValueError("the training rows were embedded on the fly (online views): no features kept")
+        return self.train
 
 
 # `features.batch_size` and `features.num_workers`: a number, or `auto` (chosen for the backbone's device)
@@ -224,16 +232,18 @@ def compute_missing(backbone: Backbone, rows: _Rows, how: ViewPass, cache: Featu
     """Run the backbone on the `missing` rows (filling `features` and the cache).
 
     Workers decode each source image once; they make its views (the CPU path), or resize it and plan its views,
-    which the device then makes a backbone batch at a time (`how.views.batched`, see `data/tensor_views.py`). On an
+    which the device then makes a backbone batch at a time (`TensorViews`, see `data/tensor_views.py`). On an
     accelerator, a batch's features are copied back while the next batch computes.
     """
     catalog, codes, stain, views = rows.catalog, rows.codes, how.stain, how.views
     sources, view_index = rows.samples["source"].to_numpy(), rows.samples["view"].to_numpy()
     device = backbone.device
     size, workers = batch_size_for(how.batch_size, device), workers_for(how.num_workers, device, len(missing))
-    kind = SourcePlans if views.batched else SourceViews
-    dataset = kind(catalog, sources[missing], view_index[missing], views, backbone.preprocess,
-                   stain if stain is not None and stain.active else None)
+    on_device = views if isinstance(views, TensorViews) else None
+    active_stain = stain if stain is not None and stain.active else None
+    dataset = (SourcePlans(catalog, sources[missing], view_index[missing], on_device, backbone.preprocess, active_stain)
+               if on_device is not None else
+               SourceViews(catalog, sources[missing], view_index[missing], views, backbone.preprocess, active_stain))
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
                         worker_init_fn=quiet_worker if workers else None,
@@ -241,8 +251,8 @@ def compute_missing(backbone: Backbone, rows: _Rows, how: ViewPass, cache: Featu
 
     def launch(batch: dict[str, torch.Tensor]) -> _Launched:
         images = batch["image"]
-        if views.batched:
-            images = views.make(images, batch["thetas"], batch["warped"], batch["flips"])
+        if on_device is not None:
+            images = on_device.make(images, batch["thetas"], batch["warped"], batch["flips"])
         output = backbone.embed_on_device(backbone.preprocess.normalize(images))
         if output.device.type != "cuda":
             return _Launched(output.cpu(), None, batch["row"])
@@ -267,7 +277,7 @@ def compute_missing(backbone: Backbone, rows: _Rows, how: ViewPass, cache: Featu
         bar = progress.add_task(f"{how.description} ({backbone.label})", total=len(missing))
         writes: list[Future[None]] = []
         previous: _Launched | None = None
-        for batch in _batches(loader, device, size, views.batched):
+        for batch in _batches(loader, device, size, on_device is not None):
             current = launch(batch)  # queued on the device before the previous batch is read back
             if previous is not None:
                 finish(previous)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +16,8 @@ from leukexp.registry import Registered
 from leukexp.vocabulary import EPOCH, HISTORY_METRICS
 
 if TYPE_CHECKING:
+    import lightning as L
+    import torch
     from torch.utils.data import Dataset
 
     from leukexp.backbones.base import Backbone
@@ -38,6 +40,18 @@ class Split:
     instance_labels: np.ndarray | None = None
     instance_types: np.ndarray | None = None
 
+    def bagged(self) -> tuple[np.ndarray, np.ndarray]:
+        """The instances' features and the bags' offsets (an aggregator's input; a split without them is a bug)."""
+        if self.features is None or self.bags is None:
+            raise ValueError("an aggregator trains on bags of features")
+        return self.features, self.bags
+
+    def in_memory(self) -> np.ndarray:
+        """The features (a split of images has none: a head on features was handed online views, a bug)."""
+        if self.features is None:
+            raise ValueError("this head trains on features in memory")
+        return self.features
+
 
 @dataclass
 class TrainSettings:
@@ -56,8 +70,8 @@ class TrainSettings:
 
     batch_size: int = 32
     seed: int = 0
-    optimizer: Callable[[Iterable[Any]], Any] | None = None
-    trainer: Callable[..., Any] | None = None
+    optimizer: Callable[..., torch.optim.Optimizer] | None = None
+    trainer: Callable[..., L.Trainer] | None = None
     early_stopping_patience: int | None = None
     num_workers: int = 0
     cpu_threads: int | str | None = None
@@ -120,6 +134,21 @@ class Head(Registered, ABC):
         prediction, for activation maps; None for heads without one (e.g. kNN)."""
         return None
 
+
+
+class Aggregator(Head):
+    """A head that scores bags: its instances' features and each bag's offsets in, one row per bag out, and each
+    instance's weight in its bag's decision (`attention`)."""
+
+    aggregates: ClassVar[bool] = True
+
+    @abstractmethod
+    def predict_proba(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities per bag (all rows one bag when `bags` is None)."""
+
+    @abstractmethod
+    def attention(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
+        """Each instance's weight in its bag's decision (a bag's weights sum to 1), in instance order."""
 
 def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
     """A head's per-epoch history in the schema its readers expect: `epoch`, then the history metrics it has (in

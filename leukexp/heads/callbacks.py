@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import lightning as L
+from torch import nn
 
 from leukexp.vocabulary import EPOCH, HISTORY_METRICS, SELECTION_METRIC
 
@@ -29,12 +31,18 @@ class BestHeadKeeper(L.Callback):
         if score > self.best_score:
             self.best_score = score
             self.best_epoch = trainer.current_epoch
-            self.best_state = copy.deepcopy(pl_module.head.state_dict())
+            self.best_state = copy.deepcopy(_head(pl_module).state_dict())
 
     def restore(self, pl_module: L.LightningModule) -> None:
         """Load the best weights back into the head."""
         if self.best_state is not None:
-            pl_module.head.load_state_dict(self.best_state)
+            _head(pl_module).load_state_dict(self.best_state)
+
+
+
+def _head(module: L.LightningModule) -> nn.Module:
+    """The trained head of a `LeukemiaClassifier` (its `head` attribute)."""
+    return cast(nn.Module, module.head)
 
 
 class EpochHistory(L.Callback):

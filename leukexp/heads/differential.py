@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.base import Head, HeadContext, Split, accuracy, history_frame
+from leukexp.heads.base import Aggregator, Head, HeadContext, Split, accuracy, history_frame
 
 FEATURES = ("soft", "counted")
 
@@ -55,7 +55,7 @@ def check_training_bags(sizes: np.ndarray, types: list[str], topk: int, own_cell
                            f" use head.topk={min(3, largest)} or head.topk=0")
 
 
-class DifferentialHead(Head, kind="differential"):
+class DifferentialHead(Aggregator, kind="differential"):
     """A cell-type classifier, each bag's differential over its instances, and a bag classifier on the differentials.
 
     Args:
@@ -69,7 +69,6 @@ class DifferentialHead(Head, kind="differential"):
         cells: `own` (typed from the bag study's own labelled cells) or where a finished cell study is.
     """
 
-    aggregates = True
     best_epoch = None
 
     def __init__(self, context: HeadContext, bag: Any, cell: Any, features: str = "soft", topk: int = 0,
@@ -80,12 +79,34 @@ class DifferentialHead(Head, kind="differential"):
         self.features, self.topk = features, int(topk)
         self.bag_config, self.cell_config = bag_config, cell_config
         self.types: list[str] = []
-        self.cells: Head | None = None
-        self.bag: Head | None = None
+        self._parts: dict[str, Head] = {}  # the cell and the bag classifier, once trained or loaded
         self.mean = np.zeros(0)
         self.scale = np.ones(0)
         self.given_cells = False
         self._typed: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def cells(self) -> Head:
+        """The cell classifier (trained by `fit`, given by `use_cells` or loaded)."""
+        return self._part("cells")
+
+    @cells.setter
+    def cells(self, head: Head) -> None:
+        self._parts["cells"] = head
+
+    @property
+    def bag(self) -> Head:
+        """The bag classifier on the differentials (trained by `fit` or loaded)."""
+        return self._part("bag")
+
+    @bag.setter
+    def bag(self, head: Head) -> None:
+        self._parts["bag"] = head
+
+    def _part(self, name: str) -> Head:
+        if name not in self._parts:
+            raise ValueError(f"the differential's {name} classifier is used before it is trained")
+        return self._parts[name]
 
     def use_cells(self, cells: Head, types: list[str]) -> None:
         """A trained cell classifier (from a cell study) and the types it scores, used as they are by `fit`."""
@@ -111,11 +132,6 @@ class DifferentialHead(Head, kind="differential"):
         if self.topk:
             parts.append(surest(probs, bags, self.topk))
         return np.concatenate(parts, axis=1)
-
-    def feature_names(self) -> list[str]:
-        """The names of `describe`'s columns."""
-        names = [f"{self.features}:{t}" for t in self.types]
-        return names + ([f"top{self.topk}:{t}" for t in self.types] if self.topk else [])
 
     def differential(self, features: np.ndarray, bags: np.ndarray | None = None) -> pd.DataFrame:
         """One row per bag and type: the instances most likely that type (`count`), their share in % and the
@@ -158,16 +174,17 @@ class DifferentialHead(Head, kind="differential"):
 
     def _train_cells(self, train: Split, val: Split, own: np.ndarray) -> None:
         """The cell classifier on the training bags' instances that carry their own label (`own`; `cells: own`)."""
-        labelled = own != "" if len(own) else np.zeros(len(train.features), bool)
+        features, val_features = train.in_memory(), val.in_memory()
+        labelled = own != "" if len(own) else np.zeros(len(features), dtype=bool)
         self.types = sorted({str(t) for t in own[labelled]})
         index = {t: i for i, t in enumerate(self.types)}
         targets = np.array([index[str(t)] for t in own[labelled]])
         val_own = np.asarray(val.instance_types if val.instance_types is not None else [], dtype=object)
-        val_mask = np.isin(val_own, self.types) if len(val_own) else np.zeros(len(val.features), bool)
+        val_mask = np.isin(val_own, self.types) if len(val_own) else np.zeros(len(val_features), dtype=bool)
         self.cells = self.make_cell(HeadContext(self.context.in_features, len(self.types), seed=self.context.seed))
-        val_split = (Split(np.array([index[str(t)] for t in val_own[val_mask]]), val.features[val_mask])
-                     if val_mask.any() else Split(targets, train.features[labelled]))
-        self.cells.fit(Split(targets, train.features[labelled]), val_split)
+        val_split = (Split(np.array([index[str(t)] for t in val_own[val_mask]]), val_features[val_mask])
+                     if val_mask.any() else Split(targets, features[labelled]))
+        self.cells.fit(Split(targets, features[labelled]), val_split)
 
     def fit(self, train: Split, val: Split) -> pd.DataFrame:
         """Cell classifier, the training bags' differentials, then the bag classifier; the history's validation

@@ -10,11 +10,6 @@ from leukexp.heads import differential, mil, sklearn_head, torch_head  # noqa: F
 from leukexp.heads.base import Head
 
 
-def head_kinds() -> dict[str, type[Head]]:
-    """Every saved head kind and its adapter."""
-    return Head.kinds()
-
-
 def load_head(folder: Path, spec: dict[str, Any]) -> Head:
     """The head saved in `folder` with this spec (its `kind` picks the adapter)."""
     return Head.of_kind(spec.get("kind"), str(folder)).load(folder, spec)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 
 from leukexp.backbones.base import Backbone
@@ -35,6 +37,7 @@ class LeukemiaClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.single_logit = single_logit and num_classes == 2
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.class_weights: torch.Tensor | None
         self.register_buffer("class_weights", weights, persistent=False)
         self._tallies: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
@@ -97,7 +100,7 @@ class LeukemiaClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
                       batch_idx: int) -> torch.Tensor:
         """One optimizer step per mini-batch: a batch, or a block of them (`FeatureBatches`)."""
-        optimizer = self.optimizers()
+        optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer, from configure_optimizers
         for minibatch in batch if isinstance(batch, list) else [batch]:
             loss = self._step(minibatch, "train")
             optimizer.zero_grad()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.base import Head, HeadContext, Split, check_trainable_size
+from leukexp.heads.base import Aggregator, Head, HeadContext, Split, check_trainable_size
 from leukexp.heads.torch_head import TorchHead
 
 POOLS = ("attention", "mean", "max")
@@ -60,6 +60,8 @@ class BagNetwork(nn.Module):
                  dropout: float = 0.25, pool: str = "attention") -> None:
         super().__init__()
         self.pool = pool
+        self.mean: torch.Tensor
+        self.scale: torch.Tensor
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("scale", torch.ones(in_features))
         self.embed = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout))
@@ -101,24 +103,23 @@ class BagNetwork(nn.Module):
         return self.classify(pooled)
 
 
-class BagHead(TorchHead, kind="bag"):
+class BagHead(TorchHead, Aggregator, kind="bag"):
     """A `BagNetwork` trained with Lightning on padded bags (one sample per bag), the best validation epoch kept."""
 
-    aggregates = True
     network_type = BagNetwork
+    network: BagNetwork
 
     def fit(self, train: Split, val: Split) -> pd.DataFrame:
         """Standardize to the training instances, pad every bag, train as the MLP heads train."""
-        if train.features is None or train.bags is None or val.bags is None:
-            raise ValueError("an aggregator trains on bags of features")
-        self.network.standardize_to(train.features)
-        return super().fit(Split(train.labels, pad_bags(train.features, train.bags).numpy()),
-                           Split(val.labels, pad_bags(val.features, val.bags).numpy()))
+        (features, bags), (val_features, val_bags) = train.bagged(), val.bagged()
+        self.network.standardize_to(features)
+        return super().fit(Split(train.labels, pad_bags(features, bags).numpy()),
+                           Split(val.labels, pad_bags(val_features, val_bags).numpy()))
 
     @torch.no_grad()
     def predict_proba(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities per bag (all rows one bag when `bags` is None)."""
-        return super().predict_proba(pad_bags(features, bags))
+        return super().predict_proba(pad_bags(features, bags).numpy())
 
     @torch.no_grad()
     def attention(self, features: np.ndarray, bags: np.ndarray | None = None) -> np.ndarray:
@@ -151,15 +152,16 @@ def bag_network(context: HeadContext, hidden: int = 128, attention: int = 64, dr
         raise LeukexpError(f"head.pool={pool!r}: expected one of {', '.join(POOLS)}")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise LeukexpError(f"head.dropout={dropout!r}: expected a rate from 0 up to (not including) 1")
-    config = {"hidden": _check_width("hidden", hidden), "attention": _check_width("attention", attention),
-              "dropout": float(dropout), "pool": str(pool)}
+    hidden, attention = _check_width("hidden", hidden), _check_width("attention", attention)
     width = context.in_features
-    check_trainable_size((width + 1) * config["hidden"] + 2 * (config["hidden"] + 1) * config["attention"]
-                         + (config["hidden"] + 1) * context.num_outputs, "head.hidden", hidden)
-    return BagHead(BagNetwork(width, context.num_outputs, **config), context, config)
+    check_trainable_size((width + 1) * hidden + 2 * (hidden + 1) * attention + (hidden + 1) * context.num_outputs,
+                         "head.hidden", hidden)
+    network = BagNetwork(width, context.num_outputs, hidden, attention, float(dropout), str(pool))
+    return BagHead(network, context, {"hidden": hidden, "attention": attention, "dropout": float(dropout),
+                                      "pool": str(pool)})
 
 
-class VoteHead(Head, kind="vote"):
+class VoteHead(Aggregator, kind="vote"):
     """An instance classifier whose instances vote: a bag's probabilities are the mean (or top-k mean) of its
     instances'.
 
@@ -176,7 +178,6 @@ class VoteHead(Head, kind="vote"):
         share, rounds: `labels=self`'s share of a positive bag taken as positive, and its rounds.
     """
 
-    aggregates = True
 
     def __init__(self, instance: Head, context: HeadContext, labels: str = "bag", reduce: str = "mean", k: int = 5,
                  instance_config: str = "logreg", share: float = 0.1, rounds: int = 3) -> None:
@@ -189,7 +190,7 @@ class VoteHead(Head, kind="vote"):
         self.prior = np.full(context.num_classes, 1.0 / context.num_classes)  # training instances' mean vote
 
     def _targets(self, split: Split) -> np.ndarray:
-        per_instance = np.repeat(split.labels, np.diff(split.bags))
+        per_instance = np.repeat(split.labels, np.diff(split.bagged()[1]))
         if self.labels == "own" and split.instance_labels is not None:
             own = np.asarray(split.instance_labels)
             per_instance = np.where(own >= 0, own, per_instance)
@@ -198,9 +199,10 @@ class VoteHead(Head, kind="vote"):
     def _self_targets(self, split: Split, targets: np.ndarray) -> np.ndarray:
         """`labels=self`: each positive bag's `share` surest instances (at least one) positive, the rest negative."""
         negative = 1 - self.positive
-        scores = self.instance_proba(split.features)[:, self.positive]
+        features, bags = split.bagged()
+        scores = self.instance_proba(features)[:, self.positive]
         chosen = np.full(len(targets), negative)
-        for label, (start, stop) in zip(split.labels, itertools.pairwise(split.bags), strict=True):
+        for label, (start, stop) in zip(split.labels, itertools.pairwise(bags), strict=True):
             if label == self.positive:
                 top = np.argsort(-scores[start:stop], kind="stable")[:max(1, round(self.share * (stop - start)))]
                 chosen[start + top] = self.positive
@@ -225,19 +227,19 @@ class VoteHead(Head, kind="vote"):
         """Train the instance head on instances; the history's validation values are the bags'."""
         from leukexp.heads.base import accuracy, history_frame
 
-        if train.bags is None or val.bags is None:
-            raise ValueError("an aggregator trains on bags of features")
+        (features, _), (val_features, val_bags) = train.bagged(), val.bagged()
         if self.labels == "self":
             check_self_training(self.context.num_classes)
             history = self._self_train(train, val)
         else:
-            history = self.instance.fit(Split(self._targets(train), train.features),
-                                        Split(self._targets(val), val.features))
-        self.prior = self.instance_proba(train.features).mean(0)
+            history = self.instance.fit(Split(self._targets(train), features),
+                                        Split(self._targets(val), val_features))
+        self.prior = self.instance_proba(features).mean(0)
         self.best_epoch = self.instance.best_epoch
         row = history.iloc[[self.best_epoch or 0]].to_dict("records")[0] if len(history) else {}
-        probs = self.predict_proba(val.features, val.bags)
+        probs = self.predict_proba(val_features, val_bags)
         from leukexp.vocabulary import VAL_ACC
+
         return history_frame([{**row, "epoch": 0, VAL_ACC: accuracy(probs, val.labels)}])
 
     def instance_proba(self, features: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import nn
 
 from leukexp.errors import LeukexpError
 from leukexp.heads.base import Head, HeadContext, Split, check_trainable_size, head_threads, history_frame
-from leukexp.heads.mlp import MLPHead
+from leukexp.heads.mlp_network import MLPHead
 from leukexp.runtime.process import torch_threads
 from leukexp.vocabulary import SELECTION_METRIC
 
@@ -57,6 +57,8 @@ class TorchHead(Head, kind="torch"):
         from leukexp.heads.lightning import LeukemiaClassifier
 
         context, settings = self.context, self.context.training
+        if settings.optimizer is None or settings.trainer is None:
+            raise ValueError("a torch head trains with the plan's optimizer and trainer (TrainSettings)")
         module = LeukemiaClassifier(self.network, context.num_classes, settings.optimizer,
                                     single_logit=self.single_logit, class_weights=context.class_weights,
                                     backbone=context.backbone)
@@ -70,6 +72,7 @@ class TorchHead(Head, kind="torch"):
             callbacks.append(EarlyStopping(SELECTION_METRIC, mode="max", patience=patience))
         trainer = settings.trainer(callbacks=callbacks, enable_progress_bar=not quiet())
         device = trainer.strategy.root_device  # features go there once, not batch by batch
+        train_loader: DataLoader[Any] | FeatureBatches
         if train.features is None:
             if train.images is None:
                 raise ValueError("training needs features or images")
@@ -80,7 +83,7 @@ class TorchHead(Head, kind="torch"):
         else:
             train_loader = FeatureBatches(train.features, train.labels, settings.batch_size, shuffle=True,
                                           generator=generator, device=device, block=STEPS_PER_BLOCK)
-        val_loader = FeatureBatches(val.features, val.labels, batch_size=256, device=device)
+        val_loader = FeatureBatches(val.in_memory(), val.labels, batch_size=256, device=device)
         threads = None
         if device.type == "cpu" and train.features is not None:
             parameters = sum(p.numel() for p in self.network.parameters())
@@ -104,7 +107,7 @@ class TorchHead(Head, kind="torch"):
             probs = torch.softmax(logits, dim=-1)
         return probs.numpy().astype(np.float64)
 
-    def class_scores(self) -> nn.Module:
+    def class_scores(self) -> nn.Module | None:
         """The network; one binary logit l becomes the two scores (-l, l)."""
         return _TwoScores(self.network) if self.single_logit else self.network
 
@@ -167,7 +170,8 @@ def mlp(context: HeadContext, hidden: Sequence[int] = (128,), dropout: float = 0
         raise LeukexpError(f"head.hidden={hidden!r}: expected a list of layer widths >= 1, e.g. head.hidden=[128]")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise LeukexpError(f"head.dropout={dropout!r}: expected a rate from 0 up to (not including) 1")
-    config = {"hidden": [int(h) for h in hidden], "dropout": float(dropout), "activation": str(activation)}
-    widths = [context.in_features, *config["hidden"], context.num_outputs]
-    check_trainable_size(sum((a + 1) * b for a, b in itertools.pairwise(widths)), "head.hidden", hidden)
-    return TorchHead(MLPHead(context.in_features, context.num_outputs, **config), context, config)
+    widths = [int(h) for h in hidden]
+    layers = [context.in_features, *widths, context.num_outputs]
+    check_trainable_size(sum((a + 1) * b for a, b in itertools.pairwise(layers)), "head.hidden", hidden)
+    network = MLPHead(context.in_features, context.num_outputs, widths, float(dropout), str(activation))
+    return TorchHead(network, context, {"hidden": widths, "dropout": float(dropout), "activation": str(activation)})

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leukexp.data.bags import TileViews
 from leukexp.data.io import read_image
+from leukexp.data.tiles import TileViews
 
 # bags drawn per picture, and instances per bag in the panel (most attended, then least)
 PANEL_BAGS = 6

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leukexp.backbones.timm_backbone import TimmBackbone
 from leukexp.errors import LeukexpError
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ CAM_CHUNK = 4
 class _Scorer(nn.Module):
     """Image batch -> class scores through the frozen backbone and the head's differentiable scores."""
 
-    def __init__(self, backbone: nn.Module, scores: nn.Module) -> None:
+    def __init__(self, backbone: TimmBackbone, scores: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.scores = scores
@@ -50,9 +51,10 @@ def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
 def cam_model(classifier: Classifier) -> tuple[nn.Module, nn.Module]:
     """The scorer module and its target layer (the backbone's last feature stage, also for multi-stage features),
     or a one-line error."""
-    trunk = getattr(classifier.backbone, "model", None)
-    if not isinstance(trunk, nn.Module) or not hasattr(trunk, "feature_info"):
-        raise LeukexpError(f"activation maps need a timm backbone; {classifier.backbone.label} is not one")
+    backbone = classifier.backbone
+    if not isinstance(backbone, TimmBackbone) or not hasattr(backbone.model, "feature_info"):
+        raise LeukexpError(f"activation maps need a timm backbone; {backbone.label} is not one")
+    trunk = backbone.model
     scores = classifier.head.class_scores()
     if scores is None:
         raise LeukexpError(f"activation maps need a head with class scores (mlp*, svm, logreg);"
@@ -61,7 +63,7 @@ def cam_model(classifier: Classifier) -> tuple[nn.Module, nn.Module]:
     device = next(trunk.parameters()).device
     if next(scores.parameters()).device != device:  # a GPU backbone, a head on the CPU: a copy follows the backbone
         scores = copy.deepcopy(scores).to(device)
-    return _Scorer(classifier.backbone, scores).eval(), layer
+    return _Scorer(backbone, scores).eval(), layer
 
 
 def activation_maps(classifier: Classifier, images: Sequence[np.ndarray],
@@ -109,8 +111,8 @@ def panel_selection(labels: np.ndarray, predicted: np.ndarray, per_class: int = 
     chosen: list[int] = []
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
-        right = [i for i in rows if predicted[i] == label][:per_class]
-        wrong = [i for i in rows if predicted[i] != label][:per_class]
+        right = [int(i) for i in rows if predicted[i] == label][:per_class]
+        wrong = [int(i) for i in rows if predicted[i] != label][:per_class]
         chosen += right + wrong
     return chosen
 
@@ -125,6 +127,8 @@ def cam_panel(classifier: Classifier, images: Sequence[np.ndarray] | Callable[[i
     from leukexp.evaluation.plots import contact_sheet
 
     if probs is None:
+        if callable(images):
+            raise ValueError("cam_panel: probabilities of images read one by one must be given (probs)")
         probs = classifier.predict_proba(list(images))
     predicted = probs.argmax(1)
     chosen = panel_selection(np.asarray(labels), predicted, per_class)

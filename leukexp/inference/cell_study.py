@@ -154,7 +154,7 @@ def _manifest(folder: Path) -> dict[str, Any]:
         raise LeukexpError(f"{folder / MANIFEST}: not readable ({type(error).__name__})") from error
     classes = meta.get("classes") if isinstance(meta, dict) else None
     names = [c for c in classes if isinstance(c, str) and c.strip()] if isinstance(classes, list) else []
-    if len(names) < 2 or len(set(names)) != len(names) or len(names) != len(classes):
+    if len(names) < 2 or len(set(names)) != len(names) or len(names) != len(classes or ()):
         raise LeukexpError(f"{folder / MANIFEST}: its cell types are unknown (classes: {classes!r}); a cell study"
                            f" names two or more distinct types ({ATLAS_HINT})")
     if not isinstance(meta.get("model"), dict):

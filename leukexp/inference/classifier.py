@@ -24,13 +24,14 @@ import torch
 from leukexp.backbones.base import Backbone
 from leukexp.backbones.loading import build_backbone
 from leukexp.csv_files import read_csv, write_csv
+from leukexp.data import tiles  # noqa: F401 - registers bags=tiles, which Bags.from_saved reads back
 from leukexp.data.bags import Bags, ImageBags
-from leukexp.data.io import read_image
 from leukexp.data.stain import NoStain, StainNormalizer, stain_from_state, to_state
 from leukexp.errors import LeukexpError
 from leukexp.evaluation.calibration import apply_temperature
 from leukexp.evaluation.operating import OperatingPoint
-from leukexp.heads.base import Head
+from leukexp.heads.base import Aggregator, Head
+from leukexp.heads.differential import DifferentialHead
 from leukexp.heads.kinds import load_head
 from leukexp.vocabulary import LOADER_MODULES, MODEL_DATA_DIR, SHARE_PREFIX, TRAINED_ON_FILE
 
@@ -144,6 +145,12 @@ class Classifier:
         """Whether the head is an aggregator (one prediction per bag of images)."""
         return bool(self.head.aggregates)
 
+    def aggregator(self) -> Aggregator:
+        """The head as an aggregator (`predict_bag` of a per-image model is a one-line error)."""
+        if not isinstance(self.head, Aggregator):
+            raise LeukexpError("this model scores one image at a time, not bags: predict images instead")
+        return self.head
+
     def predict_bag(self, images: list[np.ndarray], names: list[str] | None = None) -> BagScore:
         """One bag of 8-bit RGB images, made into instances as in training (a tile model cuts the same tiles): its
         class probabilities, and each instance's weight, image and box."""
@@ -155,10 +162,11 @@ class Classifier:
                 sources.append(index)
                 boxes.append(box)
         features = self.embed(pixels)
-        probs = apply_temperature(self.head.predict_proba(features), self.temperature)[0]
-        weights = self.head.attention(features)  # type: ignore[attr-defined]
-        counts = (self.head.differential(features).drop(columns="bag_index")  # type: ignore[attr-defined]
-                  if hasattr(self.head, "differential") else None)
+        head = self.aggregator()
+        probs = apply_temperature(head.predict_proba(features), self.temperature)[0]
+        weights = head.attention(features)
+        counts = (self.head.differential(features).drop(columns="bag_index")
+                  if isinstance(self.head, DifferentialHead) else None)
         return BagScore(probs, np.asarray(weights, float), np.asarray(sources, int), boxes, counts)
 
     def decisions(self, probs: np.ndarray) -> list[str] | None:
@@ -167,10 +175,6 @@ class Classifier:
             return None
         return self.operating_point.decide(probs[:, self.classes.index(self.operating_point.positive)])
 
-    def predict_files(self, paths: list[str | Path]) -> list[str]:
-        """Predicted class names for image files."""
-        probs = self.predict_proba([read_image(p) for p in paths])
-        return [self.classes[i] for i in probs.argmax(1)]
 
 
 def classifier_folder(folder: str | Path) -> Path:

@@ -114,7 +114,7 @@ class LeukexpModel:
         raise LeukexpError("each row needs a 'path' (an image file) or an 'image' (base64 image bytes)")
 
     def get_raw_model(self) -> Classifier:
-        """The classifier itself (`predict_proba` on RGB arrays, `predict_files`)."""
+        """The classifier itself (`predict_proba` on RGB arrays, `predict_bag` for a bag model)."""
         return self.classifier
 
 

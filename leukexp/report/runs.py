@@ -73,8 +73,8 @@ def load_runs(client: MlflowClient, experiment: str, filter_string: str | None =
                      "cv_group": tags.get(CV_GROUP_TAG, "?"), "data_hash": tags.get(DATA_HASH_TAG, ""),
                      "fold": tags.get(FOLD_TAG, "?"), **{t: tags.get(t, "") for t in LABEL_TAGS},
                      **run.data.metrics})
-        names = [k.removeprefix("test/f1/") for k in run.data.metrics if k.startswith("test/f1/")]
-        classes.setdefault(tags.get(CV_GROUP_TAG, "?"), names)
+        named = [k.removeprefix("test/f1/") for k in run.data.metrics if k.startswith("test/f1/")]
+        classes.setdefault(tags.get(CV_GROUP_TAG, "?"), named)
     table = pd.DataFrame(rows)
     if table.empty:
         where = f" {filter_string}" if filter_string else ""

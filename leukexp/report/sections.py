@@ -271,7 +271,8 @@ def search_lines(name: str, storage: Path, out: Path) -> list[str]:
     import optuna
 
     from leukexp.evaluation.plots import bar_chart, search_progress
-    from leukexp.sweeps.search import counted, journal, override_value
+    from leukexp.sweeps.journal import counted, journal
+    from leukexp.sweeps.space import override_value
 
     if not storage.is_file():
         return [f"## Search {name}", "", f"_The study's journal {storage} is not on this machine._", ""]

@@ -180,7 +180,10 @@ def bootstrap_table(folds: pd.DataFrame, predictions: Callable[[str], Prediction
     for config, runs in folds.groupby("config", sort=True):
         if not all(runs["run_id"].astype(str).str.len() > 0):  # an ensemble row has no run of its own
             continue
-        labels, predicted, clusters, patients, bags = [], [], [], False, False
+        labels: list[np.ndarray] = []
+        predicted: list[np.ndarray] = []
+        clusters: list[np.ndarray] = []
+        patients, bags = False, False
         for run_id in runs["run_id"]:
             table, split = predictions(str(run_id)), manifest(str(run_id))
             groups = dict(zip(split["file"], split["group"].astype(str), strict=True))

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from leukexp.data.fold_data import FoldData
 from leukexp.evaluation.operating import OperatingPoint
 from leukexp.features.embed import Features
-from leukexp.heads.base import Head, Split
+from leukexp.heads.base import Aggregator, Head, Split
 
 
 @dataclass
@@ -35,7 +35,9 @@ def split_of(fold_data: FoldData, name: str, features: np.ndarray | None, images
 
 def predict(head: Head, split: Split) -> np.ndarray:
     """The head's probabilities of a split's samples (an aggregator's: of its bags)."""
-    return head.predict_proba(split.features, split.bags) if head.aggregates else head.predict_proba(split.features)
+    if isinstance(head, Aggregator):
+        return head.predict_proba(split.in_memory(), split.bags)
+    return head.predict_proba(split.in_memory())
 
 
 def fit_head(head: Head, fold_data: FoldData, features: Features, train_images: Dataset | None = None) -> FitResult:

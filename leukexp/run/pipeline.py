@@ -19,6 +19,7 @@ from leukexp.data.dataset import ViewDataset
 from leukexp.data.external import scan_external
 from leukexp.data.fold_data import FoldData, build_fold_data
 from leukexp.errors import LeukexpError, fault_path, file_system_fault, os_error_reason
+from leukexp.heads.differential import DifferentialHead
 from leukexp.run.embeds import SPLITS, cache_note, caches_for, find, fold_embeds, split_features
 from leukexp.run.fit import FitResult, fit_head
 from leukexp.run.settings import backbone_from_plan, cell_study_from_plan, head_from_plan
@@ -26,7 +27,7 @@ from leukexp.run.steps import POST_FIT_STEPS, Outcome
 from leukexp.run.validation import check_against_data, validate
 from leukexp.runtime.process import seed_everything, torch_threads
 from leukexp.runtime.signals import Interrupted
-from leukexp.sweeps.multirun import is_multirun, job_threads
+from leukexp.sweeps.multirun import job_threads
 from leukexp.tracking import warmup
 from leukexp.tracking.identity import run_tags
 from leukexp.tracking.reach import configure_http, probe_server
@@ -66,7 +67,7 @@ def open_fold_run(plan: RunPlan, fold_data: FoldData, lineage: dict[str, str] | 
             group: plan.identity.choices[group] for group in identity_groups(dict(plan.identity.choices))
             if "@" not in group}  # a group placed under another key (aliases@task.aliases) is in its key's params
         params, shared = params | (lineage or {}), shared | (lineage or {})
-        claimed = fold_run.open(resume=tracking.resume and is_multirun(), params=params, parent_params=shared)
+        claimed = fold_run.open(resume=tracking.resume and plan.launch.multirun, params=params, parent_params=shared)
         if claimed is None:
             fold_run.log_dataset(fold_data.manifest(), f"{fold_run.tags[DATA_TAG]} · {fold_data.task.name}",
                                  str(fold_data.catalog.root), fold_data.data_fingerprint())
@@ -173,7 +174,9 @@ def fit_and_evaluate(plan: RunPlan, fold_data: FoldData, backbone: Backbone, clo
         head = head_from_plan(plan, backbone, len(fold_data.classes), samples.class_weights,
                               fold_data.classes.index(positive) if positive in fold_data.classes else None)
         if cell_study is not None:
-            head.use_cells(cell_study.head, cell_study.types)  # type: ignore[attr-defined]
+            if not isinstance(head, DifferentialHead):
+                raise ValueError("a cell study is read for head=differential only")
+            head.use_cells(cell_study.head, cell_study.types)
         images = (ViewDataset(fold_data.catalog.frame, samples.train, fold_data.augmentation, backbone.preprocess,
                               random=True, stain=fold_data.stain if fold_data.stain.active else None)
                   if features.train is None else None)
@@ -202,7 +205,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def train_plan(plan: RunPlan) -> dict[str, float]:
     """Run a plan with the job's torch threads while it runs."""
-    with torch_threads(job_threads(plan.training.torch_threads)):
+    with torch_threads(job_threads(plan.training.torch_threads, plan.launch.parallel_jobs)):
         return run_plan(plan)
 
 

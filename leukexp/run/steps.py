@@ -8,6 +8,7 @@ to the run's `Outcome`. A new step is one class and one line in `POST_FIT_STEPS`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from leukexp.csv_files import write_csv
 from leukexp.evaluation.calibration import apply_temperature, brier_score, expected_calibration_error, fit_temperature
 from leukexp.evaluation.metrics import best_epoch_metrics, classification_metrics
 from leukexp.evaluation.operating import choose, operating_metrics
+from leukexp.heads.base import Aggregator
+from leukexp.heads.differential import DifferentialHead
 from leukexp.inference.attention import attention_panel, attention_table, chosen_bags, field_overlays
 from leukexp.inference.tta import view_mean
 from leukexp.run.artifacts import prediction_table
@@ -52,6 +55,24 @@ class Outcome:
     external: ExternalScores | None = None
     artifacts: list[Path] = field(default_factory=list)
     shares: pd.DataFrame | None = None  # a differential's: each test bag's share (%) per cell type, `pct_<type>`
+
+    def split_features(self) -> Features:
+        """The fold's features per split (kept for the steps that score instances again)."""
+        if self.features is None:
+            raise ValueError("this step reads the fold's features, which the fit did not keep")
+        return self.features
+
+    def aggregator(self) -> Aggregator:
+        """The fitted head as the aggregator the bag steps `apply` to."""
+        if not isinstance(self.result.head, Aggregator):
+            raise ValueError("a bag step ran after a per-image head")
+        return self.result.head
+
+    def differential_head(self) -> DifferentialHead:
+        """The fitted head as the differential `WriteDifferential` applies to."""
+        if not isinstance(self.result.head, DifferentialHead):
+            raise ValueError("the differential's step ran after another head")
+        return self.result.head
 
     def has(self, purpose: str) -> bool:
         """Whether the plan derived a set of embeddings for `purpose`."""
@@ -191,7 +212,7 @@ class ExplainBags(PostFitStep):
 
     def applies(self, outcome: Outcome) -> bool:
         """Only with bags and an aggregator that weighs its instances."""
-        return outcome.fold_data.bags is not None and hasattr(outcome.result.head, "attention")
+        return outcome.fold_data.bags is not None and isinstance(outcome.result.head, Aggregator)
 
     def run(self, outcome: Outcome) -> None:
         """Weights, table, metrics, pictures."""
@@ -199,7 +220,7 @@ class ExplainBags(PostFitStep):
         from leukexp.vocabulary import ATTENTION_DIR, ATTENTION_FILE
 
         fold_data, out = outcome.fold_data, outcome.plan.paths.output_dir
-        weights = outcome.result.head.attention(outcome.features.test, fold_data.offsets("test"))
+        weights = outcome.aggregator().attention(outcome.split_features().test, fold_data.offsets("test"))
         table = attention_table(fold_data.samples.test, fold_data.catalog.frame, fold_data.bag_names("test"),
                                 weights, fold_data.instance_views)
         out.mkdir(parents=True, exist_ok=True)
@@ -216,8 +237,8 @@ class ExplainBags(PostFitStep):
         for name, draw, wanted in (("panel.png", attention_panel, True),
                                    ("fields.png", field_overlays, table["x"].notna().any())):
             if wanted and bags:
-                drawn.append(optional(f"{ATTENTION_DIR}/{name}", redo, lambda d=draw, n=name: d(
-                    table, paths, bags, out / ATTENTION_DIR / n, titles)))
+                drawn.append(optional(f"{ATTENTION_DIR}/{name}", redo, functools.partial(
+                    draw, table, paths, bags, out / ATTENTION_DIR / name, titles)))
         if any(path is not None for path in drawn):
             outcome.artifacts.append(out / ATTENTION_DIR)  # logged as a folder, as the activation maps are
 
@@ -230,7 +251,7 @@ class WriteDifferential(PostFitStep):
 
     def applies(self, outcome: Outcome) -> bool:
         """Only with bags and a head that describes them by cell types."""
-        return outcome.fold_data.bags is not None and hasattr(outcome.result.head, "differential")
+        return outcome.fold_data.bags is not None and isinstance(outcome.result.head, DifferentialHead)
 
     def run(self, outcome: Outcome) -> None:
         """Write the table; keep the shares for `predictions.csv` (`WriteArtifacts`)."""
@@ -238,7 +259,8 @@ class WriteDifferential(PostFitStep):
         from leukexp.vocabulary import DIFFERENTIAL_FIGURE, DIFFERENTIAL_FILE, ODDS_RATIOS_FILE, SHARE_PREFIX
 
         fold_data, out = outcome.fold_data, outcome.plan.paths.output_dir
-        table = outcome.result.head.differential(outcome.features.test, fold_data.offsets("test"))
+        head, features = outcome.differential_head(), outcome.split_features()
+        table = head.differential(features.test, fold_data.offsets("test"))
         predictions = prediction_table(fold_data, outcome.result).to_frame()
         bags = predictions[["file", "label", "predicted"]].rename(columns={"file": "bag"})
         table = bags.iloc[table.pop("bag_index").to_numpy()].reset_index(drop=True).join(table)
@@ -248,7 +270,7 @@ class WriteDifferential(PostFitStep):
         outcome.shares = table.pivot(index="bag", columns="type", values="percent").add_prefix(SHARE_PREFIX)
         classes = fold_data.classes
         positive = fold_data.task.positive_class or classes[0]
-        ratios = outcome.result.head.odds_ratios(outcome.features.train, fold_data.offsets("train"),
+        ratios = head.odds_ratios(features.training(), fold_data.bag_offsets("train"),
                                                  fold_data.labels("train"), classes.index(positive),
                                                  seed=outcome.plan.seed)
         if ratios is not None:  # a linear bag classifier of two classes: which types drive the diagnosis
@@ -266,8 +288,8 @@ class WriteDifferential(PostFitStep):
         each class, and each one's surest cells of the type that moved its decision most."""
         from leukexp.inference.attention import differential_figure
 
-        fold_data, head, features = outcome.fold_data, outcome.result.head, outcome.features
-        train = head.differential(features.train, fold_data.offsets("train"))
+        fold_data, head, features = outcome.fold_data, outcome.differential_head(), outcome.split_features()
+        train = head.differential(features.training(), fold_data.bag_offsets("train"))
         train["label"] = np.asarray(fold_data.classes)[fold_data.labels("train")][train["bag_index"].to_numpy()]
         test = fold_data.samples.test
         names = fold_data.bag_names("test")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from leukexp.config.compose import plain_mapping
 from leukexp.config.schema import MISSING, SCHEMA, Key, any_value, is_int, lookup, setting
 from leukexp.errors import LeukexpError
 
@@ -80,7 +81,7 @@ def check_config_targets(cfg: DictConfig) -> None:
     `allowed_targets` (Hydra's own node, its launchers and sweepers, is Hydra's business)."""
     from leukexp.config.compose import check_targets, declared_targets
 
-    config = OmegaConf.to_container(cfg, resolve=False)
+    config = plain_mapping(cfg, resolve=False)
     check_targets({k: v for k, v in config.items() if k != "hydra"}, "", declared_targets(cfg))
 
 
@@ -92,7 +93,7 @@ def check_model(cfg: DictConfig) -> None:
         return
     from leukexp.backbones.loading import check_backbone
 
-    check_backbone(OmegaConf.to_container(model, resolve=True), "model")
+    check_backbone(plain_mapping(model), "model")
 
 
 def check_head(cfg: DictConfig) -> Head:
@@ -122,8 +123,8 @@ def check_bags(cfg: DictConfig, head: Head) -> None:
 
     choice = group_choices().get("head") or str(lookup(cfg, "head._target_")).rsplit(".", 1)[-1]
     if active and not head.aggregates:
-        raise LeukexpError(f"head={choice}: scores one image at a time, and bags={bags.kind} makes bags; use an"
-                           " aggregator (head=abmil, head=meanpool or head=vote head.instance=NAME)")
+        raise LeukexpError(f"head={choice}: scores one image at a time, and bags={getattr(bags, 'kind', '?')} makes"
+                           " bags; use an aggregator (head=abmil, head=meanpool or head=vote head.instance=NAME)")
     if not active and head.aggregates:
         raise LeukexpError("head: an aggregator scores bags, and bags=none makes none; choose bags=images (bag"
                            " folders) or bags=tiles, or a per-image head such as mlp1 or logreg")

@@ -29,5 +29,5 @@ def redact_logs() -> None:
             record.msg, record.args = clean, None
         return record
 
-    redacting.leukexp_redacts = True  # type: ignore[attr-defined]
+    setattr(redacting, "leukexp_redacts", True)  # noqa: B010 - a mark on a function object, read by getattr above
     logging.setLogRecordFactory(redacting)

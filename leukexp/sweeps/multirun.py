@@ -25,21 +25,19 @@ FAILURES = "failures.jsonl"
 
 
 def is_multirun() -> bool:
-    """True inside a Hydra multirun job."""
+    """True inside a Hydra multirun job (read by the command's door; below it, the plan's `launch` says)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def job_threads(requested: int | None) -> int | None:
-    """Torch CPU threads for this job: `requested`, or cores / parallel jobs under a parallel launcher."""
+def job_threads(requested: int | None, parallel_jobs: int) -> int | None:
+    """Torch CPU threads for this job: `requested`, or cores / parallel jobs under a parallel launcher
+    (`parallel_jobs`: the plan's `launch.parallel_jobs`, -1 for one job per core)."""
     if requested:
         return int(requested)
-    if not is_multirun():
-        return None
-    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
-    if n_jobs == 1:
+    if parallel_jobs == 1:
         return None
     cores = usable_cores()
-    return max(1, cores // max(1, cores if n_jobs < 0 else n_jobs))
+    return max(1, cores // max(1, cores if parallel_jobs < 0 else parallel_jobs))
 
 
 def record_failure(error: BaseException) -> None:
@@ -126,7 +124,7 @@ def compared_metric(config: DictConfig) -> tuple[str, bool]:
     (`auto`: test AUROC for a bag study, test accuracy otherwise; a loss, ECE or Brier score lowest first)."""
     from omegaconf import OmegaConf
 
-    from leukexp.sweeps.search import fold_metric
+    from leukexp.sweeps.space import fold_metric
     from leukexp.vocabulary import TEST_ACC, TEST_AUC_MACRO
 
     objective = config.hydra.sweeper.get("objective")

@@ -287,7 +287,8 @@ class FoldRun:
         self.logger.log_dataset(manifest, name, source, digest)
         if self.parent_id is not None:  # the parent's lineage: the same input (a fold's split is in its manifest)
             parent = self.logger.client.get_run(self.parent_id)
-            if not any(i.dataset.digest == digest and i.dataset.name == name for i in parent.inputs.dataset_inputs):
+            given = parent.inputs.dataset_inputs if parent.inputs is not None else []
+            if not any(i.dataset.digest == digest and i.dataset.name == name for i in given):
                 self.logger.log_dataset(manifest, name, source, digest, run_id=self.parent_id)
 
     def _locked(self) -> AbstractContextManager[None]:
@@ -342,6 +343,8 @@ class FoldRun:
         self.logger.log_steps([*epochs, (0, metrics)])
         self.logger.log_artifacts(artifacts)
         self.logger.end("FINISHED")
+        if self.parent_id is None:
+            raise ValueError("a fold run finishes under its CV parent: open it first")
         with self._locked():
             return aggregate(self.logger.client, self.logger.experiment_id, self.parent_id, self.n_splits)
 

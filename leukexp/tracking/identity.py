@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from leukexp.vocabulary import (
     AUGMENTATION_TAG,
@@ -71,8 +72,8 @@ def run_tags(plan: RunPlan, fold_data: FoldData) -> dict[str, str]:
     }
 
 
-def search_tags(search: dict | object) -> dict[str, str]:
+def search_tags(search: Mapping[str, Any] | None) -> dict[str, str]:
     """A search trial's tags (`hydra/sweeper=optuna` sets `search.*` for its jobs); none outside a search."""
-    values = dict(search) if search else {}  # type: ignore[call-overload]
+    values = dict(search) if search else {}
     tags = {SEARCH_TAG: values.get("study"), TRIAL_TAG: values.get("trial"), SEARCH_RUN_TAG: values.get("run_id")}
     return {key: str(value) for key, value in tags.items() if value is not None}

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Metric, RunTag, ViewType
+from mlflow.entities import Experiment, Metric, Run, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 from leukexp.errors import LeukexpError
@@ -53,7 +53,7 @@ def move_store(source_uri: str, target_uri: str, experiments: Iterable[str] | No
     source = MlflowClient(source_uri, registry_uri=source_uri)
     target = MlflowClient(target_uri, registry_uri=target_uri)
     names = list(experiments) if experiments else [e.name for e in source.search_experiments()]
-    report, new_ids = MoveReport(), {}
+    report, new_ids = MoveReport(), dict[str, str]()
     for name in names:
         found = source.get_experiment_by_name(name)
         if found is None:
@@ -67,11 +67,11 @@ def move_store(source_uri: str, target_uri: str, experiments: Iterable[str] | No
     return report
 
 
-def _move_experiment(source: MlflowClient, target: MlflowClient, experiment: object, target_uri: str,
+def _move_experiment(source: MlflowClient, target: MlflowClient, experiment: Experiment, target_uri: str,
                      report: MoveReport) -> dict[str, str]:
     """Copy one experiment's runs (parents first); the map of source run ids to their copies."""
-    experiment_id = ensure_experiment(target, experiment.name, artifact_root(target_uri, None))  # type: ignore[attr-defined]
-    runs = sorted(_all_runs(source, experiment.experiment_id),  # type: ignore[attr-defined]
+    experiment_id = ensure_experiment(target, experiment.name, artifact_root(target_uri, None))
+    runs = sorted(_all_runs(source, experiment.experiment_id),
                   key=lambda r: (r.info.start_time or 0, r.info.run_id))
     copies = {r.data.tags[MOVED_FROM_TAG]: r for r in _all_runs(target, experiment_id)
               if MOVED_FROM_TAG in r.data.tags}
@@ -84,12 +84,12 @@ def _move_experiment(source: MlflowClient, target: MlflowClient, experiment: obj
             target.delete_run(copies[run.info.run_id].info.run_id)
         new_ids[run.info.run_id] = _copy_run(source, target, run, experiment_id, new_ids)
         report.runs_copied += 1
-    for key, value in experiment.tags.items():  # type: ignore[attr-defined]
+    for key, value in experiment.tags.items():
         target.set_experiment_tag(experiment_id, key, _remapped(value, new_ids))
     return new_ids
 
 
-def _all_runs(client: MlflowClient, experiment_id: str) -> Iterator[object]:
+def _all_runs(client: MlflowClient, experiment_id: str) -> Iterator[Run]:
     page = None
     while True:
         runs = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
@@ -105,9 +105,9 @@ def _remapped(value: str, new_ids: dict[str, str]) -> str:
     return new_ids.get(value, value)
 
 
-def _copy_run(source: MlflowClient, target: MlflowClient, run: object, experiment_id: str,
+def _copy_run(source: MlflowClient, target: MlflowClient, run: Run, experiment_id: str,
               new_ids: dict[str, str]) -> str:
-    info, data = run.info, run.data  # type: ignore[attr-defined]
+    info, data = run.info, run.data
     tags = {key: _remapped(value, new_ids) for key, value in data.tags.items()} | {MOVED_FROM_TAG: info.run_id}
     copy = target.create_run(experiment_id, start_time=info.start_time, tags=tags, run_name=info.run_name)
     new_id = copy.info.run_id
@@ -148,9 +148,9 @@ def _move_versions(source: MlflowClient, target: MlflowClient, new_ids: dict[str
                 copy = done[origin]
                 report.versions_skipped += 1
             else:
-                run = target.get_run(new_ids[version.run_id])
-                marker = f"/{version.run_id}/artifacts/"
-                relative = version.source.split(marker, 1)[1] if marker in version.source else MODEL_DIR
+                run = target.get_run(new_ids[str(version.run_id)])
+                marker, source_uri = f"/{version.run_id}/artifacts/", str(version.source or "")
+                relative = source_uri.split(marker, 1)[1] if marker in source_uri else MODEL_DIR
                 tags = {key: _remapped(value, new_ids) for key, value in version.tags.items()}
                 copy = target.create_model_version(model.name, f"{run.info.artifact_uri}/{relative}",
                                                    run_id=run.info.run_id, tags=tags | {MOVED_FROM_TAG: origin},

@@ -21,6 +21,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from leukexp.errors import LeukexpError
 from leukexp.tracking.reach import ACCOUNT_ENV
@@ -255,7 +256,7 @@ def _alive(group: int) -> bool:
     return True
 
 
-def _saved_state(folder: ServerFolder) -> dict[str, object]:
+def _saved_state(folder: ServerFolder) -> dict[str, Any]:
     """What `server.json` says (empty where there is none or it is unreadable)."""
     try:
         state = json.loads(folder.state.read_text())
@@ -277,8 +278,8 @@ def stop(root: Path, wait_s: float = 30.0) -> bool:
     returns whether anything was running."""
     folder = ServerFolder(root.expanduser().resolve())
     state = _saved_state(folder)
-    group = int(state["pid"]) if state else None
-    was_running = group is not None and _alive(group)
+    group = int(state["pid"]) if state else 0
+    was_running = bool(group) and _alive(group)
     if was_running:
         os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + wait_s

@@ -215,48 +215,51 @@ class RunLogger:
         self.run_id = run.info.run_id
         return self.run_id
 
+    @property
+    def active_run(self) -> str:
+        """The id of the run this logger writes to (logging before a run is started or resumed is a bug)."""
+        if self.run_id is None:
+            raise ValueError("no run started or resumed to log to")
+        return self.run_id
+
     def log_dataset(self, frame: pd.DataFrame, name: str, source: str, digest: str, run_id: str | None = None) -> None:
         """The run's data as an MLflow dataset input (training context): `frame` is its profile and schema (the
         manifest), `digest` what identifies it (the data hash), `source` where it lives (the data root); `run_id`:
         another run than this logger's (its CV parent)."""
-        import mlflow.data
+        from mlflow.data.pandas_dataset import from_pandas
         from mlflow.entities import DatasetInput, InputTag
 
         # a local folder matches two of MLflow's source kinds, and the schema's integer columns (a bag's number of
         # instances) draw a hint about missing values: the manifest has none; MLflow says both as warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+            dataset = from_pandas(frame, source=source, name=name, digest=digest)
             entity = dataset._to_mlflow_entity()
-        self.client.log_inputs(run_id or self.run_id, datasets=[DatasetInput(
+        self.client.log_inputs(run_id or self.active_run, datasets=[DatasetInput(
             entity, tags=[InputTag(DATASET_CONTEXT_TAG, TRAINING_CONTEXT)])])
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log params in batches of 100 (MLflow's limit)."""
-        log_params(self.client, self.run_id, params)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log metrics at one step."""
-        self.log_steps([(step, metrics)])
+        log_params(self.client, self.active_run, params)
 
     def log_steps(self, steps: Iterable[tuple[int, Mapping[str, float]]]) -> None:
         """Log metrics of many steps (per-epoch history, final values) in as few requests as MLflow allows."""
         stamp = int(time.time() * 1000)
         items = [Metric(k, float(v), stamp, step) for step, metrics in steps for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+            self.client.log_batch(self.active_run, metrics=items[start:start + 1000])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Add or change tags."""
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.active_run, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         """Upload files (or folders) as artifacts."""
         for path in paths:
             if path.is_dir():
-                self.client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
+                self.client.log_artifacts(self.active_run, str(path), artifact_path=path.name)
             else:
-                self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+                self.client.log_artifact(self.active_run, str(path), artifact_path=artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run as FINISHED, FAILED or KILLED."""

@@ -21,7 +21,10 @@ from leukexp.runtime.secrets import REDACTED, redact
 from leukexp.vocabulary import HISTORY_FILE, MANIFEST_FILE, PARENT_TAG, UPLOAD_TAG, quote_filter
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
+
     from leukexp.tracking.cv import FoldRun
+    from leukexp.tracking.store import RunLogger
 
 PENDING_FILE = "mlflow_pending.json"
 
@@ -73,6 +76,7 @@ def store_uri(saved: str, given: str | None) -> str:
 
 def upload(folder: Path, tracking_uri: str | None = None) -> str:
     """Log a pending run folder to its store (or `tracking_uri`); return the run id it went to."""
+
     from leukexp.tracking.cv import FoldRun
     from leukexp.tracking.store import RunLogger
 
@@ -107,17 +111,17 @@ def upload(folder: Path, tracking_uri: str | None = None) -> str:
     return str(logger.run_id)
 
 
-def _uploaded(logger: object, upload_id: str) -> str | None:
+def _uploaded(logger: RunLogger, upload_id: str) -> str | None:
     """The id of a FINISHED run that this upload (from this folder or a copy of it) already went to."""
     query = f"tags.`{UPLOAD_TAG}` = {quote_filter(upload_id)} and attributes.status = 'FINISHED'"
-    runs = logger.client.search_runs([logger.experiment_id], query, max_results=1)  # type: ignore[attr-defined]
+    runs = logger.client.search_runs([logger.experiment_id], query, max_results=1)
     return runs[0].info.run_id if runs else None
 
 
-def _existing_run(logger: object, run_id: str | None) -> object | None:
+def _existing_run(logger: RunLogger, run_id: str | None) -> Run | None:
     if not run_id:
         return None
     try:
-        return logger.client.get_run(run_id)  # type: ignore[attr-defined]
+        return logger.client.get_run(run_id)
     except Exception:  # not on this store (e.g. uploading to another server)
         return None

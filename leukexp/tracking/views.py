@@ -95,18 +95,6 @@ def save_ranking_view(client: MlflowClient, experiment_id: str, metric: str = TE
     return RANKING_VIEW_ID
 
 
-def read_view(tags: dict[str, str], view_id: str = RANKING_VIEW_ID) -> tuple[str, dict[str, Any]] | None:
-    """A saved view's name and state from an experiment's tags, read as the UI reads it (None if absent)."""
-    value = tags.get(VIEW_TAG_PREFIX + view_id)
-    if value is None:
-        return None
-    envelope = json.loads(value)
-    if not (isinstance(envelope.get("name"), str) and isinstance(envelope.get("createdAt"), int)
-            and isinstance(envelope.get("state"), str)):
-        raise ValueError("not a saved-view envelope")
-    return envelope["name"], json.loads(envelope["state"])
-
-
 def view_url(base: str, experiment_id: str, view_id: str = RANKING_VIEW_ID) -> str:
     """The UI address that opens a saved view (`base`: the server, e.g. http://127.0.0.1:5000)."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{VIEW_URL_PARAMETER}={view_id}"

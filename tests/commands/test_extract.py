@@ -9,7 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from conftest import TINY_MODEL
 from leukexp.commands.extract import ShardSpec, main
 from leukexp.errors import LeukexpError
-from leukexp.features.cache import FeatureCache, entry_codes
+from leukexp.features.cache import FeatureCache
+from leukexp.features.codes import entry_codes
 
 SMALL = [*TINY_MODEL, "data.counts={ALL: 6, AML: 6, CLL: 6, CML: 6, HLT: 6}", "data.image_size=48",
          "augmentation=flips", "fold.n_splits=3", "fold.val_fraction=0.3"]
@@ -71,6 +72,7 @@ def test_two_shards_then_a_warm_rerun_compute_each_entry_once(tmp_path: Path, ca
     folders = {path.parent for path in shards()}
     assert f"compacted: {before - len(folders)} files fewer" in out and len(shards()) == len(folders) < before
     assert entries(tmp_path) == stored, "the same entries, in one file per folder"
+    assert f"the store holds {len(stored):,} entries in {len(folders)} files" in out
 
 
 def test_a_bad_shard_or_override_is_one_line(tmp_path: Path, capsys) -> None:

@@ -19,7 +19,7 @@ def test_a_folder_whose_classes_map_is_accepted(compose_cfg, make_folder, tmp_pa
     cfg = compose_cfg("task=binary", f"evaluation.external={root}")
     check_external(external_config(cfg), task_of(cfg))
     catalog = scan_external(external_config(cfg), task_of(cfg), ["ALL", "HLT"])
-    assert catalog.class_counts() == {"ALL": 2, "HLT": 2}
+    assert catalog.frame["label"].value_counts().to_dict() == {"ALL": 2, "HLT": 2}
     mapped = compose_cfg("task=binary", f"evaluation.external={{root: {root}, on_bad_image: skip}}")
     assert external_config(mapped)["on_bad_image"] == "skip" and external_config(mapped)["name"] == "lab_b"
 

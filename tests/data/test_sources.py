@@ -17,7 +17,7 @@ def test_scan_labels_hashes_and_orders(make_folder: Callable[..., Path]) -> None
     root = make_folder({"ALL": 3, "healthy": 2})
     catalog = FolderSource(root).scan(STUDY)
     assert catalog.classes == ["ALL", "HLT"]
-    assert catalog.class_counts() == {"ALL": 3, "HLT": 2}
+    assert catalog.frame["label"].value_counts().to_dict() == {"ALL": 3, "HLT": 2}
     assert catalog.frame["sha1"].str.len().eq(40).all()
     assert catalog.frame.loc[catalog.frame["label"] == "HLT", "label_index"].eq(1).all()
 
@@ -96,11 +96,11 @@ def test_groups_csv(make_folder: Callable[..., Path], tmp_path: Path) -> None:
 @needs_shared_data
 def test_real_all4class_loads_with_a_folder_mapping() -> None:
     four = FolderSource(ALL4CLASS).scan(Task("folders"))
-    assert four.class_counts() == {"Benign": 504, "Early": 985, "Pre": 963, "Pro": 804}
+    assert four.frame["label"].value_counts().to_dict() == {"Benign": 504, "Early": 985, "Pre": 963, "Pro": 804}
     binary = FolderSource(ALL4CLASS).scan(
         Task("folders", mapping={"malignant": ["Early", "Pre", "Pro"], "benign": ["Benign"]})
     )
-    assert binary.class_counts() == {"malignant": 2752, "benign": 504}
+    assert binary.frame["label"].value_counts().to_dict() == {"malignant": 2752, "benign": 504}
     # the public set holds byte-identical copies; each set must stay on one side of every split
     assert len(binary.duplicates) > 0
     for files in binary.duplicates:

@@ -27,7 +27,7 @@ def test_default_counts_are_the_studys(compose_cfg) -> None:
 def test_source_generates_once_and_scans(tmp_path: Path) -> None:
     source = SyntheticSource(counts={"ALL": 3, "HLT": 2}, image_size=48, cache_dir=tmp_path)
     catalog = source.scan(Task("folders"))
-    assert catalog.class_counts() == {"ALL": 3, "HLT": 2}
+    assert catalog.frame["label"].value_counts().to_dict() == {"ALL": 3, "HLT": 2}
     first = sorted(p.stat().st_mtime_ns for p in Path(catalog.root).rglob("*.png"))
     SyntheticSource(counts={"ALL": 3, "HLT": 2}, image_size=48, cache_dir=tmp_path).scan(Task("folders"))
     assert sorted(p.stat().st_mtime_ns for p in Path(catalog.root).rglob("*.png")) == first

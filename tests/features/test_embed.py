@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from stores import put_pairs
 
 import leukexp.data.dataset as dataset_module
 from leukexp.backbones.timm_backbone import TimmBackbone
@@ -150,7 +151,7 @@ def test_a_process_that_finds_another_extracting_waits_and_computes_nothing(back
             values = extract_features(backbone, catalog, samples, None, ViewPass(views, 4, 0))
             keys = catalog["sha1"].to_numpy()
             for (source, view), value in zip(samples[["source", "view"]].to_numpy(), values, strict=True):
-                other.put(keys[source], views.view_fingerprint(int(view)), value)
+                put_pairs(other, [(keys[source], views.view_fingerprint(int(view)))], value)
             other.flush()
 
     worker = threading.Thread(target=extract_elsewhere)

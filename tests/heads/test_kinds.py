@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.kinds import head_kinds, load_head
+from leukexp.heads.base import Head
+from leukexp.heads.kinds import load_head
 
 
 def test_known_kinds_are_the_two_adapters() -> None:
-    assert set(head_kinds()) == {"torch", "sklearn", "bag", "vote", "differential"}
+    assert set(Head.kinds()) == {"torch", "sklearn", "bag", "vote", "differential"}
 
 
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:

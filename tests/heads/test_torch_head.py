@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import Stub, Wide, blobs
 from leukexp.heads.base import Head, HeadContext, Split
-from leukexp.heads.mlp import MLPHead
+from leukexp.heads.mlp_network import MLPHead
 from leukexp.heads.torch_head import TorchHead
 from leukexp.run.settings import head_from_plan, train_settings
 from leukexp.vocabulary import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS

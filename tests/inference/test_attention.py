@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from leukexp.data.augment import OfflineViews
-from leukexp.data.bags import GRID_COLUMNS, TileViews, Tiling
+from leukexp.data.tiles import GRID_COLUMNS, TileViews, Tiling
 from leukexp.inference.attention import attention_panel, attention_table, chosen_bags, field_overlays
 
 

@@ -166,7 +166,7 @@ def test_cli_exits_0_and_honours_mlflow_tracking_uri(tmp_path: Path, monkeypatch
     logger = RunLogger(uri, "demo", str(tmp_path / "artifacts"))
     for fold, acc in (("f0", 0.8), ("f1", 0.9)):
         logger.start(fold, {KIND_TAG: "fold", "fold": fold, "cv_group": "head=mlp1", "head": "mlp1"})
-        logger.log_metrics({TEST_ACC: acc, TEST_COUNT: 10.0})
+        logger.log_steps([(0, {TEST_ACC: acc, TEST_COUNT: 10.0})])
         logger.end()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)

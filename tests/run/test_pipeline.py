@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA, TINY_MODEL
 from leukexp.data.synthetic import generate_image
-from leukexp.features.cache import entry_codes
+from leukexp.features.codes import entry_codes
 from leukexp.inference.classifier import load_classifier
 from leukexp.run.pipeline import train
 from leukexp.vocabulary import (
@@ -48,7 +48,8 @@ ARTIFACTS = {"config.yaml", "manifest.csv", "confusion_matrix.png", "roc.png", "
 
 def stored(root: Path) -> dict[int, tuple[int, ...]]:
     """Every cached embedding under `root/cache/features`: its code and its width, over every backbone folder."""
-    from leukexp.features.cache import INDEX_NAME, Shard
+    from leukexp.features.index import INDEX_NAME
+    from leukexp.features.shards import Shard
 
     entries: dict[int, tuple[int, ...]] = {}
     for path in (root / "cache" / "features").glob("*/*.safetensors"):

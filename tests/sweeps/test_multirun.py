@@ -25,23 +25,31 @@ TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", 
 SWEEP = ["head=mlp1,svm", "fold=f0,f1"]
 
 
-class FakeHydra:
-    """HydraConfig.get() of a parallel launcher with `n_jobs` jobs."""
-
-    def __init__(self, n_jobs: int) -> None:
-        self.launcher = {"n_jobs": n_jobs}
-
-
-@pytest.mark.parametrize(("requested", "multirun", "n_jobs", "expected"), [
-    (3, False, 1, 3), (None, False, 2, None), (None, True, 1, None), (None, True, 2, 8), (None, True, 3, 5),
-    (None, True, 32, 1), (None, True, -1, 1), (1, True, 2, 1)])
-def test_job_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch, requested: int | None, multirun: bool,
-                                     n_jobs: int, expected: int | None) -> None:
+@pytest.mark.parametrize(("requested", "parallel_jobs", "expected"), [
+    (3, 1, 3), (None, 1, None), (None, 2, 8), (None, 3, 5), (None, 32, 1), (None, -1, 1), (1, 2, 1)])
+def test_job_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch, requested: int | None, parallel_jobs: int,
+                                     expected: int | None) -> None:
     """On 16 usable cores: two jobs get 8 threads each, three get 5, more jobs than cores still one."""
     monkeypatch.setattr(sweep_module, "usable_cores", lambda: 16)
-    monkeypatch.setattr(sweep_module, "is_multirun", lambda: multirun)
-    monkeypatch.setattr(sweep_module.HydraConfig, "get", staticmethod(lambda: FakeHydra(n_jobs)))
-    assert sweep_module.job_threads(requested) == expected
+    assert sweep_module.job_threads(requested, parallel_jobs) == expected
+
+
+def test_the_plan_reads_how_hydra_launched_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from leukexp.config.plan import LaunchSettings
+
+    assert LaunchSettings.of_hydra_job() == LaunchSettings(multirun=False, parallel_jobs=1), "outside a Hydra app"
+
+    class Job:
+        mode, launcher = RunMode.MULTIRUN, {"n_jobs": 3}
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: Job))
+    assert LaunchSettings.of_hydra_job() == LaunchSettings(multirun=True, parallel_jobs=3)
+    Job.mode = RunMode.RUN
+    assert LaunchSettings.of_hydra_job() == LaunchSettings(), "a single run resumes nothing, shares no cores"
 
 
 def test_swept_keys_from_the_command_line_and_the_sweeper() -> None:

@@ -8,65 +8,20 @@ import sys
 import time
 from pathlib import Path
 
-import optuna.distributions as dist
 import pytest
 from forkserver import CommandServer
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from leukexp.errors import LeukexpError
-from leukexp.sweeps import search as search_module
-from leukexp.sweeps.search import fold_metric, override_value, parallel_jobs, parse_space
-from leukexp.vocabulary import BEST, KIND_TAG, PARENT_TAG, TEST_ACC, TEST_LOSS, TRIAL_STATE_TAG, VAL_ACC, cv_metric
+from leukexp.sweeps.search import parallel_jobs
+from leukexp.vocabulary import BEST, KIND_TAG, PARENT_TAG, TRIAL_STATE_TAG, VAL_ACC, cv_metric
 
 CONFIG = OmegaConf.create({"hydra": {"runtime": {"choices": {"head": "logreg", "model": "efficientnet_lite0"}}},
                            "optimizer": {"lr": 0.001}, "head": {"C": None, "hidden": [128], "dropout": 0.0},
                            "fold": {"index": 0}, "seed": 42})
 
 
-def test_hydra_syntax_becomes_optuna_distributions() -> None:
-    space = parse_space({"optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "head.dropout": "interval(0.0, 0.5)",
-                         "head.hidden": "choice([128], [256, 64])", "seed": "range(1, 4)", "head": "logreg,svm"},
-                        ["model=efficientnet_lite2", "task=binary"], CONFIG)
-    d = space.distributions
-    assert d["optimizer.lr"] == dist.FloatDistribution(1e-4, 1e-2, log=True)
-    assert d["head.dropout"] == dist.FloatDistribution(0.0, 0.5)
-    assert d["seed"] == dist.CategoricalDistribution([1, 2, 3])
-    assert d["head"] == dist.CategoricalDistribution(["logreg", "svm"])
-    assert space.fixed == ["model=efficientnet_lite2", "task=binary"]
-    assert space.overrides({"head.hidden": d["head.hidden"].choices[1], "optimizer.lr": 0.000316227766}) == [
-        "head.hidden=[256,64]", "optimizer.lr=0.000316228"]
-    assert override_value(3) == "3" and override_value([1, 2]) == "[1,2]"
-
-
-@pytest.mark.parametrize(("params", "says"), [
-    ({"head.nope": "interval(0, 1)"}, r"hydra\.sweeper\.params\.head\.nope: no such config key"),
-    ({"optimizer.lr": "interval(0.1, 0.01)"}, r"interval\(0\.1, 0\.01\) is empty; give low < high"),
-    ({"optimizer.lr": "tag(log, interval(0, 0.1))"}, r"a log interval needs low > 0"),
-    ({"fold.index": "range(0, 5)"}, r"a search varies what a run computes, not fold\.index"),
-    ({"optimizer.lr": "0.1"}, r"no search dimension"),
-    ({"optimizer.lr": "interval(0.1"}, r"hydra\.sweeper\.params: "),
-    ({"head": "interval(0, 1)"}, r"params\.head: head is a config group, its values are option names; search them"
-                                 r" with choice\(\.\.\.\), e\.g\. head='choice\(logreg, \.\.\.\)'"),
-    ({"model": "range(0, 3)"}, r"params\.model: model is a config group"),
-])
-def test_an_impossible_space_is_one_line(params: dict[str, str], says: str) -> None:
-    with pytest.raises(LeukexpError, match=says):
-        parse_space(params, [], CONFIG)
-
-
-def test_objectives_and_batches() -> None:
-    assert fold_metric(cv_metric(BEST + VAL_ACC, "mean")) == BEST + VAL_ACC
-    assert fold_metric(cv_metric(TEST_LOSS, "mean")) == TEST_LOSS
-    with pytest.raises(LeukexpError, match=r"hydra\.sweeper\.objective='test/acc'"):
-        fold_metric(TEST_ACC)
-    for fine in ("cv/external/f1/ALL_mean", "cv/test/ece_raw_mean", "cv/test/sensitivity_ci95_low_mean",
-                 "cv/val/loss_mean", "cv/best/epoch_mean", "cv/instance/auc_macro_mean"):
-        assert fold_metric(fine) == fine[3:-5]
-    for nope in ("cv/nope_mean", "cv/test/acuracy_mean", "cv/tset/acc_mean", "cv/test/f2/ALL_mean"):
-        with pytest.raises(LeukexpError, match=rf"objective='{nope}': expected the fold mean of a metric fold runs"):
-            fold_metric(nope)
-
+def test_fold_batches_follow_the_launchers_workers() -> None:
     class Joblib:
         joblib = {"n_jobs": 2}
 
@@ -251,31 +206,3 @@ def test_trials_run_together_when_the_launcher_has_a_worker_for_each_fold(tmp_pa
     assert all(t.value == pytest.approx(t.params["optimizer.lr"], rel=1e-5) for t in trials)
 
 
-def small_journal(path: Path) -> int:
-    """A journal of a finished 3-trial study, and its line count."""
-    import optuna
-
-    study = optuna.create_study(study_name="s", storage=search_module.journal(path))
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
-    return len(path.read_bytes().splitlines())
-
-
-def test_a_journal_cut_short_by_a_kill_is_recovered_and_a_damaged_one_is_one_line(tmp_path: Path) -> None:
-    import optuna
-
-    path = tmp_path / "s.journal"
-    lines = small_journal(path)
-    whole = path.read_bytes()
-    path.write_bytes(whole[:-7])  # the last write was killed half-way
-    os.utime(path, (time.time() - 60, time.time() - 60))
-    search_module.check_journal(path)
-    assert (tmp_path / "s.journal.damaged").read_bytes() == whole[:-7]
-    assert len(path.read_bytes().splitlines()) == lines - 1
-    study = optuna.load_study(study_name="s", storage=search_module.journal(path))
-    assert len(study.trials) == 3, "the readable trials are all there"
-    for damage, why in ((b"garbage that is not json\n", "line 2 is not a journal entry"),
-                        (b"\xff\xfe\x00\x01\n", "line 2 is bytes that are not UTF-8")):
-        first, rest = whole.split(b"\n", 1)
-        path.write_bytes(first + b"\n" + damage + rest)
-        with pytest.raises(LeukexpError, match=rf"hydra\.sweeper\.storage: .*s\.journal: {why}; remove that line"):
-            search_module.check_journal(path)

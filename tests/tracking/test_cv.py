@@ -42,7 +42,7 @@ def store(tmp_path: Path) -> RunLogger:
 
 def child(logger: RunLogger, parent: str, fold: str, accuracy: float, tmp_path: Path, status: str = "FINISHED") -> str:
     run_id = logger.start(fold, TAGS | {"fold": fold}, parent_run_id=parent)
-    logger.log_metrics({TEST_ACC: accuracy, TEST_LOSS: 1 - accuracy, BEST + VAL_ACC: 0.5})
+    logger.log_steps([(0, {TEST_ACC: accuracy, TEST_LOSS: 1 - accuracy, BEST + VAL_ACC: 0.5})])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     Predictions(np.array(["a", "b", "c"]), np.zeros(3, int), np.array([0, 1, 1]), probs,
                 ["ALL", "HLT"]).to_frame().to_csv(tmp_path / "predictions.csv", index=False)
@@ -114,7 +114,7 @@ def test_a_second_claim_of_a_running_fold_is_refused_and_a_finished_fold_is_reus
     assert first.open(resume=True, params={"a": "1"}) is None
     second = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
     assert second.open(resume=True, params={"a": "1"}) == this_process(), "the fold runs in this process"
-    first.logger.log_metrics({TEST_ACC: 0.5})
+    first.logger.log_steps([(0, {TEST_ACC: 0.5})])
     first.logger.end("FINISHED")
     third = FoldRun(store(tmp_path), TAGS, tmp_path / "locks")
     done = third.open(resume=True, params={"a": "1"})

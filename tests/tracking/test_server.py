@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from engines import free_port
 from mlflow.tracking import MlflowClient
+from mlflow_ui import read_view
 
 from leukexp.errors import LeukexpError
 from leukexp.tracking.server import (
@@ -33,7 +34,6 @@ from leukexp.tracking.server import (
     status,
     stop,
 )
-from leukexp.tracking.views import read_view
 from leukexp.vocabulary import KIND_TAG, PARENT_TAG, STUDY_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team_server")]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_ui import read_view
 from omegaconf import OmegaConf
 
 import leukexp
@@ -22,7 +23,6 @@ from leukexp.tracking.views import (
     VIEW_TAG_PREFIX,
     column,
     ranking_state,
-    read_view,
     save_ranking_view,
     view_url,
 )

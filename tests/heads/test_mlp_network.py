@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from leukexp.errors import LeukexpError
-from leukexp.heads.mlp import MLPHead
+from leukexp.heads.mlp_network import MLPHead
 
 
 def layers(head: nn.Module, kind: type) -> list[nn.Module]:
