@@ -51,9 +51,14 @@ engines:
 	  || echo "engines: Slurm or PostgreSQL could not be installed here (root and apt needed); their tests skip and say why"
 
 # two pytest workers: the slow cases spend much of their time waiting on subprocesses and servers (14 min instead
-# of 16 for the whole suite on this project's 2-core machine)
-test: lint docs engines
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30 $(ARGS)
+# of 16 for the whole suite on this project's 2-core machine). mypy runs beside them (a cold check is 40 s of one
+# core, most of it while the suite's workers wait), its verdict and output after theirs; either failing fails
+test: install docs engines
+	$(BIN)/ruff check leukexp tests scripts hydra_plugins
+	@log=$$(mktemp); $(BIN)/mypy > $$log 2>&1 & types=$$!; \
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30 $(ARGS); tests=$$?; \
+	wait $$types; typed=$$?; echo "mypy:"; cat $$log; rm -f $$log; \
+	[ $$tests -eq 0 ] && [ $$typed -eq 0 ]
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
