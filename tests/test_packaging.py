@@ -39,4 +39,4 @@ def test_wheel_contains_configs_and_composes_from_anywhere(tmp_path: Path) -> No
                          cwd=elsewhere, env=env,
                          capture_output=True, text=True, timeout=120)
     assert job.returncode == 0, job.stderr
-    assert "leukexp.heads.sklearn_head.svm" in job.stdout
+    assert "leukexp.heads.svm" in job.stdout

