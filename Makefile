@@ -50,13 +50,13 @@ engines:
 	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(ENGINE_PACKAGES) >/dev/null 2>&1; }; }; } \
 	  || echo "engines: Slurm or PostgreSQL could not be installed here (root and apt needed); their tests skip and say why"
 
-# three pytest workers on two cores: the slow cases spend much of their time waiting on subprocesses and servers
-# (two workers kept the cores about 70 % busy through the suite on this project's 2-core machine). mypy runs beside them (a cold check is 40 s of one
+# two pytest workers: the slow cases spend much of their time waiting on subprocesses and servers (on this project's
+# 2-core machine the suite took 23 min with two, 26 with three: the cores are busy enough). mypy runs beside them (a cold check is 40 s of one
 # core, most of it while the suite's workers wait), its verdict and output after theirs; either failing fails
 test: install docs engines
 	$(BIN)/ruff check leukexp tests scripts hydra_plugins
 	@log=$$(mktemp); $(BIN)/mypy > $$log 2>&1 & types=$$!; \
-	$(BIN)/python -m pytest -n 3 --dist loadgroup --durations=30 $(ARGS); tests=$$?; \
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30 $(ARGS); tests=$$?; \
 	wait $$types; typed=$$?; echo "mypy:"; cat $$log; rm -f $$log; \
 	[ $$tests -eq 0 ] && [ $$typed -eq 0 ]
 

@@ -28,7 +28,7 @@ from conftest import claiming_png, write_image
 from leukexp.vocabulary import KIND_TAG
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=32",
-        "trainer.max_epochs=1"]
+        "trainer.max_epochs=1", "evaluation.cam_panel=false"]
 
 
 @dataclass

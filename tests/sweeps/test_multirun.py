@@ -21,7 +21,7 @@ from leukexp.vocabulary import KIND_TAG, NOTE_CONTENT, PARENT_TAG, STUDY_TAG, TE
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
         "data.counts={ALL:8,HLT:8}", "data.image_size=64", "task=binary", "augmentation=none",
-        "trainer.max_epochs=2", "fold.n_splits=2"]
+        "trainer.max_epochs=2", "fold.n_splits=2", "evaluation.cam_panel=false"]  # maps: test_cam.py, test_pipeline.py
 SWEEP = ["head=mlp1,svm", "fold=f0,f1"]
 
 

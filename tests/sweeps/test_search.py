@@ -36,7 +36,8 @@ def test_fold_batches_follow_the_launchers_workers() -> None:
 
 
 TINY = ["model=timm", "model.name=test_efficientnet", "model.pretrained=false", "model.input_size=64",
-        "data.counts={ALL:10,HLT:10}", "data.image_size=64", "task=binary", "fold.n_splits=2"]
+        "data.counts={ALL:10,HLT:10}", "data.image_size=64", "task=binary", "fold.n_splits=2",
+        "evaluation.cam_panel=false"]  # activation maps: tests/inference/test_cam.py, test_pipeline.py
 
 
 def search(server: CommandServer, root: Path, *overrides: str, space: str = "experiment=search_linear"

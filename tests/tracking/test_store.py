@@ -22,6 +22,8 @@ from leukexp.tracking.store import RunLogger, flatten, prepare_store
 from leukexp.tracking.sync import PENDING_FILE
 from leukexp.vocabulary import FOLDS_FINISHED_METRIC, TEST_ACC, VAL_ACC
 
+# no views and no activation-map panel: what these runs check is the store (maps: tests/inference/test_cam.py)
+PLAIN = ["augmentation=none", "evaluation.cam_panel=false"]
 
 def test_flatten_nested_config() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "{}"}
@@ -66,7 +68,7 @@ def test_a_server_that_dies_mid_run_loses_nothing_and_one_command_uploads_later(
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
-    command = [sys.executable, "-m", "leukexp.commands.train", *TINY_MODEL, *TINY_DATA, "augmentation=none",
+    command = [sys.executable, "-m", "leukexp.commands.train", *TINY_MODEL, *TINY_DATA, *PLAIN,
                "trainer.max_epochs=300", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=fault"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP")} | {"CI": "true"}
     job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -175,7 +177,7 @@ def test_credentials_in_the_tracking_uri_are_found_nowhere(command_server: Comma
         # a sweep, with the URI on the command line: Hydra's copies of it (overrides.yaml, multirun.yaml) are scrubbed;
         # the jobs with 20 folds fail (10 images a class): their files, the failure list and summary are scrubbed too
         job = command_server.run(["leukexp.commands.train", "-m", "fold=f0,f1", f"mlflow.tracking_uri={uri}",
-                                  "fold.n_splits=2,20", *TINY_MODEL, *TINY_DATA, "augmentation=none",
+                                  "fold.n_splits=2,20", *TINY_MODEL, *TINY_DATA, *PLAIN,
                                   "trainer.max_epochs=1", "task=binary", "data.counts={ALL: 10, HLT: 10}",
                                   "mlflow.experiment_name=secret"], cwd=tmp_path, env=env, timeout=300)
         assert job.returncode == 1 and "2 job(s) failed" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
@@ -191,7 +193,7 @@ def test_credentials_in_the_tracking_uri_are_found_nowhere(command_server: Comma
         # an interrupted job: SIGTERM while its head trains (its files and the printed stop line are scrubbed too)
         interrupted = subprocess.Popen(
             [sys.executable, "-m", "leukexp.commands.train", f"mlflow.tracking_uri={uri}", "head=mlp3",
-             "trainer.max_epochs=10000", "hydra.verbose=leukexp.phase", *TINY_MODEL, *TINY_DATA, "augmentation=none",
+             "trainer.max_epochs=10000", "hydra.verbose=leukexp.phase", *TINY_MODEL, *TINY_DATA, *PLAIN,
              "task=binary", "data.counts={ALL: 10, HLT: 10}", "fold.n_splits=2", "mlflow.experiment_name=secret",
              "hydra.run.dir=logs/interrupted"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env)

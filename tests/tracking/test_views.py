@@ -113,7 +113,7 @@ def test_a_multi_key_sweep_opens_ranked_in_the_saved_view(tmp_path: Path) -> Non
          "model.pretrained=false", "model.input_size=64", "data.counts={ALL: 8, HLT: 8}", "data.image_size=64",
          "task=binary", "fold.n_splits=2", "fold=f0,f1", "augmentation=none", "head=logreg,svm",
          "model.pooling=avg,avgstd", "mlflow.experiment_name=views", "hydra/launcher=local2",
-         "features.num_workers=1"],
+         "features.num_workers=1", "evaluation.cam_panel=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "CI": "true", **strict_deprecations()})
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
